@@ -1,0 +1,48 @@
+# Thin wrapper around CMake; the real build is CMakeLists.txt.
+#   make            build into build/ (build/vmsnap, build/libvmsnap.{so,a})
+#   make deps       install the Debian packages the build, tests and demo need
+#   make check      the whole test suite (ctest); SANITIZE=1 for ASan+UBSan in build-san/
+#   make demo       run the demo on the local platform
+#   make bench      run the benchmarks in tests/bench and print their figures
+#   make install    install (PREFIX=/usr/local, DESTDIR=...)
+BUILD ?= build
+PREFIX ?= /usr/local
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+CMAKE_FLAGS ?=
+ifeq ($(SANITIZE),1)
+BUILD := build-san
+CMAKE_FLAGS += -DVMSNAP_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
+endif
+ifeq ($(WERROR),1)
+CMAKE_FLAGS += -DVMSNAP_WERROR=ON
+endif
+
+.PHONY: all build deps check demo bench install clean configure
+
+all: build
+
+$(BUILD)/CMakeCache.txt:
+	cmake -S . -B $(BUILD) -DCMAKE_INSTALL_PREFIX=$(PREFIX) $(CMAKE_FLAGS)
+
+configure: $(BUILD)/CMakeCache.txt
+
+build: $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j $(JOBS)
+
+deps:
+	@sh tools/deps.sh
+
+check: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 300
+
+demo: deps build
+	@sh tools/demo.sh $(BUILD)
+
+bench: build
+	@sh tests/bench/run.sh $(BUILD)
+
+install: build
+	cmake --install $(BUILD) $(if $(DESTDIR),--prefix $(DESTDIR)$(PREFIX),)
+
+clean:
+	rm -rf build build-san

@@ -1,0 +1,53 @@
+--- vmsnap.errors: the stable error codes and error objects.
+---
+--- Operations that fail return `nil, message, code`; `code` is one of the
+--- constants below, a Kubernetes Status reason, a guest-agent error class or
+--- an errno name. Misuse raises. See docs/errors.md.
+local core = require("vmsnap.core.errors")
+
+local M = {
+  TIMEOUT = "TIMEOUT",
+  CLOSED = "CLOSED",
+  CANCELLED = "CANCELLED",
+  NOMEM = "NOMEM",
+  ERROR = "ERROR",
+  JSON_DECODE = "JSON_DECODE",
+  JSON_ENCODE = "JSON_ENCODE",
+  YAML_PARSE = "YAML_PARSE",
+  YAML_EMIT = "YAML_EMIT",
+  QGA_TIMEOUT = "QGA_TIMEOUT",
+  USAGE = "USAGE",
+}
+
+--- Create an error object (`tostring` gives the message).
+---@param code string
+---@param message string
+---@return table
+function M.new(code, message)
+  return core.new(code, message)
+end
+
+--- Raise an error object with a code. `level` as for `error` (default 1: the caller's position).
+---@param code string
+---@param message string
+---@param level? integer
+function M.raise(code, message, level)
+  return core.raise(code, message, (level or 1) + 1)
+end
+
+--- Is `v` an error object?
+---@param v any
+---@return boolean
+function M.is_error(v)
+  return core.is_error(v)
+end
+
+--- The code carried by an error value (error object, or nil for plain strings).
+---@param v any
+---@return string|nil
+function M.code_of(v)
+  if core.is_error(v) then return v.code end
+  return nil
+end
+
+return M

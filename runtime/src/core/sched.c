@@ -1,0 +1,992 @@
+/*
+** sched.c -- the task scheduler (see scheduler.h).
+**
+** A task is a full userdata ("vmsnap.task.Task") holding a pointer to a
+** malloc'd Vmsnap_task.  The C struct outlives the userdata while its
+** libuv timer is closing (refs counts both).  User values of the userdata:
+** 1 = result table, 2 = waiters {task userdata -> wait sequence}, 3 = the
+** coroutine.  While a task is alive the registry anchors its userdata.
+**
+** The coroutine runs task_main, which calls the task function under
+** lua_pcallk with Vmsnap_msghandler.  Because the pcall is inside the
+** coroutine, an error raised at a wait point (CANCELLED, TIMEOUT) unwinds
+** through yieldable frames: `<close>` handlers may still wait (a thaw).
+*/
+#include "scheduler.h"
+#include "vmsnap_plugin.h"
+
+#include <math.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TASK_MT "vmsnap.task.Task"
+#define HOOK_COUNT 1000
+
+typedef struct TaskBox {
+	Vmsnap_task *t;
+} TaskBox;
+
+/* wait_seq lives beside the struct to keep sched.h short */
+typedef struct TaskX {
+	Vmsnap_task t;
+	unsigned wait_seq;
+	int started;
+	double wait_until;
+} TaskX;
+
+#define X(t) ((TaskX *)(t))
+
+static unsigned next_task_id = 1;
+
+double Vmsnap_now(void)
+{
+	return (double)uv_hrtime() / 1e9;
+}
+
+/* ------------------------------------------------------------ helpers */
+
+static void task_unref(Vmsnap_task *t)
+{
+	if (--t->refs == 0)
+		free(X(t));
+}
+
+static void timer_closed(uv_handle_t *h)
+{
+	task_unref((Vmsnap_task *)h->data);
+}
+
+static void close_timer(Vmsnap_task *t)
+{
+	if (t->timer_open) {
+		t->timer_open = 0;
+		uv_close((uv_handle_t *)&t->timer, timer_closed);
+	}
+}
+
+static void enqueue_ready(Vmsnap_task *t)
+{
+	vmsnap_runtime *rt = t->rt;
+	t->state = TASK_READY;
+	t->next_ready = NULL;
+	if (rt->ready_tail)
+		rt->ready_tail->next_ready = t;
+	else
+		rt->ready_head = t;
+	rt->ready_tail = t;
+}
+
+static Vmsnap_task *pop_ready(vmsnap_runtime *rt)
+{
+	Vmsnap_task *t = rt->ready_head;
+	if (t) {
+		rt->ready_head = t->next_ready;
+		if (!rt->ready_head)
+			rt->ready_tail = NULL;
+		t->next_ready = NULL;
+	}
+	return t;
+}
+
+static void remove_ready(Vmsnap_task *t)
+{
+	vmsnap_runtime *rt = t->rt;
+	Vmsnap_task **p = &rt->ready_head, *prev = NULL;
+	while (*p) {
+		if (*p == t) {
+			*p = t->next_ready;
+			if (rt->ready_tail == t)
+				rt->ready_tail = prev;
+			t->next_ready = NULL;
+			return;
+		}
+		prev = *p;
+		p = &(*p)->next_ready;
+	}
+}
+
+static void link_task(vmsnap_runtime *rt, Vmsnap_task *t)
+{
+	t->next = rt->all;
+	t->prev = NULL;
+	if (rt->all)
+		rt->all->prev = t;
+	rt->all = t;
+	rt->ntasks++;
+}
+
+static void unlink_task(Vmsnap_task *t)
+{
+	vmsnap_runtime *rt = t->rt;
+	if (t->prev)
+		t->prev->next = t->next;
+	else if (rt->all == t)
+		rt->all = t->next;
+	if (t->next)
+		t->next->prev = t->prev;
+	t->prev = t->next = NULL;
+	rt->ntasks--;
+}
+
+/* Arm the task's timer for the earliest of its wait timeout, deadline
+** and cancel grace; stop it when there is none. */
+static void on_timer(uv_timer_t *h);
+
+static void arm_timer(Vmsnap_task *t)
+{
+	double due = 0, now;
+	if (!t->timer_open)
+		return;
+	if (X(t)->wait_until > 0)
+		due = X(t)->wait_until;
+	if (t->deadline > 0 && !t->kill_code && (due == 0 || t->deadline < due))
+		due = t->deadline;
+	if (t->kill_delivered && !t->kill_hard && (due == 0 || t->grace_until < due))
+		due = t->grace_until;
+	if (due == 0) {
+		uv_timer_stop(&t->timer);
+		return;
+	}
+	now = Vmsnap_now();
+	double ms = ceil((due - now) * 1000.0);
+	if (ms < 0)
+		ms = 0;
+	uv_timer_start(&t->timer, on_timer, (uint64_t)ms, 0);
+}
+
+/* Undo the current wait registration. */
+static void abort_wait(Vmsnap_task *t)
+{
+	const Vmsnap_waitops *ops = t->ops;
+	if (ops && ops->cancel)
+		ops->cancel(t->wait_ud);
+	/* keep ops so the continuation knows a wait was pending, but make
+	** sure cancel does not run twice */
+	t->ops = NULL;
+	t->wait_ud = NULL;
+}
+
+void Vmsnap_sched_wake(Vmsnap_task *t)
+{
+	if (t->state != TASK_WAITING)
+		return;
+	X(t)->wait_until = 0;
+	if (t->timer_open)
+		uv_timer_stop(&t->timer);
+	enqueue_ready(t);
+}
+
+static void on_timer(uv_timer_t *h)
+{
+	Vmsnap_task *t = (Vmsnap_task *)h->data;
+	double now = Vmsnap_now() + 0.0005; /* timers have ms resolution */
+	if (t->state != TASK_WAITING)
+		return;
+	if (t->deadline > 0 && !t->kill_code && now >= t->deadline) {
+		Vmsnap_sched_cancel(t, "TIMEOUT");
+	} else if (t->kill_delivered && !t->kill_hard && now >= t->grace_until) {
+		t->kill_hard = 1;
+		abort_wait(t);
+		Vmsnap_sched_wake(t);
+	} else if (X(t)->wait_until > 0 && now >= X(t)->wait_until) {
+		abort_wait(t);
+		t->wake_reason = VMSNAP_WAKE_TIMEOUT;
+		Vmsnap_sched_wake(t);
+	} else {
+		arm_timer(t);
+	}
+}
+
+/* --------------------------------------------------------- kill codes */
+
+static const char *kill_message(const char *code)
+{
+	if (strcmp(code, "TIMEOUT") == 0)
+		return "deadline exceeded";
+	if (strcmp(code, "DEADLOCK") == 0)
+		return "deadlock: every task is waiting and nothing can wake them";
+	return "cancelled";
+}
+
+/* Raise the task's kill error in L.  Never returns. */
+static int raise_kill(lua_State *L, Vmsnap_task *t)
+{
+	vmsnap_runtime *rt = t->rt;
+	if (!t->kill_delivered) {
+		t->kill_delivered = 1;
+		t->grace_until = Vmsnap_now() + rt->cfg.cancel_grace;
+	}
+	return Vmsnap_raise(L, strcmp(t->kill_code, "DEADLOCK") == 0 ? "CANCELLED" : t->kill_code,
+	                    "%s", kill_message(t->kill_code));
+}
+
+void Vmsnap_sched_hook(lua_State *L, lua_Debug *ar)
+{
+	vmsnap_runtime *rt = Vmsnap_rt(L);
+	Vmsnap_task *t = rt->current;
+	(void)ar;
+	if (!t)
+		return;
+	if (rt->cancel_requested && !t->kill_code)
+		t->kill_code = "CANCELLED";
+	if (!t->kill_code && t->deadline > 0 && Vmsnap_now() >= t->deadline)
+		t->kill_code = "TIMEOUT";
+	if (!t->kill_code)
+		return;
+	if (!t->kill_delivered) {
+		raise_kill(L, t);
+		return;
+	}
+	if (!t->kill_hard && Vmsnap_now() >= t->grace_until) {
+		t->kill_hard = 1;
+		/* from now on every line raises, so pcall cannot hold it */
+		lua_sethook(L, Vmsnap_sched_hook, LUA_MASKLINE | LUA_MASKCOUNT, 1);
+		if (L != t->co)
+			lua_sethook(t->co, Vmsnap_sched_hook, LUA_MASKLINE | LUA_MASKCOUNT, 1);
+	}
+	if (t->kill_hard)
+		raise_kill(L, t);
+}
+
+void Vmsnap_sched_cancel(Vmsnap_task *t, const char *code)
+{
+	if (t->state == TASK_DONE || t->kill_code)
+		return;
+	t->kill_code = code;
+	if (t->state == TASK_WAITING) {
+		abort_wait(t);
+		Vmsnap_sched_wake(t);
+	}
+	/* READY: the continuation or the first resume sees kill_code;
+	** RUNNING: the count hook or the next wait delivers it */
+}
+
+/* ------------------------------------------------------------- waiting */
+
+Vmsnap_task *Vmsnap_sched_check_wait(lua_State *L)
+{
+	vmsnap_runtime *rt = Vmsnap_rt(L);
+	Vmsnap_task *t = rt->current;
+	if (!t || t->co != L || !lua_isyieldable(L))
+		luaL_error(L, "cannot wait here: not in a task (waiting APIs work only in "
+		              "code run by vmsnap, outside metamethods and plain coroutines)");
+	if (rt->cancel_requested && !t->kill_code)
+		t->kill_code = "CANCELLED";
+	if (!t->kill_code && t->deadline > 0 && Vmsnap_now() >= t->deadline)
+		t->kill_code = "TIMEOUT";
+	if (t->kill_code && (!t->kill_delivered || t->kill_hard))
+		raise_kill(L, t);
+	if (t->kill_delivered && !t->kill_hard && Vmsnap_now() >= t->grace_until) {
+		t->kill_hard = 1;
+		raise_kill(L, t);
+	}
+	return t;
+}
+
+static int wait_k(lua_State *L, int status, lua_KContext ctx)
+{
+	vmsnap_runtime *rt = Vmsnap_rt(L);
+	Vmsnap_task *t = rt->current;
+	const Vmsnap_waitops *ops = (const Vmsnap_waitops *)ctx;
+	void *ud = t->wait_ud;
+	int reason = t->wake_reason;
+	int aborted = (t->ops == NULL);
+	(void)status;
+	t->ops = NULL;
+	t->wait_ud = NULL;
+	t->wake_reason = VMSNAP_WAKE_OK;
+	if (t->kill_code && (!t->kill_delivered || t->kill_hard))
+		return raise_kill(L, t);
+	if (aborted && reason != VMSNAP_WAKE_TIMEOUT) /* aborted by a kill */
+		return raise_kill(L, t);
+	return ops->push ? ops->push(L, ud, reason) : 0;
+}
+
+int Vmsnap_sched_wait(lua_State *L, Vmsnap_task *t, const Vmsnap_waitops *ops, void *ud,
+                      double timeout)
+{
+	t->ops = ops;
+	t->wait_ud = ud;
+	t->wake_reason = VMSNAP_WAKE_OK;
+	t->state = TASK_WAITING;
+	X(t)->wait_seq++;
+	X(t)->wait_until = timeout >= 0 ? Vmsnap_now() + timeout : 0;
+	arm_timer(t);
+	return lua_yieldk(L, 0, (lua_KContext)ops, wait_k);
+}
+
+/* ------------------------------------------------------------ spawning */
+
+static int task_main_k(lua_State *L, int status, lua_KContext ctx)
+{
+	(void)ctx;
+	/* stack: msgh, results... | msgh, error */
+	int ok = (status == LUA_OK || status == LUA_YIELD);
+	lua_pushboolean(L, ok);
+	lua_replace(L, 1);
+	if (!ok) {
+		lua_pushinteger(L, status);
+		return 3;
+	}
+	return lua_gettop(L);
+}
+
+static int task_main(lua_State *L)
+{
+	int n = lua_gettop(L) - 1;
+	lua_pushcfunction(L, Vmsnap_msghandler);
+	lua_insert(L, 1);
+	int st = lua_pcallk(L, n, LUA_MULTRET, 1, 0, task_main_k);
+	return task_main_k(L, st, 0);
+}
+
+Vmsnap_task *Vmsnap_sched_spawn(lua_State *L, int nargs, double deadline)
+{
+	vmsnap_runtime *rt = Vmsnap_rt(L);
+	int fidx = lua_gettop(L) - nargs;
+	luaL_checktype(L, fidx, LUA_TFUNCTION);
+	luaL_checkstack(L, 4, NULL);
+
+	TaskBox *b = (TaskBox *)lua_newuserdatauv(L, sizeof(TaskBox), 3);
+	b->t = NULL;
+	luaL_setmetatable(L, TASK_MT);
+	lua_insert(L, fidx); /* box, fn, args... */
+	lua_State *co = lua_newthread(L);
+	lua_setiuservalue(L, fidx, 3);
+	luaL_checkstack(co, nargs + 2, NULL);
+
+	TaskX *x = (TaskX *)calloc(1, sizeof(TaskX));
+	if (!x)
+		Vmsnap_raise(L, "NOMEM", "not enough memory for a task");
+	Vmsnap_task *t = &x->t;
+	b->t = t;
+	t->rt = rt;
+	t->co = co;
+	t->id = next_task_id++;
+	t->refs = 1;
+	t->boxed = 1;
+	*(vmsnap_runtime **)lua_getextraspace(co) = rt;
+	lua_sethook(co, Vmsnap_sched_hook, LUA_MASKCOUNT, HOOK_COUNT);
+
+	lua_pushcfunction(co, task_main);
+	lua_xmove(L, co, nargs + 1); /* fn and args */
+	t->nargs = nargs + 1;
+
+	/* inherit the spawning task's deadline */
+	if (rt->current && rt->current->deadline > 0 &&
+	    (deadline <= 0 || rt->current->deadline < deadline))
+		deadline = rt->current->deadline;
+	t->deadline = deadline > 0 ? deadline : 0;
+
+	if (uv_timer_init(&rt->loop, &t->timer) == 0) {
+		t->timer.data = t;
+		t->timer_open = 1;
+		t->refs++;
+	}
+	lua_pushvalue(L, fidx);
+	t->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	rt->registry_refs++;
+	link_task(rt, t);
+	enqueue_ready(t);
+	return t;
+}
+
+Vmsnap_task *Vmsnap_sched_check(lua_State *L, int idx)
+{
+	TaskBox *b = (TaskBox *)luaL_checkudata(L, idx, TASK_MT);
+	if (!b->t)
+		luaL_argerror(L, idx, "attempt to use a released task");
+	return b->t;
+}
+
+/* push the userdata of a live task */
+static void push_task(lua_State *L, Vmsnap_task *t)
+{
+	lua_rawgeti(L, LUA_REGISTRYINDEX, t->co_ref);
+}
+
+/* ---------------------------------------------------------- finishing */
+
+/* Record the outcome; the task's values are on co's stack: ok, values...
+** or false, error, status (from task_main).  Runs under drain's pcall. */
+static void finish(vmsnap_runtime *rt, Vmsnap_task *t, int rstatus)
+{
+	lua_State *L = rt->L, *co = t->co;
+	int n = lua_gettop(co), i;
+	int base = lua_gettop(L);
+
+	push_task(L, t); /* base+1 */
+	lua_createtable(L, n, 2);    /* base+2 result */
+	if (rstatus == LUA_OK && n >= 1 && lua_toboolean(co, 1) && !t->kill_code) {
+		lua_xmove(co, L, n - 1);
+		for (i = n - 1; i >= 1; i--)
+			lua_rawseti(L, base + 2, i);
+		lua_pushinteger(L, n - 1);
+		lua_setfield(L, base + 2, "n");
+	} else {
+		const char *code = "ERROR";
+		int st = LUA_ERRRUN;
+		t->failed = 1;
+		if (rstatus != LUA_OK) {
+			/* the error escaped task_main: its value is on top of co */
+			st = rstatus;
+			lua_xmove(co, L, 1);
+		} else if (n >= 2 && !lua_toboolean(co, 1)) {
+			st = (int)lua_tointeger(co, 3);
+			lua_settop(co, 2);
+			lua_xmove(co, L, 1);
+		} else {
+			lua_pushnil(L);
+		}
+		/* base+3: error value (or nil when a kill overrode success) */
+		if (st == LUA_ERRMEM)
+			code = "NOMEM";
+		if (t->kill_code)
+			code = strcmp(t->kill_code, "DEADLOCK") == 0 ? "CANCELLED" : t->kill_code;
+		else if (lua_istable(L, base + 3)) {
+			lua_getfield(L, base + 3, "code");
+			if (lua_type(L, -1) == LUA_TSTRING)
+				code = lua_tostring(L, -1); /* anchored by the error table */
+			lua_pop(L, 1);
+		}
+		if (lua_isnil(L, base + 3) || (t->kill_code && !lua_istable(L, base + 3))) {
+			lua_pop(L, 1);
+			Vmsnap_newerror(L, code, t->kill_code ? kill_message(t->kill_code) : "error");
+		} else if (!lua_istable(L, base + 3)) {
+			const char *m = lua_tostring(L, base + 3);
+			Vmsnap_newerror(L, code, m ? m : "error");
+			lua_replace(L, base + 3);
+		}
+		/* a kill wins over whatever error the unwinding produced */
+		if (t->kill_code) {
+			lua_pushstring(L, code);
+			lua_setfield(L, base + 3, "code");
+		}
+		t->fail_code = strcmp(code, "NOMEM") == 0 ? "NOMEM"
+		               : strcmp(code, "TIMEOUT") == 0   ? "TIMEOUT"
+		               : strcmp(code, "CANCELLED") == 0 ? "CANCELLED"
+		                                                : "ERROR";
+		lua_pushnil(L);
+		lua_rawseti(L, base + 2, 1);
+		lua_getfield(L, base + 3, "message");
+		lua_rawseti(L, base + 2, 2);
+		lua_getfield(L, base + 3, "code");
+		lua_rawseti(L, base + 2, 3);
+		lua_pushinteger(L, 3);
+		lua_setfield(L, base + 2, "n");
+		lua_pushvalue(L, base + 3);
+		lua_setfield(L, base + 2, "error");
+		lua_pop(L, 1);
+	}
+	lua_setiuservalue(L, base + 1, 1);
+
+	t->state = TASK_DONE;
+	lua_settop(co, 0);
+	if (rstatus != LUA_OK)
+		lua_resetthread(co);
+	unlink_task(t);
+	close_timer(t);
+
+	/* wake the tasks waiting for this one */
+	int nwait = 0;
+	if (lua_getiuservalue(L, base + 1, 2) == LUA_TTABLE) {
+		lua_pushnil(L);
+		while (lua_next(L, -2)) {
+			TaskBox *wb = (TaskBox *)lua_touserdata(L, -2);
+			Vmsnap_task *w = wb ? wb->t : NULL;
+			if (w && w->state == TASK_WAITING && X(w)->wait_seq == (unsigned)lua_tointeger(L, -1)) {
+				Vmsnap_sched_wake(w);
+				nwait++;
+			}
+			lua_pop(L, 1);
+		}
+	}
+	lua_pop(L, 1);
+	lua_pushnil(L);
+	lua_setiuservalue(L, base + 1, 2);
+
+	if (t->failed && nwait == 0 && t != rt->main_task && !t->kill_code) {
+		lua_getiuservalue(L, base + 1, 1);
+		lua_getfield(L, -1, "error");
+		lua_getfield(L, -1, "traceback");
+		const char *tb = lua_tostring(L, -1);
+		lua_getfield(L, -2, "message");
+		Vmsnap_log(rt, VMSNAP_LOG_WARN, "task", "task %u failed and nobody waits for it: %s%s%s",
+		           t->id, lua_tostring(L, -1), tb ? "\n" : "", tb ? tb : "");
+		lua_pop(L, 4);
+	}
+	if (t == rt->main_task) {
+		lua_getiuservalue(L, base + 1, 1);
+		if (t->failed) {
+			lua_getfield(L, -1, "error");
+			Vmsnap_set_error_from(rt, L, lua_gettop(L), t->fail_code);
+			lua_pop(L, 1);
+		}
+		lua_pop(L, 1);
+	}
+	luaL_unref(L, LUA_REGISTRYINDEX, t->co_ref);
+	rt->registry_refs--;
+	t->co_ref = LUA_NOREF;
+	/* the coroutine is no longer needed; results stay in the userdata */
+	lua_pushnil(L);
+	lua_setiuservalue(L, base + 1, 3);
+	t->co = NULL;
+	lua_settop(L, base);
+}
+
+static void resume(vmsnap_runtime *rt, Vmsnap_task *t)
+{
+	lua_State *co = t->co;
+	int nres = 0, nargs = 0, st;
+	if (!X(t)->started) {
+		if (t->kill_code) { /* cancelled before it ever ran */
+			lua_settop(co, 0);
+			finish(rt, t, LUA_OK);
+			return;
+		}
+		X(t)->started = 1;
+		nargs = t->nargs;
+	}
+	t->state = TASK_RUNNING;
+	rt->current = t;
+	st = lua_resume(co, rt->L, nargs, &nres);
+	rt->current = NULL;
+	if (st == LUA_YIELD) {
+		if (t->state == TASK_RUNNING) { /* a bare coroutine.yield(): run again later */
+			lua_pop(co, nres);
+			enqueue_ready(t);
+		}
+	} else {
+		finish(rt, t, st);
+	}
+}
+
+static int drain_p(lua_State *L)
+{
+	vmsnap_runtime *rt = Vmsnap_rt(L);
+	Vmsnap_task *t;
+	if (rt->cancel_requested && !rt->cancel_seen) {
+		rt->cancel_seen = 1;
+		for (t = rt->all; t; t = t->next)
+			Vmsnap_sched_cancel(t, "CANCELLED");
+	}
+	while ((t = pop_ready(rt)) != NULL)
+		resume(rt, t);
+	return 0;
+}
+
+void Vmsnap_sched_drain(vmsnap_runtime *rt)
+{
+	lua_State *L = rt->L;
+	lua_pushcfunction(L, drain_p);
+	if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+		Vmsnap_log(rt, VMSNAP_LOG_ERROR, "task", "scheduler: %s", lua_tostring(L, -1));
+		lua_pop(L, 1);
+	}
+}
+
+static void on_deadlock(vmsnap_runtime *rt)
+{
+	Vmsnap_task *t;
+	Vmsnap_log(rt, VMSNAP_LOG_ERROR, "task", "deadlock: %d task(s) wait and nothing can wake them",
+	           rt->ntasks);
+	for (t = rt->all; t; t = t->next) {
+		if (t->kill_code && t->state == TASK_WAITING) {
+			t->kill_hard = 1;
+			abort_wait(t);
+			Vmsnap_sched_wake(t);
+		} else {
+			Vmsnap_sched_cancel(t, "DEADLOCK");
+		}
+	}
+}
+
+int Vmsnap_sched_step(vmsnap_runtime *rt, int timeout_ms)
+{
+	Vmsnap_sched_drain(rt);
+	if (rt->ntasks == 0)
+		return 0;
+	if (!rt->ready_head) {
+		int alive;
+		if (timeout_ms < 0) {
+			alive = uv_run(&rt->loop, UV_RUN_ONCE);
+		} else {
+			int bt = uv_backend_timeout(&rt->loop);
+			if (timeout_ms > 0 && uv_loop_alive(&rt->loop)) {
+				struct pollfd pfd = {uv_backend_fd(&rt->loop), POLLIN, 0};
+				int ms = (bt >= 0 && bt < timeout_ms) ? bt : timeout_ms;
+				poll(&pfd, 1, ms);
+			}
+			alive = uv_run(&rt->loop, UV_RUN_NOWAIT);
+		}
+		if (!alive && !rt->ready_head && !rt->cancel_requested && rt->ntasks > 0 &&
+		    !uv_loop_alive(&rt->loop))
+			on_deadlock(rt);
+	}
+	Vmsnap_sched_drain(rt);
+	return rt->ntasks > 0;
+}
+
+void Vmsnap_sched_run(vmsnap_runtime *rt)
+{
+	while (Vmsnap_sched_step(rt, -1))
+		;
+}
+
+void Vmsnap_sched_shutdown(vmsnap_runtime *rt)
+{
+	Vmsnap_task *t;
+	double limit = Vmsnap_now() + rt->cfg.cancel_grace + 2.0;
+	for (t = rt->all; t; t = t->next)
+		Vmsnap_sched_cancel(t, "CANCELLED");
+	while (rt->ntasks > 0 && Vmsnap_now() < limit)
+		Vmsnap_sched_step(rt, 100);
+}
+
+static void wakeup_cb(uv_async_t *h)
+{
+	(void)h; /* only makes uv_run return */
+}
+
+void Vmsnap_sched_init(vmsnap_runtime *rt)
+{
+	uv_async_init(&rt->loop, &rt->wakeup, wakeup_cb);
+	uv_unref((uv_handle_t *)&rt->wakeup);
+}
+
+int Vmsnap_sched_push_result(lua_State *L, Vmsnap_task *t)
+{
+	int n, i;
+	TaskBox *b;
+	(void)t;
+	b = (TaskBox *)lua_touserdata(L, -1);
+	(void)b;
+	lua_getiuservalue(L, -1, 1);
+	lua_getfield(L, -1, "n");
+	n = (int)lua_tointeger(L, -1);
+	lua_pop(L, 1);
+	luaL_checkstack(L, n, "too many results");
+	for (i = 1; i <= n; i++)
+		lua_rawgeti(L, -i, i);
+	lua_remove(L, -(n + 1));
+	return n;
+}
+
+/* ------------------------------------------------------------- Lua API */
+
+static int task_spawn(lua_State *L)
+{
+	luaL_checktype(L, 1, LUA_TFUNCTION);
+	Vmsnap_sched_spawn(L, lua_gettop(L) - 1, 0);
+	return 1;
+}
+
+/* spawn_within(seconds, fn, ...): a task whose deadline is now + seconds */
+static int task_spawn_within(lua_State *L)
+{
+	double s = luaL_checknumber(L, 1);
+	luaL_argcheck(L, s >= 0, 1, "seconds must not be negative");
+	luaL_checktype(L, 2, LUA_TFUNCTION);
+	lua_remove(L, 1);
+	Vmsnap_sched_spawn(L, lua_gettop(L) - 1, Vmsnap_now() + s);
+	return 1;
+}
+
+static int task_current(lua_State *L)
+{
+	vmsnap_runtime *rt = Vmsnap_rt(L);
+	if (!rt->current || rt->current->co != L)
+		return 0;
+	push_task(L, rt->current);
+	return 1;
+}
+
+static double opt_timeout(lua_State *L, int idx)
+{
+	if (lua_isnoneornil(L, idx))
+		return -1;
+	double s = luaL_checknumber(L, idx);
+	luaL_argcheck(L, s >= 0, idx, "timeout must not be negative");
+	return s;
+}
+
+static int sleep_push(lua_State *L, void *ud, int reason)
+{
+	(void)ud;
+	(void)reason;
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+static const Vmsnap_waitops sleep_ops = {NULL, sleep_push};
+
+static int task_sleep(lua_State *L)
+{
+	double s = luaL_checknumber(L, 1);
+	luaL_argcheck(L, s >= 0, 1, "seconds must not be negative");
+	Vmsnap_task *t = Vmsnap_sched_check_wait(L);
+	return Vmsnap_sched_wait(L, t, &sleep_ops, NULL, s);
+}
+
+/* suspend(timeout): wait until wakeup(task); true, or nil, msg, TIMEOUT */
+static int suspend_push(lua_State *L, void *ud, int reason)
+{
+	(void)ud;
+	if (reason == VMSNAP_WAKE_TIMEOUT)
+		return Vmsnap_pushfail(L, "TIMEOUT", "timeout");
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+static const Vmsnap_waitops suspend_ops = {NULL, suspend_push};
+
+static int task_suspend(lua_State *L)
+{
+	double s = opt_timeout(L, 1);
+	Vmsnap_task *t = Vmsnap_sched_check_wait(L);
+	return Vmsnap_sched_wait(L, t, &suspend_ops, NULL, s);
+}
+
+static int task_wakeup(lua_State *L)
+{
+	Vmsnap_task *t = Vmsnap_sched_check(L, 1);
+	int ok = (t->state == TASK_WAITING && t->ops == &suspend_ops);
+	if (ok)
+		Vmsnap_sched_wake(t);
+	lua_pushboolean(L, ok);
+	return 1;
+}
+
+static int wait_push(lua_State *L, void *ud, int reason)
+{
+	Vmsnap_task *t = (Vmsnap_task *)ud;
+	/* the waited task's userdata is argument 1 of task_wait */
+	if (reason == VMSNAP_WAKE_TIMEOUT || t->state != TASK_DONE)
+		return Vmsnap_pushfail(L, "TIMEOUT", "timeout waiting for task %u", t->id);
+	lua_pushvalue(L, 1);
+	return Vmsnap_sched_push_result(L, t);
+}
+
+static const Vmsnap_waitops wait_ops = {NULL, wait_push};
+
+static int task_wait(lua_State *L)
+{
+	Vmsnap_task *t = Vmsnap_sched_check(L, 1);
+	double s = opt_timeout(L, 2);
+	lua_settop(L, 1);
+	if (t->state == TASK_DONE)
+		return Vmsnap_sched_push_result(L, t);
+	Vmsnap_task *self = Vmsnap_sched_check_wait(L);
+	if (self == t)
+		luaL_argerror(L, 1, "a task cannot wait for itself");
+	if (lua_getiuservalue(L, 1, 2) != LUA_TTABLE) {
+		lua_pop(L, 1);
+		lua_newtable(L);
+		lua_pushvalue(L, -1);
+		lua_setiuservalue(L, 1, 2);
+	}
+	push_task(L, self);
+	lua_pushinteger(L, X(self)->wait_seq + 1); /* the seq Vmsnap_sched_wait assigns */
+	lua_rawset(L, -3);
+	lua_pop(L, 1);
+	return Vmsnap_sched_wait(L, self, &wait_ops, t, s);
+}
+
+static int task_cancel(lua_State *L)
+{
+	Vmsnap_task *t = Vmsnap_sched_check(L, 1);
+	int was = (t->state != TASK_DONE && !t->kill_code);
+	Vmsnap_sched_cancel(t, "CANCELLED");
+	lua_pushboolean(L, was);
+	return 1;
+}
+
+static const char *const state_names[] = {"ready", "ready", "running", "waiting", "done"};
+
+static int task_status(lua_State *L)
+{
+	Vmsnap_task *t = Vmsnap_sched_check(L, 1);
+	if (t->state == TASK_DONE)
+		lua_pushstring(L, t->failed ? (t->kill_code ? "cancelled" : "failed") : "done");
+	else
+		lua_pushstring(L, state_names[t->state]);
+	return 1;
+}
+
+static int task_id(lua_State *L)
+{
+	lua_pushinteger(L, Vmsnap_sched_check(L, 1)->id);
+	return 1;
+}
+
+static int task_deadline(lua_State *L)
+{
+	vmsnap_runtime *rt = Vmsnap_rt(L);
+	Vmsnap_task *t = lua_isnoneornil(L, 1) ? rt->current : Vmsnap_sched_check(L, 1);
+	if (!t || t->deadline <= 0)
+		return 0;
+	lua_pushnumber(L, t->deadline);
+	return 1;
+}
+
+static int task_now(lua_State *L)
+{
+	lua_pushnumber(L, Vmsnap_now());
+	return 1;
+}
+
+static int task_count(lua_State *L)
+{
+	lua_pushinteger(L, Vmsnap_rt(L)->ntasks);
+	return 1;
+}
+
+static int task_tostring(lua_State *L)
+{
+	TaskBox *b = (TaskBox *)luaL_checkudata(L, 1, TASK_MT);
+	if (!b->t)
+		lua_pushliteral(L, "task (released)");
+	else {
+		task_status(L);
+		lua_pushfstring(L, "task %d (%s)", (int)b->t->id, lua_tostring(L, -1));
+	}
+	return 1;
+}
+
+static int task_gc(lua_State *L)
+{
+	TaskBox *b = (TaskBox *)luaL_checkudata(L, 1, TASK_MT);
+	Vmsnap_task *t = b->t;
+	if (!t)
+		return 0;
+	b->t = NULL;
+	if (t->state != TASK_DONE) { /* only at lua_close */
+		if (t->state == TASK_WAITING)
+			abort_wait(t);
+		if (t->state == TASK_READY)
+			remove_ready(t);
+		if (t->rt->current == t)
+			t->rt->current = NULL;
+		t->state = TASK_DONE;
+		unlink_task(t);
+	}
+	close_timer(t);
+	task_unref(t);
+	return 0;
+}
+
+static const luaL_Reg task_funcs[] = {
+    {"spawn", task_spawn},     {"spawn_within", task_spawn_within},
+    {"current", task_current}, {"sleep", task_sleep},
+    {"suspend", task_suspend}, {"wakeup", task_wakeup},
+    {"wait", task_wait},       {"cancel", task_cancel},
+    {"status", task_status},   {"id", task_id},
+    {"deadline", task_deadline}, {"now", task_now},
+    {"count", task_count},     {NULL, NULL}};
+
+static const luaL_Reg task_meth[] = {
+    {"wait", task_wait}, {"cancel", task_cancel}, {"status", task_status}, {"id", task_id},
+    {NULL, NULL}};
+
+static const luaL_Reg task_metameth[] = {
+    {"__index", NULL}, {"__gc", task_gc}, {"__tostring", task_tostring}, {NULL, NULL}};
+
+int luaopen_vmsnap_core_task(lua_State *L)
+{
+	luaL_newlib(L, task_funcs);
+	if (luaL_newmetatable(L, TASK_MT)) {
+		luaL_setfuncs(L, task_metameth, 0);
+		luaL_newlibtable(L, task_meth);
+		luaL_setfuncs(L, task_meth, 0);
+		lua_setfield(L, -2, "__index");
+	}
+	lua_pop(L, 1);
+	return 1;
+}
+
+/* ------------------------------------------------ plugin cosockets */
+
+typedef struct FdWait {
+	uv_poll_t poll;
+	Vmsnap_task *t;
+	int events;
+	int open;
+} FdWait;
+
+static void fdwait_closed(uv_handle_t *h)
+{
+	free(h->data);
+}
+
+static void fdwait_close(FdWait *w)
+{
+	if (w->open) {
+		w->open = 0;
+		uv_poll_stop(&w->poll);
+		uv_close((uv_handle_t *)&w->poll, fdwait_closed);
+	}
+}
+
+static void fdwait_cb(uv_poll_t *p, int status, int events)
+{
+	FdWait *w = (FdWait *)p->data;
+	w->events = status < 0 ? -1 : events;
+	uv_poll_stop(p);
+	if (w->t)
+		Vmsnap_sched_wake(w->t);
+}
+
+static void fdwait_cancel(void *ud)
+{
+	FdWait *w = (FdWait *)ud;
+	w->t = NULL;
+	fdwait_close(w);
+}
+
+static int fdwait_push(lua_State *L, void *ud, int reason)
+{
+	FdWait *w = (FdWait *)ud;
+	int ev = w->events;
+	fdwait_close(w); /* after a timeout it is already closed */
+	if (reason == VMSNAP_WAKE_TIMEOUT)
+		return Vmsnap_pushfail(L, "TIMEOUT", "timeout");
+	if (ev < 0)
+		return Vmsnap_pushfail(L, "EIO", "error polling the descriptor");
+	lua_pushinteger(L, ((ev & UV_READABLE) ? VMSNAP_IO_READ : 0) |
+	                       ((ev & UV_WRITABLE) ? VMSNAP_IO_WRITE : 0));
+	return 1;
+}
+
+static const Vmsnap_waitops fdwait_ops = {fdwait_cancel, fdwait_push};
+
+VMSNAP_API int vmsnap_await_fd(lua_State *L, int fd, int events, double timeout)
+{
+	vmsnap_runtime *rt = Vmsnap_rt(L);
+	Vmsnap_task *t = Vmsnap_sched_check_wait(L);
+	FdWait *w;
+	int uvev = ((events & VMSNAP_IO_READ) ? UV_READABLE : 0) |
+	           ((events & VMSNAP_IO_WRITE) ? UV_WRITABLE : 0);
+	if (!uvev)
+		return luaL_error(L, "vmsnap_await_fd: no events to wait for");
+	w = (FdWait *)calloc(1, sizeof *w);
+	if (!w)
+		return luaL_error(L, "not enough memory");
+	if (uv_poll_init(&rt->loop, &w->poll, fd) != 0) {
+		free(w);
+		return Vmsnap_pushfail(L, "EBADF", "cannot watch descriptor %d", fd);
+	}
+	w->poll.data = w;
+	w->open = 1;
+	w->t = t;
+	uv_poll_start(&w->poll, uvev, fdwait_cb);
+	return Vmsnap_sched_wait(L, t, &fdwait_ops, w, timeout);
+}
+
+VMSNAP_API int vmsnap_await_timer(lua_State *L, double seconds)
+{
+	Vmsnap_task *t = Vmsnap_sched_check_wait(L);
+	if (seconds < 0)
+		return luaL_error(L, "vmsnap_await_timer: seconds must not be negative");
+	return Vmsnap_sched_wait(L, t, &sleep_ops, NULL, seconds);
+}

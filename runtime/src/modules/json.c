@@ -1,0 +1,491 @@
+/*
+** json.c -- `vmsnap.core.json`: JSON for Kubernetes objects.
+**
+** Decoding uses lua-cjson, then fixes up what cjson 2.1.0 cannot express:
+** integral numbers become Lua integers (cjson yields floats), and empty
+** arrays become empty tables with the shared array metatable
+** (vmsnap.array_mt), so that `[]` and `{}` survive a round trip.  The text
+** is scanned once for `[ ]`; only when one is present is it rewritten with
+** a marker element that the fix-up pass removes.
+**
+** Encoding is our own: cjson 2.1.0 has no empty-array marker and emits
+** keys in table order.  We emit object keys sorted (stable output), arrays
+** for sequences and array_mt tables, `null` for vmsnap.null (cjson.null,
+** a NULL light userdata), and the shortest float text that reads back the
+** same.  Failures return nil, message, code (JSON_DECODE, JSON_ENCODE).
+*/
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../core/buf.h"
+#include "../core/loader.h"
+#include "../core/runtime.h"
+
+#include <lua-cjson.h>
+
+#define ARRAY_MT "vmsnap.array_mt"
+#define EMPTY_MARK "\x01vmsnap:empty-array\x01"
+#define EMPTY_MARK_JSON "\"\\u0001vmsnap:empty-array\\u0001\""
+#define MAX_DEPTH 200
+
+/* ---------------------------------------------------------------- decode */
+
+/* Does the text contain `[` ws* `]` outside strings? */
+static int has_empty_array(const char *s, size_t n)
+{
+	size_t i;
+	int instr = 0;
+	for (i = 0; i < n; i++) {
+		char c = s[i];
+		if (instr) {
+			if (c == '\\')
+				i++;
+			else if (c == '"')
+				instr = 0;
+		} else if (c == '"') {
+			instr = 1;
+		} else if (c == '[') {
+			size_t j = i + 1;
+			while (j < n && (s[j] == ' ' || s[j] == '\t' || s[j] == '\n' || s[j] == '\r'))
+				j++;
+			if (j < n && s[j] == ']')
+				return 1;
+		}
+	}
+	return 0;
+}
+
+/* Push a copy of the text with every empty array holding the marker. */
+static void push_marked(lua_State *L, const char *s, size_t n)
+{
+	Vmsnap_buf *b = Vmsnap_buf_new(L);
+	size_t i;
+	int instr = 0;
+	for (i = 0; i < n; i++) {
+		char c = s[i];
+		Vmsnap_buf_addc(b, c);
+		if (instr) {
+			if (c == '\\' && i + 1 < n)
+				Vmsnap_buf_addc(b, s[++i]);
+			else if (c == '"')
+				instr = 0;
+		} else if (c == '"') {
+			instr = 1;
+		} else if (c == '[') {
+			size_t j = i + 1;
+			while (j < n && (s[j] == ' ' || s[j] == '\t' || s[j] == '\n' || s[j] == '\r'))
+				j++;
+			if (j < n && s[j] == ']')
+				Vmsnap_buf_adds(b, EMPTY_MARK_JSON);
+		}
+	}
+	lua_pushlstring(L, b->p, b->n);
+	Vmsnap_buf_free(b);
+	lua_remove(L, -2);
+}
+
+/* Fix up the decoded value at the top of the stack (see the header). */
+static void fixup(lua_State *L, int depth)
+{
+	int t = lua_gettop(L);
+	if (depth > MAX_DEPTH)
+		return;
+	if (lua_type(L, t) != LUA_TTABLE)
+		return;
+	if (lua_rawlen(L, t) == 1) {
+		lua_rawgeti(L, t, 1);
+		if (lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), EMPTY_MARK) == 0) {
+			lua_pop(L, 1);
+			lua_pushnil(L);
+			lua_rawseti(L, t, 1);
+			luaL_setmetatable(L, ARRAY_MT);
+			return;
+		}
+		lua_pop(L, 1);
+	}
+	lua_pushnil(L);
+	while (lua_next(L, t)) {
+		int vt = lua_type(L, -1);
+		if (vt == LUA_TNUMBER && !lua_isinteger(L, -1)) {
+			lua_Number d = lua_tonumber(L, -1);
+			if (d == floor(d) && fabs(d) < 9007199254740992.0) {
+				lua_pushvalue(L, -2);
+				lua_pushinteger(L, (lua_Integer)d);
+				lua_rawset(L, t);
+			}
+		} else if (vt == LUA_TTABLE) {
+			fixup(L, depth + 1);
+		}
+		lua_pop(L, 1);
+	}
+}
+
+/* cjson reports "... at character N"; turn N into line and column */
+static void push_decode_error(lua_State *L, const char *text, size_t n, const char *msg)
+{
+	const char *at = strstr(msg, "at character ");
+	if (at) {
+		long pos = strtol(at + 13, NULL, 10);
+		long line = 1, col = 1, i;
+		for (i = 0; i < pos - 1 && (size_t)i < n; i++) {
+			if (text[i] == '\n') {
+				line++;
+				col = 1;
+			} else {
+				col++;
+			}
+		}
+		lua_pushfstring(L, "json: %s (line %d column %d)", msg, (int)line, (int)col);
+	} else {
+		lua_pushfstring(L, "json: %s", msg);
+	}
+}
+
+/* json.decode(text) -> value | nil, message, "JSON_DECODE" */
+static int json_decode(lua_State *L)
+{
+	size_t n;
+	const char *s = luaL_checklstring(L, 1, &n);
+	int marked = 0;
+	lua_settop(L, 1);
+	lua_pushvalue(L, lua_upvalueindex(1)); /* cjson.decode */
+	if (has_empty_array(s, n)) {
+		push_marked(L, s, n);
+		marked = 1;
+	} else {
+		lua_pushvalue(L, 1);
+	}
+	if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+		const char *msg = lua_tostring(L, -1);
+		if (!msg)
+			msg = "decode error";
+		lua_pushnil(L);
+		push_decode_error(L, s, n, msg);
+		lua_pushliteral(L, "JSON_DECODE");
+		return 3;
+	}
+	(void)marked;
+	if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1)) {
+		lua_Number d = lua_tonumber(L, -1);
+		if (d == floor(d) && fabs(d) < 9007199254740992.0) {
+			lua_pop(L, 1);
+			lua_pushinteger(L, (lua_Integer)d);
+		}
+	}
+	fixup(L, 0);
+	return 1;
+}
+
+/* ---------------------------------------------------------------- encode */
+
+typedef struct Enc {
+	lua_State *L;
+	Vmsnap_buf *b;
+	const char *indent; /* NULL: compact */
+	char err[256];
+} Enc;
+
+static const char hexd[] = "0123456789abcdef";
+
+static void enc_string(Enc *e, const char *s, size_t n)
+{
+	size_t i, start = 0;
+	Vmsnap_buf *b = e->b;
+	Vmsnap_buf_addc(b, '"');
+	for (i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		const char *rep = NULL;
+		char u[7];
+		if (c >= 0x20 && c != '"' && c != '\\' && c != 0x7f)
+			continue;
+		switch (c) {
+		case '"': rep = "\\\""; break;
+		case '\\': rep = "\\\\"; break;
+		case '\n': rep = "\\n"; break;
+		case '\r': rep = "\\r"; break;
+		case '\t': rep = "\\t"; break;
+		case '\b': rep = "\\b"; break;
+		case '\f': rep = "\\f"; break;
+		default:
+			u[0] = '\\';
+			u[1] = 'u';
+			u[2] = '0';
+			u[3] = '0';
+			u[4] = hexd[c >> 4];
+			u[5] = hexd[c & 15];
+			u[6] = 0;
+			rep = u;
+		}
+		Vmsnap_buf_add(b, s + start, i - start);
+		Vmsnap_buf_adds(b, rep);
+		start = i + 1;
+	}
+	Vmsnap_buf_add(b, s + start, n - start);
+	Vmsnap_buf_addc(b, '"');
+}
+
+static int enc_number(Enc *e, int idx)
+{
+	char tmp[64];
+	if (lua_isinteger(e->L, idx)) {
+		snprintf(tmp, sizeof tmp, "%lld", (long long)lua_tointeger(e->L, idx));
+	} else {
+		double d = lua_tonumber(e->L, idx);
+		int prec;
+		if (isnan(d) || isinf(d)) {
+			snprintf(e->err, sizeof e->err, "cannot encode %s", isnan(d) ? "NaN" : "infinity");
+			return -1;
+		}
+		for (prec = 15; prec <= 17; prec++) {
+			snprintf(tmp, sizeof tmp, "%.*g", prec, d);
+			if (strtod(tmp, NULL) == d)
+				break;
+		}
+	}
+	Vmsnap_buf_adds(e->b, tmp);
+	return 0;
+}
+
+static void newline(Enc *e, int depth)
+{
+	int i;
+	if (!e->indent)
+		return;
+	Vmsnap_buf_addc(e->b, '\n');
+	for (i = 0; i < depth; i++)
+		Vmsnap_buf_adds(e->b, e->indent);
+}
+
+static int is_array_mt(lua_State *L, int idx)
+{
+	int r = 0;
+	if (lua_getmetatable(L, idx)) {
+		luaL_getmetatable(L, ARRAY_MT);
+		r = lua_rawequal(L, -1, -2);
+		lua_pop(L, 2);
+	}
+	return r;
+}
+
+/* Length if the table at idx is a non-empty sequence 1..n, else 0. */
+static lua_Integer seq_len(lua_State *L, int idx)
+{
+	lua_Integer n = 0, max = 0;
+	lua_pushnil(L);
+	while (lua_next(L, idx)) {
+		lua_pop(L, 1);
+		if (lua_type(L, -1) == LUA_TNUMBER && lua_isinteger(L, -1)) {
+			lua_Integer k = lua_tointeger(L, -1);
+			if (k < 1) {
+				lua_pop(L, 1);
+				return 0;
+			}
+			if (k > max)
+				max = k;
+			n++;
+		} else {
+			lua_pop(L, 1);
+			return 0;
+		}
+	}
+	return n == max ? n : 0;
+}
+
+static int key_cmp(const void *a, const void *b)
+{
+	const char *const *x = (const char *const *)a, *const *y = (const char *const *)b;
+	return strcmp(*x, *y);
+}
+
+static int enc_value(Enc *e, int idx, int depth);
+
+static int enc_table(Enc *e, int idx, int depth)
+{
+	lua_State *L = e->L;
+	lua_Integer n, i;
+	if (depth > MAX_DEPTH) {
+		snprintf(e->err, sizeof e->err, "nesting deeper than %d (a cycle?)", MAX_DEPTH);
+		return -1;
+	}
+	luaL_checkstack(L, 8, NULL);
+	if (is_array_mt(L, idx)) {
+		n = (lua_Integer)lua_rawlen(L, idx);
+		if (n == 0) {
+			Vmsnap_buf_adds(e->b, "[]");
+			return 0;
+		}
+	} else {
+		n = seq_len(L, idx);
+	}
+	if (n > 0) {
+		Vmsnap_buf_addc(e->b, '[');
+		for (i = 1; i <= n; i++) {
+			if (i > 1)
+				Vmsnap_buf_addc(e->b, ',');
+			newline(e, depth + 1);
+			lua_rawgeti(L, idx, i);
+			if (enc_value(e, lua_gettop(L), depth + 1))
+				return -1;
+			lua_pop(L, 1);
+		}
+		newline(e, depth);
+		Vmsnap_buf_addc(e->b, ']');
+		return 0;
+	}
+	/* object: collect keys as strings, sorted */
+	lua_Integer nk = 0;
+	lua_newtable(L); /* key strings -> original keys */
+	int keys = lua_gettop(L);
+	lua_pushnil(L);
+	while (lua_next(L, idx)) {
+		lua_pop(L, 1);
+		int kt = lua_type(L, -1);
+		if (kt == LUA_TSTRING) {
+			lua_pushvalue(L, -1);
+			lua_pushvalue(L, -1);
+			lua_rawset(L, keys);
+		} else if (kt == LUA_TNUMBER) {
+			lua_pushvalue(L, -1);
+			lua_tostring(L, -1); /* the copy becomes the key's text */
+			lua_pushvalue(L, -2);
+			lua_rawset(L, keys);
+		} else {
+			snprintf(e->err, sizeof e->err, "cannot encode a table key of type %s",
+			         luaL_typename(L, -1));
+			return -1;
+		}
+		nk++;
+	}
+	if (nk == 0) {
+		lua_pop(L, 1);
+		Vmsnap_buf_adds(e->b, "{}");
+		return 0;
+	}
+	const char **names = (const char **)lua_newuserdatauv(L, sizeof(char *) * (size_t)nk, 0);
+	lua_Integer j = 0;
+	lua_pushnil(L);
+	while (lua_next(L, keys)) {
+		lua_pop(L, 1);
+		names[j++] = lua_tostring(L, -1); /* anchored in `keys` */
+	}
+	qsort(names, (size_t)nk, sizeof(char *), key_cmp);
+	Vmsnap_buf_addc(e->b, '{');
+	for (j = 0; j < nk; j++) {
+		if (j > 0)
+			Vmsnap_buf_addc(e->b, ',');
+		newline(e, depth + 1);
+		enc_string(e, names[j], strlen(names[j]));
+		Vmsnap_buf_adds(e->b, e->indent ? ": " : ":");
+		lua_getfield(L, keys, names[j]); /* original key */
+		lua_rawget(L, idx);
+		if (enc_value(e, lua_gettop(L), depth + 1))
+			return -1;
+		lua_pop(L, 1);
+	}
+	newline(e, depth);
+	Vmsnap_buf_addc(e->b, '}');
+	lua_pop(L, 2); /* names, keys */
+	return 0;
+}
+
+static int enc_value(Enc *e, int idx, int depth)
+{
+	lua_State *L = e->L;
+	size_t n;
+	const char *s;
+	switch (lua_type(L, idx)) {
+	case LUA_TNIL:
+		Vmsnap_buf_adds(e->b, "null");
+		return 0;
+	case LUA_TBOOLEAN:
+		Vmsnap_buf_adds(e->b, lua_toboolean(L, idx) ? "true" : "false");
+		return 0;
+	case LUA_TNUMBER:
+		return enc_number(e, idx);
+	case LUA_TSTRING:
+		s = lua_tolstring(L, idx, &n);
+		enc_string(e, s, n);
+		return 0;
+	case LUA_TLIGHTUSERDATA:
+		if (lua_touserdata(L, idx) == NULL) {
+			Vmsnap_buf_adds(e->b, "null");
+			return 0;
+		}
+		break;
+	case LUA_TTABLE:
+		return enc_table(e, idx, depth);
+	default:
+		break;
+	}
+	snprintf(e->err, sizeof e->err, "cannot encode a value of type %s", luaL_typename(L, idx));
+	return -1;
+}
+
+/* json.encode(value [, {indent = "  " | n}]) -> text | nil, message, "JSON_ENCODE" */
+static int json_encode(lua_State *L)
+{
+	Enc e;
+	char ind[17];
+	luaL_checkany(L, 1);
+	e.L = L;
+	e.indent = NULL;
+	e.err[0] = 0;
+	if (lua_istable(L, 2)) {
+		lua_getfield(L, 2, "indent");
+		if (lua_isinteger(L, -1)) {
+			lua_Integer k = lua_tointeger(L, -1);
+			luaL_argcheck(L, k >= 0 && k <= 16, 2, "indent must be 0..16");
+			memset(ind, ' ', (size_t)k);
+			ind[k] = 0;
+			e.indent = ind;
+		} else if (lua_isstring(L, -1)) {
+			e.indent = lua_tostring(L, -1); /* anchored on the stack */
+		} else if (!lua_isnil(L, -1)) {
+			luaL_argerror(L, 2, "indent must be a string or a number");
+		}
+	} else if (!lua_isnoneornil(L, 2)) {
+		luaL_typeerror(L, 2, "table");
+	}
+	e.b = Vmsnap_buf_new(L);
+	int buf = lua_gettop(L);
+	if (enc_value(&e, 1, 0)) {
+		Vmsnap_buf_free(e.b);
+		return Vmsnap_pushfail(L, "JSON_ENCODE", "json: %s", e.err);
+	}
+	lua_pushlstring(L, e.b->p, e.b->n);
+	Vmsnap_buf_free(e.b);
+	lua_remove(L, buf);
+	return 1;
+}
+
+static int json_is_array(lua_State *L)
+{
+	lua_pushboolean(L, lua_istable(L, 1) && is_array_mt(L, 1));
+	return 1;
+}
+
+int luaopen_vmsnap_core_json(lua_State *L)
+{
+	luaL_newmetatable(L, ARRAY_MT); /* shared with yaml */
+	lua_pop(L, 1);
+	lua_newtable(L);
+	luaopen_cjson(L);
+	lua_getfield(L, -1, "decode_max_depth");
+	lua_pushinteger(L, 1000);
+	lua_call(L, 1, 0);
+	lua_getfield(L, -1, "decode");
+	lua_pushcclosure(L, json_decode, 1);
+	lua_setfield(L, -3, "decode");
+	lua_getfield(L, -1, "null");
+	lua_setfield(L, -3, "null");
+	lua_pop(L, 1);
+	lua_pushcfunction(L, json_encode);
+	lua_setfield(L, -2, "encode");
+	lua_pushcfunction(L, json_is_array);
+	lua_setfield(L, -2, "is_array");
+	luaL_getmetatable(L, ARRAY_MT);
+	lua_setfield(L, -2, "array_mt");
+	return 1;
+}

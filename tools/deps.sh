@@ -1,0 +1,43 @@
+#!/bin/sh
+# Install the Debian packages that vmsnap's build, tests and demo need.
+# Only missing packages are installed; running it again does nothing.
+set -eu
+
+PKGS="build-essential cmake pkg-config
+liblua5.4-dev lua5.4 lua-cjson-dev libyaml-dev libcurl4-openssl-dev libuv1-dev
+libmicrohttpd-dev libsqlite3-dev sqlite3
+qemu-guest-agent e2fsprogs util-linux valgrind"
+
+# kubectl: the machine image usually ships one; Debian's package otherwise.
+command -v kubectl >/dev/null 2>&1 || PKGS="$PKGS kubernetes-client"
+
+missing=""
+for p in $PKGS; do
+	st=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+	case "$st" in
+	*"install ok installed"*) ;;
+	*) missing="$missing $p" ;;
+	esac
+done
+
+if [ -z "$missing" ]; then
+	echo "deps: all packages present"
+	exit 0
+fi
+
+echo "deps: missing:$missing"
+if [ "$(id -u)" -ne 0 ]; then
+	SUDO=""
+	if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+	if [ -z "$SUDO" ]; then
+		echo "deps: not root and no sudo; install as root: apt-get install$missing" >&2
+		exit 1
+	fi
+else
+	SUDO=""
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+# shellcheck disable=SC2086
+$SUDO apt-get install -y -qq --no-install-recommends $missing
+echo "deps: installed:$missing"
