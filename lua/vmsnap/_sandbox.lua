@@ -46,6 +46,13 @@ function M.env(flags, extra)
     end
   end
   env.coroutine = { isyieldable = coroutine.isyieldable, running = coroutine.running }
+  for _, lib in ipairs({ "os", "io", "coroutine" }) do
+    if env[lib] then
+      setmetatable(env[lib], { __index = function(_, k)
+        error(lib .. "." .. tostring(k) .. " is not available in the hook sandbox", 2)
+      end })
+    end
+  end
   if extra then
     for k, v in pairs(extra) do env[k] = v end
   end

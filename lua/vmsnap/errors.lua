@@ -32,6 +32,7 @@ end
 ---@param message string
 ---@param level? integer
 function M.raise(code, message, level)
+  if level == 0 then return core.raise(code, message, 0) end
   return core.raise(code, message, (level or 1) + 1)
 end
 

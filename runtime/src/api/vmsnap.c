@@ -233,7 +233,7 @@ static int rt_memory(lua_State *L)
 	return 1;
 }
 
-/* fail_after(n): the nth allocation from now fails (0 turns it off) */
+/* fail_after(n): from the nth allocation on, allocations fail (0 turns it off) */
 static int rt_fail_after(lua_State *L)
 {
 	Vmsnap_rt(L)->fail_after = (long)luaL_checkinteger(L, 1);
@@ -311,6 +311,7 @@ static int init_p(lua_State *L)
 	vmsnap_runtime *rt = Vmsnap_rt(L);
 	luaL_openlibs(L);
 	Vmsnap_errors_open(L);
+	Vmsnap_sched_open(L);
 	Vmsnap_loader_open(rt);
 	luaL_getsubtable(L, LUA_REGISTRYINDEX, PARAMS_KEY);
 	lua_pop(L, 1);

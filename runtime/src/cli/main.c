@@ -299,9 +299,12 @@ static int report(vmsnap_runtime *rt, vmsnap_status st)
 		fprintf(stderr, "%s: %s\n", progname, vmsnap_errmsg(rt));
 		return EXIT_WORKFLOW;
 	default:
-		fprintf(stderr, "%s: %s\n", progname, vmsnap_errmsg(rt));
-		if (code && strcmp(code, "USAGE") == 0)
+		if (code && strcmp(code, "USAGE") == 0) { /* no traceback for usage errors */
+			const char *m = vmsnap_errmsg(rt), *tb = strstr(m, "\nstack traceback");
+			fprintf(stderr, "%s: %.*s\n", progname, tb ? (int)(tb - m) : (int)strlen(m), m);
 			return EXIT_USAGE;
+		}
+		fprintf(stderr, "%s: %s\n", progname, vmsnap_errmsg(rt));
 		return 1;
 	}
 }

@@ -3,7 +3,12 @@
 **
 ** Counts the bytes the Lua heap holds, refuses growth past the configured
 ** memory limit (Lua then raises "not enough memory", reported as NOMEM),
-** and, for tests, fails the Nth allocation from now (rt->fail_after).
+** and, for tests, fails the Nth growing allocation from now and every one
+** after it until the switch is reset (rt->fail_after; failing only one would
+** be hidden by Lua's retry after an emergency collection).
+** The scheduler's own bookkeeping (recording a finished task's outcome)
+** runs with alloc_exempt set: a half-recorded outcome would strand the
+** tasks waiting for it, and it is small and bounded.
 ** Delegates to the configured allocator or to realloc/free.
 */
 #include <stdlib.h>
@@ -26,11 +31,13 @@ void *Vmsnap_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 		}
 		return NULL;
 	}
-	if (nsize > old) {
+	if (nsize > old && !rt->alloc_exempt) {
 		if (rt->cfg.memory_limit && rt->mem_used + (nsize - old) > rt->cfg.memory_limit)
 			return NULL;
-		if (rt->fail_after > 0 && --rt->fail_after == 0)
+		if (rt->fail_after > 0 && --rt->fail_after == 0) {
+			rt->fail_after = 1; /* and every later one: Lua retries after a GC */
 			return NULL;
+		}
 	}
 	if (rt->cfg.alloc)
 		p = rt->cfg.alloc(rt->cfg.alloc_ud, ptr, osize, nsize);

@@ -49,7 +49,8 @@ struct vmsnap_runtime {
 	/* memory accounting (alloc.c) */
 	size_t mem_used;
 	size_t mem_peak;
-	long fail_after; /* >0: fail the Nth next allocation (tests) */
+	long fail_after; /* >0: fail from the Nth next allocation on (tests) */
+	int alloc_exempt; /* >0: limits do not apply (scheduler bookkeeping) */
 
 	/* scheduler (sched.c) */
 	Vmsnap_task *current;    /* the task whose coroutine is running */
@@ -59,6 +60,7 @@ struct vmsnap_runtime {
 	int ntasks;
 	Vmsnap_task *main_task;
 	uv_async_t wakeup;
+	uv_idle_t idle; /* active while tasks are ready (sched.c) */
 	volatile sig_atomic_t cancel_requested;
 	int cancel_seen;
 	long registry_refs; /* references taken and not yet released */

@@ -22,6 +22,8 @@
 
 #define TASK_MT "vmsnap.task.Task"
 #define HOOK_COUNT 1000
+/* A cancelled task may go on only in short slices between waits. */
+#define CANCEL_SLICE 0.1
 
 typedef struct TaskBox {
 	Vmsnap_task *t;
@@ -32,6 +34,7 @@ typedef struct TaskX {
 	Vmsnap_task t;
 	unsigned wait_seq;
 	int started;
+	int observed; /* somebody read the outcome */
 	double wait_until;
 } TaskX;
 
@@ -65,9 +68,19 @@ static void close_timer(Vmsnap_task *t)
 	}
 }
 
+static void idle_cb(uv_idle_t *h)
+{
+	(void)h; /* while active, the loop polls without blocking */
+}
+
+/* libuv runs due timers before it polls, and then blocks in the poll: a
+** task made ready by a timer callback would wait for the next event.  An
+** active idle handle makes that poll non-blocking while tasks are ready. */
 static void enqueue_ready(Vmsnap_task *t)
 {
 	vmsnap_runtime *rt = t->rt;
+	if (!rt->ready_head && rt->loop_open)
+		uv_idle_start(&rt->idle, idle_cb);
 	t->state = TASK_READY;
 	t->next_ready = NULL;
 	if (rt->ready_tail)
@@ -161,10 +174,9 @@ static void abort_wait(Vmsnap_task *t)
 	const Vmsnap_waitops *ops = t->ops;
 	if (ops && ops->cancel)
 		ops->cancel(t->wait_ud);
-	/* keep ops so the continuation knows a wait was pending, but make
-	** sure cancel does not run twice */
+	/* ops = NULL tells the continuation that the wait was aborted (and
+	** keeps cancel from running twice); wait_ud stays for its push */
 	t->ops = NULL;
-	t->wait_ud = NULL;
 }
 
 void Vmsnap_sched_wake(Vmsnap_task *t)
@@ -215,7 +227,8 @@ static int raise_kill(lua_State *L, Vmsnap_task *t)
 	vmsnap_runtime *rt = t->rt;
 	if (!t->kill_delivered) {
 		t->kill_delivered = 1;
-		t->grace_until = Vmsnap_now() + rt->cfg.cancel_grace;
+		t->slice_start = Vmsnap_now();
+		t->grace_until = t->slice_start + rt->cfg.cancel_grace;
 	}
 	return Vmsnap_raise(L, strcmp(t->kill_code, "DEADLOCK") == 0 ? "CANCELLED" : t->kill_code,
 	                    "%s", kill_message(t->kill_code));
@@ -238,7 +251,8 @@ void Vmsnap_sched_hook(lua_State *L, lua_Debug *ar)
 		raise_kill(L, t);
 		return;
 	}
-	if (!t->kill_hard && Vmsnap_now() >= t->grace_until) {
+	if (!t->kill_hard && (Vmsnap_now() >= t->grace_until ||
+	                      Vmsnap_now() - t->slice_start > CANCEL_SLICE)) {
 		t->kill_hard = 1;
 		/* from now on every line raises, so pcall cannot hold it */
 		lua_sethook(L, Vmsnap_sched_hook, LUA_MASKLINE | LUA_MASKCOUNT, 1);
@@ -506,16 +520,8 @@ static void finish(vmsnap_runtime *rt, Vmsnap_task *t, int rstatus)
 	lua_pushnil(L);
 	lua_setiuservalue(L, base + 1, 2);
 
-	if (t->failed && nwait == 0 && t != rt->main_task && !t->kill_code) {
-		lua_getiuservalue(L, base + 1, 1);
-		lua_getfield(L, -1, "error");
-		lua_getfield(L, -1, "traceback");
-		const char *tb = lua_tostring(L, -1);
-		lua_getfield(L, -2, "message");
-		Vmsnap_log(rt, VMSNAP_LOG_WARN, "task", "task %u failed and nobody waits for it: %s%s%s",
-		           t->id, lua_tostring(L, -1), tb ? "\n" : "", tb ? tb : "");
-		lua_pop(L, 4);
-	}
+	if (nwait > 0 || t == rt->main_task)
+		X(t)->observed = 1;
 	if (t == rt->main_task) {
 		lua_getiuservalue(L, base + 1, 1);
 		if (t->failed) {
@@ -542,7 +548,9 @@ static void resume(vmsnap_runtime *rt, Vmsnap_task *t)
 	if (!X(t)->started) {
 		if (t->kill_code) { /* cancelled before it ever ran */
 			lua_settop(co, 0);
+			rt->alloc_exempt++;
 			finish(rt, t, LUA_OK);
+			rt->alloc_exempt--;
 			return;
 		}
 		X(t)->started = 1;
@@ -550,6 +558,7 @@ static void resume(vmsnap_runtime *rt, Vmsnap_task *t)
 	}
 	t->state = TASK_RUNNING;
 	rt->current = t;
+	t->slice_start = Vmsnap_now();
 	st = lua_resume(co, rt->L, nargs, &nres);
 	rt->current = NULL;
 	if (st == LUA_YIELD) {
@@ -558,7 +567,9 @@ static void resume(vmsnap_runtime *rt, Vmsnap_task *t)
 			enqueue_ready(t);
 		}
 	} else {
+		rt->alloc_exempt++;
 		finish(rt, t, st);
+		rt->alloc_exempt--;
 	}
 }
 
@@ -573,6 +584,7 @@ static int drain_p(lua_State *L)
 	}
 	while ((t = pop_ready(rt)) != NULL)
 		resume(rt, t);
+	uv_idle_stop(&rt->idle);
 	return 0;
 }
 
@@ -581,6 +593,7 @@ void Vmsnap_sched_drain(vmsnap_runtime *rt)
 	lua_State *L = rt->L;
 	lua_pushcfunction(L, drain_p);
 	if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+		rt->alloc_exempt = 0;
 		Vmsnap_log(rt, VMSNAP_LOG_ERROR, "task", "scheduler: %s", lua_tostring(L, -1));
 		lua_pop(L, 1);
 	}
@@ -653,15 +666,13 @@ void Vmsnap_sched_init(vmsnap_runtime *rt)
 {
 	uv_async_init(&rt->loop, &rt->wakeup, wakeup_cb);
 	uv_unref((uv_handle_t *)&rt->wakeup);
+	uv_idle_init(&rt->loop, &rt->idle);
 }
 
 int Vmsnap_sched_push_result(lua_State *L, Vmsnap_task *t)
 {
 	int n, i;
-	TaskBox *b;
-	(void)t;
-	b = (TaskBox *)lua_touserdata(L, -1);
-	(void)b;
+	X(t)->observed = 1;
 	lua_getiuservalue(L, -1, 1);
 	lua_getfield(L, -1, "n");
 	n = (int)lua_tointeger(L, -1);
@@ -763,7 +774,7 @@ static int wait_push(lua_State *L, void *ud, int reason)
 	Vmsnap_task *t = (Vmsnap_task *)ud;
 	/* the waited task's userdata is argument 1 of task_wait */
 	if (reason == VMSNAP_WAKE_TIMEOUT || t->state != TASK_DONE)
-		return Vmsnap_pushfail(L, "TIMEOUT", "timeout waiting for task %u", t->id);
+		return Vmsnap_pushfail(L, "TIMEOUT", "timeout waiting for task %d", (int)t->id);
 	lua_pushvalue(L, 1);
 	return Vmsnap_sched_push_result(L, t);
 }
@@ -861,6 +872,17 @@ static int task_gc(lua_State *L)
 	if (!t)
 		return 0;
 	b->t = NULL;
+	if (t->state == TASK_DONE && t->failed && !t->kill_code && !X(t)->observed) {
+		/* an error nobody looked at must not vanish */
+		lua_getiuservalue(L, 1, 1);
+		lua_getfield(L, -1, "error");
+		lua_getfield(L, -1, "traceback");
+		lua_getfield(L, -2, "message");
+		Vmsnap_log(t->rt, VMSNAP_LOG_WARN, "task", "task %u failed and its result was never read: %s%s%s",
+		           t->id, lua_tostring(L, -1) ? lua_tostring(L, -1) : "?",
+		           lua_tostring(L, -2) ? "\n" : "", lua_tostring(L, -2) ? lua_tostring(L, -2) : "");
+		lua_pop(L, 4);
+	}
 	if (t->state != TASK_DONE) { /* only at lua_close */
 		if (t->state == TASK_WAITING)
 			abort_wait(t);
@@ -892,9 +914,8 @@ static const luaL_Reg task_meth[] = {
 static const luaL_Reg task_metameth[] = {
     {"__index", NULL}, {"__gc", task_gc}, {"__tostring", task_tostring}, {NULL, NULL}};
 
-int luaopen_vmsnap_core_task(lua_State *L)
+void Vmsnap_sched_open(lua_State *L)
 {
-	luaL_newlib(L, task_funcs);
 	if (luaL_newmetatable(L, TASK_MT)) {
 		luaL_setfuncs(L, task_metameth, 0);
 		luaL_newlibtable(L, task_meth);
@@ -902,6 +923,12 @@ int luaopen_vmsnap_core_task(lua_State *L)
 		lua_setfield(L, -2, "__index");
 	}
 	lua_pop(L, 1);
+}
+
+int luaopen_vmsnap_core_task(lua_State *L)
+{
+	Vmsnap_sched_open(L);
+	luaL_newlib(L, task_funcs);
 	return 1;
 }
 
@@ -947,10 +974,11 @@ static void fdwait_cancel(void *ud)
 static int fdwait_push(lua_State *L, void *ud, int reason)
 {
 	FdWait *w = (FdWait *)ud;
-	int ev = w->events;
-	fdwait_close(w); /* after a timeout it is already closed */
-	if (reason == VMSNAP_WAKE_TIMEOUT)
+	int ev;
+	if (reason == VMSNAP_WAKE_TIMEOUT) /* fdwait_cancel closed it already */
 		return Vmsnap_pushfail(L, "TIMEOUT", "timeout");
+	ev = w->events;
+	fdwait_close(w);
 	if (ev < 0)
 		return Vmsnap_pushfail(L, "EIO", "error polling the descriptor");
 	lua_pushinteger(L, ((ev & UV_READABLE) ? VMSNAP_IO_READ : 0) |

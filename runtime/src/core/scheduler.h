@@ -66,6 +66,7 @@ struct Vmsnap_task {
 	int kill_delivered;    /* raised once in the task */
 	int kill_hard;         /* grace over: raise on every line and wait */
 	double grace_until;
+	double slice_start; /* last resume, or the kill delivery */
 
 	/* outcome */
 	int failed;
@@ -103,6 +104,8 @@ int Vmsnap_sched_step(vmsnap_runtime *rt, int timeout_ms);
 /* Cancel everything and run until done, bounded by the grace (close). */
 void Vmsnap_sched_shutdown(vmsnap_runtime *rt);
 void Vmsnap_sched_init(vmsnap_runtime *rt);
+/* Create the task metatable (before the first spawn).  May raise. */
+void Vmsnap_sched_open(lua_State *L);
 /* Push the outcome of a done task: its values, or nil, message, code. */
 int Vmsnap_sched_push_result(lua_State *L, Vmsnap_task *t);
 /* The count hook installed on every task coroutine. */

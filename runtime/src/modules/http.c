@@ -399,7 +399,6 @@ static int http_new(lua_State *L)
 	curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
 	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
 	curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
-	curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
 	curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
 	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
 
@@ -442,13 +441,19 @@ static int http_new(lua_State *L)
 	r->max_body = (size_t)opt_number(L, 1, "max_body", 256.0 * 1024 * 1024);
 	r->stream = opt_bool(L, 1, "stream");
 
+	/* wait for a connection that can multiplex only where HTTP/2 may be
+	** spoken; on plain HTTP/1.1 it would queue requests behind each other */
+	if (strncmp(url, "https:", 6) == 0)
+		curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
 	s = opt_string(L, 1, "http_version");
 	if (!s || strcmp(s, "2") == 0)
 		curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
 	else if (strcmp(s, "1.1") == 0)
 		curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
-	else if (strcmp(s, "2-prior-knowledge") == 0)
+	else if (strcmp(s, "2-prior-knowledge") == 0) {
 		curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE);
+		curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+	}
 	else
 		return luaL_error(L, "http: option 'http_version' must be \"1.1\", \"2\" or "
 		                     "\"2-prior-knowledge\"");
@@ -510,6 +515,7 @@ static int req_start(lua_State *L)
 	if (curl_multi_add_handle(r->h->multi, r->easy) != CURLM_OK)
 		return Vmsnap_pushfail(L, "CURL", "http: cannot start the transfer");
 	r->in_multi = 1;
+	check_done(r->h); /* a transfer can fail inside add_handle */
 	lua_pushboolean(L, 1);
 	return 1;
 }
@@ -630,6 +636,8 @@ static int req_await(lua_State *L)
 	if (!r->started)
 		return luaL_error(L, "http request not started");
 	lua_settop(L, 3);
+	if (!r->done && r->h->rt->http == r->h)
+		check_done(r->h);
 	n = await_ready(L, r, what);
 	if (n >= 0)
 		return n;

@@ -5,7 +5,7 @@
 ** (YAML 1.1 booleans such as yes/no/on/off, null/~/empty, decimal, hex and
 ** octal integers, floats, .inf/.nan); quoted and !!str scalars stay
 ** strings.  Anchors and aliases are supported, and so are merge keys
-** (`<<`).  Empty sequences get the shared array metatable, null is
+** (`<<`).  Mapping keys are always strings (as in JSON).  Empty sequences get the shared array metatable, null is
 ** vmsnap.null: the same conventions as vmsnap.json.
 **
 ** Dumping emits block style, keys sorted, strings with newlines as literal
@@ -299,10 +299,16 @@ static int parse_node(Parser *p, int depth)
 			merge = p->event.type == YAML_SCALAR_EVENT &&
 			        p->event.data.scalar.style == YAML_PLAIN_SCALAR_STYLE &&
 			        strcmp((const char *)p->event.data.scalar.value, "<<") == 0;
-			if (parse_node(p, depth + 1))
+			if (p->event.type == YAML_SCALAR_EVENT) {
+				/* keys are text, as in the JSON form of an object */
+				lua_pushlstring(L, (const char *)p->event.data.scalar.value,
+				                p->event.data.scalar.length);
+				save_anchor(p, p->event.data.scalar.anchor);
+			} else if (parse_node(p, depth + 1)) {
 				return -1;
-			if (lua_type(L, -1) == LUA_TTABLE || (lua_type(L, -1) == LUA_TLIGHTUSERDATA))
-				return set_err(p, "complex or null mapping keys are not supported");
+			}
+			if (lua_type(L, -1) != LUA_TSTRING)
+				return set_err(p, "mapping keys must be scalars");
 			if (next_event(p))
 				return -1;
 			if (parse_node(p, depth + 1))

@@ -1,0 +1,273 @@
+/*
+** embed.c -- an embedding program that uses only vmsnap.h (and Lua's own
+** headers for the host module it registers).  Each check prints TAP;
+** the exit status is the number of failures.
+*/
+#define _GNU_SOURCE
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "vmsnap.h"
+
+static int failures, count;
+
+#define CHECK(cond, what) check((cond) != 0, what, __LINE__)
+
+static void check(int ok, const char *what, int line)
+{
+	count++;
+	printf("%s %d - %s\n", ok ? "ok" : "not ok", count, what);
+	if (!ok) {
+		failures++;
+		printf("  # at embed.c:%d\n", line);
+	}
+}
+
+/* a log sink that keeps the last record */
+static char last_log[1024];
+static int log_records;
+static void sink(void *ud, int level, const char *subsystem, const char *message)
+{
+	(void)ud;
+	(void)level;
+	(void)subsystem;
+	log_records++;
+	snprintf(last_log, sizeof last_log, "%s", message);
+}
+
+/* a host module */
+static int host_add(lua_State *L)
+{
+	lua_pushinteger(L, luaL_checkinteger(L, 1) + luaL_checkinteger(L, 2));
+	return 1;
+}
+static int open_host(void *Lv)
+{
+	lua_State *L = (lua_State *)Lv;
+	lua_newtable(L);
+	lua_pushcfunction(L, host_add);
+	lua_setfield(L, -2, "add");
+	return 1;
+}
+
+static vmsnap_runtime *open_rt(size_t memlimit)
+{
+	vmsnap_config *cfg = vmsnap_config_new();
+	vmsnap_runtime *rt = NULL;
+	vmsnap_config_set_log(cfg, sink, NULL, VMSNAP_LOG_DEBUG);
+	vmsnap_config_set_memory_limit(cfg, memlimit);
+	vmsnap_config_set_embedded_only(cfg, 1);
+	vmsnap_config_set_cancel_grace(cfg, 1.0);
+	if (vmsnap_open(cfg, &rt) != VMSNAP_OK) {
+		fprintf(stderr, "open: %s\n", rt ? vmsnap_errmsg(rt) : "?");
+		exit(99);
+	}
+	vmsnap_config_free(cfg);
+	return rt;
+}
+
+static vmsnap_status run(vmsnap_runtime *rt, const char *code)
+{
+	return vmsnap_run_buffer(rt, code, strlen(code), "=embed");
+}
+
+/* -------------------------------------------- host event loop (io hooks) */
+
+static int watched_fd = -1, timer_ms = -1;
+static void h_watch(void *ud, int fd, int ev)
+{
+	(void)ud;
+	(void)ev;
+	watched_fd = fd;
+}
+static void h_unwatch(void *ud, int fd)
+{
+	(void)ud;
+	(void)fd;
+	watched_fd = -1;
+}
+static void h_timer(void *ud, int ms)
+{
+	(void)ud;
+	timer_ms = ms;
+}
+
+static void *cancel_later(void *arg)
+{
+	struct timespec ts = {0, 100 * 1000 * 1000};
+	nanosleep(&ts, NULL);
+	vmsnap_cancel((vmsnap_runtime *)arg);
+	return NULL;
+}
+
+int main(void)
+{
+	vmsnap_runtime *rt;
+	vmsnap_status st;
+	char *res = NULL;
+
+	CHECK(VMSNAP_VERSION_NUM == vmsnap_version_num(), "header and library versions agree");
+	CHECK(strcmp(vmsnap_version(), VMSNAP_VERSION) == 0, "version string");
+	CHECK(VMSNAP_AT_LEAST_VERSION(0, 1, 0), "VMSNAP_AT_LEAST_VERSION");
+	CHECK(vmsnap_get_build_info()->age >= 0 && vmsnap_get_build_info()->libcurl, "build info");
+	CHECK(strcmp(vmsnap_strerror(VMSNAP_ERR_TIMEOUT), "deadline exceeded") == 0, "strerror");
+	vmsnap_close(NULL);
+	vmsnap_config_free(NULL);
+	CHECK(vmsnap_open(NULL, NULL) == VMSNAP_ERR_MISUSE, "open without an out pointer is misuse");
+
+	rt = open_rt(0);
+	st = run(rt, "local t = require('vmsnap.task') t.sleep(0.01) return 1");
+	CHECK(st == VMSNAP_OK, "run a buffer with a task wait");
+
+	st = run(rt, "error('boom')");
+	CHECK(st == VMSNAP_ERR_RUNTIME, "a raised error is VMSNAP_ERR_RUNTIME");
+	CHECK(strstr(vmsnap_errmsg(rt), "embed:1: boom") && strstr(vmsnap_errmsg(rt), "stack traceback"),
+	      "errmsg has the message and a traceback");
+	CHECK(vmsnap_errcode(rt) && strcmp(vmsnap_errcode(rt), "ERROR") == 0, "errcode ERROR");
+
+	st = run(rt, "return nil, 'no class for storage class x', 'NotFound'");
+	CHECK(st == VMSNAP_ERR_WORKFLOW, "nil, message is VMSNAP_ERR_WORKFLOW");
+	CHECK(strcmp(vmsnap_errmsg(rt), "no class for storage class x") == 0, "workflow message");
+	CHECK(strcmp(vmsnap_errcode(rt), "NotFound") == 0, "workflow code");
+
+	st = run(rt, "local x = = 1");
+	CHECK(st == VMSNAP_ERR_SYNTAX, "syntax error status");
+	CHECK(strstr(vmsnap_errmsg(rt), "embed:1:") != NULL, "syntax error names the line");
+
+	CHECK(vmsnap_check_file(rt, "/nonexistent/file.lua") == VMSNAP_ERR_IO, "check_file of a missing file");
+
+	/* call a function with JSON arguments */
+	st = vmsnap_call(rt, "string.rep", "[\"ab\", 3]", &res);
+	CHECK(st == VMSNAP_OK && res && strcmp(res, "[\"ababab\"]") == 0, "vmsnap_call string.rep");
+	vmsnap_free(res);
+	res = NULL;
+	st = vmsnap_call(rt, "vmsnap.json.decode", "[\"{\\\"a\\\":[]}\"]", &res);
+	CHECK(st == VMSNAP_OK && res && strcmp(res, "[{\"a\":[]}]") == 0, "vmsnap_call a module function");
+	vmsnap_free(res);
+	res = NULL;
+	st = vmsnap_call(rt, "nosuch.fn", NULL, &res);
+	CHECK(st == VMSNAP_ERR_RUNTIME && strstr(vmsnap_errmsg(rt), "cannot find module 'nosuch'"),
+	      "vmsnap_call of a missing function");
+
+	/* params */
+	CHECK(vmsnap_set_param(rt, "vm", "{\"name\":\"linux-vm\"}") == VMSNAP_OK, "set_param");
+	CHECK(vmsnap_set_param(rt, "bad", "{") == VMSNAP_ERR_MISUSE, "set_param with bad JSON");
+	st = run(rt, "assert(require('vmsnap').params.vm.name == 'linux-vm')");
+	CHECK(st == VMSNAP_OK, "params visible to scripts");
+
+	/* a host module */
+	CHECK(vmsnap_register_module(rt, "host", open_host) == VMSNAP_OK, "register_module");
+	st = run(rt, "assert(require('host').add(2, 3) == 5)");
+	CHECK(st == VMSNAP_OK, "host module callable");
+
+	/* logging through the sink */
+	log_records = 0;
+	st = run(rt, "require('vmsnap.log').warn('disk busy', {disk = 'root'})");
+	CHECK(st == VMSNAP_OK && log_records == 1 && strstr(last_log, "WARN  script: disk busy disk=root"),
+	      "log records reach the host sink");
+
+	/* hooks in the sandbox */
+	{
+		char path[] = "/tmp/vmsnap-embed-hookXXXXXX";
+		int fd = mkstemp(path);
+		static const char hook[] =
+		    "return {\n"
+		    "  pre_freeze = function(ctx) return 'froze ' .. ctx.vm end,\n"
+		    "  post_thaw = function(ctx) return os.execute('true') end,\n"
+		    "  snapshot_failed = function(ctx) return nil, 'db not flushed' end,\n"
+		    "}\n";
+		CHECK(fd >= 0 && write(fd, hook, sizeof hook - 1) == (ssize_t)(sizeof hook - 1), "write hook file");
+		close(fd);
+		st = vmsnap_call_hook(rt, path, "pre_freeze", "{\"vm\":\"linux-vm\"}", &res);
+		CHECK(st == VMSNAP_OK && res && strcmp(res, "[\"froze linux-vm\"]") == 0, "call_hook result");
+		vmsnap_free(res);
+		res = NULL;
+		st = vmsnap_call_hook(rt, path, "post_thaw", "{}", &res);
+		CHECK(st == VMSNAP_ERR_RUNTIME && strstr(vmsnap_errmsg(rt), "not available in the hook sandbox"),
+		      "the sandbox hides os.execute");
+		st = vmsnap_call_hook(rt, path, "snapshot_failed", "{}", &res);
+		CHECK(st == VMSNAP_ERR_WORKFLOW && strcmp(vmsnap_errmsg(rt), "db not flushed") == 0,
+		      "a hook returning nil, message is VMSNAP_ERR_WORKFLOW");
+		vmsnap_free(res);
+		res = NULL;
+		unlink(path);
+	}
+
+	/* non-blocking mode: the host drives the loop with its own poll() */
+	{
+		vmsnap_io_hooks hooks = {1, h_watch, h_unwatch, h_timer};
+		int steps = 0;
+		CHECK(vmsnap_set_io_hooks(rt, &hooks, NULL) == VMSNAP_OK && watched_fd >= 0,
+		      "io hooks: the host is asked to watch the backend fd");
+		st = vmsnap_start_buffer(rt,
+		                         "local t = require('vmsnap.task')\n"
+		                         "local a = t.spawn(function() t.sleep(0.05) return 2 end)\n"
+		                         "t.sleep(0.02)\n"
+		                         "assert(t.wait(a) == 2)\n",
+		                         strlen("local t = require('vmsnap.task')\n"
+		                                "local a = t.spawn(function() t.sleep(0.05) return 2 end)\n"
+		                                "t.sleep(0.02)\n"
+		                                "assert(t.wait(a) == 2)\n"),
+		                         "=nonblocking");
+		CHECK(st == VMSNAP_OK, "start_buffer");
+		for (;;) {
+			struct pollfd p = {watched_fd, POLLIN, 0};
+			int n = poll(&p, 1, timer_ms < 0 ? 1000 : timer_ms);
+			st = n > 0 ? vmsnap_io_ready(rt, watched_fd, VMSNAP_IO_READ) : vmsnap_timer_expired(rt);
+			steps++;
+			if (st != VMSNAP_AGAIN || steps > 1000)
+				break;
+		}
+		CHECK(st == VMSNAP_OK, "the host loop ran the script to completion");
+		CHECK(steps > 1 && steps < 100, "in a few steps, not a busy loop");
+	}
+
+	/* vmsnap_step and cancellation from another thread */
+	{
+		pthread_t th;
+		static const char code[] =
+		    "local t = require('vmsnap.task')\n"
+		    "local _ <close> = setmetatable({}, {__close = function() t.sleep(0.01) end})\n"
+		    "t.sleep(30)\n";
+		st = vmsnap_start_buffer(rt, code, sizeof code - 1, "=cancel");
+		pthread_create(&th, NULL, cancel_later, rt);
+		do
+			st = vmsnap_step(rt, -1);
+		while (st == VMSNAP_AGAIN);
+		pthread_join(th, NULL);
+		CHECK(st == VMSNAP_ERR_CANCELLED, "vmsnap_cancel from another thread cancels the run");
+		st = run(rt, "return 1");
+		CHECK(st == VMSNAP_OK, "the runtime is usable after a cancel");
+	}
+	vmsnap_close(rt);
+
+	/* deadline and memory limit */
+	{
+		vmsnap_config *cfg = vmsnap_config_new();
+		vmsnap_config_set_deadline(cfg, 0.1);
+		vmsnap_config_set_log(cfg, sink, NULL, VMSNAP_LOG_ERROR);
+		CHECK(vmsnap_config_set_deadline(cfg, -1) == VMSNAP_ERR_MISUSE, "negative deadline is misuse");
+		CHECK(vmsnap_open(cfg, &rt) == VMSNAP_OK, "open with a deadline");
+		vmsnap_config_free(cfg);
+		st = run(rt, "while true do end");
+		CHECK(st == VMSNAP_ERR_TIMEOUT, "a busy loop past the deadline is VMSNAP_ERR_TIMEOUT");
+		vmsnap_close(rt);
+	}
+	rt = open_rt(4 * 1024 * 1024);
+	st = run(rt, "local t = {} for i = 1, 1e7 do t[i] = i end");
+	CHECK(st == VMSNAP_ERR_NOMEM, "over the memory limit is VMSNAP_ERR_NOMEM");
+	st = run(rt, "return 1");
+	CHECK(st == VMSNAP_OK, "usable after NOMEM");
+	vmsnap_close(rt);
+
+	printf("1..%d\n%d passed, %d failed\n", count, count - failures, failures);
+	return failures;
+}

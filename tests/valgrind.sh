@@ -1,0 +1,51 @@
+#!/bin/sh
+# Run the CLI's main paths under valgrind; any leak or memory error fails.
+# usage: valgrind.sh VALGRIND VMSNAP SOURCE_DIR BUILD_DIR
+set -u
+VG=$1 V=$2 SRC=$3 BUILD=$4
+fail=0
+run() {
+	name=$1
+	shift
+	out=$("$VG" --quiet --error-exitcode=99 --leak-check=full --show-leak-kinds=definite,indirect \
+		--errors-for-leak-kinds=definite,indirect "$V" "$@" 2>&1 >/dev/null)
+	rc=$?
+	if [ $rc -eq 99 ]; then
+		echo "not ok - $name"
+		echo "$out" | sed 's/^/  # /'
+		fail=1
+	else
+		echo "ok - $name (exit $rc)"
+	fi
+}
+run "version" --version
+run "empty chunk" -e ''
+run "syntax error" -e 'local = 1'
+run "runtime error" -e 'error("x")'
+run "tasks and channels" -e '
+local t = require("vmsnap.task")
+local ch = t.channel()
+local ts = {}
+for i = 1, 50 do ts[i] = t.spawn(function() t.sleep(0.001 * (i % 5)) ch:send(i) end) end
+for _ = 1, 50 do ch:recv() end
+t.wait_all(ts)
+t.timeout(0.02, function() t.sleep(1) end)'
+run "json and yaml" -e '
+local json, yaml = require("vmsnap.json"), require("vmsnap.yaml")
+local f = assert(io.open(arg[1])) local text = f:read("a") f:close()
+for _, d in ipairs(assert(yaml.load_all(text))) do assert(yaml.load(yaml.dump(d))) assert(json.decode(json.encode(d))) end
+assert(not yaml.load("a: [") and not json.decode("{"))' "$SRC/tests/data/user-guide-manifests.yaml"
+run "http and proc" -e '
+local proc, http, task, fs = require("vmsnap.proc"), require("vmsnap.http"), require("vmsnap.task"), require("vmsnap.fs")
+local d <close> = assert(fs.tempdir("vg"))
+local p <close> = assert(proc.spawn({arg[1], "--port-file", d.path .. "/port", "--max-seconds", "60"}))
+local port
+for _ = 1, 500 do local s = fs.read_file(d.path .. "/port") if s then port = s:match("%d+") break end task.sleep(0.01) end
+local ts = {}
+for i = 1, 10 do ts[i] = task.spawn(http.get, "http://127.0.0.1:" .. port .. "/delay?ms=20") end
+for _, r in ipairs(assert(task.wait_all(ts))) do assert(r[1].status == 200) end
+assert(http.request({url = "http://127.0.0.1:" .. port .. "/stream?n=3", stream = true}):read_all())
+assert(proc.run({"sh", "-c", "echo hi"})).stdout:find("hi")
+p:kill("KILL") p:wait(5)' "$BUILD/tests/testhttpd"
+run "cancelled run" --deadline 0.2 -e 'require("vmsnap.task").sleep(5)'
+exit $fail
