@@ -4,7 +4,7 @@
 ** Also provides `vmsnap.core.runtime`, the Lua view of the runtime:
 ** versions, memory figures, params and the allocation-failure switch.
 */
-#include <curl/curl.h>
+#include "../modules/curlsym.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,8 +45,8 @@ VMSNAP_API const vmsnap_build_info *vmsnap_get_build_info(void)
 	static vmsnap_build_info info;
 	static char curlv[32];
 	if (!info.version) {
-		curl_version_info_data *c = curl_version_info(CURLVERSION_NOW);
-		snprintf(curlv, sizeof curlv, "%s", c && c->version ? c->version : "?");
+		curl_version_info_data *c = Vmsnap_curl(NULL) ? curl_version_info(CURLVERSION_NOW) : NULL;
+		snprintf(curlv, sizeof curlv, "%s", c && c->version ? c->version : "(not loadable)");
 		info.age = 0;
 		info.lua = LUA_RELEASE;
 		info.libuv = uv_version_string();
@@ -86,19 +86,15 @@ static int global_users;
 VMSNAP_API vmsnap_status vmsnap_global_init(unsigned flags)
 {
 	(void)flags;
-	if (global_users++ == 0) {
-		if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
-			global_users--;
-			return VMSNAP_ERR_INTERNAL;
-		}
-	}
+	/* libcurl's own global init runs when HTTP is first used (curlsym.c) */
+	global_users++;
 	return VMSNAP_OK;
 }
 
 VMSNAP_API void vmsnap_global_cleanup(void)
 {
 	if (global_users > 0 && --global_users == 0)
-		curl_global_cleanup();
+		Vmsnap_curl_unload();
 }
 
 /* ------------------------------------------------------------ config */

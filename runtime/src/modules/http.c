@@ -22,7 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <curl/curl.h>
+#include "curlsym.h"
 
 #include "../core/loader.h"
 #include "../core/runtime.h"
@@ -240,8 +240,11 @@ static Http *get_http(lua_State *L)
 {
 	vmsnap_runtime *rt = Vmsnap_rt(L);
 	Http *h = (Http *)rt->http;
+	const char *why = NULL;
 	if (h)
 		return h;
+	if (!Vmsnap_curl(&why))
+		luaL_error(L, "http: cannot load libcurl: %s", why ? why : "?");
 	h = (Http *)calloc(1, sizeof *h);
 	if (!h)
 		luaL_error(L, "not enough memory");
@@ -687,6 +690,9 @@ static int req_tostring(lua_State *L)
 
 static int http_version_info(lua_State *L)
 {
+	const char *why = NULL;
+	if (!Vmsnap_curl(&why))
+		return Vmsnap_pushfail(L, "ENOENT", "http: cannot load libcurl: %s", why ? why : "?");
 	curl_version_info_data *d = curl_version_info(CURLVERSION_NOW);
 	lua_createtable(L, 0, 3);
 	lua_pushstring(L, d->version);

@@ -157,7 +157,21 @@ static int json_decode(lua_State *L)
 	} else {
 		lua_pushvalue(L, 1);
 	}
-	if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+	/* lua-cjson leaks its buffers when a Lua allocation fails in the
+	** middle of a decode, so the decode runs exempt from the memory
+	** limit and the limit is checked right after */
+	vmsnap_runtime *rt = Vmsnap_rt(L);
+	rt->alloc_exempt++;
+	int st = lua_pcall(L, 1, 1, 0);
+	rt->alloc_exempt--;
+	if (rt->cfg.memory_limit && rt->mem_used > rt->cfg.memory_limit) {
+		lua_settop(L, 1);
+		lua_gc(L, LUA_GCCOLLECT);
+		if (rt->mem_used > rt->cfg.memory_limit)
+			return Vmsnap_pushfail(L, "NOMEM", "json: not enough memory for the decoded value");
+		return Vmsnap_pushfail(L, "NOMEM", "json: the decoded value would exceed the memory limit");
+	}
+	if (st != LUA_OK) {
 		const char *msg = lua_tostring(L, -1);
 		if (!msg)
 			msg = "decode error";

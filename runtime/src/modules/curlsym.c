@@ -1,0 +1,74 @@
+/*
+** curlsym.c -- see curlsym.h.
+*/
+#include <dlfcn.h>
+#include <stddef.h>
+
+#include "curlsym.h"
+
+const Vmsnap_curl_api *Vmsnap_curl_loaded;
+
+static Vmsnap_curl_api api;
+static void *lib;
+static const char *load_error;
+
+static const char *const names[] = {
+    "curl_easy_init",          "curl_easy_setopt",         "curl_easy_getinfo",
+    "curl_easy_cleanup",       "curl_easy_strerror",       "curl_easy_pause",
+    "curl_multi_init",         "curl_multi_setopt",        "curl_multi_add_handle",
+    "curl_multi_remove_handle", "curl_multi_socket_action", "curl_multi_info_read",
+    "curl_multi_assign",       "curl_multi_cleanup",       "curl_slist_append",
+    "curl_slist_free_all",     "curl_version_info",        "curl_global_init",
+    "curl_global_cleanup"};
+
+const Vmsnap_curl_api *Vmsnap_curl(const char **why)
+{
+	static const char *const sonames[] = {"libcurl.so.4", "libcurl-gnutls.so.4", "libcurl.so"};
+	size_t i;
+	if (Vmsnap_curl_loaded)
+		return Vmsnap_curl_loaded;
+	if (load_error) {
+		if (why)
+			*why = load_error;
+		return NULL;
+	}
+	for (i = 0; i < sizeof sonames / sizeof *sonames && !lib; i++)
+		lib = dlopen(sonames[i], RTLD_NOW | RTLD_LOCAL);
+	if (!lib) {
+		load_error = dlerror();
+		if (!load_error)
+			load_error = "libcurl.so.4 not found";
+		if (why)
+			*why = load_error;
+		return NULL;
+	}
+	void **slots = (void **)&api;
+	for (i = 0; i < sizeof names / sizeof *names; i++) {
+		slots[i] = dlsym(lib, names[i]);
+		if (!slots[i]) {
+			load_error = "libcurl lacks a function vmsnap needs (too old?)";
+			if (why)
+				*why = load_error;
+			dlclose(lib);
+			lib = NULL;
+			return NULL;
+		}
+	}
+	if (api.global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+		load_error = "curl_global_init failed";
+		if (why)
+			*why = load_error;
+		return NULL;
+	}
+	Vmsnap_curl_loaded = &api;
+	return Vmsnap_curl_loaded;
+}
+
+void Vmsnap_curl_unload(void)
+{
+	if (Vmsnap_curl_loaded) {
+		api.global_cleanup();
+		Vmsnap_curl_loaded = NULL;
+	}
+	/* the library stays mapped: other runtimes in the process may load it again */
+}

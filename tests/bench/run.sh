@@ -1,0 +1,13 @@
+#!/bin/sh
+# Run every benchmark and print its figures.  usage: tests/bench/run.sh [BUILD_DIR]
+set -eu
+BUILD=${1:-build}
+HERE=$(cd "$(dirname "$0")" && pwd)
+V="$BUILD/vmsnap"
+export VMSNAP_BUILD_DIR="$BUILD" VMSNAP_SOURCE_DIR="$HERE/../.."
+echo "== startup"
+sh "$HERE/startup.sh" "$V"
+echo "== tasks"
+"$V" "$HERE/tasks.lua"
+echo "== http"
+"$V" --path "$HERE/../harness" "$HERE/http.lua"
