@@ -22,10 +22,11 @@
 #include "../core/buf.h"
 #include "../core/loader.h"
 #include "../core/runtime.h"
+#include "../core/values.h"
 
 #include <lua-cjson.h>
 
-#define ARRAY_MT "vmsnap.array_mt"
+#define ARRAY_MT VMSNAP_ARRAY_MT
 #define EMPTY_MARK "\x01vmsnap:empty-array\x01"
 #define EMPTY_MARK_JSON "\"\\u0001vmsnap:empty-array\\u0001\""
 #define MAX_DEPTH 200
@@ -247,16 +248,11 @@ static int enc_number(Enc *e, int idx)
 		snprintf(tmp, sizeof tmp, "%lld", (long long)lua_tointeger(e->L, idx));
 	} else {
 		double d = lua_tonumber(e->L, idx);
-		int prec;
 		if (isnan(d) || isinf(d)) {
 			snprintf(e->err, sizeof e->err, "cannot encode %s", isnan(d) ? "NaN" : "infinity");
 			return -1;
 		}
-		for (prec = 15; prec <= 17; prec++) {
-			snprintf(tmp, sizeof tmp, "%.*g", prec, d);
-			if (strtod(tmp, NULL) == d)
-				break;
-		}
+		Vmsnap_fmt_double(tmp, sizeof tmp, d);
 	}
 	Vmsnap_buf_adds(e->b, tmp);
 	return 0;
@@ -272,47 +268,6 @@ static void newline(Enc *e, int depth)
 		Vmsnap_buf_adds(e->b, e->indent);
 }
 
-static int is_array_mt(lua_State *L, int idx)
-{
-	int r = 0;
-	if (lua_getmetatable(L, idx)) {
-		luaL_getmetatable(L, ARRAY_MT);
-		r = lua_rawequal(L, -1, -2);
-		lua_pop(L, 2);
-	}
-	return r;
-}
-
-/* Length if the table at idx is a non-empty sequence 1..n, else 0. */
-static lua_Integer seq_len(lua_State *L, int idx)
-{
-	lua_Integer n = 0, max = 0;
-	lua_pushnil(L);
-	while (lua_next(L, idx)) {
-		lua_pop(L, 1);
-		if (lua_type(L, -1) == LUA_TNUMBER && lua_isinteger(L, -1)) {
-			lua_Integer k = lua_tointeger(L, -1);
-			if (k < 1) {
-				lua_pop(L, 1);
-				return 0;
-			}
-			if (k > max)
-				max = k;
-			n++;
-		} else {
-			lua_pop(L, 1);
-			return 0;
-		}
-	}
-	return n == max ? n : 0;
-}
-
-static int key_cmp(const void *a, const void *b)
-{
-	const char *const *x = (const char *const *)a, *const *y = (const char *const *)b;
-	return strcmp(*x, *y);
-}
-
 static int enc_value(Enc *e, int idx, int depth);
 
 static int enc_table(Enc *e, int idx, int depth)
@@ -324,14 +279,14 @@ static int enc_table(Enc *e, int idx, int depth)
 		return -1;
 	}
 	luaL_checkstack(L, 8, NULL);
-	if (is_array_mt(L, idx)) {
+	if (Vmsnap_is_array_mt(L, idx)) {
 		n = (lua_Integer)lua_rawlen(L, idx);
 		if (n == 0) {
 			Vmsnap_buf_adds(e->b, "[]");
 			return 0;
 		}
 	} else {
-		n = seq_len(L, idx);
+		n = Vmsnap_seq_len(L, idx);
 	}
 	if (n > 0) {
 		Vmsnap_buf_addc(e->b, '[');
@@ -384,7 +339,7 @@ static int enc_table(Enc *e, int idx, int depth)
 		lua_pop(L, 1);
 		names[j++] = lua_tostring(L, -1); /* anchored in `keys` */
 	}
-	qsort(names, (size_t)nk, sizeof(char *), key_cmp);
+	qsort(names, (size_t)nk, sizeof(char *), Vmsnap_strcmp_p);
 	Vmsnap_buf_addc(e->b, '{');
 	for (j = 0; j < nk; j++) {
 		if (j > 0)
@@ -476,7 +431,7 @@ static int json_encode(lua_State *L)
 
 static int json_is_array(lua_State *L)
 {
-	lua_pushboolean(L, lua_istable(L, 1) && is_array_mt(L, 1));
+	lua_pushboolean(L, lua_istable(L, 1) && Vmsnap_is_array_mt(L, 1));
 	return 1;
 }
 

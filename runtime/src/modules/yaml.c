@@ -27,8 +27,9 @@
 #include "../core/buf.h"
 #include "../core/loader.h"
 #include "../core/runtime.h"
+#include "../core/values.h"
 
-#define ARRAY_MT "vmsnap.array_mt"
+#define ARRAY_MT VMSNAP_ARRAY_MT
 #define PARSER_MT "vmsnap.yaml.Parser"
 #define EMITTER_MT "vmsnap.yaml.Emitter"
 #define MAX_DEPTH 200
@@ -459,39 +460,6 @@ static int needs_quotes(lua_State *L, const char *s, size_t n)
 	return r;
 }
 
-static int is_array_mt(lua_State *L, int idx)
-{
-	int r = 0;
-	if (lua_getmetatable(L, idx)) {
-		luaL_getmetatable(L, ARRAY_MT);
-		r = lua_rawequal(L, -1, -2);
-		lua_pop(L, 2);
-	}
-	return r;
-}
-
-static lua_Integer seq_len(lua_State *L, int idx)
-{
-	lua_Integer n = 0, max = 0;
-	lua_pushnil(L);
-	while (lua_next(L, idx)) {
-		lua_pop(L, 1);
-		if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1) {
-			lua_pop(L, 1);
-			return 0;
-		}
-		if (lua_tointeger(L, -1) > max)
-			max = lua_tointeger(L, -1);
-		n++;
-	}
-	return n == max ? n : 0;
-}
-
-static int key_cmp(const void *a, const void *b)
-{
-	return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
-
 static int dump_value(Emitter *e, int idx, int depth);
 
 static int dump_table(Emitter *e, int idx, int depth)
@@ -503,8 +471,8 @@ static int dump_table(Emitter *e, int idx, int depth)
 		return -1;
 	}
 	luaL_checkstack(L, 8, NULL);
-	int arr = is_array_mt(L, idx);
-	n = arr ? (lua_Integer)lua_rawlen(L, idx) : seq_len(L, idx);
+	int arr = Vmsnap_is_array_mt(L, idx);
+	n = arr ? (lua_Integer)lua_rawlen(L, idx) : Vmsnap_seq_len(L, idx);
 	if (arr || n > 0) {
 		yaml_sequence_start_event_initialize(&e->ev, NULL, NULL, 1,
 		                                     n == 0 ? YAML_FLOW_SEQUENCE_STYLE
@@ -553,7 +521,7 @@ static int dump_table(Emitter *e, int idx, int depth)
 			lua_pop(L, 1);
 			names[j++] = lua_tostring(L, -1);
 		}
-		qsort(names, (size_t)nk, sizeof(char *), key_cmp);
+		qsort(names, (size_t)nk, sizeof(char *), Vmsnap_strcmp_p);
 		for (j = 0; j < nk; j++) {
 			lua_getfield(L, keys, names[j]); /* original key */
 			if (dump_value(e, lua_gettop(L), depth + 1))
@@ -595,14 +563,8 @@ static int dump_value(Emitter *e, int idx, int depth)
 				strcpy(tmp, ".nan");
 			else if (isinf(d))
 				strcpy(tmp, d > 0 ? ".inf" : "-.inf");
-			else {
-				int prec;
-				for (prec = 15; prec <= 17; prec++) {
-					snprintf(tmp, sizeof tmp, "%.*g", prec, d);
-					if (strtod(tmp, NULL) == d)
-						break;
-				}
-			}
+			else
+				Vmsnap_fmt_double(tmp, sizeof tmp, d);
 		}
 		return emit_scalar(e, tmp, strlen(tmp), YAML_PLAIN_SCALAR_STYLE, 1);
 	case LUA_TSTRING:

@@ -1,0 +1,23 @@
+/*
+** values.h -- how Lua values map to JSON/YAML shapes; shared by the json
+** and yaml modules so both agree on arrays, key order and number text.
+*/
+#ifndef VMSNAP_VALUES_H
+#define VMSNAP_VALUES_H
+
+#include <stddef.h>
+
+#include <lua.h>
+
+#define VMSNAP_ARRAY_MT "vmsnap.array_mt"
+
+/* Does the table at idx carry the shared array metatable? */
+int Vmsnap_is_array_mt(lua_State *L, int idx);
+/* n if the table at idx is a non-empty sequence 1..n, else 0. */
+lua_Integer Vmsnap_seq_len(lua_State *L, int idx);
+/* qsort comparator for an array of C strings. */
+int Vmsnap_strcmp_p(const void *a, const void *b);
+/* The shortest %g text of a finite d that reads back as d. */
+void Vmsnap_fmt_double(char *buf, size_t n, double d);
+
+#endif
