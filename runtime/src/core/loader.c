@@ -107,12 +107,3 @@ void Vmsnap_loader_open(vmsnap_runtime *rt)
 	}
 	lua_pop(L, 1);
 }
-
-int Vmsnap_loader_find(const char *name)
-{
-	int i;
-	for (i = 0; Vmsnap_embedded[i].name; i++)
-		if (strcmp(Vmsnap_embedded[i].name, name) == 0)
-			return i;
-	return -1;
-}

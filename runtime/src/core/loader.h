@@ -19,9 +19,6 @@ typedef struct Vmsnap_embedded_file {
 /* generated: terminated by a NULL name */
 extern const Vmsnap_embedded_file Vmsnap_embedded[];
 
-/* index of an embedded module, or -1 */
-int Vmsnap_loader_find(const char *name);
-
 int luaopen_vmsnap_core_log(lua_State *L);
 int luaopen_vmsnap_core_json(lua_State *L);
 int luaopen_vmsnap_core_yaml(lua_State *L);

@@ -149,12 +149,10 @@ static int json_decode(lua_State *L)
 {
 	size_t n;
 	const char *s = luaL_checklstring(L, 1, &n);
-	int marked = 0;
 	lua_settop(L, 1);
 	lua_pushvalue(L, lua_upvalueindex(1)); /* cjson.decode */
 	if (has_empty_array(s, n)) {
 		push_marked(L, s, n);
-		marked = 1;
 	} else {
 		lua_pushvalue(L, 1);
 	}
@@ -181,7 +179,6 @@ static int json_decode(lua_State *L)
 		lua_pushliteral(L, "JSON_DECODE");
 		return 3;
 	}
-	(void)marked;
 	if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1)) {
 		lua_Number d = lua_tonumber(L, -1);
 		if (d == floor(d) && fabs(d) < 9007199254740992.0) {
