@@ -29,7 +29,7 @@ typedef struct TaskBox {
 	Vmsnap_task *t;
 } TaskBox;
 
-/* wait_seq lives beside the struct to keep sched.h short */
+/* private per-task state, kept out of scheduler.h */
 typedef struct TaskX {
 	Vmsnap_task t;
 	unsigned wait_seq;
