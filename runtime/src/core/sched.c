@@ -221,6 +221,12 @@ static const char *kill_message(const char *code)
 	return "cancelled";
 }
 
+/* The code a kill is reported with (a deadlock is a cancellation). */
+static const char *kill_public_code(const char *code)
+{
+	return strcmp(code, "DEADLOCK") == 0 ? "CANCELLED" : code;
+}
+
 /* Raise the task's kill error in L.  Never returns. */
 static int raise_kill(lua_State *L, Vmsnap_task *t)
 {
@@ -230,8 +236,27 @@ static int raise_kill(lua_State *L, Vmsnap_task *t)
 		t->slice_start = Vmsnap_now();
 		t->grace_until = t->slice_start + rt->cfg.cancel_grace;
 	}
-	return Vmsnap_raise(L, strcmp(t->kill_code, "DEADLOCK") == 0 ? "CANCELLED" : t->kill_code,
-	                    "%s", kill_message(t->kill_code));
+	return Vmsnap_raise(L, kill_public_code(t->kill_code), "%s", kill_message(t->kill_code));
+}
+
+/* Bring t's kill state up to date (a requested cancel, a passed deadline,
+** an exhausted grace or, when `computing`, a cleanup slice that ran too
+** long without waiting) and say whether the kill must be raised now. */
+static int kill_due(vmsnap_runtime *rt, Vmsnap_task *t, int computing)
+{
+	double now;
+	if (rt->cancel_requested && !t->kill_code)
+		t->kill_code = "CANCELLED";
+	if (!t->kill_code && t->deadline > 0 && Vmsnap_now() >= t->deadline)
+		t->kill_code = "TIMEOUT";
+	if (!t->kill_code)
+		return 0;
+	if (!t->kill_delivered || t->kill_hard)
+		return 1;
+	now = Vmsnap_now();
+	if (now >= t->grace_until || (computing && now - t->slice_start > CANCEL_SLICE))
+		t->kill_hard = 1;
+	return t->kill_hard;
 }
 
 void Vmsnap_sched_hook(lua_State *L, lua_Debug *ar)
@@ -239,28 +264,15 @@ void Vmsnap_sched_hook(lua_State *L, lua_Debug *ar)
 	vmsnap_runtime *rt = Vmsnap_rt(L);
 	Vmsnap_task *t = rt->current;
 	(void)ar;
-	if (!t)
+	if (!t || !kill_due(rt, t, 1))
 		return;
-	if (rt->cancel_requested && !t->kill_code)
-		t->kill_code = "CANCELLED";
-	if (!t->kill_code && t->deadline > 0 && Vmsnap_now() >= t->deadline)
-		t->kill_code = "TIMEOUT";
-	if (!t->kill_code)
-		return;
-	if (!t->kill_delivered) {
-		raise_kill(L, t);
-		return;
-	}
-	if (!t->kill_hard && (Vmsnap_now() >= t->grace_until ||
-	                      Vmsnap_now() - t->slice_start > CANCEL_SLICE)) {
-		t->kill_hard = 1;
+	if (t->kill_hard) {
 		/* from now on every line raises, so pcall cannot hold it */
 		lua_sethook(L, Vmsnap_sched_hook, LUA_MASKLINE | LUA_MASKCOUNT, 1);
 		if (L != t->co)
 			lua_sethook(t->co, Vmsnap_sched_hook, LUA_MASKLINE | LUA_MASKCOUNT, 1);
 	}
-	if (t->kill_hard)
-		raise_kill(L, t);
+	raise_kill(L, t);
 }
 
 void Vmsnap_sched_cancel(Vmsnap_task *t, const char *code)
@@ -285,16 +297,8 @@ Vmsnap_task *Vmsnap_sched_check_wait(lua_State *L)
 	if (!t || t->co != L || !lua_isyieldable(L))
 		luaL_error(L, "cannot wait here: not in a task (waiting APIs work only in "
 		              "code run by vmsnap, outside metamethods and plain coroutines)");
-	if (rt->cancel_requested && !t->kill_code)
-		t->kill_code = "CANCELLED";
-	if (!t->kill_code && t->deadline > 0 && Vmsnap_now() >= t->deadline)
-		t->kill_code = "TIMEOUT";
-	if (t->kill_code && (!t->kill_delivered || t->kill_hard))
+	if (kill_due(rt, t, 0))
 		raise_kill(L, t);
-	if (t->kill_delivered && !t->kill_hard && Vmsnap_now() >= t->grace_until) {
-		t->kill_hard = 1;
-		raise_kill(L, t);
-	}
 	return t;
 }
 
@@ -457,7 +461,7 @@ static void finish(vmsnap_runtime *rt, Vmsnap_task *t, int rstatus)
 		if (st == LUA_ERRMEM)
 			code = "NOMEM";
 		if (t->kill_code)
-			code = strcmp(t->kill_code, "DEADLOCK") == 0 ? "CANCELLED" : t->kill_code;
+			code = kill_public_code(t->kill_code);
 		else if (lua_istable(L, base + 3)) {
 			lua_getfield(L, base + 3, "code");
 			if (lua_type(L, -1) == LUA_TSTRING)
