@@ -29,16 +29,6 @@ typedef struct TaskBox {
 	Vmsnap_task *t;
 } TaskBox;
 
-/* private per-task state, kept out of scheduler.h */
-typedef struct TaskX {
-	Vmsnap_task t;
-	unsigned wait_seq;
-	int started;
-	int observed; /* somebody read the outcome */
-	double wait_until;
-} TaskX;
-
-#define X(t) ((TaskX *)(t))
 
 static unsigned next_task_id = 1;
 
@@ -52,7 +42,7 @@ double Vmsnap_now(void)
 static void task_unref(Vmsnap_task *t)
 {
 	if (--t->refs == 0)
-		free(X(t));
+		free(t);
 }
 
 static void timer_closed(uv_handle_t *h)
@@ -151,8 +141,8 @@ static void arm_timer(Vmsnap_task *t)
 	double due = 0, now;
 	if (!t->timer_open)
 		return;
-	if (X(t)->wait_until > 0)
-		due = X(t)->wait_until;
+	if (t->wait_until > 0)
+		due = t->wait_until;
 	if (t->deadline > 0 && !t->kill_code && (due == 0 || t->deadline < due))
 		due = t->deadline;
 	if (t->kill_delivered && !t->kill_hard && (due == 0 || t->grace_until < due))
@@ -183,7 +173,7 @@ void Vmsnap_sched_wake(Vmsnap_task *t)
 {
 	if (t->state != TASK_WAITING)
 		return;
-	X(t)->wait_until = 0;
+	t->wait_until = 0;
 	if (t->timer_open)
 		uv_timer_stop(&t->timer);
 	enqueue_ready(t);
@@ -201,7 +191,7 @@ static void on_timer(uv_timer_t *h)
 		t->kill_hard = 1;
 		abort_wait(t);
 		Vmsnap_sched_wake(t);
-	} else if (X(t)->wait_until > 0 && now >= X(t)->wait_until) {
+	} else if (t->wait_until > 0 && now >= t->wait_until) {
 		abort_wait(t);
 		t->wake_reason = VMSNAP_WAKE_TIMEOUT;
 		Vmsnap_sched_wake(t);
@@ -328,8 +318,8 @@ int Vmsnap_sched_wait(lua_State *L, Vmsnap_task *t, const Vmsnap_waitops *ops, v
 	t->wait_ud = ud;
 	t->wake_reason = VMSNAP_WAKE_OK;
 	t->state = TASK_WAITING;
-	X(t)->wait_seq++;
-	X(t)->wait_until = timeout >= 0 ? Vmsnap_now() + timeout : 0;
+	t->wait_seq++;
+	t->wait_until = timeout >= 0 ? Vmsnap_now() + timeout : 0;
 	arm_timer(t);
 	return lua_yieldk(L, 0, (lua_KContext)ops, wait_k);
 }
@@ -374,10 +364,9 @@ Vmsnap_task *Vmsnap_sched_spawn(lua_State *L, int nargs, double deadline)
 	lua_setiuservalue(L, fidx, 3);
 	luaL_checkstack(co, nargs + 2, NULL);
 
-	TaskX *x = (TaskX *)calloc(1, sizeof(TaskX));
-	if (!x)
+	Vmsnap_task *t = (Vmsnap_task *)calloc(1, sizeof(Vmsnap_task));
+	if (!t)
 		Vmsnap_raise(L, "NOMEM", "not enough memory for a task");
-	Vmsnap_task *t = &x->t;
 	b->t = t;
 	t->rt = rt;
 	t->co = co;
@@ -513,7 +502,7 @@ static void finish(vmsnap_runtime *rt, Vmsnap_task *t, int rstatus)
 		while (lua_next(L, -2)) {
 			TaskBox *wb = (TaskBox *)lua_touserdata(L, -2);
 			Vmsnap_task *w = wb ? wb->t : NULL;
-			if (w && w->state == TASK_WAITING && X(w)->wait_seq == (unsigned)lua_tointeger(L, -1)) {
+			if (w && w->state == TASK_WAITING && w->wait_seq == (unsigned)lua_tointeger(L, -1)) {
 				Vmsnap_sched_wake(w);
 				nwait++;
 			}
@@ -525,7 +514,7 @@ static void finish(vmsnap_runtime *rt, Vmsnap_task *t, int rstatus)
 	lua_setiuservalue(L, base + 1, 2);
 
 	if (nwait > 0 || t == rt->main_task)
-		X(t)->observed = 1;
+		t->observed = 1;
 	if (t == rt->main_task) {
 		lua_getiuservalue(L, base + 1, 1);
 		if (t->failed) {
@@ -549,7 +538,7 @@ static void resume(vmsnap_runtime *rt, Vmsnap_task *t)
 {
 	lua_State *co = t->co;
 	int nres = 0, nargs = 0, st;
-	if (!X(t)->started) {
+	if (!t->started) {
 		if (t->kill_code) { /* cancelled before it ever ran */
 			lua_settop(co, 0);
 			rt->alloc_exempt++;
@@ -557,7 +546,7 @@ static void resume(vmsnap_runtime *rt, Vmsnap_task *t)
 			rt->alloc_exempt--;
 			return;
 		}
-		X(t)->started = 1;
+		t->started = 1;
 		nargs = t->nargs;
 	}
 	t->state = TASK_RUNNING;
@@ -676,7 +665,7 @@ void Vmsnap_sched_init(vmsnap_runtime *rt)
 int Vmsnap_sched_push_result(lua_State *L, Vmsnap_task *t)
 {
 	int n, i;
-	X(t)->observed = 1;
+	t->observed = 1;
 	lua_getiuservalue(L, -1, 1);
 	lua_getfield(L, -1, "n");
 	n = (int)lua_tointeger(L, -1);
@@ -802,7 +791,7 @@ static int task_wait(lua_State *L)
 		lua_setiuservalue(L, 1, 2);
 	}
 	push_task(L, self);
-	lua_pushinteger(L, X(self)->wait_seq + 1); /* the seq Vmsnap_sched_wait assigns */
+	lua_pushinteger(L, self->wait_seq + 1); /* the seq Vmsnap_sched_wait assigns */
 	lua_rawset(L, -3);
 	lua_pop(L, 1);
 	return Vmsnap_sched_wait(L, self, &wait_ops, t, s);
@@ -876,7 +865,7 @@ static int task_gc(lua_State *L)
 	if (!t)
 		return 0;
 	b->t = NULL;
-	if (t->state == TASK_DONE && t->failed && !t->kill_code && !X(t)->observed) {
+	if (t->state == TASK_DONE && t->failed && !t->kill_code && !t->observed) {
 		/* an error nobody looked at must not vanish */
 		lua_getiuservalue(L, 1, 1);
 		lua_getfield(L, -1, "error");

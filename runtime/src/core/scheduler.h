@@ -72,6 +72,11 @@ struct Vmsnap_task {
 	int failed;
 	const char *fail_code;
 
+	int started;         /* first resumed */
+	int observed;        /* somebody read the outcome */
+	unsigned wait_seq;   /* numbers each wait, so stale wake-ups are ignored */
+	double wait_until;   /* the current wait's timeout, 0 = none */
+
 	int refs; /* 1 for the userdata, 1 for the open timer */
 	int boxed;
 	Vmsnap_task *next_ready;
