@@ -447,8 +447,6 @@ VMSNAP_API vmsnap_status vmsnap_set_args(vmsnap_runtime *rt, int argc, char **ar
 
 static int set_param_p(lua_State *L)
 {
-	lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-	lua_pop(L, 1);
 	lua_getglobal(L, "require");
 	lua_pushliteral(L, "vmsnap.core.json");
 	lua_call(L, 1, 1);

@@ -13,33 +13,40 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "loader.h"
 #include "runtime.h"
 #include "vmsnap_plugin.h"
 
 #define ERROR_MT "vmsnap.Error"
 
-int Vmsnap_pushfail(lua_State *L, const char *code, const char *fmt, ...)
+static int pushvfail(lua_State *L, const char *code, const char *fmt, va_list ap)
 {
-	va_list ap;
 	luaL_checkstack(L, 3, NULL);
 	lua_pushnil(L);
-	va_start(ap, fmt);
 	lua_pushvfstring(L, fmt, ap);
-	va_end(ap);
-	lua_pushstring(L, code);
+	lua_pushstring(L, code ? code : "ERROR");
 	return 3;
 }
 
+int Vmsnap_pushfail(lua_State *L, const char *code, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+	va_start(ap, fmt);
+	n = pushvfail(L, code, fmt, ap);
+	va_end(ap);
+	return n;
+}
+
+/* the exported form, for plugins */
 VMSNAP_API int vmsnap_pushfail(lua_State *L, const char *code, const char *fmt, ...)
 {
 	va_list ap;
-	luaL_checkstack(L, 3, NULL);
-	lua_pushnil(L);
+	int n;
 	va_start(ap, fmt);
-	lua_pushvfstring(L, fmt, ap);
+	n = pushvfail(L, code, fmt, ap);
 	va_end(ap);
-	lua_pushstring(L, code ? code : "ERROR");
-	return 3;
+	return n;
 }
 
 const char *Vmsnap_errno_name(int err)
@@ -231,7 +238,7 @@ static int errors_is_error(lua_State *L)
 static const luaL_Reg errors_funcs[] = {
     {"new", errors_new}, {"raise", errors_raise}, {"is_error", errors_is_error}, {NULL, NULL}};
 
-static int luaopen_vmsnap_core_errors(lua_State *L)
+int luaopen_vmsnap_core_errors(lua_State *L)
 {
 	luaL_newlib(L, errors_funcs);
 	luaL_getmetatable(L, ERROR_MT);
@@ -247,9 +254,5 @@ void Vmsnap_errors_open(lua_State *L)
 		lua_pushstring(L, ERROR_MT);
 		lua_setfield(L, -2, "__name");
 	}
-	lua_pop(L, 1);
-	luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-	lua_pushcfunction(L, luaopen_vmsnap_core_errors);
-	lua_setfield(L, -2, "vmsnap.core.errors");
 	lua_pop(L, 1);
 }

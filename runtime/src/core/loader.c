@@ -25,6 +25,7 @@ static const struct {
 	const char *name;
 	lua_CFunction open;
 } cmodules[] = {
+    {"vmsnap.core.errors", luaopen_vmsnap_core_errors},
     {"vmsnap.core.task", luaopen_vmsnap_core_task},
     {"vmsnap.core.log", luaopen_vmsnap_core_log},
     {"vmsnap.core.json", luaopen_vmsnap_core_json},

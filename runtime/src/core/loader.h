@@ -19,6 +19,7 @@ typedef struct Vmsnap_embedded_file {
 /* generated: terminated by a NULL name */
 extern const Vmsnap_embedded_file Vmsnap_embedded[];
 
+int luaopen_vmsnap_core_errors(lua_State *L);
 int luaopen_vmsnap_core_log(lua_State *L);
 int luaopen_vmsnap_core_json(lua_State *L);
 int luaopen_vmsnap_core_yaml(lua_State *L);

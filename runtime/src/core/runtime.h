@@ -109,6 +109,7 @@ void Vmsnap_set_error_from(vmsnap_runtime *rt, lua_State *L, int idx, const char
 void Vmsnap_set_error(vmsnap_runtime *rt, const char *code, const char *fmt, ...);
 /* The status for a stable code ("TIMEOUT" -> VMSNAP_ERR_TIMEOUT ...). */
 vmsnap_status Vmsnap_status_for_code(const char *code);
+/* Create the error metatable (before anything can raise an error object). */
 void Vmsnap_errors_open(lua_State *L);
 
 /* loader.c: register the embedded Lua library and C modules in preload. */
