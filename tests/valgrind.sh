@@ -35,17 +35,14 @@ local json, yaml = require("vmsnap.json"), require("vmsnap.yaml")
 local f = assert(io.open(arg[1])) local text = f:read("a") f:close()
 for _, d in ipairs(assert(yaml.load_all(text))) do assert(yaml.load(yaml.dump(d))) assert(json.decode(json.encode(d))) end
 assert(not yaml.load("a: [") and not json.decode("{"))' "$SRC/tests/data/user-guide-manifests.yaml"
-run "http and proc" -e '
-local proc, http, task, fs = require("vmsnap.proc"), require("vmsnap.http"), require("vmsnap.task"), require("vmsnap.fs")
-local d <close> = assert(fs.tempdir("vg"))
-local p <close> = assert(proc.spawn({arg[1], "--port-file", d.path .. "/port", "--max-seconds", "60"}))
-local port
-for _ = 1, 500 do local s = fs.read_file(d.path .. "/port") if s then port = s:match("%d+") break end task.sleep(0.01) end
+export VMSNAP_BUILD_DIR="$BUILD" VMSNAP_SOURCE_DIR="$SRC"
+run "http and proc" --path "$SRC/tests/harness" -e '
+local proc, http, task = require("vmsnap.proc"), require("vmsnap.http"), require("vmsnap.task")
+local srv <close> = require("helpers").httpd()
 local ts = {}
-for i = 1, 10 do ts[i] = task.spawn(http.get, "http://127.0.0.1:" .. port .. "/delay?ms=20") end
+for i = 1, 10 do ts[i] = task.spawn(http.get, srv.url .. "/delay?ms=20") end
 for _, r in ipairs(assert(task.wait_all(ts))) do assert(r[1].status == 200) end
-assert(http.request({url = "http://127.0.0.1:" .. port .. "/stream?n=3", stream = true}):read_all())
-assert(proc.run({"sh", "-c", "echo hi"})).stdout:find("hi")
-p:kill("KILL") p:wait(5)' "$BUILD/tests/testhttpd"
+assert(http.request({url = srv.url .. "/stream?n=3", stream = true}):read_all())
+assert(proc.run({"sh", "-c", "echo hi"})).stdout:find("hi")'
 run "cancelled run" --deadline 0.2 -e 'require("vmsnap.task").sleep(5)'
 exit $fail

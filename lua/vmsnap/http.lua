@@ -12,6 +12,7 @@
 --- `nil, message, code` with code TIMEOUT, CLOSED, ECONNREFUSED, RESOLVE,
 --- TLS, BAD_URL, TOO_LARGE or CURL.
 local core = require("vmsnap.core.http")
+local errors = require("vmsnap.errors")
 
 local type, pairs, setmetatable, error = type, pairs, setmetatable, error
 local lower, gmatch, match = string.lower, string.gmatch, string.match
@@ -89,9 +90,7 @@ function Response:lines(timeout)
       end
       local chunk, err, code = self._req:await("data", timeout)
       if chunk == nil and err then
-        error(setmetatable({ message = err, code = code }, {
-          __tostring = function(e) return e.message end,
-        }), 0)
+        error(errors.new(code, err), 0)
       end
       if chunk == nil then
         done = true

@@ -164,11 +164,8 @@ static int json_decode(lua_State *L)
 	int st = lua_pcall(L, 1, 1, 0);
 	rt->alloc_exempt--;
 	if (rt->cfg.memory_limit && rt->mem_used > rt->cfg.memory_limit) {
-		lua_settop(L, 1);
-		lua_gc(L, LUA_GCCOLLECT);
-		if (rt->mem_used > rt->cfg.memory_limit)
-			return Vmsnap_pushfail(L, "NOMEM", "json: not enough memory for the decoded value");
-		return Vmsnap_pushfail(L, "NOMEM", "json: the decoded value would exceed the memory limit");
+		lua_settop(L, 1); /* drop the value; the collector reclaims it */
+		return Vmsnap_pushfail(L, "NOMEM", "json: the decoded value exceeds the memory limit");
 	}
 	if (st != LUA_OK) {
 		const char *msg = lua_tostring(L, -1);
