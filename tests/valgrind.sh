@@ -4,25 +4,28 @@
 set -u
 VG=$1 V=$2 SRC=$3 BUILD=$4
 fail=0
+# run NAME EXPECTED_EXIT ARGS...: fails on a valgrind error or leak, and on
+# an exit status other than the expected one
 run() {
 	name=$1
-	shift
+	want=$2
+	shift 2
 	out=$("$VG" --quiet --error-exitcode=99 --leak-check=full --show-leak-kinds=definite,indirect \
 		--errors-for-leak-kinds=definite,indirect "$V" "$@" 2>&1 >/dev/null)
 	rc=$?
-	if [ $rc -eq 99 ]; then
-		echo "not ok - $name"
+	if [ $rc -ne "$want" ]; then
+		echo "not ok - $name (exit $rc, expected $want)"
 		echo "$out" | sed 's/^/  # /'
 		fail=1
 	else
 		echo "ok - $name (exit $rc)"
 	fi
 }
-run "version" --version
-run "empty chunk" -e ''
-run "syntax error" -e 'local = 1'
-run "runtime error" -e 'error("x")'
-run "tasks and channels" -e '
+run "version" 0 --version
+run "empty chunk" 0 -e ''
+run "syntax error" 1 -e 'local = 1'
+run "runtime error" 1 -e 'error("x")'
+run "tasks and channels" 0 -e '
 local t = require("vmsnap.task")
 local ch = t.channel()
 local ts = {}
@@ -30,13 +33,13 @@ for i = 1, 50 do ts[i] = t.spawn(function() t.sleep(0.001 * (i % 5)) ch:send(i) 
 for _ = 1, 50 do ch:recv() end
 t.wait_all(ts)
 t.timeout(0.02, function() t.sleep(1) end)'
-run "json and yaml" -e '
+run "json and yaml" 0 -e '
 local json, yaml = require("vmsnap.json"), require("vmsnap.yaml")
 local f = assert(io.open(arg[1])) local text = f:read("a") f:close()
 for _, d in ipairs(assert(yaml.load_all(text))) do assert(yaml.load(yaml.dump(d))) assert(json.decode(json.encode(d))) end
 assert(not yaml.load("a: [") and not json.decode("{"))' "$SRC/tests/data/user-guide-manifests.yaml"
 export VMSNAP_BUILD_DIR="$BUILD" VMSNAP_SOURCE_DIR="$SRC"
-run "http and proc" --path "$SRC/tests/harness" -e '
+run "http and proc" 0 --path "$SRC/tests/harness" -e '
 local proc, http, task = require("vmsnap.proc"), require("vmsnap.http"), require("vmsnap.task")
 local srv <close> = require("helpers").httpd()
 local ts = {}
@@ -44,5 +47,5 @@ for i = 1, 10 do ts[i] = task.spawn(http.get, srv.url .. "/delay?ms=20") end
 for _, r in ipairs(assert(task.wait_all(ts))) do assert(r[1].status == 200) end
 assert(http.request({url = srv.url .. "/stream?n=3", stream = true}):read_all())
 assert(proc.run({"sh", "-c", "echo hi"})).stdout:find("hi")'
-run "cancelled run" --deadline 0.2 -e 'require("vmsnap.task").sleep(5)'
+run "cancelled run" 1 --deadline 0.2 -e 'require("vmsnap.task").sleep(5)'
 exit $fail
