@@ -148,25 +148,41 @@ static void format_record(vmsnap_runtime *rt, Sb *b, int level, const char *subs
 		sb_add(b, msg, msglen);
 	}
 	if (L && fields) {
+		/* never raises: values are rendered without allocating Lua strings */
 		lua_pushnil(L);
 		while (lua_next(L, fields)) {
-			size_t kl, vl;
-			const char *k, *v;
-			int t = lua_type(L, -1);
+			size_t kl, vl = 0;
+			const char *k, *v = NULL;
+			char num[64];
+			int t = lua_type(L, -1), bare = 0;
 			if (lua_type(L, -2) != LUA_TSTRING) {
 				lua_pop(L, 1);
 				continue;
 			}
 			k = lua_tolstring(L, -2, &kl);
-			if (t == LUA_TSTRING || t == LUA_TNUMBER)
-				v = lua_tolstring(L, -1, &vl); /* converts a number in place: fine, value slot */
-			else
-				v = luaL_tolstring(L, -1, &vl);
+			if (t == LUA_TSTRING) {
+				v = lua_tolstring(L, -1, &vl);
+			} else if (t == LUA_TNUMBER) {
+				if (lua_isinteger(L, -1))
+					snprintf(num, sizeof num, LUA_INTEGER_FMT, lua_tointeger(L, -1));
+				else
+					snprintf(num, sizeof num, "%.14g", (double)lua_tonumber(L, -1));
+				bare = 1;
+			} else if (t == LUA_TBOOLEAN) {
+				snprintf(num, sizeof num, "%s", lua_toboolean(L, -1) ? "true" : "false");
+				bare = 1;
+			} else {
+				snprintf(num, sizeof num, "%s: %p", luaL_typename(L, -1), lua_topointer(L, -1));
+			}
+			if (!v) {
+				v = num;
+				vl = strlen(num);
+			}
 			if (rt->cfg.log_json) {
 				sb_adds(b, ",");
 				sb_json_str(b, k, kl);
 				sb_adds(b, ":");
-				if (t == LUA_TNUMBER || t == LUA_TBOOLEAN)
+				if (bare)
 					sb_add(b, v, vl);
 				else
 					sb_json_str(b, v, vl);
@@ -179,7 +195,7 @@ static void format_record(vmsnap_runtime *rt, Sb *b, int level, const char *subs
 				else
 					sb_add(b, v, vl);
 			}
-			lua_pop(L, (t == LUA_TSTRING || t == LUA_TNUMBER) ? 1 : 2);
+			lua_pop(L, 1);
 		}
 	}
 	if (rt->cfg.log_json)
@@ -233,8 +249,6 @@ static int log_write(lua_State *L)
 	}
 	lua_settop(L, 4);
 	sb_init(&b);
-	/* luaL_tolstring may raise only on memory; the buffer is then leaked
-	** at most once per failure, which the allocator tests accept */
 	format_record(rt, &b, level, sub, msg, ml, L, lua_istable(L, 4) ? 4 : 0);
 	deliver(rt, level, sub, b.p);
 	sb_free(&b);

@@ -98,7 +98,9 @@ static void on_exit_cb(uv_process_t *h, int64_t status, int sig)
 
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
-	static char slab[65536]; /* libuv reads synchronously into it */
+	/* libuv reads into it synchronously; one per thread, since runtimes
+	** on different threads run their loops at the same time */
+	static _Thread_local char slab[65536];
 	(void)h;
 	(void)suggested;
 	buf->base = slab;
