@@ -21,20 +21,17 @@ M.usage = usage
 
 local function help(topic)
   if topic then
-    for _, c in ipairs(M.commands) do
-      if c.name == topic and c.module then
-        local mod = require(c.module)
-        io.stdout:write(mod.help or (c.name .. ": " .. c.summary .. "\n"))
-        return
-      elseif c.name == topic then
-        io.stdout:write(c.name .. ": " .. c.summary .. "\n")
-        return
-      end
-    end
-    local ok, mod = pcall(require, "vmsnap.cli." .. topic)
+    -- a command module's own help text, else the summary of a built-in
+    local ok, mod = pcall(require, "vmsnap.cli." .. topic:gsub("%-", "_"))
     if ok and type(mod) == "table" and mod.help then
       io.stdout:write(mod.help)
       return
+    end
+    for _, c in ipairs(M.commands) do
+      if c.name == topic then
+        io.stdout:write(c.name .. ": " .. c.summary .. "\n")
+        return
+      end
     end
     usage("no help for '" .. topic .. "': not a command")
   end
