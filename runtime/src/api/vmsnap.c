@@ -279,7 +279,30 @@ static int rt_cancel_requested(lua_State *L)
 	return 1;
 }
 
+/* Where the built-in scripts (workflows, preconditions, hooks, CRDs) are:
+** VMSNAP_SCRIPTS_DIR, else the installed copy, else the source tree. */
+static int rt_scripts_dirs(lua_State *L)
+{
+	const char *env = getenv("VMSNAP_SCRIPTS_DIR");
+	int n = 0;
+	lua_newtable(L);
+	if (env && *env) {
+		lua_pushstring(L, env);
+		lua_rawseti(L, -2, ++n);
+	}
+#ifdef VMSNAP_SCRIPTS_INSTALL_DIR
+	lua_pushstring(L, VMSNAP_SCRIPTS_INSTALL_DIR);
+	lua_rawseti(L, -2, ++n);
+#endif
+#ifdef VMSNAP_SCRIPTS_SOURCE_DIR
+	lua_pushstring(L, VMSNAP_SCRIPTS_SOURCE_DIR);
+	lua_rawseti(L, -2, ++n);
+#endif
+	return 1;
+}
+
 static const luaL_Reg rt_funcs[] = {{"memory", rt_memory},
+                                    {"scripts_dirs", rt_scripts_dirs},
                                     {"fail_after", rt_fail_after},
                                     {"versions", rt_versions},
                                     {"params", rt_params},

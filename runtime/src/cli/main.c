@@ -2,7 +2,7 @@
 ** main.c -- the `vmsnap` program, written only against vmsnap.h.
 **
 ** Like lua.c: options are validated before any Lua runs, main() only sets
-** up the runtime and reports the outcome, and SIGINT only requests
+** up the runtime and reports the outcome, and SIGINT (or SIGTERM) only requests
 ** cancellation (a second SIGINT exits at once).  Commands other than
 ** running a script (serve, get, snapshot, ...) are Lua modules
 ** `vmsnap.cli.<command>`, reached through `vmsnap.cli`.
@@ -356,6 +356,7 @@ int main(int argc, char **argv)
 	}
 	g_rt = rt;
 	signal(SIGINT, on_sigint);
+	signal(SIGTERM, on_sigint); /* a service manager's stop: the same orderly cancel */
 
 	if (o.check) {
 		st = vmsnap_check_file(rt, strcmp(o.script, "-") == 0 ? NULL : o.script);
@@ -377,6 +378,7 @@ int main(int argc, char **argv)
 		ret = report(rt, st);
 	}
 	signal(SIGINT, SIG_DFL);
+	signal(SIGTERM, SIG_DFL);
 	g_rt = NULL;
 	vmsnap_close(rt);
 	if (ret == 0 && g_interrupts)

@@ -31,6 +31,8 @@ static const struct {
     {"vmsnap.core.json", luaopen_vmsnap_core_json},
     {"vmsnap.core.yaml", luaopen_vmsnap_core_yaml},
     {"vmsnap.core.http", luaopen_vmsnap_core_http},
+    {"vmsnap.core.httpd", luaopen_vmsnap_core_httpd},
+    {"vmsnap.core.sqlite", luaopen_vmsnap_core_sqlite},
     {"vmsnap.core.proc", luaopen_vmsnap_core_proc},
     {"vmsnap.core.fs", luaopen_vmsnap_core_fs},
     {"vmsnap.core.runtime", luaopen_vmsnap_core_runtime},

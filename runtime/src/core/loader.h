@@ -24,6 +24,8 @@ int luaopen_vmsnap_core_log(lua_State *L);
 int luaopen_vmsnap_core_json(lua_State *L);
 int luaopen_vmsnap_core_yaml(lua_State *L);
 int luaopen_vmsnap_core_http(lua_State *L);
+int luaopen_vmsnap_core_httpd(lua_State *L);
+int luaopen_vmsnap_core_sqlite(lua_State *L);
 int luaopen_vmsnap_core_proc(lua_State *L);
 int luaopen_vmsnap_core_fs(lua_State *L);
 int luaopen_vmsnap_core_runtime(lua_State *L);

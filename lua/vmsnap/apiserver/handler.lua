@@ -1,0 +1,617 @@
+--- vmsnap.apiserver.handler: one HTTP request of the API server — routing,
+--- content negotiation and the verbs (get, list, watch, create, update,
+--- patch, delete, deletecollection), answered with the API's Status errors.
+local json = require("vmsnap.json")
+local yaml = require("vmsnap.yaml")
+local log = require("vmsnap.log")
+local api = require("vmsnap.apiserver")
+local patch = require("vmsnap.apiserver.patch")
+local select = require("vmsnap.apiserver.select")
+local tbl = require("vmsnap.apiserver.table")
+local schema = require("vmsnap.apiserver.schema")
+
+local M = {}
+local fail = api.fail
+local copy = schema.copy
+local null = json.null
+
+local JSON = "application/json"
+local TABLE_CT = "application/json;as=Table;v=v1;g=meta.k8s.io"
+local AGG_CT = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+
+local function warning_header(ctx)
+  if #ctx.warnings == 0 then return nil end
+  local parts = {}
+  for i, w in ipairs(ctx.warnings) do
+    parts[i] = '299 - "' .. w:gsub('[\\"]', "\\%0") .. '"'
+  end
+  return table.concat(parts, ", ")
+end
+
+local function respond(req, ctx, code, body, ctype, extra)
+  local h = { ["Content-Type"] = ctype or JSON, ["Cache-Control"] = "no-cache, private" }
+  local w = warning_header(ctx)
+  if w then h["Warning"] = w end
+  for k, v in pairs(extra or {}) do h[k] = v end
+  req:respond(code, h, body)
+end
+
+local function respond_obj(req, ctx, code, obj)
+  respond(req, ctx, code, json.encode(obj))
+end
+
+-- ------------------------------------------------------------ request parsing
+
+local function decode_body(req, ctx, ctype)
+  local body, err, code = req:body()
+  if not body then
+    fail(413, "RequestEntityTooLarge", "the request body is too large: " .. err)
+  end
+  if body == "" then fail(400, "BadRequest", "the request body is empty") end
+  ctype = (ctype or JSON):match("^[^;]+") or JSON
+  local obj
+  if ctype == "application/yaml" or ctype == "application/apply-patch+yaml" then
+    obj, err = yaml.load(body)
+  elseif ctype:find("protobuf", 1, true) then
+    fail(415, "UnsupportedMediaType", ("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml"))
+  else
+    obj, err = json.decode(body)
+  end
+  if obj == nil then
+    fail(400, "BadRequest", "the request body is not valid: " .. tostring(err))
+  end
+  return obj
+end
+
+local function wants_table(accept)
+  return accept and accept:find("as=Table", 1, true) ~= nil
+end
+
+local function check_dry_run(args)
+  local d = args.dryRun
+  if d == nil or d == "" then return false end
+  if d ~= "All" then
+    fail(400, "BadRequest", ('Invalid value: "%s": supported values: "All"'):format(d))
+  end
+  return true
+end
+
+local function field_validation(args)
+  local v = args.fieldValidation
+  if v == nil or v == "" then return "Warn" end
+  if v ~= "Strict" and v ~= "Warn" and v ~= "Ignore" then
+    fail(400, "BadRequest", ('fieldValidation: Unsupported value: "%s": supported values: "Ignore", "Strict", "Warn"'):format(v))
+  end
+  return v
+end
+
+local function manager(args, req)
+  local m = args.fieldManager
+  if m and m ~= "" then
+    if #m > 128 then fail(422, "Invalid", "fieldManager: Too long: may not be more than 128 bytes") end
+    return m
+  end
+  local ua = req:header("User-Agent") or "unknown"
+  return ua:match("^([^/ ]+)") or "unknown"
+end
+
+-- ------------------------------------------------------------ discovery and co
+
+local function handle_meta(S, req, ctx, segs, accept)
+  local n = #segs
+  if n == 1 and (segs[1] == "version") then
+    return respond_obj(req, ctx, 200, api.VERSION)
+  end
+  if n == 1 and (segs[1] == "healthz" or segs[1] == "readyz" or segs[1] == "livez") then
+    return respond(req, ctx, 200, "ok", "text/plain; charset=utf-8")
+  end
+  if segs[1] == "openapi" then
+    if segs[2] == "v3" then
+      local docs = S.reg:openapi()
+      if n == 2 then return respond(req, ctx, 200, docs.root_text) end
+      local key = table.concat(segs, "/", 3)
+      local d = docs.gv[key]
+      if d then
+        return respond(req, ctx, 200, d.text, JSON, { ["Cache-Control"] = "public, immutable", ["Etag"] = '"' .. d.hash .. '"' })
+      end
+    end
+    fail(404, "NotFound", "the server could not find the requested resource")
+  end
+  local agg = accept and accept:find("as=APIGroupDiscoveryList", 1, true) and accept:find("v=v2", 1, true)
+  if n == 1 and segs[1] == "api" then
+    if agg then return respond(req, ctx, 200, json.encode(S.reg:aggregated(true)), AGG_CT) end
+    return respond_obj(req, ctx, 200, { kind = "APIVersions", versions = json.array({ "v1" }),
+      serverAddressByClientCIDRs = json.array({ { clientCIDR = "0.0.0.0/0",
+        serverAddress = ("127.0.0.1:%d"):format(S.port or 0) } }) })
+  end
+  if n == 1 and segs[1] == "apis" then
+    if agg then return respond(req, ctx, 200, json.encode(S.reg:aggregated(false)), AGG_CT) end
+    return respond_obj(req, ctx, 200, S.reg:group_list())
+  end
+  if n == 2 and segs[1] == "api" and segs[2] == "v1" then
+    return respond_obj(req, ctx, 200, S.reg:resource_list("", "v1"))
+  end
+  if n == 2 and segs[1] == "apis" then
+    for _, g in ipairs(S.reg:groups()) do
+      if g.name == segs[2] then
+        local doc = S.reg:group_doc(g)
+        doc.kind, doc.apiVersion = "APIGroup", "v1"
+        return respond_obj(req, ctx, 200, doc)
+      end
+    end
+  end
+  if n == 3 and segs[1] == "apis" and #S.reg:resources_of(segs[2], segs[3]) > 0 then
+    return respond_obj(req, ctx, 200, S.reg:resource_list(segs[2], segs[3]))
+  end
+  return false
+end
+
+-- ------------------------------------------------------------ list and watch
+
+local function selectors(r, args)
+  local labels, err = select.parse_labels(args.labelSelector)
+  if err then fail(400, "BadRequest", err) end
+  local fields
+  fields, err = select.parse_fields(args.fieldSelector, function(f)
+    return f == "metadata.name" or f == "metadata.namespace" or (r.fields and r.fields[f]) or false
+  end)
+  if err then fail(400, "BadRequest", err) end
+  return labels, fields
+end
+
+local function matches(obj, labels, fields)
+  if labels and not labels(obj.metadata.labels) then return false end
+  if fields and not fields(obj) then return false end
+  return true
+end
+
+local function encode_token(rv, ns, name)
+  return api.base64(json.encode({ rv = rv, ns = ns, name = name }))
+end
+
+local function decode_token(tok)
+  -- the token is base64 of JSON; decode it by hand
+  local map = {}
+  local B = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+  for i = 1, #B do map[B:sub(i, i)] = i - 1 end
+  local bits, out = 0, {}
+  local acc = 0
+  for c in tok:gsub("=", ""):gmatch(".") do
+    local v = map[c]
+    if not v then return nil end
+    acc = (acc << 6) | v
+    bits = bits + 6
+    if bits >= 8 then
+      bits = bits - 8
+      out[#out + 1] = string.char((acc >> bits) & 0xff)
+    end
+  end
+  local t = json.decode(table.concat(out))
+  if type(t) ~= "table" or type(t.rv) ~= "number" then return nil end
+  return t
+end
+
+local function list(S, req, ctx, r, ns, args, accept)
+  local labels, fields = selectors(r, args)
+  local limit = tonumber(args.limit) or 0
+  if limit < 0 then limit = 0 end
+  local rv = S.store.rv
+  local after_ns, after_name = "", ""
+  if args.continue and args.continue ~= "" then
+    local t = decode_token(args.continue)
+    if not t then fail(400, "BadRequest", "continue key is not valid: illegal base64 data") end
+    if t.rv < S.store.compacted then
+      fail(410, "Expired", "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.")
+    end
+    rv, after_ns, after_name = t.rv, t.ns, t.name
+  end
+  local want_table = wants_table(accept)
+  local fast = not labels and not fields and not want_table
+  local items, objs = {}, {}
+  local cont
+  local page = limit > 0 and limit or 1000
+  while true do
+    local rows = S.store:page(r.key, ns, after_ns, after_name, page)
+    for _, row in ipairs(rows) do
+      after_ns, after_name = row[1], row[2]
+      if fast then
+        items[#items + 1] = row[3]
+      else
+        local o = json.decode(row[3])
+        if o and matches(o, labels, fields) then
+          objs[#objs + 1] = o
+          items[#items + 1] = row[3]
+        end
+      end
+      if limit > 0 and #items >= limit then break end
+    end
+    if limit > 0 and #items >= limit then
+      -- more to come?
+      if #S.store:page(r.key, ns, after_ns, after_name, 1) > 0 then
+        cont = encode_token(rv, after_ns, after_name)
+      end
+      break
+    end
+    if #rows < page then break end
+  end
+  local meta = { resourceVersion = tostring(rv), continue = cont }
+  if want_table then
+    return respond(req, ctx, 200, json.encode(tbl.table(r, objs, meta, os.time())), TABLE_CT)
+  end
+  local head = json.encode({ apiVersion = r.api_version, kind = r.list_kind, metadata = meta })
+  -- splice the stored JSON texts in without decoding them
+  local body = head:sub(1, -2) .. ',"items":[' .. table.concat(items, ",") .. "]}"
+  return respond(req, ctx, 200, body)
+end
+
+local function watch_stream(S, req, ctx, r, ns, args, accept)
+  local labels, fields = selectors(r, args)
+  local timeout = tonumber(args.timeoutSeconds)
+  if not timeout or timeout <= 0 then timeout = 1800 + math.random(0, 1800) end
+  local w = { req = req, res = r, ns = ns, labels = labels, fields = fields,
+    table = wants_table(accept), bookmarks = args.allowWatchBookmarks == "true",
+    deadline = os.time() + timeout }
+  local rv = args.resourceVersion
+  local send_initial = args.sendInitialEvents == "true"
+  if send_initial or rv == nil or rv == "" or rv == "0" then
+    local initial = {}
+    local after_ns, after_name = "", ""
+    while true do
+      local rows = S.store:page(r.key, ns, after_ns, after_name, 1000)
+      for _, row in ipairs(rows) do
+        after_ns, after_name = row[1], row[2]
+        local o = json.decode(row[3])
+        if o and matches(o, labels, fields) then initial[#initial + 1] = o end
+      end
+      if #rows < 1000 then break end
+    end
+    w.initial_end = send_initial and w.bookmarks
+    return S.watchers:start(w, initial, nil, S.store.rv)
+  end
+  local n = tonumber(rv)
+  if not n then fail(400, "BadRequest", ('resourceVersion: Invalid value: "%s": must be an integer'):format(rv)) end
+  if n < S.store.compacted then
+    -- the apiserver reports this inside a 200 stream
+    local ok = req:stream(200, { ["Content-Type"] = w.table and TABLE_CT or JSON })
+    if ok then
+      req:write(json.encode({ type = "ERROR", object = { kind = "Status", apiVersion = "v1", metadata = {},
+        status = "Failure", message = ("too old resource version: %d (%d)"):format(n, S.store.compacted + 1),
+        reason = "Expired", code = 410 } }) .. "\n")
+      req:finish()
+    end
+    return
+  end
+  local history = n < S.store.rv and S.store:since(r.key, n) or {}
+  if ns then
+    local kept = {}
+    for _, row in ipairs(history) do
+      if row[2] == ns then kept[#kept + 1] = row end
+    end
+    history = kept
+  end
+  return S.watchers:start(w, nil, history, S.store.rv)
+end
+
+-- ------------------------------------------------------------ object verbs
+
+local function get(S, req, ctx, r, ns, name, accept)
+  local body = S.store:get_raw(r.key, ns or "", name)
+  if not body then api.not_found(r, name) end
+  if wants_table(accept) then
+    local o = json.decode(body)
+    return respond(req, ctx, 200, json.encode(tbl.table(r, { o },
+      { resourceVersion = o.metadata.resourceVersion }, os.time())), TABLE_CT)
+  end
+  return respond(req, ctx, 200, body)
+end
+
+local function check_identity(r, ns, name, obj)
+  if type(obj) ~= "table" or json.is_array(obj) then
+    fail(400, "BadRequest", "the body must be a JSON object")
+  end
+  if obj.metadata ~= nil and (type(obj.metadata) ~= "table" or json.is_array(obj.metadata)) then
+    fail(400, "BadRequest", "metadata must be an object")
+  end
+  obj.metadata = obj.metadata or {}
+  if obj.kind ~= nil and obj.kind ~= r.kind then
+    fail(400, "BadRequest", ('%s in version "%s" cannot be handled as a %s: the kind in the body is %s')
+      :format(tostring(obj.kind), r.version, r.kind, tostring(obj.kind)))
+  end
+  if obj.apiVersion ~= nil and obj.apiVersion ~= r.api_version then
+    fail(400, "BadRequest", ('the API version in the data (%s) does not match the expected API version (%s)')
+      :format(tostring(obj.apiVersion), r.api_version))
+  end
+  local bns = obj.metadata.namespace
+  if r.namespaced and bns ~= nil and bns ~= "" and ns and bns ~= ns then
+    fail(400, "BadRequest", "the namespace of the provided object does not match the namespace sent on the request")
+  end
+  if name and obj.metadata.name ~= nil and obj.metadata.name ~= name then
+    fail(400, "BadRequest", "the name of the object (" .. tostring(obj.metadata.name) .. ") does not match the name on the URL (" .. name .. ")")
+  end
+end
+
+local function create(S, req, ctx, r, ns, args)
+  local obj = decode_body(req, ctx, req:header("Content-Type"))
+  check_identity(r, ns, nil, obj)
+  local o = { manager = manager(args, req), dry_run = check_dry_run(args), req = ctx }
+  ctx.field_validation = field_validation(args)
+  local _, body = S:create_object(r, ns, obj, o)
+  return respond(req, ctx, 201, body)
+end
+
+local function update(S, req, ctx, r, ns, name, sub, args)
+  local obj = decode_body(req, ctx, req:header("Content-Type"))
+  check_identity(r, ns, name, obj)
+  local old = S.store:get(r.key, ns or "", name)
+  if not old then api.not_found(r, name) end
+  local rv = obj.metadata.resourceVersion
+  if rv == nil or rv == "" then
+    if not r.builtin then
+      api.invalid(r, name, { { field = "metadata.resourceVersion",
+        message = "Invalid value: 0x0: must be specified for an update" } })
+    end
+  elseif rv ~= old.metadata.resourceVersion then
+    api.conflict(r, name, "the object has been modified; please apply your changes to the latest version and try again")
+  end
+  ctx.field_validation = field_validation(args)
+  local new, body = S:update_object(r, ns, obj, old,
+    { manager = manager(args, req), dry_run = check_dry_run(args), req = ctx, sub = sub })
+  return respond(req, ctx, 200, body)
+end
+
+local PATCH_TYPES = "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml"
+
+local function do_patch(S, req, ctx, r, ns, name, sub, args)
+  local ctype = ((req:header("Content-Type") or ""):match("^[^;]+") or ""):gsub("%s", "")
+  local kinds = { ["application/merge-patch+json"] = "merge", ["application/json-patch+json"] = "json",
+    ["application/apply-patch+yaml"] = "apply", ["application/strategic-merge-patch+json"] = "strategic",
+    ["application/apply-patch+cbor"] = false }
+  local kind = kinds[ctype]
+  if kind == "strategic" and not r.builtin then kind = nil end
+  if not kind then
+    if r.builtin then
+      fail(415, "UnsupportedMediaType", ("the body of the request was in an unknown format - accepted media types include: %s, application/strategic-merge-patch+json"):format(PATCH_TYPES))
+    end
+    fail(415, "UnsupportedMediaType", ("the body of the request was in an unknown format - accepted media types include: %s"):format(PATCH_TYPES))
+  end
+  local p = decode_body(req, ctx, ctype)
+  local dry = check_dry_run(args)
+  ctx.field_validation = field_validation(args)
+  local mgr = manager(args, req)
+  local old = S.store:get(r.key, ns or "", name)
+  local now = api.now_text()
+  if kind == "apply" then
+    if args.fieldManager == nil or args.fieldManager == "" then
+      fail(422, "Invalid", "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch")
+    end
+    check_identity(r, ns, name, p)
+    if p.kind == nil or p.apiVersion == nil then
+      fail(400, "BadRequest", "apply patch must carry apiVersion and kind")
+    end
+    local force = args.force == "true"
+    local function apply(live)
+      local res, conflicts = patch.apply(live, p, mgr, force, r.api_version, now, sub)
+      if not res then
+        local dc = json.array()
+        for i, c in ipairs(conflicts) do
+          dc[i] = { reason = "FieldManagerConflict", field = c.path,
+            message = ('conflict with "%s" using %s'):format(c.manager, c.apiVersion or r.api_version) }
+        end
+        fail(409, "Conflict", patch.conflict_message(conflicts), { causes = dc })
+      end
+      return res
+    end
+    if not old then
+      if sub then api.not_found(r, name) end
+      local created, body = S:create_object(r, ns, copy(p), { dry_run = dry, req = ctx,
+        apply = function(obj) return apply(obj) end })
+      return respond(req, ctx, 201, body)
+    end
+    local new = apply(old)
+    local _, body = S:update_object(r, ns, new, old, { manager = mgr, dry_run = dry, req = ctx, sub = sub, apply = true })
+    return respond(req, ctx, 200, body)
+  end
+  if not old then api.not_found(r, name) end
+  local new, err
+  if kind == "merge" then
+    if type(p) ~= "table" or json.is_array(p) then fail(400, "BadRequest", "a merge patch must be a JSON object") end
+    new = patch.merge(old, p)
+  elseif kind == "strategic" then
+    if type(p) ~= "table" or json.is_array(p) then fail(400, "BadRequest", "a strategic merge patch must be a JSON object") end
+    new = patch.strategic(old, p)
+  else
+    new, err = patch.json_patch(old, p)
+    if not new then fail(422, "Invalid", err) end
+  end
+  if type(new.metadata) ~= "table" then new.metadata = {} end
+  local prv = new.metadata.resourceVersion
+  if prv ~= nil and prv ~= old.metadata.resourceVersion then
+    api.conflict(r, name, "the object has been modified; please apply your changes to the latest version and try again")
+  end
+  check_identity(r, ns, name, new)
+  local _, body = S:update_object(r, ns, new, old, { manager = mgr, dry_run = dry, req = ctx, sub = sub })
+  return respond(req, ctx, 200, body)
+end
+
+local function delete_opts(req, ctx, args)
+  local o = {}
+  local body = req:body()
+  if body and body ~= "" then
+    local d = json.decode(body)
+    if type(d) ~= "table" then fail(400, "BadRequest", "the DeleteOptions body is not valid JSON") end
+    o = d
+  end
+  if args.propagationPolicy then o.propagationPolicy = args.propagationPolicy end
+  if args.orphanDependents then o.orphanDependents = args.orphanDependents == "true" end
+  local pp = o.propagationPolicy
+  if pp ~= nil and pp ~= "Background" and pp ~= "Foreground" and pp ~= "Orphan" then
+    fail(422, "Invalid", ('DeleteOptions.meta.k8s.io "" is invalid: propagationPolicy: Unsupported value: "%s": supported values: "Background", "Foreground", "Orphan"'):format(tostring(pp)))
+  end
+  local dry = args.dryRun
+  if type(o.dryRun) == "table" and o.dryRun[1] == "All" then dry = "All" end
+  o.dry_run = check_dry_run({ dryRun = dry })
+  o.req = ctx
+  return o
+end
+
+local function delete(S, req, ctx, r, ns, name, args)
+  local res = S:delete_object(r, ns, name, delete_opts(req, ctx, args))
+  return respond_obj(req, ctx, 200, res)
+end
+
+local function delete_collection(S, req, ctx, r, ns, args)
+  local labels, fields = selectors(r, args)
+  local o = delete_opts(req, ctx, args)
+  local victims = {}
+  local after_ns, after_name = "", ""
+  while true do
+    local rows = S.store:page(r.key, ns, after_ns, after_name, 1000)
+    for _, row in ipairs(rows) do
+      after_ns, after_name = row[1], row[2]
+      local obj = json.decode(row[3])
+      if obj and matches(obj, labels, fields) then victims[#victims + 1] = { row[1], row[2] } end
+    end
+    if #rows < 1000 then break end
+  end
+  for _, v in ipairs(victims) do
+    pcall(S.delete_object, S, r, v[1] ~= "" and v[1] or nil, v[2], o)
+  end
+  return respond_obj(req, ctx, 200, { kind = "Status", apiVersion = "v1", metadata = {}, status = "Success",
+    details = { group = r.group, kind = r.plural } })
+end
+
+-- ------------------------------------------------------------ routing
+
+local function split(path)
+  local segs = {}
+  for s in path:gmatch("[^/]+") do segs[#segs + 1] = s end
+  return segs
+end
+
+local function authorized(S, req)
+  local token = S.opts.token
+  local ca = S.tls.ca
+  if not token and not ca then return true end
+  if ca then
+    local ok = req:client_cert()
+    if ok then return true end
+  end
+  if token then
+    local h = req:header("Authorization") or ""
+    local t = h:match("^[Bb]earer%s+(.+)$")
+    if t and t == token then return true end
+  end
+  return false
+end
+
+local function handle(S, req, ctx)
+  local method = req:method()
+  local path = req:path()
+  local accept = req:header("Accept")
+  local segs = split(path)
+  if not authorized(S, req) then
+    fail(401, "Unauthorized", "Unauthorized")
+  end
+  if #segs == 0 then
+    return respond_obj(req, ctx, 200, { paths = json.array({ "/api", "/api/v1", "/apis", "/openapi/v3", "/version", "/healthz" }) })
+  end
+  if method == "GET" and segs[1] ~= "api" and segs[1] ~= "apis" then
+    if handle_meta(S, req, ctx, segs, accept) == false then
+      fail(404, "NotFound", "the server could not find the requested resource")
+    end
+    return
+  end
+  if segs[1] ~= "api" and segs[1] ~= "apis" then
+    fail(404, "NotFound", "the server could not find the requested resource")
+  end
+  if method == "GET" and #segs <= 3 and (#segs < 3 or segs[1] == "apis") then
+    if handle_meta(S, req, ctx, segs, accept) ~= false then return end
+    if #segs <= 2 then fail(404, "NotFound", "the server could not find the requested resource") end
+  end
+  local group, version, rest
+  if segs[1] == "api" then
+    group, version, rest = "", segs[2], 3
+  else
+    group, version, rest = segs[2], segs[3], 4
+  end
+  local args = req:args()
+  local is_watch = false
+  if segs[rest] == "watch" then
+    is_watch = true
+    rest = rest + 1
+  end
+  local ns, plural, name, sub
+  local n = #segs - rest + 1
+  if segs[rest] == "namespaces" and n >= 3 and not (n == 3 and (segs[rest + 2] == "status" or segs[rest + 2] == "finalize")) then
+    ns, plural, name, sub = segs[rest + 1], segs[rest + 2], segs[rest + 3], segs[rest + 4]
+    if segs[rest + 5] then fail(404, "NotFound", "the server could not find the requested resource") end
+  else
+    plural, name, sub = segs[rest], segs[rest + 1], segs[rest + 2]
+    if segs[rest + 3] then fail(404, "NotFound", "the server could not find the requested resource") end
+  end
+  local r = plural and S.reg:find(group, version, plural)
+  if not r then fail(404, "NotFound", "the server could not find the requested resource") end
+  if ns and not r.namespaced then fail(404, "NotFound", "the server could not find the requested resource") end
+  if sub and (sub ~= "status" or not r.status) then
+    fail(404, "NotFound", "the server could not find the requested resource")
+  end
+  if r.deprecated then
+    ctx.warn(r.deprecation_warning or (("%s %s is deprecated"):format(r.api_version, r.kind)))
+  end
+  if args.watch == "true" or args.watch == "1" then is_watch = true end
+  if not name then
+    if method == "GET" then
+      if is_watch then return watch_stream(S, req, ctx, r, ns, args, accept) end
+      return list(S, req, ctx, r, ns, args, accept)
+    elseif method == "POST" then
+      if r.namespaced and not ns then
+        fail(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+      end
+      return create(S, req, ctx, r, ns, args)
+    elseif method == "DELETE" then
+      return delete_collection(S, req, ctx, r, ns, args)
+    end
+    fail(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+  end
+  if r.namespaced and not ns then fail(404, "NotFound", "the server could not find the requested resource") end
+  if method == "GET" then
+    if is_watch then
+      args.fieldSelector = "metadata.name=" .. name
+      return watch_stream(S, req, ctx, r, ns, args, accept)
+    end
+    return get(S, req, ctx, r, ns, name, accept)
+  elseif method == "PUT" then
+    return update(S, req, ctx, r, ns, name, sub, args)
+  elseif method == "PATCH" then
+    return do_patch(S, req, ctx, r, ns, name, sub, args)
+  elseif method == "DELETE" and not sub then
+    return delete(S, req, ctx, r, ns, name, args)
+  end
+  fail(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+end
+
+--- Answer one request (never raises).
+function M.dispatch(S, req)
+  local ctx = { warnings = {} }
+  local seen = {}
+  function ctx.warn(text)
+    if not seen[text] then
+      seen[text] = true
+      ctx.warnings[#ctx.warnings + 1] = text
+    end
+  end
+  local ok, err = xpcall(handle, function(e)
+    if type(e) == "table" and e.status then return e end
+    return { internal = e, trace = debug.traceback(tostring(e), 2) }
+  end, S, req, ctx)
+  if ok then return end
+  if err.status then
+    return respond_obj(req, ctx, err.status.code, err.status)
+  end
+  log.error("apiserver: internal error", { method = req:method(), path = req:path(), error = tostring(err.internal),
+    trace = err.trace })
+  respond_obj(req, ctx, 500, { kind = "Status", apiVersion = "v1", metadata = {}, status = "Failure",
+    message = "Internal error occurred: " .. tostring(err.internal), reason = "InternalError", code = 500 })
+end
+
+return M

@@ -1,0 +1,631 @@
+--- vmsnap.apiserver: an embedded Kubernetes-compatible API server.
+---
+--- HTTP is `vmsnap.core.httpd` (libmicrohttpd on the loop), storage is
+--- `vmsnap.apiserver.store` (SQLite, WAL), and everything in between is here:
+--- routing, discovery, OpenAPI, CRUD with the API's concurrency and
+--- deletion rules, patches, server-side apply, Tables, watches, admission,
+--- garbage collection and namespace lifecycle. See docs/apiserver.md.
+---
+---     local apiserver = require("vmsnap.apiserver")
+---     local srv = assert(apiserver.new{ data = "/tmp/state", port = 0 })
+---     srv:admission("VirtualDisk", function(op, new, old, req) ... end)
+---     srv:serve()          -- runs until srv:close()
+local httpd = require("vmsnap.core.httpd")
+local json = require("vmsnap.json")
+local yaml = require("vmsnap.yaml")
+local task = require("vmsnap.task")
+local log = require("vmsnap.log")
+local fs = require("vmsnap.fs")
+local store_mod = require("vmsnap.apiserver.store")
+local registry = require("vmsnap.apiserver.registry")
+local schema = require("vmsnap.apiserver.schema")
+local patch = require("vmsnap.apiserver.patch")
+local select = require("vmsnap.apiserver.select")
+local tbl = require("vmsnap.apiserver.table")
+local watch = require("vmsnap.apiserver.watch")
+
+local M = {}
+local Server = {}
+Server.__index = Server
+
+local null = json.null
+local copy = schema.copy
+local VERSION = { major = "1", minor = "32", gitVersion = "v1.32.0", gitCommit = "vmsnap",
+  gitTreeState = "clean", buildDate = "2026-11-24T00:00:00Z", goVersion = "go1.23.4",
+  compiler = "gc", platform = "linux/amd64" }
+
+-- ------------------------------------------------------------ helpers
+
+local function now_text()
+  return os.date("!%Y-%m-%dT%H:%M:%SZ")
+end
+
+local function uuid()
+  local r = math.random
+  return ("%08x-%04x-4%03x-%04x-%012x"):format(r(0, 0xffffffff), r(0, 0xffff), r(0, 0xfff),
+    0x8000 | r(0, 0x3fff), r(0, 0xffffffffffff))
+end
+
+local ALNUM = "bcdfghjklmnpqrstvwxz2456789"
+local function random_suffix()
+  local t = {}
+  for i = 1, 5 do
+    local k = math.random(#ALNUM)
+    t[i] = ALNUM:sub(k, k)
+  end
+  return table.concat(t)
+end
+
+local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+local function base64(s)
+  return ((s:gsub(".", function(x)
+    local r, b = "", x:byte()
+    for i = 8, 1, -1 do r = r .. (b % 2 ^ i - b % 2 ^ (i - 1) > 0 and "1" or "0") end
+    return r
+  end) .. "0000"):gsub("%d%d%d?%d?%d?%d?", function(x)
+    if #x < 6 then return "" end
+    local c = 0
+    for i = 1, 6 do c = c + (x:sub(i, i) == "1" and 2 ^ (6 - i) or 0) end
+    return B64:sub(c + 1, c + 1)
+  end) .. ({ "", "==", "=" })[#s % 3 + 1])
+end
+M.base64 = base64
+
+local SUBDOMAIN_MSG = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+local LABEL_MSG = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
+
+local function is_label(s)
+  return #s <= 63 and s:match("^[a-z0-9]$") ~= nil or (#s <= 63 and s:match("^[a-z0-9][-a-z0-9]*[a-z0-9]$") ~= nil)
+end
+
+local function is_subdomain(s)
+  if #s == 0 or #s > 253 then return false end
+  for part in (s .. "."):gmatch("(.-)%.") do
+    if not is_label(part) then return false end
+  end
+  return true
+end
+M.is_subdomain = is_subdomain
+
+local function group_resource(r)
+  if r.group == "" then return r.plural end
+  return r.plural .. "." .. r.group
+end
+
+local function kind_group(r)
+  if r.group == "" then return r.kind end
+  return r.kind .. "." .. r.group
+end
+
+-- ------------------------------------------------------------ errors
+
+local HTTP_REASON = { [400] = "BadRequest", [401] = "Unauthorized", [403] = "Forbidden", [404] = "NotFound",
+  [405] = "MethodNotAllowed", [406] = "NotAcceptable", [409] = "Conflict", [410] = "Gone",
+  [413] = "RequestEntityTooLarge", [415] = "UnsupportedMediaType", [422] = "Invalid", [500] = "InternalError" }
+
+--- A Status error value (raised through handlers, answered by dispatch).
+local function fail(code, reason, message, details)
+  error({ status = { kind = "Status", apiVersion = "v1", metadata = {}, status = "Failure",
+    message = message, reason = reason or HTTP_REASON[code], code = code, details = details } }, 0)
+end
+M.fail = fail
+
+local function not_found(r, name)
+  fail(404, "NotFound", ('%s "%s" not found'):format(group_resource(r), name),
+    { name = name, group = r.group, kind = r.plural })
+end
+
+local function invalid(r, name, causes)
+  local parts = {}
+  local dc = json.array()
+  for i, c in ipairs(causes) do
+    parts[i] = (c.field and c.field ~= "" and (c.field .. ": ") or "") .. c.message
+    dc[i] = { reason = c.reason or "FieldValueInvalid", message = c.message, field = c.field }
+  end
+  local list = #parts == 1 and parts[1] or ("[" .. table.concat(parts, ", ") .. "]")
+  fail(422, "Invalid", ('%s "%s" is invalid: %s'):format(kind_group(r), name or "", list),
+    { name = name, group = r.group, kind = r.kind, causes = dc })
+end
+M.invalid = invalid
+
+local function conflict(r, name, why)
+  fail(409, "Conflict", ('Operation cannot be fulfilled on %s "%s": %s'):format(group_resource(r), name, why),
+    { name = name, group = r.group, kind = r.plural })
+end
+
+-- ------------------------------------------------------------ server
+
+--- Create a server. opts: data (directory, required), host ("127.0.0.1"),
+--- port (0 = any free port), token, tls_cert/tls_key/client_ca (PEM file
+--- paths), crds (directories of CRD YAML to install), history (revisions of
+--- watch history kept), event_ttl (seconds, default 3600), max_body.
+function M.new(opts)
+  assert(type(opts) == "table" and type(opts.data) == "string", "apiserver.new: opts.data is required")
+  local ok, err, code = fs.mkdir_p(opts.data)
+  if not ok then return nil, err, code end
+  local st
+  st, err, code = store_mod.open(opts.data .. "/state.db", { history = opts.history })
+  if not st then return nil, err, code end
+  local self = setmetatable({
+    opts = opts, store = st, reg = registry.new(), admit = {}, warnings_for = {},
+    event_ttl = opts.event_ttl or 3600, kicks = {}, stopping = false,
+  }, Server)
+  self.watchers = watch.new(self)
+  local function read(path)
+    if not path then return nil end
+    local s, e = fs.read_file(path)
+    if not s then error(e, 0) end
+    return s
+  end
+  local okr, tls = pcall(function()
+    return { cert = read(opts.tls_cert), key = read(opts.tls_key), ca = read(opts.client_ca) }
+  end)
+  if not okr then st:close(); return nil, tls, "ENOENT" end
+  self.tls = tls
+  -- serve stored CRDs, then install the given ones
+  for _, row in ipairs(st:page("apiextensions.k8s.io/customresourcedefinitions", nil, "", "", 1e9)) do
+    local crd = json.decode(row[3])
+    if crd and #registry.check_crd(crd) == 0 then self.reg:add_crd(crd) end
+  end
+  self:ensure_namespaces()
+  for _, dir in ipairs(opts.crds or {}) do
+    local okc, e = self:install_crds(dir)
+    if not okc then st:close(); return nil, e, "INVALID" end
+  end
+  require("vmsnap.apiserver.admission").register_defaults(self)
+  return self
+end
+
+--- Register an admission function for a kind: fn(op, new, old, req) where
+--- op is "CREATE", "UPDATE" or "DELETE"; it returns nothing to allow, or
+--- `nil, causes` (a list of {field, message[, reason]}) or `nil, message` to
+--- deny (422 Invalid), and may call req.warn(text) to add a Warning header.
+function Server:admission(kind, fn)
+  local list = self.admit[kind]
+  if not list then list = {}; self.admit[kind] = list end
+  list[#list + 1] = fn
+end
+
+function Server:ensure_namespaces()
+  local r = self.reg:find("", "v1", "namespaces")
+  for _, ns in ipairs({ "default", "kube-system", "kube-public", "kube-node-lease" }) do
+    if not self.store:get_raw(r.key, "", ns) then
+      self:create_object(r, nil, { apiVersion = "v1", kind = "Namespace", metadata = { name = ns } }, {})
+    end
+  end
+end
+
+--- Create or update the CRDs in the YAML files of a directory.
+function Server:install_crds(dir)
+  local files, lerr = fs.list(dir)
+  if not files then return nil, lerr end
+  local r = self.reg:find("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+  for _, f in ipairs(files) do
+    if f:match("%.ya?ml$") then
+      local text, rerr = fs.read_file(dir .. "/" .. f)
+      if not text then return nil, rerr end
+      local docs, err = yaml.load_all(text)
+      if not docs then return nil, dir .. "/" .. f .. ": " .. tostring(err) end
+      for _, crd in ipairs(docs) do
+        if type(crd) == "table" and crd.kind == "CustomResourceDefinition" then
+          local ok, e = pcall(function()
+            local old = self.store:get(r.key, "", crd.metadata.name)
+            if old then
+              local new = copy(old)
+              new.spec = crd.spec
+              new.metadata.labels = crd.metadata.labels
+              new.metadata.annotations = crd.metadata.annotations
+              if not patch.equal(new.spec, old.spec) then
+                self:update_object(r, nil, new, old, { manager = "vmsnap" })
+              end
+            else
+              self:create_object(r, nil, crd, { manager = "vmsnap" })
+            end
+          end)
+          if not ok then
+            return nil, dir .. "/" .. f .. ": " .. (type(e) == "table" and e.status and e.status.message or tostring(e))
+          end
+        end
+      end
+    end
+  end
+  return true
+end
+
+-- ------------------------------------------------------------ write path
+
+--- Persist and deliver one change; returns the stored JSON text.
+function Server:commit(r, ns, name, typ, obj, old)
+  local _, body = self.store:write(r.key, ns or "", name, typ, obj)
+  self.watchers:emit(r.key, typ, obj, old, body)
+  if r.key == "apiextensions.k8s.io/customresourcedefinitions" then
+    if typ == "DELETED" then self.reg:remove_crd(name) else self.reg:add_crd(obj) end
+  end
+  if typ == "DELETED" then self:kick("gc") end
+  return body
+end
+
+function Server:kick(what)
+  self.kicks[what] = true
+  if self.controller_wake then self.controller_wake() end
+end
+
+local function check_meta_name(r, obj, causes)
+  local name = obj.metadata.name
+  if type(name) ~= "string" or name == "" then
+    causes[#causes + 1] = { reason = "FieldValueRequired", field = "metadata.name",
+      message = "Required value: name or generateName is required" }
+    return
+  end
+  if r.plural == "namespaces" then
+    if not is_label(name) then
+      causes[#causes + 1] = { field = "metadata.name", message = ('Invalid value: "%s": %s'):format(name, LABEL_MSG) }
+    end
+  elseif not is_subdomain(name) then
+    causes[#causes + 1] = { field = "metadata.name", message = ('Invalid value: "%s": %s'):format(name, SUBDOMAIN_MSG) }
+  end
+end
+
+local function check_meta_maps(obj, causes)
+  local md = obj.metadata
+  for _, f in ipairs({ "labels", "annotations" }) do
+    local m = md[f]
+    if m ~= nil and m ~= null then
+      if type(m) ~= "table" then
+        causes[#causes + 1] = { field = "metadata." .. f, message = "Invalid value: must be a map of strings" }
+      else
+        for k, v in pairs(m) do
+          if type(v) ~= "string" then
+            causes[#causes + 1] = { field = ("metadata.%s.%s"):format(f, k),
+              message = ("Invalid value: %s: must be a string"):format(json.encode(v)) }
+          end
+        end
+      end
+    elseif m == null then
+      md[f] = nil
+    end
+  end
+  if md.finalizers == null then md.finalizers = nil end
+end
+
+-- type-specific defaulting of built-ins
+local function builtin_defaults(r, obj, old)
+  if r.key == "/secrets" then
+    if obj.type == nil then obj.type = old and old.type or "Opaque" end
+    if type(obj.stringData) == "table" then
+      obj.data = obj.data or {}
+      for k, v in pairs(obj.stringData) do obj.data[k] = base64(tostring(v)) end
+      obj.stringData = nil
+    end
+  elseif r.key == "/namespaces" then
+    obj.spec = obj.spec or {}
+    if obj.spec.finalizers == nil then obj.spec.finalizers = json.array({ "kubernetes" }) end
+    if not old then obj.status = { phase = "Active" } end
+  elseif r.key == "/persistentvolumeclaims" or r.key == "/persistentvolumes" then
+    if not old and (obj.status == nil or obj.status.phase == nil) then
+      obj.status = obj.status or {}
+      obj.status.phase = "Pending"
+    end
+  elseif r.key == "apiextensions.k8s.io/customresourcedefinitions" then
+    local spec = obj.spec or {}
+    local names = spec.names or {}
+    local stored = json.array()
+    for _, v in ipairs(spec.versions or {}) do
+      if v.storage then stored[#stored + 1] = v.name end
+    end
+    obj.status = { acceptedNames = names, storedVersions = stored,
+      conditions = json.array({
+        { type = "NamesAccepted", status = "True", reason = "NoConflicts", message = "no conflicts found",
+          lastTransitionTime = now_text() },
+        { type = "Established", status = "True", reason = "InitialNamesAccepted",
+          message = "the initial names have been accepted", lastTransitionTime = now_text() } }) }
+  end
+end
+
+-- Run defaulting, schema validation and admission; raises Invalid/BadRequest.
+function Server:validate(r, op, obj, old, req)
+  local causes = {}
+  check_meta_name(r, obj, causes)
+  check_meta_maps(obj, causes)
+  builtin_defaults(r, obj, old)
+  if r.key == "apiextensions.k8s.io/customresourcedefinitions" then
+    for _, c in ipairs(registry.check_crd(obj)) do causes[#causes + 1] = c end
+  end
+  local validation = req and req.field_validation or "Strict"
+  local unknown
+  local sc, un = schema.apply(r.schema, obj, { keep_unknown = false })
+  unknown = un
+  for _, c in ipairs(sc) do causes[#causes + 1] = c end
+  if #unknown > 0 then
+    if validation == "Strict" and #causes == 0 then
+      local parts = {}
+      for i, p in ipairs(unknown) do parts[i] = ('unknown field "%s"'):format(p) end
+      fail(400, "BadRequest", ('%s in version "%s" cannot be handled as a %s: strict decoding error: %s')
+        :format(r.kind, r.version, r.kind, table.concat(parts, ", ")))
+    elseif validation == "Warn" and req then
+      for _, p in ipairs(unknown) do req.warn(('unknown field "%s"'):format(p)) end
+    end
+  end
+  if #causes > 0 then invalid(r, obj.metadata.name, causes) end
+  for _, fn in ipairs(self.admit[r.kind] or {}) do
+    local ok, res = fn(op, obj, old, req or { warn = function() end }, self)
+    if ok == nil and res ~= nil then
+      if type(res) == "string" then res = { { field = "", message = res } } end
+      invalid(r, obj.metadata.name, res)
+    end
+  end
+end
+
+local function spec_changed(r, a, b)
+  for k, v in pairs(a) do
+    if k ~= "metadata" and not (k == "status" and r.status) and not patch.equal(v, b[k]) then return true end
+  end
+  for k in pairs(b) do
+    if k ~= "metadata" and not (k == "status" and r.status) and a[k] == nil then return true end
+  end
+  return false
+end
+
+--- Create obj (already decoded); returns the stored object and its JSON.
+function Server:create_object(r, ns, obj, o)
+  o = o or {}
+  if type(obj.metadata) ~= "table" then obj.metadata = {} end
+  local md = obj.metadata
+  obj.apiVersion = r.api_version
+  obj.kind = r.kind
+  if r.namespaced then
+    md.namespace = ns
+  else
+    md.namespace = nil
+  end
+  if (md.name == nil or md.name == "") and type(md.generateName) == "string" and md.generateName ~= "" then
+    md.name = md.generateName .. random_suffix()
+  end
+  if r.namespaced and ns then
+    local nsr = self.reg:find("", "v1", "namespaces")
+    local nso = self.store:get(nsr.key, "", ns)
+    if not nso then
+      fail(404, "NotFound", ('namespaces "%s" not found'):format(ns), { name = ns, kind = "namespaces" })
+    end
+    if nso.metadata.deletionTimestamp then
+      fail(403, "Forbidden", ('%s "%s" is forbidden: unable to create new content in namespace %s because it is being terminated')
+        :format(group_resource(r), tostring(md.name), ns),
+        { name = md.name, group = r.group, kind = r.plural,
+          causes = json.array({ { reason = "NamespaceTerminating", message = ("namespace %s is being terminated"):format(ns),
+            field = "metadata.namespace" } }) })
+    end
+  end
+  if r.status and not o.keep_status then obj.status = nil end
+  md.uid = uuid()
+  md.creationTimestamp = now_text()
+  md.resourceVersion = nil
+  md.deletionTimestamp = nil
+  md.deletionGracePeriodSeconds = nil
+  md.managedFields = nil
+  if not r.builtin or r.key == "apiextensions.k8s.io/customresourcedefinitions" then md.generation = 1 end
+  self:validate(r, "CREATE", obj, nil, o.req)
+  if self.store:get_raw(r.key, ns or "", md.name) then
+    fail(409, "AlreadyExists", ('%s "%s" already exists'):format(group_resource(r), md.name),
+      { name = md.name, group = r.group, kind = r.plural })
+  end
+  if o.apply then
+    obj = o.apply(obj)
+  else
+    patch.record_update(nil, obj, o.manager or "unknown", r.api_version, now_text(), nil)
+  end
+  if o.dry_run then return obj, json.encode(obj) end
+  local body = self:commit(r, ns, md.name, "ADDED", obj, nil)
+  return obj, body
+end
+
+--- Store new as the next state of old (both decoded); handles generation,
+--- the status subresource, finalizers and deletion. Returns obj, body.
+function Server:update_object(r, ns, new, old, o)
+  o = o or {}
+  local md = new.metadata
+  local omd = old.metadata
+  new.apiVersion = r.api_version
+  new.kind = r.kind
+  md.name = omd.name
+  if r.namespaced then md.namespace = omd.namespace else md.namespace = nil end
+  md.uid = omd.uid
+  md.creationTimestamp = omd.creationTimestamp
+  md.deletionTimestamp = omd.deletionTimestamp
+  md.deletionGracePeriodSeconds = omd.deletionGracePeriodSeconds
+  md.generateName = omd.generateName
+  if o.sub == "status" then
+    -- only status changes through /status
+    local keep = copy(old)
+    keep.status = new.status
+    keep.metadata.managedFields = md.managedFields
+    keep.metadata.resourceVersion = md.resourceVersion
+    new = keep
+    md = new.metadata
+  elseif r.status then
+    new.status = copy(old.status)
+  end
+  md.generation = omd.generation
+  if md.generation and spec_changed(r, new, old) then md.generation = omd.generation + 1 end
+  if omd.deletionTimestamp and type(md.finalizers) == "table" then
+    local had = {}
+    for _, f in ipairs(omd.finalizers or {}) do had[f] = true end
+    for _, f in ipairs(md.finalizers) do
+      if not had[f] then
+        invalid(r, md.name, { { reason = "FieldValueForbidden", field = "metadata.finalizers",
+          message = "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{\"" .. f .. "\"}" } })
+      end
+    end
+  end
+  self:validate(r, "UPDATE", new, old, o.req)
+  if not o.apply then
+    patch.record_update(old, new, o.manager or "unknown", r.api_version, now_text(), o.sub)
+  end
+  md.resourceVersion = omd.resourceVersion
+  if patch.equal(new, old) then
+    local _, body = self.store:get_raw(r.key, ns or "", md.name)
+    return old, (self.store:get_raw(r.key, ns or "", md.name)) or body
+  end
+  if o.dry_run then return new, json.encode(new) end
+  if md.deletionTimestamp and (md.finalizers == nil or #md.finalizers == 0) and r.key ~= "/namespaces" then
+    local body = self:commit(r, ns, md.name, "DELETED", new, old)
+    return new, body
+  end
+  local body = self:commit(r, ns, md.name, "MODIFIED", new, old)
+  return new, body
+end
+
+--- Delete (or mark for deletion); returns the Status or object to answer.
+function Server:delete_object(r, ns, name, o)
+  o = o or {}
+  local obj = self.store:get(r.key, ns or "", name)
+  if not obj then not_found(r, name) end
+  local md = obj.metadata
+  local pre = o.preconditions
+  if type(pre) == "table" then
+    if pre.uid and pre.uid ~= md.uid then
+      conflict(r, name, ("Precondition failed: UID in precondition: %s, UID in object meta: %s"):format(pre.uid, md.uid))
+    end
+    if pre.resourceVersion and pre.resourceVersion ~= md.resourceVersion then
+      conflict(r, name, ("Precondition failed: ResourceVersion in precondition: %s, ResourceVersion in object meta: %s")
+        :format(pre.resourceVersion, md.resourceVersion))
+    end
+  end
+  for _, fn in ipairs(self.admit[r.kind] or {}) do
+    local ok, res = fn("DELETE", nil, obj, o.req or { warn = function() end }, self)
+    if ok == nil and res ~= nil then
+      if type(res) == "string" then res = { { field = "", message = res } } end
+      invalid(r, name, res)
+    end
+  end
+  if r.key == "/namespaces" then
+    if md.deletionTimestamp then return obj end
+    local new = copy(obj)
+    new.metadata.deletionTimestamp = now_text()
+    new.status = new.status or {}
+    new.status.phase = "Terminating"
+    if o.dry_run then return new end
+    self:commit(r, ns, name, "MODIFIED", new, obj)
+    self:kick("namespaces")
+    return new
+  end
+  local policy = o.propagationPolicy
+  if o.orphanDependents == true and not policy then policy = "Orphan" end
+  local fins = {}
+  for _, f in ipairs(md.finalizers or {}) do fins[#fins + 1] = f end
+  local function add_fin(f)
+    for _, x in ipairs(fins) do if x == f then return end end
+    fins[#fins + 1] = f
+  end
+  if policy == "Foreground" then add_fin("foregroundDeletion") end
+  if policy == "Orphan" then add_fin("orphan") end
+  if #fins > 0 then
+    local new = copy(obj)
+    new.metadata.finalizers = json.array(fins)
+    if not md.deletionTimestamp then
+      new.metadata.deletionTimestamp = now_text()
+      new.metadata.deletionGracePeriodSeconds = 0
+    end
+    if patch.equal(new, obj) then return obj end
+    if o.dry_run then return new end
+    self:commit(r, ns, name, "MODIFIED", new, obj)
+    if policy then self:kick("gc") end
+    return new
+  end
+  if o.dry_run then
+    return { kind = "Status", apiVersion = "v1", metadata = {}, status = "Success",
+      details = { name = name, group = r.group, kind = r.plural, uid = md.uid } }
+  end
+  self:commit(r, ns, name, "DELETED", obj, obj)
+  return { kind = "Status", apiVersion = "v1", metadata = {}, status = "Success",
+    details = { name = name, group = r.group, kind = r.plural, uid = md.uid } }
+end
+
+-- ------------------------------------------------------------ serving
+
+--- Listen and run until close(); also starts the controllers (garbage
+--- collection, namespace finalization, event TTL) and the watch sweep.
+function Server:listen()
+  local o = self.opts
+  local srv, err, code = httpd.listen{ host = o.host or "127.0.0.1", port = o.port or 0,
+    tls_cert = self.tls.cert, tls_key = self.tls.key, client_ca = self.tls.ca,
+    max_body = o.max_body or (3 * 1024 * 1024) }
+  if not srv then return nil, err, code end
+  self.http = srv
+  self.port = srv:port()
+  return self.port
+end
+
+function Server:serve()
+  if not self.http then
+    local ok, err, code = self:listen()
+    if not ok then return nil, err, code end
+  end
+  local handler = require("vmsnap.apiserver.handler")
+  local controllers = require("vmsnap.apiserver.controllers")
+  self.tasks = {
+    task.spawn(controllers.run, self),
+    task.spawn(function()
+      local n = 0
+      while not self.stopping do
+        task.sleep(1)
+        n = n + 1
+        self.watchers:sweep(os.time(), self.store.rv, n % 10 == 0)
+      end
+    end),
+  }
+  while not self.stopping do
+    local req, err, code = self.http:accept()
+    if not req then
+      if code == "CLOSED" then break end
+      log.warn("apiserver: accept failed", { error = err })
+    else
+      handler.dispatch(self, req)
+    end
+  end
+  return true
+end
+
+--- Stop serving: end watches, stop the controllers, close the listener and the store.
+function Server:close()
+  if self.closed then return end
+  self.closed = true
+  self.stopping = true
+  self.watchers:close_all()
+  for _, t in ipairs(self.tasks or {}) do task.cancel(t) end
+  if self.controller_wake then self.controller_wake() end
+  if self.http then self.http:close() end
+  self.store:close()
+end
+
+--- The kubeconfig text for this server.
+function Server:kubeconfig(opts)
+  opts = opts or {}
+  local scheme = self.tls.cert and "https" or "http"
+  local server = ("%s://%s:%d"):format(scheme, opts.host or self.opts.host or "127.0.0.1", self.port)
+  local cluster = { server = server }
+  if self.tls.cert then
+    cluster["certificate-authority-data"] = base64(self.opts.ca_for_clients or self.tls.cert)
+  end
+  local user = {}
+  if self.opts.token then user.token = self.opts.token end
+  if opts.client_cert then
+    user["client-certificate"] = opts.client_cert
+    user["client-key"] = opts.client_key
+  end
+  local doc = {
+    apiVersion = "v1", kind = "Config", ["current-context"] = "vmsnap",
+    clusters = { { name = "vmsnap", cluster = cluster } },
+    users = { { name = "vmsnap", user = user } },
+    contexts = { { name = "vmsnap", context = { cluster = "vmsnap", user = "vmsnap", namespace = "default" } } },
+    preferences = {},
+  }
+  return yaml.dump(doc)
+end
+
+M.Server = Server
+M.VERSION = VERSION
+M.group_resource = group_resource
+M.not_found = not_found
+M.conflict = conflict
+M.now_text = now_text
+return M

@@ -1,0 +1,504 @@
+--- vmsnap.apiserver.patch: the patch types of the Kubernetes API and
+--- server-side apply field ownership (metadata.managedFields).
+---
+--- merge (RFC 7386), json (RFC 6902), strategic (for built-ins: a merge patch
+--- whose lists of objects merge by `name`, with `$patch: delete`), and apply:
+--- each field manager owns the leaf paths it set; an apply that changes a
+--- field another manager owns is a conflict unless forced; fields a manager
+--- applied before and no longer applies are removed when nobody else owns them.
+local json = require("vmsnap.json")
+local schema = require("vmsnap.apiserver.schema")
+
+local M = {}
+local null = json.null
+local copy = schema.copy
+
+local function is_object(v)
+  return type(v) == "table" and v ~= null and not json.is_array(v) and (next(v) == nil or #v == 0)
+end
+
+local function is_list(v)
+  return type(v) == "table" and v ~= null and (json.is_array(v) or (#v > 0))
+end
+
+local function equal(a, b)
+  if a == b then return true end
+  if type(a) ~= "table" or type(b) ~= "table" then return false end
+  if a == null or b == null then return false end
+  for k, v in pairs(a) do
+    if not equal(v, b[k]) then return false end
+  end
+  for k in pairs(b) do
+    if a[k] == nil then return false end
+  end
+  return true
+end
+M.equal = equal
+
+-- ------------------------------------------------------------ merge patch
+
+--- RFC 7386: returns the patched copy.
+function M.merge(target, patch)
+  if not is_object(patch) then return copy(patch) end
+  local out = is_object(target) and copy(target) or {}
+  for k, v in pairs(patch) do
+    if v == null then
+      out[k] = nil
+    else
+      out[k] = M.merge(out[k], v)
+    end
+  end
+  return out
+end
+
+-- ------------------------------------------------------------ strategic
+
+local function strategic(target, patch)
+  if not is_object(patch) then return copy(patch) end
+  if patch["$patch"] == "replace" then
+    local p = copy(patch)
+    p["$patch"] = nil
+    return p
+  end
+  local out = is_object(target) and copy(target) or {}
+  for k, v in pairs(patch) do
+    if type(k) == "string" and k:sub(1, 1) == "$" then
+      -- directives ($setElementOrder/..., $retainKeys, $deleteFromPrimitiveList/...) are not modelled
+    elseif v == null then
+      out[k] = nil
+    elseif is_list(v) and is_list(out[k]) and type(v[1]) == "table" and v[1].name ~= nil then
+      -- lists of objects merge by name
+      local merged = json.array()
+      local index = {}
+      for _, e in ipairs(out[k]) do
+        merged[#merged + 1] = copy(e)
+        if type(e) == "table" and e.name ~= nil then index[e.name] = #merged end
+      end
+      local deleted = {}
+      for _, e in ipairs(v) do
+        if type(e) == "table" and e["$patch"] == "delete" then
+          deleted[e.name] = true
+        elseif type(e) == "table" and e.name ~= nil and index[e.name] then
+          merged[index[e.name]] = strategic(merged[index[e.name]], e)
+        else
+          merged[#merged + 1] = copy(e)
+        end
+      end
+      local final = json.array()
+      for _, e in ipairs(merged) do
+        if not (type(e) == "table" and deleted[e.name]) then final[#final + 1] = e end
+      end
+      out[k] = final
+    else
+      out[k] = strategic(out[k], v)
+    end
+  end
+  return out
+end
+M.strategic = strategic
+
+-- ------------------------------------------------------------ JSON patch
+
+local function unescape_ptr(s)
+  return (s:gsub("~1", "/"):gsub("~0", "~"))
+end
+
+local function split_ptr(ptr)
+  if ptr == "" then return {} end
+  if ptr:sub(1, 1) ~= "/" then return nil end
+  local parts = {}
+  for p in (ptr:sub(2) .. "/"):gmatch("(.-)/") do parts[#parts + 1] = unescape_ptr(p) end
+  return parts
+end
+
+local function resolve_parent(doc, parts)
+  local cur = doc
+  for i = 1, #parts - 1 do
+    local k = parts[i]
+    if is_list(cur) or json.is_array(cur) then
+      k = tonumber(k)
+      if not k then return nil end
+      cur = cur[k + 1]
+    elseif type(cur) == "table" then
+      cur = cur[k]
+    else
+      return nil
+    end
+    if type(cur) ~= "table" or cur == null then return nil end
+  end
+  return cur
+end
+
+local function get_ptr(doc, parts)
+  if #parts == 0 then return doc end
+  local parent = resolve_parent(doc, parts)
+  if not parent then return nil end
+  local k = parts[#parts]
+  if json.is_array(parent) or is_list(parent) then
+    local n = tonumber(k)
+    return n and parent[n + 1]
+  end
+  return parent[k]
+end
+
+local function remove_ptr(doc, parts)
+  local parent = resolve_parent(doc, parts)
+  if not parent then return false end
+  local k = parts[#parts]
+  if json.is_array(parent) or is_list(parent) then
+    local n = tonumber(k)
+    if not n or parent[n + 1] == nil then return false end
+    table.remove(parent, n + 1)
+    return true
+  end
+  if parent[k] == nil then return false end
+  parent[k] = nil
+  return true
+end
+
+local function add_ptr(doc, parts, value)
+  local parent = resolve_parent(doc, parts)
+  if not parent then return false end
+  local k = parts[#parts]
+  if json.is_array(parent) or is_list(parent) then
+    if k == "-" then
+      parent[#parent + 1] = value
+      return true
+    end
+    local n = tonumber(k)
+    if not n or n < 0 or n > #parent then return false end
+    table.insert(parent, n + 1, value)
+    return true
+  end
+  parent[k] = value
+  return true
+end
+
+--- RFC 6902: returns the patched copy, or nil, message.
+function M.json_patch(doc, ops)
+  if not is_list(ops) and not json.is_array(ops) then
+    return nil, "json patch must be an array of operations"
+  end
+  doc = copy(doc)
+  for i, op in ipairs(ops) do
+    if type(op) ~= "table" or type(op.op) ~= "string" or type(op.path) ~= "string" then
+      return nil, ("operation %d: needs 'op' and 'path'"):format(i - 1)
+    end
+    local parts = split_ptr(op.path)
+    if not parts then return nil, ("invalid path %q"):format(op.path) end
+    if #parts == 0 then return nil, "the whole document cannot be patched" end
+    local o = op.op
+    if o == "add" then
+      if op.value == nil then return nil, ("operation %d: 'add' needs 'value'"):format(i - 1) end
+      if not add_ptr(doc, parts, copy(op.value)) then
+        return nil, ("add operation does not apply: doc is missing path: %q"):format(op.path)
+      end
+    elseif o == "remove" then
+      if not remove_ptr(doc, parts) then
+        return nil, ("remove operation does not apply: doc is missing path: %q"):format(op.path)
+      end
+    elseif o == "replace" then
+      if get_ptr(doc, parts) == nil then
+        return nil, ("replace operation does not apply: doc is missing key: %s"):format(op.path)
+      end
+      remove_ptr(doc, parts)
+      add_ptr(doc, parts, copy(op.value))
+    elseif o == "move" or o == "copy" then
+      local from = type(op.from) == "string" and split_ptr(op.from)
+      if not from then return nil, ("operation %d: needs 'from'"):format(i - 1) end
+      local v = get_ptr(doc, from)
+      if v == nil then return nil, ("%s operation does not apply: doc is missing from path: %q"):format(o, op.from) end
+      v = copy(v)
+      if o == "move" then remove_ptr(doc, from) end
+      if not add_ptr(doc, parts, v) then
+        return nil, ("%s operation does not apply: doc is missing path: %q"):format(o, op.path)
+      end
+    elseif o == "test" then
+      if not equal(get_ptr(doc, parts), op.value) then
+        return nil, ("testing value %s failed"):format(op.path)
+      end
+    else
+      return nil, ("unexpected kind of operation %q"):format(o)
+    end
+  end
+  return doc
+end
+
+-- ------------------------------------------------------------ field ownership
+
+-- Leaf paths are strings of keys joined by "\1"; lists are atomic leaves.
+local SEP = "\1"
+
+local SKIP_META = { name = true, namespace = true, uid = true, resourceVersion = true,
+  generation = true, creationTimestamp = true, managedFields = true, deletionTimestamp = true,
+  deletionGracePeriodSeconds = true, selfLink = true, generateName = true }
+
+local function collect(v, prefix, out)
+  if is_object(v) and next(v) ~= nil then
+    for k, x in pairs(v) do
+      collect(x, prefix .. SEP .. k, out)
+    end
+  else
+    out[prefix] = v
+  end
+end
+
+--- Leaf paths of the fields an object sets, mapped to their values.
+--- `status` is included only when status_only, and is the only part then.
+function M.leaves(obj, status_only)
+  local out = {}
+  for k, v in pairs(obj) do
+    if k == "metadata" then
+      if not status_only and type(v) == "table" then
+        for mk, mv in pairs(v) do
+          if not SKIP_META[mk] then collect(mv, SEP .. "metadata" .. SEP .. mk, out) end
+        end
+      end
+    elseif k == "status" then
+      if status_only then collect(v, SEP .. k, out) end
+    elseif k ~= "apiVersion" and k ~= "kind" and not status_only then
+      collect(v, SEP .. k, out)
+    end
+  end
+  return out
+end
+
+--- ".spec.requiredConsistency" for a leaf path.
+function M.path_text(p)
+  return (p:gsub(SEP, "."))
+end
+
+local function value_at(obj, p)
+  local v = obj
+  for k in p:gmatch(SEP .. "([^" .. SEP .. "]*)") do
+    if type(v) ~= "table" or v == null then return nil end
+    v = v[k]
+  end
+  return v
+end
+
+local function remove_at(obj, p)
+  local parts = {}
+  for k in p:gmatch(SEP .. "([^" .. SEP .. "]*)") do parts[#parts + 1] = k end
+  local chain, v = {}, obj
+  for i = 1, #parts - 1 do
+    if type(v) ~= "table" then return end
+    chain[i] = v
+    v = v[parts[i]]
+  end
+  if type(v) ~= "table" then return end
+  v[parts[#parts]] = nil
+  -- drop emptied parent maps
+  for i = #parts - 1, 1, -1 do
+    local parent = chain[i]
+    local child = parent[parts[i]]
+    if type(child) == "table" and next(child) == nil and not json.is_array(child) then
+      parent[parts[i]] = nil
+    else
+      break
+    end
+  end
+end
+
+-- FieldsV1 {"f:spec":{"f:x":{}}} <-> a set of leaf paths
+local function to_fields(set)
+  local root = {}
+  local paths = {}
+  for p in pairs(set) do paths[#paths + 1] = p end
+  table.sort(paths)
+  for _, p in ipairs(paths) do
+    local node = root
+    for k in p:gmatch(SEP .. "([^" .. SEP .. "]*)") do
+      local key = "f:" .. k
+      node[key] = node[key] or {}
+      node = node[key]
+    end
+  end
+  return root
+end
+
+local function from_fields(f, prefix, out)
+  local leaf = true
+  for k, v in pairs(f) do
+    if type(k) == "string" and k:sub(1, 2) == "f:" then
+      leaf = false
+      from_fields(v, prefix .. SEP .. k:sub(3), out)
+    elseif k == "." then
+      out[prefix] = true
+    end
+  end
+  if leaf and prefix ~= "" then out[prefix] = true end
+  return out
+end
+
+local function entries(obj)
+  local md = obj.metadata or {}
+  local list = {}
+  if type(md.managedFields) == "table" then
+    for _, e in ipairs(md.managedFields) do
+      if type(e) == "table" and type(e.manager) == "string" then
+        list[#list + 1] = {
+          manager = e.manager, operation = e.operation or "Update", apiVersion = e.apiVersion,
+          time = e.time, subresource = e.subresource,
+          set = from_fields(type(e.fieldsV1) == "table" and e.fieldsV1 or {}, "", {}),
+        }
+      end
+    end
+  end
+  return list
+end
+
+local function store_entries(obj, list)
+  local out = json.array()
+  for _, e in ipairs(list) do
+    if next(e.set) ~= nil then
+      out[#out + 1] = {
+        manager = e.manager, operation = e.operation, apiVersion = e.apiVersion,
+        time = e.time, fieldsType = "FieldsV1", fieldsV1 = to_fields(e.set),
+        subresource = e.subresource,
+      }
+    end
+  end
+  obj.metadata.managedFields = #out > 0 and out or nil
+end
+
+local function find_entry(list, manager, operation, sub)
+  for _, e in ipairs(list) do
+    if e.manager == manager and e.operation == operation and e.subresource == sub then return e end
+  end
+end
+
+--- Record an Update by `manager`: it takes the leaf paths whose values
+--- changed between old and new (all of new's on a create).
+function M.record_update(old, new, manager, api_version, now, sub)
+  local list = entries(old or new)
+  local status_only = sub == "status"
+  local before = old and M.leaves(old, status_only) or {}
+  local after = M.leaves(new, status_only)
+  local changed = {}
+  for p, v in pairs(after) do
+    if not equal(before[p], v) then changed[p] = true end
+  end
+  for p in pairs(before) do
+    if after[p] == nil then
+      -- removed: nobody owns it any more
+      for _, e in ipairs(list) do e.set[p] = nil end
+    end
+  end
+  if next(changed) ~= nil then
+    for _, e in ipairs(list) do
+      if not (e.manager == manager and e.operation == "Update" and e.subresource == sub) then
+        for p in pairs(changed) do e.set[p] = nil end
+      end
+    end
+    local e = find_entry(list, manager, "Update", sub)
+    if not e then
+      e = { manager = manager, operation = "Update", apiVersion = api_version, subresource = sub, set = {} }
+      list[#list + 1] = e
+    end
+    for p in pairs(changed) do e.set[p] = true end
+    e.time = now
+    e.apiVersion = api_version
+  end
+  store_entries(new, list)
+end
+
+local function deep_apply(live, applied)
+  -- maps merge; everything else is replaced
+  if not is_object(applied) or not is_object(live) then return copy(applied) end
+  local out = copy(live)
+  for k, v in pairs(applied) do
+    out[k] = deep_apply(out[k], v)
+  end
+  return out
+end
+
+--- Server-side apply of `applied` (a decoded object) by `manager` onto live
+--- (nil when the object does not exist). Returns the new object, or nil and
+--- the conflicts {path_text, manager, apiVersion}.
+function M.apply(live, applied, manager, force, api_version, now, sub)
+  local status_only = sub == "status"
+  local base = live and copy(live) or { metadata = {} }
+  local list = entries(base)
+  local mine = M.leaves(applied, status_only)
+  local conflicts = {}
+  for p, v in pairs(mine) do
+    local lv = live and value_at(live, p)
+    if live and not equal(lv, v) then
+      for _, e in ipairs(list) do
+        if e.manager ~= manager and e.set[p] then
+          if force then
+            e.set[p] = nil
+          else
+            conflicts[#conflicts + 1] = { path = M.path_text(p), manager = e.manager, apiVersion = e.apiVersion }
+          end
+        end
+      end
+    end
+  end
+  if #conflicts > 0 then
+    table.sort(conflicts, function(a, b) return a.path < b.path end)
+    return nil, conflicts
+  end
+  -- fields this manager applied before and no longer applies
+  local prev = find_entry(list, manager, "Apply", sub)
+  local result = base
+  if prev then
+    for p in pairs(prev.set) do
+      if mine[p] == nil then
+        local owned = false
+        for _, e in ipairs(list) do
+          if e ~= prev and e.set[p] then owned = true break end
+        end
+        if not owned then remove_at(result, p) end
+      end
+    end
+  end
+  for k, v in pairs(applied) do
+    if k == "metadata" then
+      for mk, mv in pairs(v) do
+        if not SKIP_META[mk] or mk == "name" or mk == "namespace" then
+          result.metadata[mk] = deep_apply(result.metadata[mk], mv)
+        end
+      end
+    elseif k == "status" then
+      if status_only then result.status = deep_apply(result.status, v) end
+    elseif not status_only or k == "apiVersion" or k == "kind" then
+      result[k] = deep_apply(result[k], v)
+    end
+  end
+  if not prev then
+    prev = { manager = manager, operation = "Apply", subresource = sub }
+    list[#list + 1] = prev
+  end
+  prev.set = {}
+  for p in pairs(mine) do prev.set[p] = true end
+  prev.time = now
+  prev.apiVersion = api_version
+  store_entries(result, list)
+  return result
+end
+
+--- The Conflict message of a failed apply.
+function M.conflict_message(conflicts)
+  local by = {}
+  local order = {}
+  for _, c in ipairs(conflicts) do
+    local key = ('"%s" using %s'):format(c.manager, c.apiVersion or "v1")
+    if not by[key] then by[key] = {}; order[#order + 1] = key end
+    table.insert(by[key], c.path)
+  end
+  local n = #conflicts
+  local parts = {}
+  for _, key in ipairs(order) do
+    local paths = by[key]
+    if #paths == 1 then
+      parts[#parts + 1] = ("conflict with %s: %s"):format(key, paths[1])
+    else
+      parts[#parts + 1] = ("conflicts with %s:\n- %s"):format(key, table.concat(paths, "\n- "))
+    end
+  end
+  return ("Apply failed with %d conflict%s: %s"):format(n, n == 1 and "" or "s", table.concat(parts, "\n"))
+end
+
+return M

@@ -1,0 +1,207 @@
+--- vmsnap.apiserver.schema: structural OpenAPI v3 schemas as CRDs carry them:
+--- defaulting, pruning of unknown fields, and validation with the field paths
+--- and messages of the Kubernetes API server.
+---
+--- `apply(schema, obj, opts)` defaults and validates obj in place. It returns
+--- the list of causes (`{reason, field, message}`) and the list of unknown
+--- field paths (pruned from obj unless opts.keep_unknown).
+local json = require("vmsnap.json")
+
+local M = {}
+
+local null = json.null
+
+local function copy(v)
+  if type(v) ~= "table" then return v end
+  local t = {}
+  for k, x in pairs(v) do t[k] = copy(x) end
+  return setmetatable(t, getmetatable(v))
+end
+M.copy = copy
+
+local function quote(v)
+  if type(v) == "string" then return ('"%s"'):format(v) end
+  if type(v) == "table" then return json.encode(v) end
+  return tostring(v)
+end
+
+local function is_array(v)
+  if type(v) ~= "table" then return false end
+  if json.is_array(v) then return true end
+  if next(v) == nil then return false end
+  return #v > 0 and next(v, #v) == nil
+end
+
+local function type_of(v)
+  if v == null then return "null" end
+  local t = type(v)
+  if t == "string" then return "string" end
+  if t == "boolean" then return "boolean" end
+  if t == "number" then return math.type(v) == "integer" and "integer" or "number" end
+  if t == "table" then return is_array(v) and "array" or "object" end
+  return t
+end
+
+local function join(path, key)
+  if path == "" then return key end
+  return path .. "." .. key
+end
+
+local function v_schema(s, v, path, out)
+  -- defaults of the children first (structural defaulting happens before validation)
+  local vt = type_of(v)
+  if vt == "null" then
+    if not s.nullable then
+      out.causes[#out.causes + 1] = { reason = "FieldValueTypeInvalid", field = path,
+        message = ('Invalid value: "null": %s in body must be of type %s: "null"'):format(path, s.type or "object") }
+    end
+    return
+  end
+  if s["x-kubernetes-int-or-string"] then
+    if vt ~= "integer" and vt ~= "string" then
+      out.causes[#out.causes + 1] = { reason = "FieldValueTypeInvalid", field = path,
+        message = ('Invalid value: "%s": %s in body must be of type integer-or-string: "%s"'):format(vt, path, vt) }
+    end
+  elseif s.type then
+    local ok = vt == s.type or (s.type == "number" and vt == "integer")
+      or (s.type == "object" and vt == "array" and next(v) == nil)
+      or (s.type == "array" and vt == "object" and next(v) == nil)
+    if not ok then
+      out.causes[#out.causes + 1] = { reason = "FieldValueTypeInvalid", field = path,
+        message = ('Invalid value: "%s": %s in body must be of type %s: "%s"'):format(vt, path, s.type, vt) }
+      return
+    end
+    vt = s.type
+  end
+  if s.enum then
+    local found = false
+    for _, e in ipairs(s.enum) do
+      if e == v then found = true break end
+    end
+    if not found then
+      local opts = {}
+      for i, e in ipairs(s.enum) do opts[i] = quote(e) end
+      out.causes[#out.causes + 1] = { reason = "FieldValueNotSupported", field = path,
+        message = ("Unsupported value: %s: supported values: %s"):format(quote(v), table.concat(opts, ", ")) }
+    end
+  end
+  if vt == "string" and type(v) == "string" then
+    local n = utf8.len(v) or #v
+    if s.minLength and n < s.minLength then
+      out.causes[#out.causes + 1] = { reason = "FieldValueInvalid", field = path,
+        message = ('Invalid value: %s: %s in body should be at least %d chars long'):format(quote(v), path, s.minLength) }
+    end
+    if s.maxLength and n > s.maxLength then
+      out.causes[#out.causes + 1] = { reason = "FieldValueTooLong", field = path,
+        message = ('Too long: may not be more than %d bytes'):format(s.maxLength) }
+    end
+  elseif (vt == "integer" or vt == "number") and type(v) == "number" then
+    if s.minimum and v < s.minimum then
+      out.causes[#out.causes + 1] = { reason = "FieldValueInvalid", field = path,
+        message = ('Invalid value: %s: %s in body should be greater than or equal to %s'):format(v, path, s.minimum) }
+    end
+    if s.maximum and v > s.maximum then
+      out.causes[#out.causes + 1] = { reason = "FieldValueInvalid", field = path,
+        message = ('Invalid value: %s: %s in body should be less than or equal to %s'):format(v, path, s.maximum) }
+    end
+  elseif vt == "array" and type(v) == "table" then
+    if s.minItems and #v < s.minItems then
+      out.causes[#out.causes + 1] = { reason = "FieldValueInvalid", field = path,
+        message = ('Invalid value: %d: %s in body should have at least %d items'):format(#v, path, s.minItems) }
+    end
+    if s.maxItems and #v > s.maxItems then
+      out.causes[#out.causes + 1] = { reason = "FieldValueTooMany", field = path,
+        message = ("Too many: %d: must have at most %d items"):format(#v, s.maxItems) }
+    end
+    if s.items then
+      for i = 1, #v do
+        M.walk(s.items, v, i, ("%s[%d]"):format(path, i - 1), out)
+      end
+    end
+  elseif vt == "object" and type(v) == "table" then
+    local props = s.properties
+    if s["x-kubernetes-embedded-resource"] then
+      props = props or {}
+    end
+    if props then
+      for name, ps in pairs(props) do
+        if v[name] == nil and ps.default ~= nil then
+          v[name] = copy(ps.default)
+        end
+      end
+    end
+    if s.required then
+      for _, name in ipairs(s.required) do
+        if v[name] == nil then
+          out.causes[#out.causes + 1] = { reason = "FieldValueRequired", field = join(path, name),
+            message = "Required value" }
+        end
+      end
+    end
+    local keys = {}
+    for k in pairs(v) do keys[#keys + 1] = k end
+    table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+    for _, k in ipairs(keys) do
+      local ps = props and props[k]
+      local cpath = join(path, tostring(k))
+      if ps then
+        M.walk(ps, v, k, cpath, out)
+      elseif type(s.additionalProperties) == "table" then
+        M.walk(s.additionalProperties, v, k, cpath, out)
+      elseif s.additionalProperties == true or s["x-kubernetes-preserve-unknown-fields"] then
+        -- kept as is
+      elseif props or s.additionalProperties == false or s.type == "object" then
+        if not (s["x-kubernetes-embedded-resource"] and (k == "apiVersion" or k == "kind" or k == "metadata")) then
+          out.unknown[#out.unknown + 1] = cpath
+          if not out.keep_unknown then v[k] = nil end
+        end
+      end
+    end
+  end
+end
+
+--- Validate the value parent[key] against schema s (defaults already applied by the parent).
+function M.walk(s, parent, key, path, out)
+  v_schema(s, parent[key], path, out)
+end
+
+--- Default, prune and validate the parts of obj the schema describes
+--- (everything but apiVersion, kind and metadata).
+---@param schema table  the openAPIV3Schema
+---@param obj table
+---@param opts? {keep_unknown?: boolean}
+---@return table causes, table unknown
+function M.apply(schema, obj, opts)
+  local out = { causes = {}, unknown = {}, keep_unknown = opts and opts.keep_unknown }
+  if not schema then return out.causes, out.unknown end
+  local props = schema.properties or {}
+  for name, ps in pairs(props) do
+    if name ~= "metadata" and name ~= "apiVersion" and name ~= "kind" and obj[name] == nil and ps.default ~= nil then
+      obj[name] = copy(ps.default)
+    end
+  end
+  if schema.required then
+    for _, name in ipairs(schema.required) do
+      if name ~= "metadata" and name ~= "apiVersion" and name ~= "kind" and obj[name] == nil then
+        out.causes[#out.causes + 1] = { reason = "FieldValueRequired", field = name, message = "Required value" }
+      end
+    end
+  end
+  local keys = {}
+  for k in pairs(obj) do keys[#keys + 1] = k end
+  table.sort(keys)
+  for _, k in ipairs(keys) do
+    if k ~= "metadata" and k ~= "apiVersion" and k ~= "kind" then
+      local ps = props[k]
+      if ps then
+        M.walk(ps, obj, k, k, out)
+      elseif not schema["x-kubernetes-preserve-unknown-fields"] then
+        out.unknown[#out.unknown + 1] = k
+        if not out.keep_unknown then obj[k] = nil end
+      end
+    end
+  end
+  return out.causes, out.unknown
+end
+
+return M

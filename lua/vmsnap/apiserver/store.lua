@@ -1,0 +1,202 @@
+--- vmsnap.apiserver.store: objects, resourceVersions and watch history in
+--- SQLite (WAL).
+---
+--- One global counter is the resourceVersion (like etcd's revision): every
+--- write takes the next value, stores the object's JSON and appends a history
+--- row (the watch log), in one transaction; an acknowledged write survives a
+--- crash of the process. History older than `history` revisions is compacted;
+--- a watch from before the compaction point gets 410 Gone.
+local sqlite = require("vmsnap.core.sqlite")
+local json = require("vmsnap.json")
+
+local M = {}
+local Store = {}
+Store.__index = Store
+
+local SCHEMA = [[
+PRAGMA journal_mode=WAL;
+PRAGMA synchronous=NORMAL;
+PRAGMA cache_size=-8000;
+PRAGMA temp_store=MEMORY;
+CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS objects(
+  res TEXT NOT NULL, ns TEXT NOT NULL, name TEXT NOT NULL,
+  uid TEXT NOT NULL, rv INTEGER NOT NULL, body TEXT NOT NULL,
+  PRIMARY KEY(res, ns, name)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS objects_uid ON objects(uid);
+CREATE INDEX IF NOT EXISTS objects_ns ON objects(ns);
+CREATE TABLE IF NOT EXISTS history(
+  rv INTEGER PRIMARY KEY, res TEXT NOT NULL, ns TEXT NOT NULL, name TEXT NOT NULL,
+  type TEXT NOT NULL, body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS history_res ON history(res, rv);
+CREATE TABLE IF NOT EXISTS owners(
+  owner TEXT NOT NULL, res TEXT NOT NULL, ns TEXT NOT NULL, name TEXT NOT NULL,
+  PRIMARY KEY(owner, res, ns, name)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS owners_dep ON owners(res, ns, name);
+]]
+
+local function must(v, err)
+  if v == nil and err then error("store: " .. err, 2) end
+  return v
+end
+
+--- Open (or create) the store at path.
+---@param path string
+---@param opts? {history?: integer}
+function M.open(path, opts)
+  opts = opts or {}
+  local db, err, code = sqlite.open(path)
+  if not db then return nil, err, code end
+  local ok
+  ok, err, code = db:exec(SCHEMA)
+  if not ok then db:close(); return nil, err, code end
+  local self = setmetatable({ db = db, history = opts.history or 100000, since_compact = 0 }, Store)
+  local q = {
+    get = "SELECT body, rv FROM objects WHERE res=?1 AND ns=?2 AND name=?3",
+    put = "INSERT OR REPLACE INTO objects(res, ns, name, uid, rv, body) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+    del = "DELETE FROM objects WHERE res=?1 AND ns=?2 AND name=?3",
+    hist = "INSERT INTO history(rv, res, ns, name, type, body) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+    setrv = "INSERT OR REPLACE INTO meta(k, v) VALUES('rv', ?1)",
+    begin = "BEGIN IMMEDIATE",
+    commit = "COMMIT",
+    rollback = "ROLLBACK",
+    list_all = "SELECT ns, name, body FROM objects WHERE res=?1 AND (ns, name) > (?2, ?3) ORDER BY ns, name LIMIT ?4",
+    list_ns = "SELECT ns, name, body FROM objects WHERE res=?1 AND ns=?2 AND name > ?3 ORDER BY name LIMIT ?4",
+    count = "SELECT count(*) FROM objects WHERE res=?1",
+    since = "SELECT rv, ns, name, type, body FROM history WHERE res=?1 AND rv > ?2 ORDER BY rv",
+    by_uid = "SELECT res, ns, name, body FROM objects WHERE uid=?1",
+    own_del = "DELETE FROM owners WHERE res=?1 AND ns=?2 AND name=?3",
+    own_add = "INSERT OR IGNORE INTO owners(owner, res, ns, name) VALUES(?1, ?2, ?3, ?4)",
+    dependents = "SELECT res, ns, name FROM owners WHERE owner=?1",
+    orphans = [[SELECT DISTINCT o.res, o.ns, o.name FROM owners o
+                LEFT JOIN objects x ON x.uid = o.owner WHERE x.uid IS NULL]],
+    in_ns = "SELECT res, name FROM objects WHERE ns=?1",
+    compact = "DELETE FROM history WHERE rv <= ?1",
+    setcompact = "INSERT OR REPLACE INTO meta(k, v) VALUES('compacted', ?1)",
+    marked = "SELECT res, ns, name, body FROM objects WHERE body LIKE ?1",
+  }
+  self.q = {}
+  for k, sql in pairs(q) do
+    self.q[k] = must(db:prepare(sql))
+  end
+  local rv = db:prepare("SELECT v FROM meta WHERE k='rv'"):first()
+  local hmax = db:prepare("SELECT max(rv) FROM history"):first()
+  local omax = db:prepare("SELECT max(rv) FROM objects"):first()
+  self.rv = math.max(rv or 0, hmax or 0, omax or 0)
+  self.compacted = db:prepare("SELECT v FROM meta WHERE k='compacted'"):first() or 0
+  return self
+end
+
+function Store:close()
+  for _, st in pairs(self.q) do st:finalize() end
+  self.db:close()
+end
+
+--- The stored JSON text and resourceVersion of one object, or nil.
+function Store:get_raw(res, ns, name)
+  return self.q.get:first(res, ns or "", name)
+end
+
+--- The decoded object, or nil.
+function Store:get(res, ns, name)
+  local body = self.q.get:first(res, ns or "", name)
+  if not body then return nil end
+  return (json.decode(body))
+end
+
+--- Rows {ns, name, body} of a resource after the (ns, name) position, up to limit.
+function Store:page(res, ns, after_ns, after_name, limit)
+  if ns then
+    return self.q.list_ns:all(res, ns, after_name or "", limit)
+  end
+  return self.q.list_all:all(res, after_ns or "", after_name or "", limit)
+end
+
+function Store:count(res)
+  return self.q.count:first(res)
+end
+
+--- History rows {rv, ns, name, type, body} of a resource after rv.
+function Store:since(res, rv)
+  return self.q.since:all(res, rv)
+end
+
+function Store:by_uid(uid)
+  return self.q.by_uid:first(uid)
+end
+
+function Store:dependents(uid)
+  return self.q.dependents:all(uid)
+end
+
+--- Dependents whose owners are all gone (rows {res, ns, name}).
+function Store:orphans()
+  return self.q.orphans:all()
+end
+
+function Store:in_namespace(ns)
+  return self.q.in_ns:all(ns)
+end
+
+--- Objects whose JSON contains `needle` (a LIKE pattern is built from it).
+function Store:containing(needle)
+  return self.q.marked:all("%" .. needle .. "%")
+end
+
+local function owner_uids(obj)
+  local refs = obj.metadata and obj.metadata.ownerReferences
+  local out = {}
+  if type(refs) == "table" then
+    for _, r in ipairs(refs) do
+      if type(r) == "table" and type(r.uid) == "string" then out[#out + 1] = r.uid end
+    end
+  end
+  return out
+end
+
+--- Write obj (a table) as the new state of (res, ns, name), or delete it
+--- when typ is "DELETED". Assigns and returns the new resourceVersion and
+--- the stored JSON text.
+function Store:write(res, ns, name, typ, obj)
+  local q = self.q
+  local rv = self.rv + 1
+  obj.metadata.resourceVersion = tostring(rv)
+  local body = assert(json.encode(obj))
+  must(q.begin:run())
+  local ok, err = pcall(function()
+    if typ == "DELETED" then
+      must(q.del:run(res, ns, name))
+      must(q.own_del:run(res, ns, name))
+    else
+      must(q.put:run(res, ns, name, obj.metadata.uid or "", rv, body))
+      must(q.own_del:run(res, ns, name))
+      for _, uid in ipairs(owner_uids(obj)) do
+        must(q.own_add:run(uid, res, ns, name))
+      end
+    end
+    must(q.hist:run(rv, res, ns, name, typ, body))
+    must(q.setrv:run(rv))
+    must(q.commit:run())
+  end)
+  if not ok then
+    q.rollback:run()
+    error(err, 0)
+  end
+  self.rv = rv
+  self.since_compact = self.since_compact + 1
+  if self.since_compact >= 1000 then self:compact() end
+  return rv, body
+end
+
+--- Drop history older than the retention window.
+function Store:compact()
+  self.since_compact = 0
+  local upto = self.rv - self.history
+  if upto > self.compacted then
+    self.q.compact:run(upto)
+    self.q.setcompact:run(upto)
+    self.compacted = upto
+  end
+end
+
+return M

@@ -1,0 +1,136 @@
+--- `vmsnap serve`: the embedded Kubernetes-compatible API server on its own.
+local apiserver = require("vmsnap.apiserver")
+local cli = require("vmsnap.cli")
+local fs = require("vmsnap.fs")
+local rtcore = require("vmsnap.core.runtime")
+
+local M = {}
+
+M.help = [[
+usage: vmsnap serve --data DIR [options]
+
+Serve a Kubernetes-compatible API (the resources vmsnap uses) stored in
+DIR/state.db, and write DIR/kubeconfig for kubectl and vmsnap:
+
+    export KUBECONFIG=DIR/kubeconfig
+    kubectl get virtualization
+
+options:
+  --data DIR              state directory (created if needed)            [required]
+  --listen HOST:PORT      address to listen on (default 127.0.0.1:0; port 0 picks a
+                          free port, or the one DIR/kubeconfig names when it is free)
+  --token TOKEN           require "Authorization: Bearer TOKEN"
+  --tls-cert FILE         serve HTTPS with this certificate (PEM) ...
+  --tls-key FILE          ... and this key (PEM)
+  --client-ca FILE        accept client certificates signed by this CA (PEM)
+  --crds DIR              also install the CustomResourceDefinitions in DIR (repeatable)
+  --event-ttl SECONDS     how long Events are kept (default 3600)
+  --history N             revisions of watch history kept (default 100000)
+
+A listen address other than loopback needs --token or --client-ca.
+SIGINT or SIGTERM stops the server (exit status 130).
+]]
+
+table.insert(cli.commands, { name = "serve", summary = "serve the embedded Kubernetes-compatible API" })
+
+local function parse(args)
+  local o = { crds = {} }
+  local i = 1
+  local function value(flag)
+    local v = args[i + 1]
+    if v == nil or v:sub(1, 2) == "--" then cli.usage(flag .. " needs a value") end
+    i = i + 2
+    return v
+  end
+  while i <= #args do
+    local a = args[i]
+    local flag, inline = a:match("^(%-%-[%w-]+)=(.*)$")
+    if flag then
+      a = flag
+      table.insert(args, i + 1, inline)
+    end
+    if a == "--data" then o.data = value(a)
+    elseif a == "--listen" then o.listen = value(a)
+    elseif a == "--token" then o.token = value(a)
+    elseif a == "--tls-cert" then o.tls_cert = value(a)
+    elseif a == "--tls-key" then o.tls_key = value(a)
+    elseif a == "--client-ca" then o.client_ca = value(a)
+    elseif a == "--crds" then o.crds[#o.crds + 1] = value(a)
+    elseif a == "--event-ttl" then
+      o.event_ttl = tonumber(value(a))
+      if not o.event_ttl or o.event_ttl <= 0 then cli.usage("--event-ttl must be a positive number of seconds") end
+    elseif a == "--history" then
+      o.history = math.tointeger(tonumber(value(a)))
+      if not o.history or o.history < 100 then cli.usage("--history must be an integer of at least 100") end
+    elseif a == "-h" or a == "--help" then
+      io.stdout:write(M.help)
+      os.exit(0)
+    else
+      cli.usage(("serve: unknown argument '%s'"):format(a))
+    end
+  end
+  if not o.data then cli.usage("serve: --data DIR is required") end
+  o.host, o.port = "127.0.0.1", 0
+  if o.listen then
+    local h, p = o.listen:match("^(.*):(%d+)$")
+    if not h then cli.usage(("serve: --listen must be HOST:PORT, got '%s'"):format(o.listen)) end
+    o.host, o.port = h, tonumber(p)
+    if o.port > 65535 then cli.usage("serve: --listen port must be at most 65535") end
+  end
+  if (o.tls_cert == nil) ~= (o.tls_key == nil) then cli.usage("serve: --tls-cert and --tls-key go together") end
+  if o.client_ca and not o.tls_cert then cli.usage("serve: --client-ca needs --tls-cert and --tls-key") end
+  local loopback = o.host == "127.0.0.1" or o.host:match("^127%.") or o.host == "localhost"
+  if o.host == "localhost" then o.host = "127.0.0.1" end
+  if not loopback and not o.token and not o.client_ca then
+    cli.usage(("serve: refusing to listen on %s without --token or --client-ca: anyone who can reach it could change the state"):format(o.host))
+  end
+  return o
+end
+
+--- The built-in CRD directory (scripts/crds on the scripts path).
+local function builtin_crds()
+  for _, d in ipairs(rtcore.scripts_dirs()) do
+    if fs.exists(d .. "/crds") then return d .. "/crds" end
+  end
+end
+
+local function previous_port(data)
+  local text = fs.read_file(data .. "/kubeconfig")
+  return text and tonumber(text:match("server: https?://[%d.]+:(%d+)"))
+end
+
+function M.main(args)
+  local o = parse(args)
+  local crds = {}
+  local b = builtin_crds()
+  if b then crds[1] = b end
+  for _, d in ipairs(o.crds) do crds[#crds + 1] = d end
+  local srv, err = apiserver.new{ data = o.data, host = o.host, port = o.port, token = o.token,
+    tls_cert = o.tls_cert, tls_key = o.tls_key, client_ca = o.client_ca, crds = crds,
+    event_ttl = o.event_ttl, history = o.history }
+  if not srv then return nil, "serve: " .. tostring(err) end
+  local _ <close> = setmetatable({}, { __close = function() srv:close() end })
+  local port, code
+  if o.port == 0 then
+    local prev = previous_port(o.data)
+    if prev then
+      srv.opts.port = prev
+      port = srv:listen()
+      srv.opts.port = 0
+    end
+  end
+  if not port then
+    port, err, code = srv:listen()
+    if not port then return nil, ("serve: %s (%s)"):format(tostring(err), tostring(code)) end
+  end
+  local kc = o.data .. "/kubeconfig"
+  local ok, werr = fs.write_atomic(kc, srv:kubeconfig(), { mode = 384 })
+  if not ok then return nil, "serve: cannot write " .. kc .. ": " .. tostring(werr) end
+  io.stdout:write(("vmsnap API server listening on %s://%s:%d (state in %s/state.db)\n")
+    :format(o.tls_cert and "https" or "http", o.host, port, o.data))
+  io.stdout:write(("  export KUBECONFIG=%s\n  kubectl get virtualization\n"):format(kc))
+  io.stdout:flush()
+  return srv:serve()
+end
+
+return M

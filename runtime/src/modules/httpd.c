@@ -1,0 +1,937 @@
+/*
+** httpd.c -- `vmsnap.core.httpd`: an HTTP/1.1 server (libmicrohttpd) on the
+** libuv loop.
+**
+** MHD runs with no thread of its own, in epoll mode: its epoll descriptor is
+** watched with a uv_poll and its timeout with a uv_timer, and MHD_run() is
+** called from those callbacks.  MHD's callbacks never call into Lua: a
+** request whose body has arrived is suspended and queued, and the task
+** waiting in srv:accept() is woken; the handler answers later (or streams
+** an answer), and the connection is resumed.
+**
+** Lua:
+**   srv = httpd.listen{host=, port=, tls_cert=, tls_key=, client_ca=,
+**                      max_body=, connection_timeout=}     -> srv | nil, msg, code
+**   srv:port()                       the bound port (useful with port 0)
+**   srv:accept([timeout])            -> req | nil, msg, "TIMEOUT" | "CLOSED"
+**   srv:close()
+**   req:method(), req:path()         path is percent-decoded by MHD
+**   req:args()                       query arguments, decoded ('+' is a space)
+**   req:header(name), req:headers()  header names lower-cased in headers()
+**   req:body()                       -> string | nil, msg, "TOO_LARGE"
+**   req:peer()                       "ip:port"
+**   req:client_cert()                -> verified?, subject DN (TLS with client_ca)
+**   req:respond(status, headers, body)
+**   req:stream(status, headers)      start a chunked response
+**   req:write(data)                  -> true | nil, msg, "CLOSED" | "EOVERFLOW"
+**   req:finish()                     end the stream
+**   req:closed()                     the client went away (or the answer is sent)
+**   req:pending()                    bytes written and not yet sent
+*/
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <gnutls/gnutls.h>
+#include <gnutls/x509.h>
+#include <microhttpd.h>
+
+#include "../core/loader.h"
+#include "../core/runtime.h"
+#include "../core/scheduler.h"
+
+#define SRV_MT "vmsnap.httpd.Server"
+#define REQ_MT "vmsnap.httpd.Request"
+#define STREAM_MAX (16u << 20) /* a watcher this far behind is cut off */
+
+typedef struct Server Server;
+
+enum { R_RECEIVING, R_QUEUED, R_TAKEN, R_ANSWERED, R_STREAMING };
+
+typedef struct Hreq {
+	Server *srv;                 /* NULL once the server is gone */
+	struct MHD_Connection *conn; /* NULL once MHD completed the request */
+	char *method, *url;
+	char *body;
+	size_t blen, bcap;
+	int too_big;
+	int state;
+	int suspended;
+	int boxed;  /* a Lua object refers to it */
+	int done;   /* MHD is finished with it */
+	/* streaming */
+	char *out;
+	size_t olen, ocap, opos;
+	int finished;
+	uv_poll_t *hup; /* watches the socket for the peer hanging up */
+	struct Hreq *next;            /* accept queue */
+	struct Hreq *aprev, *anext;   /* every request MHD still holds */
+	/* TLS client certificate */
+	int cert_checked, cert_ok;
+	char *cert_dn;
+} Hreq;
+
+struct Server {
+	struct MHD_Daemon *d;
+	vmsnap_runtime *rt;
+	uv_poll_t poll;
+	uv_timer_t timer;
+	int handles; /* open uv handles; the struct is freed when 0 and closed */
+	int closed;
+	int tls_client;
+	size_t max_body;
+	unsigned port;
+	Hreq *qhead, *qtail;
+	Vmsnap_task *waiter;
+	Hreq *all; /* requests MHD still holds */
+	int nsuspended;
+	char *cert, *key, *ca;
+};
+
+typedef struct Box {
+	Hreq *r;
+} Box;
+
+typedef struct SrvBox {
+	Server *s;
+} SrvBox;
+
+static int grow(char **p, size_t *cap, size_t need)
+{
+	size_t c = *cap ? *cap : 1024;
+	char *np;
+	if (need <= *cap)
+		return 0;
+	while (c < need)
+		c *= 2;
+	np = (char *)realloc(*p, c);
+	if (!np)
+		return -1;
+	*p = np;
+	*cap = c;
+	return 0;
+}
+
+static void hup_closed(uv_handle_t *h)
+{
+	free(h);
+}
+
+static void stop_hup(Hreq *r)
+{
+	if (r->hup) {
+		uv_poll_stop(r->hup);
+		uv_close((uv_handle_t *)r->hup, hup_closed);
+		r->hup = NULL;
+	}
+}
+
+static void req_free(Hreq *r)
+{
+	stop_hup(r);
+	free(r->method);
+	free(r->url);
+	free(r->body);
+	free(r->out);
+	free(r->cert_dn);
+	free(r);
+}
+
+/* ----------------------------------------------------------- the loop */
+
+static void server_run(Server *s);
+
+static void timer_cb(uv_timer_t *t)
+{
+	server_run((Server *)t->data);
+}
+
+static void poll_cb(uv_poll_t *p, int status, int events)
+{
+	(void)status;
+	(void)events;
+	server_run((Server *)p->data);
+}
+
+static void server_run(Server *s)
+{
+	MHD_UNSIGNED_LONG_LONG ms = 0;
+	if (s->closed)
+		return;
+	MHD_run(s->d);
+	if (MHD_get_timeout(s->d, &ms) == MHD_YES)
+		uv_timer_start(&s->timer, timer_cb, ms > 60000 ? 60000 : ms, 0);
+	else
+		uv_timer_start(&s->timer, timer_cb, 60000, 0);
+}
+
+static void resume(Hreq *r)
+{
+	if (r->suspended && r->conn) {
+		r->suspended = 0;
+		r->srv->nsuspended--;
+		MHD_resume_connection(r->conn);
+		uv_timer_start(&r->srv->timer, timer_cb, 0, 0);
+	}
+}
+
+/* ------------------------------------------------------- MHD callbacks */
+
+static void check_cert(Hreq *r)
+{
+	const union MHD_ConnectionInfo *ci;
+	gnutls_session_t ses;
+	unsigned status = 1;
+	r->cert_checked = 1;
+	ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+	if (!ci || !ci->tls_session)
+		return;
+	ses = (gnutls_session_t)ci->tls_session;
+	if (gnutls_certificate_verify_peers2(ses, &status) != 0 || status != 0)
+		return;
+	unsigned n = 0;
+	const gnutls_datum_t *certs = gnutls_certificate_get_peers(ses, &n);
+	if (!certs || n == 0)
+		return;
+	gnutls_x509_crt_t crt;
+	if (gnutls_x509_crt_init(&crt) != 0)
+		return;
+	if (gnutls_x509_crt_import(crt, &certs[0], GNUTLS_X509_FMT_DER) == 0) {
+		char dn[512];
+		size_t len = sizeof dn;
+		if (gnutls_x509_crt_get_dn(crt, dn, &len) == 0)
+			r->cert_dn = strdup(dn);
+		r->cert_ok = 1;
+	}
+	gnutls_x509_crt_deinit(crt);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload, size_t *upload_size, void **con_cls)
+{
+	Server *s = (Server *)cls;
+	Hreq *r = (Hreq *)*con_cls;
+	(void)version;
+	if (!r) {
+		r = (Hreq *)calloc(1, sizeof *r);
+		if (!r)
+			return MHD_NO;
+		r->srv = s;
+		r->conn = conn;
+		r->method = strdup(method);
+		r->url = strdup(url);
+		if (!r->method || !r->url) {
+			req_free(r);
+			return MHD_NO;
+		}
+		*con_cls = r;
+		r->anext = s->all;
+		if (s->all)
+			s->all->aprev = r;
+		s->all = r;
+		return MHD_YES;
+	}
+	if (*upload_size) {
+		if (!r->too_big) {
+			if (r->blen + *upload_size > s->max_body)
+				r->too_big = 1;
+			else if (grow(&r->body, &r->bcap, r->blen + *upload_size + 1))
+				return MHD_NO;
+			else {
+				memcpy(r->body + r->blen, upload, *upload_size);
+				r->blen += *upload_size;
+			}
+		}
+		*upload_size = 0;
+		return MHD_YES;
+	}
+	if (r->state != R_RECEIVING)
+		return MHD_YES;
+	if (s->tls_client && !r->cert_checked)
+		check_cert(r);
+	r->state = R_QUEUED;
+	MHD_suspend_connection(conn);
+	r->suspended = 1;
+	s->nsuspended++;
+	if (s->qtail)
+		s->qtail->next = r;
+	else
+		s->qhead = r;
+	s->qtail = r;
+	if (s->waiter) {
+		Vmsnap_task *t = s->waiter;
+		s->waiter = NULL;
+		Vmsnap_sched_wake(t);
+	}
+	return MHD_YES;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode why)
+{
+	Hreq *r = (Hreq *)*con_cls;
+	(void)cls;
+	(void)conn;
+	(void)why;
+	if (!r)
+		return;
+	*con_cls = NULL;
+	if (r->srv) {
+		if (r->suspended)
+			r->srv->nsuspended--;
+		if (r->aprev)
+			r->aprev->anext = r->anext;
+		else
+			r->srv->all = r->anext;
+		if (r->anext)
+			r->anext->aprev = r->aprev;
+		r->aprev = r->anext = NULL;
+		r->srv = NULL;
+	}
+	r->suspended = 0;
+	r->conn = NULL;
+	r->done = 1;
+	stop_hup(r);
+	/* still in the accept queue: accept() drops it */
+	if (!r->boxed && r->state != R_QUEUED)
+		req_free(r);
+}
+
+static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
+{
+	Hreq *r = (Hreq *)cls;
+	(void)pos;
+	if (r->olen > r->opos) {
+		size_t n = r->olen - r->opos;
+		if (n > max)
+			n = max;
+		memcpy(buf, r->out + r->opos, n);
+		r->opos += n;
+		if (r->opos == r->olen)
+			r->opos = r->olen = 0;
+		return (ssize_t)n;
+	}
+	if (r->finished || !r->srv || r->srv->closed)
+		return MHD_CONTENT_READER_END_OF_STREAM;
+	if (r->conn && !r->suspended) {
+		r->suspended = 1;
+		r->srv->nsuspended++;
+		MHD_suspend_connection(r->conn);
+	}
+	return 0;
+}
+
+static void hup_cb(uv_poll_t *p, int status, int events)
+{
+	Hreq *r = (Hreq *)p->data;
+	(void)status;
+	(void)events;
+	/* the peer hung up: end the stream so that MHD notices and completes */
+	r->finished = 1;
+	stop_hup(r);
+	resume(r);
+}
+
+/* ------------------------------------------------------------ server */
+
+static void srv_handle_closed(uv_handle_t *h)
+{
+	Server *s = (Server *)h->data;
+	if (--s->handles == 0)
+		free(s);
+}
+
+static void server_close(Server *s)
+{
+	Hreq *r, *next;
+	if (s->closed)
+		return;
+	s->closed = 1;
+	/* resume every suspended connection (MHD_stop_daemon requires it) and
+	** forget the queue */
+	for (r = s->qhead; r; r = next) {
+		next = r->next;
+		r->next = NULL;
+		r->state = R_TAKEN;
+		if (r->done && !r->boxed)
+			req_free(r);
+	}
+	s->qhead = s->qtail = NULL;
+	/* MHD_stop_daemon requires every connection resumed; streams end */
+	for (r = s->all; r; r = r->anext) {
+		if (r->state == R_STREAMING)
+			r->finished = 1;
+		if (r->suspended && r->conn) {
+			r->suspended = 0;
+			MHD_resume_connection(r->conn);
+		}
+	}
+	s->nsuspended = 0;
+	if (s->d) {
+		MHD_run(s->d);
+		MHD_stop_daemon(s->d);
+		s->d = NULL;
+	}
+	if (s->waiter) {
+		Vmsnap_task *t = s->waiter;
+		s->waiter = NULL;
+		Vmsnap_sched_wake(t);
+	}
+	uv_poll_stop(&s->poll);
+	uv_timer_stop(&s->timer);
+	uv_close((uv_handle_t *)&s->poll, srv_handle_closed);
+	uv_close((uv_handle_t *)&s->timer, srv_handle_closed);
+	free(s->cert);
+	free(s->key);
+	free(s->ca);
+	s->cert = s->key = s->ca = NULL;
+}
+
+static char *opt_string(lua_State *L, const char *name)
+{
+	char *v = NULL;
+	if (lua_getfield(L, 1, name) != LUA_TNIL) {
+		const char *p = luaL_checkstring(L, -1);
+		v = strdup(p);
+		if (!v)
+			luaL_error(L, "out of memory");
+	}
+	lua_pop(L, 1);
+	return v;
+}
+
+static int l_listen(lua_State *L)
+{
+	vmsnap_runtime *rt = Vmsnap_rt(L);
+	struct sockaddr_in sin;
+	const char *host = "127.0.0.1";
+	lua_Integer port = 0, max_body = 3 << 20, timeout = 300;
+	unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO;
+	luaL_checktype(L, 1, LUA_TTABLE);
+	if (lua_getfield(L, 1, "host") != LUA_TNIL)
+		host = luaL_checkstring(L, -1);
+	if (lua_getfield(L, 1, "port") != LUA_TNIL)
+		port = luaL_checkinteger(L, -1);
+	if (lua_getfield(L, 1, "max_body") != LUA_TNIL)
+		max_body = luaL_checkinteger(L, -1);
+	if (lua_getfield(L, 1, "connection_timeout") != LUA_TNIL)
+		timeout = luaL_checkinteger(L, -1);
+	luaL_argcheck(L, port >= 0 && port <= 65535, 1, "port must be 0..65535");
+	luaL_argcheck(L, max_body > 0, 1, "max_body must be positive");
+	lua_settop(L, 1);
+	memset(&sin, 0, sizeof sin);
+	sin.sin_family = AF_INET;
+	sin.sin_port = htons((unsigned short)port);
+	if (inet_pton(AF_INET, host, &sin.sin_addr) != 1)
+		return Vmsnap_pushfail(L, "EINVAL", "httpd: host must be an IPv4 address, got '%s'", host);
+
+	SrvBox *box = (SrvBox *)lua_newuserdatauv(L, sizeof *box, 0);
+	box->s = NULL;
+	luaL_setmetatable(L, SRV_MT);
+	Server *s = (Server *)calloc(1, sizeof *s);
+	if (!s)
+		return luaL_error(L, "out of memory");
+	box->s = s;
+	s->rt = rt;
+	s->max_body = (size_t)max_body;
+	s->closed = 1; /* until started */
+	s->cert = opt_string(L, "tls_cert");
+	s->key = opt_string(L, "tls_key");
+	s->ca = opt_string(L, "client_ca");
+	if ((s->cert == NULL) != (s->key == NULL))
+		return luaL_error(L, "httpd: tls_cert and tls_key go together");
+	if (s->ca && !s->cert)
+		return luaL_error(L, "httpd: client_ca needs tls_cert and tls_key");
+	if (s->cert)
+		flags |= MHD_USE_TLS;
+	s->tls_client = s->ca != NULL;
+
+	struct MHD_OptionItem opts[8];
+	int n = 0;
+	opts[n++] = (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, &sin};
+	opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, NULL};
+	opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT, (intptr_t)timeout, NULL};
+	if (s->cert) {
+		opts[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, s->cert};
+		opts[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, s->key};
+	}
+	if (s->ca)
+		opts[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_TRUST, 0, s->ca};
+	opts[n++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
+
+	s->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s, MHD_OPTION_ARRAY, opts,
+	                        MHD_OPTION_END);
+	if (!s->d) {
+		int err = errno ? errno : EADDRINUSE;
+		box->s = NULL;
+		free(s->cert);
+		free(s->key);
+		free(s->ca);
+		free(s);
+		return Vmsnap_pushfail(L, Vmsnap_errno_name(err),
+		                       "httpd: cannot listen on %s:%d (%s)", host, (int)port,
+		                       strerror(err));
+	}
+	const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
+	s->port = di ? di->port : (unsigned)port;
+	di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_EPOLL_FD);
+	uv_timer_init(&rt->loop, &s->timer);
+	s->timer.data = s;
+	s->handles++;
+	uv_poll_init(&rt->loop, &s->poll, di->epoll_fd);
+	s->poll.data = s;
+	s->handles++;
+	s->closed = 0;
+	uv_poll_start(&s->poll, UV_READABLE, poll_cb);
+	uv_timer_start(&s->timer, timer_cb, 0, 0);
+	lua_pushvalue(L, 2);
+	return 1;
+}
+
+static Server *check_srv(lua_State *L)
+{
+	SrvBox *b = (SrvBox *)luaL_checkudata(L, 1, SRV_MT);
+	if (!b->s || b->s->closed)
+		luaL_error(L, "httpd server is closed");
+	return b->s;
+}
+
+static int srv_port(lua_State *L)
+{
+	lua_pushinteger(L, check_srv(L)->port);
+	return 1;
+}
+
+static void push_req(lua_State *L, Hreq *r)
+{
+	Box *b = (Box *)lua_newuserdatauv(L, sizeof *b, 0);
+	b->r = r;
+	r->boxed = 1;
+	r->state = R_TAKEN;
+	luaL_setmetatable(L, REQ_MT);
+}
+
+/* Pop the next live queued request, or NULL. */
+static Hreq *dequeue(Server *s)
+{
+	Hreq *r;
+	while ((r = s->qhead) != NULL) {
+		s->qhead = r->next;
+		if (!s->qhead)
+			s->qtail = NULL;
+		r->next = NULL;
+		if (!r->done)
+			return r;
+		req_free(r);
+	}
+	return NULL;
+}
+
+static void accept_cancel(void *ud)
+{
+	Server *s = (Server *)ud;
+	s->waiter = NULL;
+}
+
+static int srv_accept(lua_State *L);
+
+static int accept_push(lua_State *L, void *ud, int reason)
+{
+	Server *s = (Server *)ud;
+	if (s->closed)
+		return Vmsnap_pushfail(L, "CLOSED", "httpd: server closed");
+	if (reason == VMSNAP_WAKE_TIMEOUT) {
+		s->waiter = NULL;
+		return Vmsnap_pushfail(L, "TIMEOUT", "httpd: no request within the timeout");
+	}
+	return srv_accept(L);
+}
+
+static const Vmsnap_waitops accept_ops = {accept_cancel, accept_push};
+
+static int srv_accept(lua_State *L)
+{
+	SrvBox *b = (SrvBox *)luaL_checkudata(L, 1, SRV_MT);
+	Server *s = b->s;
+	double timeout = -1;
+	Hreq *r;
+	if (!s || s->closed)
+		return Vmsnap_pushfail(L, "CLOSED", "httpd: server closed");
+	if (!lua_isnoneornil(L, 2)) {
+		timeout = luaL_checknumber(L, 2);
+		luaL_argcheck(L, timeout >= 0, 2, "timeout must not be negative");
+	}
+	if ((r = dequeue(s)) != NULL) {
+		push_req(L, r);
+		return 1;
+	}
+	if (s->waiter)
+		return luaL_error(L, "httpd: another task is already accepting");
+	Vmsnap_task *t = Vmsnap_sched_check_wait(L);
+	s->waiter = t;
+	return Vmsnap_sched_wait(L, t, &accept_ops, s, timeout);
+}
+
+static int srv_close(lua_State *L)
+{
+	SrvBox *b = (SrvBox *)luaL_checkudata(L, 1, SRV_MT);
+	if (b->s) {
+		server_close(b->s);
+		b->s = NULL;
+	}
+	return 0;
+}
+
+static int srv_tostring(lua_State *L)
+{
+	SrvBox *b = (SrvBox *)luaL_checkudata(L, 1, SRV_MT);
+	if (b->s && !b->s->closed)
+		lua_pushfstring(L, "httpd server (port %d)", (int)b->s->port);
+	else
+		lua_pushliteral(L, "httpd server (closed)");
+	return 1;
+}
+
+/* ------------------------------------------------------------ requests */
+
+static Hreq *check_req(lua_State *L)
+{
+	Box *b = (Box *)luaL_checkudata(L, 1, REQ_MT);
+	if (!b->r)
+		luaL_error(L, "httpd request is released");
+	return b->r;
+}
+
+static int req_method(lua_State *L)
+{
+	lua_pushstring(L, check_req(L)->method);
+	return 1;
+}
+
+static int req_path(lua_State *L)
+{
+	lua_pushstring(L, check_req(L)->url);
+	return 1;
+}
+
+static enum MHD_Result collect(void *cls, enum MHD_ValueKind kind, const char *key,
+                               const char *value)
+{
+	lua_State *L = (lua_State *)cls;
+	(void)kind;
+	if (!key)
+		return MHD_YES;
+	lua_pushstring(L, value ? value : "");
+	lua_setfield(L, -2, key);
+	return MHD_YES;
+}
+
+static enum MHD_Result collect_lower(void *cls, enum MHD_ValueKind kind, const char *key,
+                                     const char *value)
+{
+	lua_State *L = (lua_State *)cls;
+	char name[128];
+	size_t i;
+	(void)kind;
+	if (!key)
+		return MHD_YES;
+	for (i = 0; key[i] && i < sizeof name - 1; i++)
+		name[i] = (char)((key[i] >= 'A' && key[i] <= 'Z') ? key[i] + 32 : key[i]);
+	name[i] = 0;
+	lua_pushstring(L, value ? value : "");
+	lua_setfield(L, -2, name);
+	return MHD_YES;
+}
+
+static int req_args(lua_State *L)
+{
+	Hreq *r = check_req(L);
+	lua_newtable(L);
+	if (r->conn)
+		MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, collect, L);
+	return 1;
+}
+
+static int req_headers(lua_State *L)
+{
+	Hreq *r = check_req(L);
+	lua_newtable(L);
+	if (r->conn)
+		MHD_get_connection_values(r->conn, MHD_HEADER_KIND, collect_lower, L);
+	return 1;
+}
+
+static int req_header(lua_State *L)
+{
+	Hreq *r = check_req(L);
+	const char *name = luaL_checkstring(L, 2);
+	const char *v = r->conn ? MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name) : NULL;
+	if (!v)
+		return 0;
+	lua_pushstring(L, v);
+	return 1;
+}
+
+static int req_body(lua_State *L)
+{
+	Hreq *r = check_req(L);
+	if (r->too_big)
+		return Vmsnap_pushfail(L, "TOO_LARGE", "request body larger than %d bytes",
+		                       (int)(r->srv ? r->srv->max_body : 0));
+	lua_pushlstring(L, r->body ? r->body : "", r->blen);
+	return 1;
+}
+
+static int req_peer(lua_State *L)
+{
+	Hreq *r = check_req(L);
+	const union MHD_ConnectionInfo *ci;
+	char ip[INET6_ADDRSTRLEN] = "?";
+	int port = 0;
+	if (!r->conn)
+		return 0;
+	ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	if (ci && ci->client_addr && ci->client_addr->sa_family == AF_INET) {
+		const struct sockaddr_in *a = (const struct sockaddr_in *)(const void *)ci->client_addr;
+		inet_ntop(AF_INET, &a->sin_addr, ip, sizeof ip);
+		port = ntohs(a->sin_port);
+	}
+	lua_pushfstring(L, "%s:%d", ip, port);
+	return 1;
+}
+
+static int req_client_cert(lua_State *L)
+{
+	Hreq *r = check_req(L);
+	lua_pushboolean(L, r->cert_ok);
+	if (r->cert_dn)
+		lua_pushstring(L, r->cert_dn);
+	else
+		lua_pushnil(L);
+	return 2;
+}
+
+/* Add headers from the table at idx; raises on a bad entry. */
+static int add_headers(lua_State *L, int idx, struct MHD_Response *resp)
+{
+	if (lua_isnoneornil(L, idx))
+		return 0;
+	luaL_checktype(L, idx, LUA_TTABLE);
+	lua_pushnil(L);
+	while (lua_next(L, idx)) {
+		const char *k = lua_tostring(L, -2), *v = lua_tostring(L, -1);
+		if (!k || !v || lua_type(L, -2) != LUA_TSTRING) {
+			MHD_destroy_response(resp);
+			return luaL_error(L, "httpd: headers must map names to strings");
+		}
+		if (MHD_add_response_header(resp, k, v) != MHD_YES) {
+			MHD_destroy_response(resp);
+			return luaL_error(L, "httpd: invalid header '%s'", k);
+		}
+		lua_pop(L, 1);
+	}
+	return 0;
+}
+
+static Hreq *check_answerable(lua_State *L)
+{
+	Hreq *r = check_req(L);
+	if (r->state == R_ANSWERED || r->state == R_STREAMING)
+		luaL_error(L, "httpd: request already answered");
+	return r;
+}
+
+static int req_respond(lua_State *L)
+{
+	Hreq *r = check_answerable(L);
+	lua_Integer status = luaL_checkinteger(L, 2);
+	size_t len = 0;
+	const char *body = luaL_optlstring(L, 4, "", &len);
+	struct MHD_Response *resp;
+	luaL_argcheck(L, status >= 100 && status <= 599, 2, "HTTP status must be 100..599");
+	r->state = R_ANSWERED;
+	if (!r->conn) {
+		lua_pushboolean(L, 0);
+		return 1;
+	}
+	resp = MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
+	if (!resp)
+		return luaL_error(L, "out of memory");
+	add_headers(L, 3, resp);
+	MHD_queue_response(r->conn, (unsigned)status, resp);
+	MHD_destroy_response(resp);
+	resume(r);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+static int req_stream(lua_State *L)
+{
+	Hreq *r = check_answerable(L);
+	lua_Integer status = luaL_checkinteger(L, 2);
+	struct MHD_Response *resp;
+	luaL_argcheck(L, status >= 100 && status <= 599, 2, "HTTP status must be 100..599");
+	r->state = R_STREAMING;
+	if (!r->conn)
+		return Vmsnap_pushfail(L, "CLOSED", "httpd: the client went away");
+	resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, stream_reader, r, NULL);
+	if (!resp)
+		return luaL_error(L, "out of memory");
+	add_headers(L, 3, resp);
+	MHD_queue_response(r->conn, (unsigned)status, resp);
+	MHD_destroy_response(resp);
+	/* notice a hang-up while nothing is being written */
+	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+	if (ci && r->srv) {
+		r->hup = (uv_poll_t *)malloc(sizeof *r->hup);
+		if (r->hup && uv_poll_init_socket(&r->srv->rt->loop, r->hup, ci->connect_fd) == 0) {
+			r->hup->data = r;
+			uv_poll_start(r->hup, UV_DISCONNECT, hup_cb);
+		} else {
+			free(r->hup);
+			r->hup = NULL;
+		}
+	}
+	resume(r);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+static int req_write(lua_State *L)
+{
+	Hreq *r = check_req(L);
+	size_t len;
+	const char *data = luaL_checklstring(L, 2, &len);
+	if (r->state != R_STREAMING)
+		return luaL_error(L, "httpd: write() needs stream() first");
+	if (r->done || r->finished || !r->conn)
+		return Vmsnap_pushfail(L, "CLOSED", "httpd: the client went away");
+	if (r->olen - r->opos + len > STREAM_MAX)
+		return Vmsnap_pushfail(L, "EOVERFLOW", "httpd: the client is too slow (%d bytes pending)",
+		                       (int)(r->olen - r->opos));
+	if (r->opos > 0 && r->opos == r->olen)
+		r->opos = r->olen = 0;
+	if (grow(&r->out, &r->ocap, r->olen + len))
+		return luaL_error(L, "out of memory");
+	memcpy(r->out + r->olen, data, len);
+	r->olen += len;
+	resume(r);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+static int req_finish(lua_State *L)
+{
+	Hreq *r = check_req(L);
+	if (r->state == R_STREAMING && !r->finished) {
+		r->finished = 1;
+		resume(r);
+	}
+	return 0;
+}
+
+static int req_closed(lua_State *L)
+{
+	Hreq *r = check_req(L);
+	lua_pushboolean(L, r->done || !r->conn || (r->state == R_STREAMING && r->finished));
+	return 1;
+}
+
+static int req_pending(lua_State *L)
+{
+	Hreq *r = check_req(L);
+	lua_pushinteger(L, (lua_Integer)(r->olen - r->opos));
+	return 1;
+}
+
+static int req_gc(lua_State *L)
+{
+	Box *b = (Box *)luaL_checkudata(L, 1, REQ_MT);
+	Hreq *r = b->r;
+	if (!r)
+		return 0;
+	b->r = NULL;
+	r->boxed = 0;
+	if (r->done) {
+		req_free(r);
+		return 0;
+	}
+	/* dropped without an answer: answer 500 rather than hang the client */
+	if (r->conn && (r->state == R_TAKEN)) {
+		static const char msg[] =
+		    "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\","
+		    "\"message\":\"request dropped by the handler\",\"reason\":\"InternalError\",\"code\":500}";
+		struct MHD_Response *resp =
+		    MHD_create_response_from_buffer(sizeof msg - 1, (void *)msg, MHD_RESPMEM_PERSISTENT);
+		if (resp) {
+			MHD_queue_response(r->conn, 500, resp);
+			MHD_destroy_response(resp);
+		}
+		r->state = R_ANSWERED;
+	}
+	if (r->state == R_STREAMING)
+		r->finished = 1;
+	resume(r);
+	return 0;
+}
+
+static int req_tostring(lua_State *L)
+{
+	Box *b = (Box *)luaL_checkudata(L, 1, REQ_MT);
+	if (b->r)
+		lua_pushfstring(L, "httpd request (%s %s)", b->r->method, b->r->url);
+	else
+		lua_pushliteral(L, "httpd request (released)");
+	return 1;
+}
+
+static int srv_gc(lua_State *L)
+{
+	return srv_close(L);
+}
+
+static const luaL_Reg srv_meth[] = {
+    {"port", srv_port}, {"accept", srv_accept}, {"close", srv_close}, {NULL, NULL}};
+
+static const luaL_Reg req_meth[] = {
+    {"method", req_method},   {"path", req_path},       {"args", req_args},
+    {"header", req_header},   {"headers", req_headers}, {"body", req_body},
+    {"peer", req_peer},       {"client_cert", req_client_cert},
+    {"respond", req_respond}, {"stream", req_stream},   {"write", req_write},
+    {"finish", req_finish},   {"closed", req_closed},   {"pending", req_pending},
+    {NULL, NULL}};
+
+static int l_version(lua_State *L)
+{
+	lua_pushstring(L, MHD_get_version());
+	return 1;
+}
+
+int luaopen_vmsnap_core_httpd(lua_State *L)
+{
+	static const luaL_Reg funcs[] = {{"listen", l_listen}, {"version", l_version}, {NULL, NULL}};
+	if (luaL_newmetatable(L, SRV_MT)) {
+		lua_pushcfunction(L, srv_gc);
+		lua_setfield(L, -2, "__gc");
+		lua_pushcfunction(L, srv_gc);
+		lua_setfield(L, -2, "__close");
+		lua_pushcfunction(L, srv_tostring);
+		lua_setfield(L, -2, "__tostring");
+		luaL_newlib(L, srv_meth);
+		lua_setfield(L, -2, "__index");
+	}
+	if (luaL_newmetatable(L, REQ_MT)) {
+		lua_pushcfunction(L, req_gc);
+		lua_setfield(L, -2, "__gc");
+		lua_pushcfunction(L, req_tostring);
+		lua_setfield(L, -2, "__tostring");
+		luaL_newlib(L, req_meth);
+		lua_setfield(L, -2, "__index");
+	}
+	lua_pop(L, 2);
+	luaL_newlib(L, funcs);
+	return 1;
+}
