@@ -42,6 +42,63 @@ function M.httpd()
   return setmetatable(srv, { __close = function(s) s:stop() end })
 end
 
+--- Start `vmsnap serve` on a fresh data directory (or opts.data); returns an
+--- object with .url, .port, .data, .kubeconfig, :kubectl(args, opts),
+--- :stop(), :kill9(), :start() again, and <close> (stops, removes the dir).
+function M.apiserver(opts)
+  opts = opts or {}
+  local dir = opts.data and { path = opts.data, remove = function() end } or assert(fs.tempdir("vmsnap-api"))
+  local cache = assert(fs.tempdir("vmsnap-kcache"))
+  local srv = { data = dir.path, kubeconfig = dir.path .. "/kubeconfig", cache = cache.path }
+  function srv:start()
+    fs.remove(self.kubeconfig)
+    local argv = { M.vmsnap, "serve", "--data", self.data }
+    for _, a in ipairs(opts.args or {}) do argv[#argv + 1] = a end
+    if self.port and not opts.args then
+      argv[#argv + 1] = "--listen"
+      argv[#argv + 1] = "127.0.0.1:" .. self.port
+    end
+    self.proc = assert(proc.spawn(argv, { stdout = "null", stderr = opts.stderr or "inherit" }))
+    for _ = 1, 1000 do
+      local s = fs.read_file(self.kubeconfig)
+      if s then
+        self.port = tonumber(s:match(":(%d+)\n"))
+        self.url = s:match("server: (%S+)")
+        return self
+      end
+      if not self.proc:running() then break end
+      task.sleep(0.01)
+    end
+    self.proc:kill("KILL")
+    error("vmsnap serve did not start")
+  end
+  function srv:stop(sig)
+    if self.proc then
+      self.proc:kill(sig or "TERM")
+      if not self.proc:wait(10) then
+        self.proc:kill("KILL")
+        self.proc:wait(5)
+      end
+      self.proc:close()
+      self.proc = nil
+    end
+  end
+  function srv:kill9() self:stop("KILL") end
+  --- Run kubectl against this server; returns the proc result.
+  function srv:kubectl(args, o)
+    local argv = { "kubectl", "--kubeconfig", self.kubeconfig, "--cache-dir", self.cache }
+    for _, a in ipairs(args) do argv[#argv + 1] = a end
+    o = o or {}
+    return assert(proc.run(argv, { timeout = o.timeout or 60, stdin = o.stdin }))
+  end
+  srv:start()
+  return setmetatable(srv, { __close = function(s)
+    s:stop()
+    dir:remove()
+    cache:remove()
+  end })
+end
+
 --- Run the vmsnap program with args; returns the proc result.
 function M.run_vmsnap(args, opts)
   local argv = { M.vmsnap }

@@ -52,8 +52,9 @@ local function decode_body(req, ctx, ctype)
   local obj
   if ctype == "application/yaml" or ctype == "application/apply-patch+yaml" then
     obj, err = yaml.load(body)
-  elseif ctype:find("protobuf", 1, true) then
-    fail(415, "UnsupportedMediaType", ("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml"))
+  elseif ctype == "application/vnd.kubernetes.protobuf" then
+    obj, err = require("vmsnap.apiserver.protobuf").decode(body, api.base64)
+    if not obj then fail(415, "UnsupportedMediaType", err) end
   else
     obj, err = json.decode(body)
   end

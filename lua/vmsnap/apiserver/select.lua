@@ -10,18 +10,23 @@ local function trim(s)
   return (s:gsub("^%s+", ""):gsub("%s+$", ""))
 end
 
+-- alphanumeric at both ends, `inner` characters between
+local function ends_alnum(s, inner)
+  return s:match("^%w$") ~= nil or s:match("^%w[" .. inner .. "]*%w$") ~= nil
+end
+
 -- a label key: optional DNS prefix and "/", then a name of at most 63 characters
 local function valid_key(k)
   local prefix, name = k:match("^(.*)/(.*)$")
   if not prefix then name = k end
-  if prefix and (#prefix == 0 or #prefix > 253 or not prefix:match("^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")) then
+  if prefix and (#prefix == 0 or #prefix > 253 or prefix:match("[A-Z]") or not ends_alnum(prefix, "%w.-")) then
     return false
   end
-  return #name > 0 and #name <= 63 and name:match("^[%w]([%w._-]*[%w])?$") ~= nil
+  return #name > 0 and #name <= 63 and ends_alnum(name, "%w._-")
 end
 
 local function valid_value(v)
-  return v == "" or (#v <= 63 and v:match("^[%w]([%w._-]*[%w])?$") ~= nil)
+  return v == "" or (#v <= 63 and ends_alnum(v, "%w._-"))
 end
 
 -- split on commas that are outside parentheses
