@@ -189,11 +189,12 @@ function M.run(S)
       until (n == 0 and not S.kicks.gc) or rounds > 50
     end
     local now = os.time()
-    if now - last_ttl >= 60 then
+    -- the TTL check runs a few times per TTL, at most once a minute
+    if now - last_ttl >= math.min(60, math.max(1, S.event_ttl / 4)) then
       last_ttl = now
       expire_events(S, now)
     end
-    wake:recv(busy and 0.2 or 5)
+    wake:recv(busy and 0.2 or math.min(5, math.max(0.5, S.event_ttl / 4)))
     if busy then S.kicks.gc = true end
   end
 end

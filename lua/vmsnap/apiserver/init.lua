@@ -136,8 +136,8 @@ end
 -- ------------------------------------------------------------ server
 
 --- Create a server. opts: data (directory, required), host ("127.0.0.1"),
---- port (0 = any free port), token, tls_cert/tls_key/client_ca (PEM file
---- paths), crds (directories of CRD YAML to install), history (revisions of
+--- port (0 = any free port), token, tls_cert/tls_key/client_ca/tls_ca (PEM
+--- file paths; tls_ca is the server certificate's CA, for kubeconfigs), crds (directories of CRD YAML to install), history (revisions of
 --- watch history kept), event_ttl (seconds, default 3600), max_body.
 function M.new(opts)
   assert(type(opts) == "table" and type(opts.data) == "string", "apiserver.new: opts.data is required")
@@ -158,7 +158,8 @@ function M.new(opts)
     return s
   end
   local okr, tls = pcall(function()
-    return { cert = read(opts.tls_cert), key = read(opts.tls_key), ca = read(opts.client_ca) }
+    return { cert = read(opts.tls_cert), key = read(opts.tls_key), ca = read(opts.client_ca),
+      server_ca = read(opts.tls_ca) }
   end)
   if not okr then st:close(); return nil, tls, "ENOENT" end
   self.tls = tls
@@ -604,7 +605,7 @@ function Server:kubeconfig(opts)
   local server = ("%s://%s:%d"):format(scheme, opts.host or self.opts.host or "127.0.0.1", self.port)
   local cluster = { server = server }
   if self.tls.cert then
-    cluster["certificate-authority-data"] = base64(self.opts.ca_for_clients or self.tls.cert)
+    cluster["certificate-authority-data"] = base64(self.tls.server_ca or self.tls.cert)
   end
   local user = {}
   if self.opts.token then user.token = self.opts.token end

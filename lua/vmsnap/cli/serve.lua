@@ -23,11 +23,14 @@ options:
   --tls-cert FILE         serve HTTPS with this certificate (PEM) ...
   --tls-key FILE          ... and this key (PEM)
   --client-ca FILE        accept client certificates signed by this CA (PEM)
+  --tls-ca FILE           the CA that signed --tls-cert, for the kubeconfig (default:
+                          --tls-cert itself, right for a self-signed certificate)
   --crds DIR              also install the CustomResourceDefinitions in DIR (repeatable)
   --event-ttl SECONDS     how long Events are kept (default 3600)
   --history N             revisions of watch history kept (default 100000)
 
-A listen address other than loopback needs --token or --client-ca.
+A listen address other than loopback needs TLS and --token or --client-ca
+(kubectl sends a token only over HTTPS).
 SIGINT or SIGTERM stops the server (exit status 130).
 ]]
 
@@ -55,6 +58,7 @@ local function parse(args)
     elseif a == "--tls-cert" then o.tls_cert = value(a)
     elseif a == "--tls-key" then o.tls_key = value(a)
     elseif a == "--client-ca" then o.client_ca = value(a)
+    elseif a == "--tls-ca" then o.tls_ca = value(a)
     elseif a == "--crds" then o.crds[#o.crds + 1] = value(a)
     elseif a == "--event-ttl" then
       o.event_ttl = tonumber(value(a))
@@ -79,10 +83,17 @@ local function parse(args)
   end
   if (o.tls_cert == nil) ~= (o.tls_key == nil) then cli.usage("serve: --tls-cert and --tls-key go together") end
   if o.client_ca and not o.tls_cert then cli.usage("serve: --client-ca needs --tls-cert and --tls-key") end
+  if o.tls_ca and not o.tls_cert then cli.usage("serve: --tls-ca needs --tls-cert and --tls-key") end
   local loopback = o.host == "127.0.0.1" or o.host:match("^127%.") or o.host == "localhost"
   if o.host == "localhost" then o.host = "127.0.0.1" end
   if not loopback and not o.token and not o.client_ca then
     cli.usage(("serve: refusing to listen on %s without --token or --client-ca: anyone who can reach it could change the state"):format(o.host))
+  end
+  if not loopback and not o.tls_cert then
+    cli.usage(("serve: refusing to listen on %s without --tls-cert: credentials would cross the network in clear text"):format(o.host))
+  end
+  if o.token and not o.tls_cert then
+    io.stderr:write("vmsnap serve: warning: kubectl sends bearer tokens only over HTTPS; add --tls-cert/--tls-key for kubectl to use --token\n")
   end
   return o
 end
@@ -106,7 +117,7 @@ function M.main(args)
   if b then crds[1] = b end
   for _, d in ipairs(o.crds) do crds[#crds + 1] = d end
   local srv, err = apiserver.new{ data = o.data, host = o.host, port = o.port, token = o.token,
-    tls_cert = o.tls_cert, tls_key = o.tls_key, client_ca = o.client_ca, crds = crds,
+    tls_cert = o.tls_cert, tls_key = o.tls_key, client_ca = o.client_ca, tls_ca = o.tls_ca, crds = crds,
     event_ttl = o.event_ttl, history = o.history }
   if not srv then return nil, "serve: " .. tostring(err) end
   local _ <close> = setmetatable({}, { __close = function() srv:close() end })

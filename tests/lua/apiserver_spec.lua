@@ -1,0 +1,405 @@
+-- The API server over HTTP: the semantics kubectl does not exercise on its
+-- own (status codes, paging, watch resumption, admission, auth, TLS).
+local t = require("tap")
+local http = require("vmsnap.http")
+local json = require("vmsnap.json")
+local task = require("vmsnap.task")
+local proc = require("vmsnap.proc")
+local fs = require("vmsnap.fs")
+local h = require("helpers")
+
+local srv <close> = h.apiserver()
+local G = "/apis/virtualization.deckhouse.io/v1alpha2"
+local VDS = G .. "/namespaces/default/virtualdisksnapshots"
+
+local function req(method, path, body, headers)
+  local res = assert(http.request({ method = method, url = srv.url .. path, body = body,
+    headers = headers or { ["Content-Type"] = "application/json" }, timeout = 10 }))
+  res.obj = json.decode(res.body)
+  return res
+end
+
+local function vds(name, extra)
+  local o = { apiVersion = "virtualization.deckhouse.io/v1alpha2", kind = "VirtualDiskSnapshot",
+    metadata = { name = name }, spec = { virtualDiskName = "d" } }
+  for k, v in pairs(extra or {}) do o[k] = v end
+  return json.encode(o)
+end
+
+t.test("/version reports v1.32 and discovery negotiates the aggregated format", function()
+  local v = req("GET", "/version")
+  t.eq(v.obj.gitVersion, "v1.32.0")
+  local agg = req("GET", "/apis", nil, { Accept = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json" })
+  t.eq(agg.headers["content-type"], "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList")
+  t.eq(agg.obj.kind, "APIGroupDiscoveryList")
+  local legacy = req("GET", "/apis")
+  t.eq(legacy.obj.kind, "APIGroupList")
+  local rl = req("GET", G)
+  local names = {}
+  for _, r in ipairs(rl.obj.resources) do names[r.name] = r end
+  t.ok(names["virtualdisksnapshots/status"], "status subresource listed")
+  t.eq(names.virtualdisksnapshots.shortNames[1], "vdsnapshot")
+end)
+
+t.test("OpenAPI v3: root, GV documents by hash, immutable caching", function()
+  local root = req("GET", "/openapi/v3")
+  local ref = root.obj.paths["apis/virtualization.deckhouse.io/v1alpha2"].serverRelativeURL
+  t.ok(ref:match("%?hash=%x+"), ref)
+  local doc = req("GET", ref)
+  t.eq(doc.headers["cache-control"], "public, immutable")
+  local s = doc.obj.components.schemas["io.deckhouse.virtualization.v1alpha2.VirtualDiskSnapshot"]
+  t.eq(s.properties.spec.required[1], "virtualDiskName")
+  local p = doc.obj.paths["/apis/virtualization.deckhouse.io/v1alpha2/namespaces/{namespace}/virtualdisksnapshots/{name}"]
+  t.eq(p.patch.requestBody.content["application/strategic-merge-patch+json"], nil)
+  t.eq(req("GET", "/openapi/v2").status, 404)
+end)
+
+t.test("bad input: malformed JSON and YAML are 400, unknown resource 404, wrong method 405, oversize 413", function()
+  local r = req("POST", VDS, '{"apiVersion": ')
+  t.eq(r.status, 400)
+  t.eq(r.obj.reason, "BadRequest")
+  t.contains(r.obj.message, "the request body is not valid")
+  r = req("POST", VDS, "a: [b", { ["Content-Type"] = "application/yaml" })
+  t.eq(r.status, 400)
+  t.contains(r.obj.message, "line")
+  r = req("GET", G .. "/namespaces/default/nosuchthings")
+  t.eq(r.status, 404)
+  t.eq(r.obj.kind, "Status")
+  r = req("PUT", VDS, vds("x"))
+  t.eq(r.status, 405)
+  t.eq(r.obj.reason, "MethodNotAllowed")
+  r = req("POST", VDS, string.rep(" ", 3 * 1024 * 1024 + 10) .. "{}")
+  t.eq(r.status, 413)
+  t.eq(r.obj.reason, "RequestEntityTooLarge")
+  r = req("POST", VDS, json.encode({ apiVersion = "v1", kind = "Secret", metadata = { name = "s" } }))
+  t.eq(r.status, 400)
+end)
+
+t.test("create: generateName, uid, creationTimestamp, generation; dryRun stores nothing", function()
+  local r = req("POST", VDS, json.encode({ apiVersion = "virtualization.deckhouse.io/v1alpha2",
+    kind = "VirtualDiskSnapshot", metadata = { generateName = "gen-" }, spec = { virtualDiskName = "d" } }))
+  t.eq(r.status, 201)
+  t.ok(r.obj.metadata.name:match("^gen%-%w%w%w%w%w$"), r.obj.metadata.name)
+  t.ok(r.obj.metadata.uid:match("^%x+%-%x+%-4%x+%-%x+%-%x+$"))
+  t.eq(r.obj.metadata.generation, 1)
+  r = req("POST", VDS .. "?dryRun=All", vds("dry"))
+  t.eq(r.status, 201)
+  t.eq(req("GET", VDS .. "/dry").status, 404)
+  r = req("POST", "/apis/virtualization.deckhouse.io/v1alpha2/namespaces/nons/virtualdisksnapshots", vds("x"))
+  t.eq(r.status, 404)
+  t.eq(r.obj.message, 'namespaces "nons" not found')
+end)
+
+t.test("update: RV required for custom resources, 409 on a stale RV; status writes keep the generation", function()
+  local c = req("POST", VDS, vds("upd")).obj
+  local body = json.decode(vds("upd"))
+  local r = req("PUT", VDS .. "/upd", json.encode(body))
+  t.eq(r.status, 422)
+  t.contains(r.obj.message, "metadata.resourceVersion: Invalid value: 0x0: must be specified for an update")
+  body.metadata.resourceVersion = "1"
+  r = req("PUT", VDS .. "/upd", json.encode(body))
+  t.eq(r.status, 409)
+  t.eq(r.obj.reason, "Conflict")
+  t.eq(r.obj.details.kind, "virtualdisksnapshots")
+  c.status = { phase = "Ready" }
+  r = req("PUT", VDS .. "/upd/status", json.encode(c))
+  t.eq(r.status, 200)
+  t.eq(r.obj.status.phase, "Ready")
+  t.eq(r.obj.metadata.generation, 1)
+  -- the main resource ignores status
+  local c2 = r.obj
+  c2.status.phase = "Failed"
+  c2.metadata.labels = { a = "b" }
+  r = req("PUT", VDS .. "/upd", json.encode(c2))
+  t.eq(r.obj.status.phase, "Ready")
+  t.eq(r.obj.metadata.labels.a, "b")
+  -- an update that changes nothing does not move the resourceVersion
+  local rv = r.obj.metadata.resourceVersion
+  r = req("PUT", VDS .. "/upd", json.encode(r.obj))
+  t.eq(r.obj.metadata.resourceVersion, rv)
+  t.eq(req("PUT", VDS .. "/missing", vds("missing")).status, 404)
+end)
+
+t.test("patch precondition: a patched resourceVersion that differs is a Conflict", function()
+  local r = req("PATCH", VDS .. "/upd", '{"metadata":{"resourceVersion":"2","labels":{"x":"y"}}}',
+    { ["Content-Type"] = "application/merge-patch+json" })
+  t.eq(r.status, 409)
+  r = req("PATCH", VDS .. "/upd", '[{"op":"test","path":"/spec/virtualDiskName","value":"zzz"}]',
+    { ["Content-Type"] = "application/json-patch+json" })
+  t.eq(r.status, 422)
+end)
+
+t.test("list: limit and continue page through a consistent resourceVersion; selectors", function()
+  for i = 1, 7 do req("POST", VDS, vds(("page-%02d"):format(i), { metadata = { name = ("page-%02d"):format(i), labels = { page = "yes" } } })) end
+  local names, cont, rv = {}, nil, nil
+  repeat
+    local r = req("GET", VDS .. "?labelSelector=page%3Dyes&limit=3" .. (cont and ("&continue=" .. cont) or ""))
+    t.eq(r.obj.kind, "VirtualDiskSnapshotList")
+    rv = rv or r.obj.metadata.resourceVersion
+    t.eq(r.obj.metadata.resourceVersion, rv)
+    for _, it in ipairs(r.obj.items) do names[#names + 1] = it.metadata.name end
+    cont = r.obj.metadata.continue
+  until not cont
+  t.eq(#names, 7)
+  t.eq(names[1], "page-01")
+  t.eq(names[7], "page-07")
+  local r = req("GET", VDS .. "?fieldSelector=metadata.name%3Dpage-03")
+  t.eq(#r.obj.items, 1)
+  r = req("GET", VDS .. "?fieldSelector=spec.virtualDiskName%3Dd")
+  t.eq(r.status, 400)
+  t.contains(r.obj.message, "field label not supported: spec.virtualDiskName")
+  r = req("GET", VDS .. "?continue=garbage")
+  t.eq(r.status, 400)
+end)
+
+t.test("deletecollection with a label selector; preconditions on delete", function()
+  local r = req("DELETE", VDS .. "?labelSelector=page%3Dyes")
+  t.eq(r.status, 200)
+  t.eq(#req("GET", VDS .. "?labelSelector=page%3Dyes").obj.items, 0)
+  local c = req("POST", VDS, vds("pre")).obj
+  r = req("DELETE", VDS .. "/pre", json.encode({ preconditions = { uid = "not-it" } }))
+  t.eq(r.status, 409)
+  t.contains(r.obj.message, "Precondition failed: UID in precondition: not-it")
+  r = req("DELETE", VDS .. "/pre", json.encode({ preconditions = { uid = c.metadata.uid } }))
+  t.eq(r.status, 200)
+  t.eq(r.obj.status, "Success")
+  t.eq(r.obj.details.kind, "virtualdisksnapshots")
+end)
+
+local function watch(path)
+  local res = assert(http.request({ url = srv.url .. path, stream = true, timeout = 10 }))
+  local it = res:lines()
+  return res, function()
+    local line = it()
+    return line and json.decode(line)
+  end
+end
+
+t.test("watch: from a resourceVersion, selector transitions, timeoutSeconds ends the stream", function()
+  local base = req("GET", VDS).obj.metadata.resourceVersion
+  local res, next_ev = watch(VDS .. "?watch=true&labelSelector=w%3D1&timeoutSeconds=3&resourceVersion=" .. base)
+  local _ <close> = res
+  req("POST", VDS, vds("w1", { metadata = { name = "w1", labels = { w = "1" } } }))
+  req("POST", VDS, vds("w2"))
+  req("PATCH", VDS .. "/w1", '{"metadata":{"labels":{"w":"2"}}}', { ["Content-Type"] = "application/merge-patch+json" })
+  req("PATCH", VDS .. "/w2", '{"metadata":{"labels":{"w":"1"}}}', { ["Content-Type"] = "application/merge-patch+json" })
+  req("DELETE", VDS .. "/w2")
+  local got = {}
+  for _ = 1, 4 do
+    local ev = next_ev()
+    got[#got + 1] = ev.type .. ":" .. ev.object.metadata.name
+  end
+  t.eq(table.concat(got, " "), "ADDED:w1 DELETED:w1 ADDED:w2 DELETED:w2")
+  local t0 = task.now()
+  t.eq(next_ev(), nil, "the stream ends")
+  t.ok(task.now() - t0 < 4, "within timeoutSeconds")
+end)
+
+t.test("watch: sendInitialEvents replays existing objects, then the initial-events-end bookmark", function()
+  local res, next_ev = watch(VDS .. "?watch=true&fieldSelector=metadata.name%3Dw1&resourceVersion=0&allowWatchBookmarks=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&timeoutSeconds=2")
+  local _ <close> = res
+  local ev = next_ev()
+  t.eq(ev.type, "ADDED")
+  t.eq(ev.object.metadata.name, "w1")
+  ev = next_ev()
+  t.eq(ev.type, "BOOKMARK")
+  t.eq(ev.object.metadata.annotations["k8s.io/initial-events-end"], "true")
+end)
+
+t.test("watch: a Table watch sends column definitions once", function()
+  local res = assert(http.request({ url = srv.url .. VDS .. "?watch=true&timeoutSeconds=2&resourceVersion=0",
+    stream = true, headers = { Accept = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json" } }))
+  local _ <close> = res
+  t.eq(res.headers["content-type"], "application/json;as=Table;v=v1;g=meta.k8s.io")
+  local it = res:lines()
+  local first = json.decode(it())
+  local second = json.decode(it())
+  t.eq(first.object.kind, "Table")
+  t.eq(first.object.columnDefinitions[1].name, "Name")
+  t.eq(second.object.columnDefinitions, json.null)
+  t.eq(#second.object.rows, 1)
+end)
+
+t.test("events: field selectors on involvedObject and type", function()
+  local EV = "/api/v1/namespaces/default/events"
+  local old = "2020-01-01T00:00:00Z"
+  req("POST", EV, json.encode({ apiVersion = "v1", kind = "Event", metadata = { name = "e1" },
+    involvedObject = { kind = "VirtualDisk", name = "d1", namespace = "default" }, reason = "R", message = "m",
+    type = "Normal", lastTimestamp = os.date("!%Y-%m-%dT%H:%M:%SZ") }))
+  req("POST", EV, json.encode({ apiVersion = "v1", kind = "Event", metadata = { name = "e2" },
+    involvedObject = { kind = "VirtualDisk", name = "d2", namespace = "default" }, reason = "R", message = "m",
+    type = "Warning", lastTimestamp = old }))
+  local r = req("GET", EV .. "?fieldSelector=involvedObject.name%3Dd1%2CinvolvedObject.kind%3DVirtualDisk")
+  t.eq(#r.obj.items, 1)
+  t.eq(r.obj.items[1].metadata.name, "e1")
+  t.eq(#req("GET", EV .. "?fieldSelector=type%21%3DNormal").obj.items, 1)
+end)
+
+t.test("events older than --event-ttl are deleted", function()
+  local s <close> = h.apiserver({ args = { "--event-ttl", "2" } })
+  local EV = s.url .. "/api/v1/namespaces/default/events"
+  local function post(name, ts)
+    return assert(http.post(EV, json.encode({ apiVersion = "v1", kind = "Event", metadata = { name = name },
+      involvedObject = { kind = "VirtualDisk", name = "d", namespace = "default" }, reason = "R", message = "m",
+      type = "Normal", lastTimestamp = ts }), { headers = { ["Content-Type"] = "application/json" } })).status
+  end
+  t.eq(post("old", "2020-01-01T00:00:00Z"), 201)
+  t.eq(post("fresh", os.date("!%Y-%m-%dT%H:%M:%SZ", os.time() + 3600)), 201)
+  local names
+  for _ = 1, 40 do
+    local list = json.decode(assert(http.get(EV)).body)
+    names = {}
+    for _, e in ipairs(list.items) do names[#names + 1] = e.metadata.name end
+    if #names == 1 then break end
+    task.sleep(0.1)
+  end
+  t.eq(table.concat(names, ","), "fresh")
+end)
+
+t.test("admission: VirtualDisk size checks and the restore size warning", function()
+  local VD = G .. "/namespaces/default/virtualdisks"
+  local function vd(name, size, ref)
+    return json.encode({ apiVersion = "virtualization.deckhouse.io/v1alpha2", kind = "VirtualDisk",
+      metadata = { name = name }, spec = { persistentVolumeClaim = { size = size },
+      dataSource = ref and { type = "ObjectRef", objectRef = { kind = "VirtualDiskSnapshot", name = ref } } or nil } })
+  end
+  local r = req("POST", VD, vd("zero", "0"))
+  t.eq(r.status, 422)
+  t.contains(r.obj.message, "virtual disk size must be greater than 0")
+  -- a Ready snapshot whose VolumeSnapshot has restoreSize 5Gi
+  local s = req("POST", VDS, vds("big")).obj
+  s.status = { phase = "Ready", volumeSnapshotName = "big" }
+  req("PUT", VDS .. "/big/status", json.encode(s))
+  local VS = "/apis/snapshot.storage.k8s.io/v1/namespaces/default/volumesnapshots"
+  local vs = req("POST", VS, json.encode({ apiVersion = "snapshot.storage.k8s.io/v1", kind = "VolumeSnapshot",
+    metadata = { name = "big" }, spec = { source = { persistentVolumeClaimName = "p" } } })).obj
+  vs.status = { restoreSize = "5Gi", readyToUse = true }
+  t.eq(req("PUT", VS .. "/big/status", json.encode(vs)).status, 200)
+  r = req("POST", VD, vd("small", "1Gi", "big"))
+  t.eq(r.status, 201)
+  t.eq(r.headers["warning"], '299 - "The specified pvc size is insufficient: 1073741824 (1Gi) < 5368709120"')
+  r = req("POST", VD, vd("enough", "6Gi", "big"))
+  t.eq(r.headers["warning"], nil)
+  -- once provisioned, the data source is fixed
+  local d = r.obj
+  d.status = { phase = "Ready" }
+  req("PUT", VD .. "/enough/status", json.encode(d))
+  r = req("PATCH", VD .. "/enough", '{"spec":{"dataSource":{"objectRef":{"name":"other"}}}}',
+    { ["Content-Type"] = "application/merge-patch+json" })
+  t.eq(r.status, 422)
+  t.contains(r.obj.message, "data source cannot be changed if the VirtualDisk has already been provisioned")
+end)
+
+t.test("a CRD created through the API is served at once and removed with it", function()
+  local CRD = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+  local crd = { apiVersion = "apiextensions.k8s.io/v1", kind = "CustomResourceDefinition",
+    metadata = { name = "widgets.example.com" },
+    spec = { group = "example.com", scope = "Namespaced",
+      names = { plural = "widgets", singular = "widget", kind = "Widget" },
+      versions = { { name = "v1", served = true, storage = true,
+        schema = { openAPIV3Schema = { type = "object", properties = { spec = { type = "object",
+          properties = { size = { type = "integer", minimum = 1 } } } } } } } } } }
+  t.eq(req("POST", CRD, json.encode(crd)).status, 201)
+  local W = "/apis/example.com/v1/namespaces/default/widgets"
+  local r = req("POST", W, json.encode({ apiVersion = "example.com/v1", kind = "Widget", metadata = { name = "w" }, spec = { size = 0 } }))
+  t.eq(r.status, 422)
+  t.contains(r.obj.message, "spec.size in body should be greater than or equal to 1")
+  t.eq(req("POST", W, json.encode({ apiVersion = "example.com/v1", kind = "Widget", metadata = { name = "w" }, spec = { size = 2 } })).status, 201)
+  t.eq(req("GET", "/apis/example.com/v1").status, 200)
+  t.eq(req("DELETE", CRD .. "/widgets.example.com").status, 200)
+  t.eq(req("GET", W).status, 404)
+end)
+
+t.test("a watch resumes from its resourceVersion after a restart; an old one gets 410", function()
+  local rv = req("GET", VDS).obj.metadata.resourceVersion
+  req("POST", VDS, vds("while-down-1"))
+  srv:stop()
+  srv:start()
+  req("POST", VDS, vds("after-restart"))
+  local res, next_ev = watch(VDS .. "?watch=true&timeoutSeconds=2&resourceVersion=" .. rv)
+  local _ <close> = res
+  t.eq(next_ev().object.metadata.name, "while-down-1")
+  t.eq(next_ev().object.metadata.name, "after-restart")
+end)
+
+t.test("history compaction: watch and continue from before it are 410 Expired", function()
+  local small <close> = h.apiserver({ args = { "--history", "100" } })
+  local url = small.url .. VDS
+  for i = 1, 1100 do
+    http.request({ method = "POST", url = url, body = vds("c" .. i), headers = { ["Content-Type"] = "application/json" } })
+  end
+  local res = assert(http.request({ url = url .. "?watch=true&resourceVersion=5", stream = true, timeout = 10 }))
+  local _ <close> = res
+  local ev = json.decode(res:lines()())
+  t.eq(ev.type, "ERROR")
+  t.eq(ev.object.code, 410)
+  t.eq(ev.object.reason, "Expired")
+  t.contains(ev.object.message, "too old resource version: 5")
+end)
+
+t.test("serve refuses a non-loopback address without a token, and checks its arguments", function()
+  local r = h.run_vmsnap({ "serve", "--data", "/nonexistent-never", "--listen", "0.0.0.0:0" })
+  t.eq(r.status, 2)
+  t.contains(r.stderr, "refusing to listen on 0.0.0.0 without --token or --client-ca")
+  r = h.run_vmsnap({ "serve", "--data", "/nonexistent-never", "--listen", "0.0.0.0:0", "--token", "x" })
+  t.eq(r.status, 2)
+  t.contains(r.stderr, "without --tls-cert")
+  r = h.run_vmsnap({ "serve" })
+  t.eq(r.status, 2)
+  t.contains(r.stderr, "--data DIR is required")
+  r = h.run_vmsnap({ "serve", "--data", "/tmp/x", "--tls-cert", "a" })
+  t.eq(r.status, 2)
+  t.contains(r.stderr, "--tls-cert and --tls-key go together")
+  t.contains(h.run_vmsnap({ "help", "serve" }).stdout, "usage: vmsnap serve --data DIR")
+end)
+
+local function openssl(dir, cmd)
+  assert(proc.run({ "sh", "-c", cmd }, { cwd = dir, timeout = 60, check = true }))
+end
+
+t.test("--token over TLS: requests without the bearer token are 401; kubectl uses the kubeconfig's", function()
+  if not proc.run({ "openssl", "version" }, { timeout = 10 }) then
+    return t.skip("token", "openssl is not installed")
+  end
+  local d <close> = assert(fs.tempdir("vmsnap-tok"))
+  openssl(d.path, "openssl req -x509 -newkey rsa:2048 -nodes -keyout k.pem -out c.pem -days 2 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 2>/dev/null")
+  local s <close> = h.apiserver({ args = { "--token", "s3cret", "--tls-cert", d.path .. "/c.pem", "--tls-key", d.path .. "/k.pem" } })
+  local tls = { ca_file = d.path .. "/c.pem" }
+  local r = assert(http.get(s.url .. "/api/v1/namespaces", { tls = tls }))
+  t.eq(r.status, 401)
+  t.eq(json.decode(r.body).reason, "Unauthorized")
+  r = assert(http.get(s.url .. "/api/v1/namespaces", { tls = tls, headers = { Authorization = "Bearer s3cret" } }))
+  t.eq(r.status, 200)
+  t.contains(fs.read_file(s.kubeconfig), "token: s3cret")
+  if proc.run({ "kubectl", "version", "--client" }, { timeout = 30 }) then
+    local k = s:kubectl({ "get", "ns", "default" })
+    t.eq(k.status, 0, k.stderr)
+  end
+end)
+
+t.test("TLS with client certificates (openssl-made CA, server and client certificates)", function()
+  if not proc.run({ "openssl", "version" }, { timeout = 10 }) then
+    return t.skip("TLS", "openssl is not installed")
+  end
+  local d <close> = assert(fs.tempdir("vmsnap-tls"))
+  local function sh(cmd) openssl(d.path, cmd) end
+  sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=vmsnap-test-ca 2>/dev/null")
+  sh("openssl req -newkey rsa:2048 -nodes -keyout srv.key -out srv.csr -subj /CN=127.0.0.1 2>/dev/null")
+  sh("printf 'subjectAltName=IP:127.0.0.1' > ext && openssl x509 -req -in srv.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out srv.crt -days 2 -extfile ext 2>/dev/null")
+  sh("openssl req -newkey rsa:2048 -nodes -keyout cli.key -out cli.csr -subj /CN=admin 2>/dev/null")
+  sh("openssl x509 -req -in cli.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out cli.crt -days 2 2>/dev/null")
+  local p = d.path
+  local s <close> = h.apiserver({ args = { "--tls-cert", p .. "/srv.crt", "--tls-key", p .. "/srv.key",
+    "--client-ca", p .. "/ca.crt", "--tls-ca", p .. "/ca.crt" } })
+  t.contains(fs.read_file(s.kubeconfig), "certificate-authority-data: ")
+  t.ok(s.url:match("^https://"), s.url)
+  local r = assert(http.get(s.url .. "/version", { tls = { ca_file = p .. "/ca.crt" } }))
+  t.eq(r.status, 401, "no client certificate")
+  r = assert(http.get(s.url .. "/version", { tls = { ca_file = p .. "/ca.crt", cert_file = p .. "/cli.crt", key_file = p .. "/cli.key" } }))
+  t.eq(r.status, 200)
+  t.eq(json.decode(r.body).gitVersion, "v1.32.0")
+  local bad = http.get(s.url .. "/version", { timeout = 5 })
+  t.ok(bad == nil, "the server certificate is not trusted without the CA")
+end)
+
+t.done()
