@@ -64,6 +64,7 @@ end
 function Watchers:emit(key, typ, obj, old, body)
   local list = self.by_key[key]
   if not list or next(list) == nil then return end
+  local frames = {} -- JSON frames by event type, shared by the JSON watchers
   for w in pairs(list) do
     local now_m = typ ~= "DELETED" and matches(w, obj)
     local was_m = old ~= nil and matches(w, old)
@@ -78,7 +79,17 @@ function Watchers:emit(key, typ, obj, old, body)
       t = "DELETED"
     end
     if t then
-      self:send(w, frame(w, t, obj, (t == typ or t == "MODIFIED") and body or nil))
+      local data
+      if w.table then
+        data = frame(w, t, obj)
+      else
+        data = frames[t]
+        if not data then
+          data = frame(w, t, obj, body)
+          frames[t] = data
+        end
+      end
+      self:send(w, data)
     end
   end
 end

@@ -1,0 +1,135 @@
+-- Benchmark of `vmsnap serve` on this machine: writes/s and reads/s over
+-- keep-alive connections, watch delivery latency to many watchers, and the
+-- server's RSS with many small objects stored. Prints its figures.
+--   vmsnap --path tests/harness tests/bench/apiserver.lua [objects] [watchers]
+local http = require("vmsnap.http")
+local json = require("vmsnap.json")
+local task = require("vmsnap.task")
+local fs = require("vmsnap.fs")
+local h = require("helpers")
+
+local OBJECTS = tonumber(arg and arg[1]) or 100000
+local WATCHERS = tonumber(arg and arg[2]) or 100
+local CONC = 8
+
+local srv <close> = h.apiserver({ stderr = "null" })
+local C = srv.url .. "/apis/virtualization.deckhouse.io/v1alpha2/namespaces/default/virtualdisksnapshots"
+local JSONH = { ["Content-Type"] = "application/json" }
+
+local function body(name)
+  return '{"apiVersion":"virtualization.deckhouse.io/v1alpha2","kind":"VirtualDiskSnapshot","metadata":{"name":"'
+    .. name .. '","labels":{"bench":"yes"}},"spec":{"virtualDiskName":"disk-' .. name .. '"}}'
+end
+
+-- run n requests from CONC tasks; make(i) returns request options
+local function run(n, make, want)
+  local next_i, errors = 0, 0
+  local t0 = task.now()
+  local ts = {}
+  for c = 1, CONC do
+    ts[c] = task.spawn(function()
+      while true do
+        next_i = next_i + 1
+        local i = next_i
+        if i > n then return end
+        local res = http.request(make(i))
+        if not res or res.status ~= want then errors = errors + 1 end
+      end
+    end)
+  end
+  assert(task.wait_all(ts))
+  local dt = task.now() - t0
+  return n / dt, errors
+end
+
+local function rss_kb(pid)
+  local s = fs.read_file("/proc/" .. pid .. "/status") or ""
+  return tonumber(s:match("VmRSS:%s*(%d+)")) or 0
+end
+
+local N = 20000
+local rate, err = run(N, function(i) return { method = "POST", url = C, body = body("w" .. i), headers = JSONH } end, 201)
+print(("creates:  %7.0f /s  (%d over %d keep-alive connections, %d errors)"):format(rate, N, CONC, err))
+rate, err = run(N, function(i)
+  return { method = "PATCH", url = C .. "/w" .. i, body = '{"metadata":{"labels":{"n":"' .. i .. '"}}}',
+    headers = { ["Content-Type"] = "application/merge-patch+json" } }
+end, 200)
+print(("patches:  %7.0f /s  (%d errors)"):format(rate, err))
+rate, err = run(4 * N, function(i) return { url = C .. "/w" .. (i % N + 1) } end, 200)
+print(("gets:     %7.0f /s  (%d errors)"):format(rate, err))
+
+-- watch delivery latency: WATCHERS streams spread over PROCS client
+-- processes (one Lua process cannot read 100 streams as fast as the server
+-- writes them on this 2-core machine); the writer stamps each change, the
+-- watchers stamp each delivery on the same monotonic clock.
+local PROCS = 4
+local EVENTS = 200
+local rv = json.decode(assert(http.get(C .. "?limit=1")).body).metadata.resourceVersion
+local proc = require("vmsnap.proc")
+local children = {}
+for p = 1, PROCS do
+  local n = WATCHERS // PROCS + (p <= WATCHERS % PROCS and 1 or 0)
+  children[p] = assert(proc.spawn({ h.vmsnap, "-e", [[
+    local http = require("vmsnap.http")
+    local task = require("vmsnap.task")
+    local url, n, events = arg[1], tonumber(arg[2]), tonumber(arg[3])
+    local out, ts = {}, {}
+    for w = 1, n do
+      local res = assert(http.request({ url = url, stream = true }))
+      ts[w] = task.spawn(function()
+        local it = res:lines()
+        for _ = 1, events do
+          local line = it()
+          if not line then return end
+          local now = task.now()
+          local seq = line:match('"seq":"(%d+)"')
+          if seq then out[#out + 1] = seq .. " " .. now end
+        end
+      end)
+    end
+    io.stderr:write("ready\n")
+    task.wait_all(ts, 60)
+    io.stdout:write(table.concat(out, "\n"), "\n")
+    os.exit(0)
+  ]], C .. "?watch=true&fieldSelector=metadata.name%3Dwatched&resourceVersion=" .. rv, tostring(n), tostring(EVENTS) },
+    { stdout = "capture", stderr = "null" }))
+end
+task.sleep(1.5)
+local sent = {}
+http.request({ method = "POST", url = C, body = body("watched"), headers = JSONH })
+for i = 2, EVENTS do
+  sent[i] = task.now()
+  http.request({ method = "PATCH", url = C .. "/watched", body = '{"metadata":{"annotations":{"seq":"' .. i .. '"}}}',
+    headers = { ["Content-Type"] = "application/merge-patch+json" } })
+  task.sleep(0.01)
+end
+local lat = {}
+for _, c in ipairs(children) do
+  local r = c:wait(60)
+  c:close()
+  for seq, at in (r and r.stdout or ""):gmatch("(%d+) ([%d.e+-]+)") do
+    local s0 = sent[tonumber(seq)]
+    if s0 then lat[#lat + 1] = tonumber(at) - s0 end
+  end
+end
+table.sort(lat)
+local function pct(p) return (lat[math.max(1, math.ceil(#lat * p))] or 0) * 1000 end
+print(("watch:    %d watchers in %d processes, %d deliveries: p50 %.2f ms, p99 %.2f ms, max %.2f ms"):format(
+  WATCHERS, PROCS, #lat, pct(0.5), pct(0.99), pct(1)))
+
+-- RSS with many objects stored
+local have = N + 1
+if OBJECTS > have then
+  run(OBJECTS - have, function(i) return { method = "POST", url = C, body = body("r" .. i), headers = JSONH } end, 201)
+end
+-- a list with a selector touches every object once
+local t0 = task.now()
+local res = assert(http.get(C .. "?labelSelector=bench%3Dno&limit=500"))
+local list_ms = (task.now() - t0) * 1000
+assert(res.status == 200)
+task.sleep(1)
+local pid = srv.proc:pid()
+print(("rss:      %.1f MB with %d objects stored (filtered list over all of them: %.0f ms)"):format(
+  rss_kb(pid) / 1024, OBJECTS, list_ms))
+local st = fs.stat(srv.data .. "/state.db")
+print(("disk:     state.db %.1f MB"):format((st and st.size or 0) / 1e6))

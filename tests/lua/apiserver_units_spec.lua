@@ -1,0 +1,211 @@
+-- The API server's pure parts: selectors, patches, field ownership, schemas,
+-- tables, quantities and the protobuf envelope.
+local t = require("tap")
+local json = require("vmsnap.json")
+local select = require("vmsnap.apiserver.select")
+local patch = require("vmsnap.apiserver.patch")
+local schema = require("vmsnap.apiserver.schema")
+local tbl = require("vmsnap.apiserver.table")
+local quantity = require("vmsnap.quantity")
+local protobuf = require("vmsnap.apiserver.protobuf")
+local api = require("vmsnap.apiserver")
+
+t.test("label selectors: =, ==, !=, in, notin, exists, !exists, gt/lt, AND", function()
+  local function m(sel, labels)
+    local f, err = select.parse_labels(sel)
+    assert(f, err)
+    return f(labels)
+  end
+  t.eq(m("app=web", { app = "web" }), true)
+  t.eq(m("app==web", { app = "db" }), false)
+  t.eq(m("app!=web", {}), true)
+  t.eq(m("app in (web, db)", { app = "db" }), true)
+  t.eq(m("app notin (web,db)", {}), true)
+  t.eq(m("app notin (web,db)", { app = "web" }), false)
+  t.eq(m("app", { app = "" }), true)
+  t.eq(m("!app", { app = "x" }), false)
+  t.eq(m("size>3", { size = "4" }), true)
+  t.eq(m("size<3", { size = "x" }), false)
+  t.eq(m("app=web,tier in (a,b)", { app = "web", tier = "c" }), false)
+  t.eq(m("example.com/role=x", { ["example.com/role"] = "x" }), true)
+  for _, bad in ipairs({ "app in (", "=x", "a b", "app=-bad-", "size>x", "Bad.Prefix/x=y" }) do
+    local f, err = select.parse_labels(bad)
+    t.eq(f, nil, bad)
+    t.contains(err, "unable to parse requirement", bad)
+  end
+  t.eq(select.parse_labels(""), nil)
+end)
+
+t.test("field selectors: escapes, !=, allowed fields", function()
+  local allow = function(f) return f == "metadata.name" or f == "involvedObject.name" end
+  local f = assert(select.parse_fields("metadata.name=a\\,b", allow))
+  t.eq(f({ metadata = { name = "a,b" } }), true)
+  f = assert(select.parse_fields("involvedObject.name!=x,metadata.name==y", allow))
+  t.eq(f({ metadata = { name = "y" }, involvedObject = { name = "z" } }), true)
+  t.eq(f({ metadata = { name = "y" }, involvedObject = { name = "x" } }), false)
+  local bad, err = select.parse_fields("spec.x=1", allow)
+  t.eq(bad, nil)
+  t.eq(err, "field label not supported: spec.x")
+  bad, err = select.parse_fields("metadata.name", allow)
+  t.contains(err, "invalid selector")
+end)
+
+t.test("merge patch (RFC 7386) and strategic merge of lists by name", function()
+  local out = patch.merge({ a = 1, b = { c = 2, d = 3 }, l = { 1, 2 } }, { b = { c = json.null, e = 4 }, l = { 3 } })
+  t.eq(json.encode(out), '{"a":1,"b":{"d":3,"e":4},"l":[3]}')
+  local s = patch.strategic({ list = { { name = "a", v = 1 }, { name = "b", v = 2 } } },
+    { list = { { name = "b", v = 3 }, { name = "c", v = 4 }, { name = "a", ["$patch"] = "delete" } },
+      ["$setElementOrder/list"] = { { name = "b" } } })
+  t.eq(json.encode(s), '{"list":[{"name":"b","v":3},{"name":"c","v":4}]}')
+end)
+
+t.test("JSON patch (RFC 6902): every operation, and failures that name the path", function()
+  local doc = { a = { b = 1 }, l = json.array({ 1, 2, 3 }) }
+  local out = assert(patch.json_patch(doc, json.decode([[
+    [{"op":"add","path":"/a/c","value":2},{"op":"remove","path":"/a/b"},
+     {"op":"replace","path":"/l/0","value":9},{"op":"add","path":"/l/-","value":4},
+     {"op":"move","from":"/a/c","path":"/m"},{"op":"copy","from":"/m","path":"/n"},
+     {"op":"test","path":"/n","value":2},{"op":"add","path":"/x~1y","value":true}] ]])))
+  t.eq(json.encode(out), '{"a":{},"l":[9,2,3,4],"m":2,"n":2,"x/y":true}')
+  t.eq(doc.a.b, 1, "the input is not modified")
+  local bad, err = patch.json_patch(doc, json.decode('[{"op":"remove","path":"/nope"}]'))
+  t.eq(bad, nil)
+  t.contains(err, "/nope")
+  bad, err = patch.json_patch(doc, json.decode('[{"op":"test","path":"/a/b","value":2}]'))
+  t.contains(err, "testing value /a/b failed")
+  bad, err = patch.json_patch(doc, json.decode('[{"op":"frob","path":"/a"}]'))
+  t.contains(err, "frob")
+end)
+
+t.test("server-side apply: ownership, conflicts, force and removal of dropped fields", function()
+  local now = "2026-01-01T00:00:00Z"
+  local a = { apiVersion = "v1", kind = "ConfigMap", metadata = { name = "x", labels = { a = "1" } }, data = { k = "v", j = "w" } }
+  local live = assert(patch.apply(nil, a, "mgr-a", false, "v1", now))
+  t.eq(live.data.k, "v")
+  t.eq(live.metadata.managedFields[1].manager, "mgr-a")
+  t.eq(live.metadata.managedFields[1].operation, "Apply")
+  t.ok(live.metadata.managedFields[1].fieldsV1["f:data"]["f:k"], "fieldsV1 names the owned field")
+  -- an update by someone else takes the field it changed
+  local upd = schema.copy(live)
+  upd.data.k = "changed"
+  patch.record_update(live, upd, "editor", "v1", now)
+  -- re-applying the old value conflicts
+  local res, conflicts = patch.apply(upd, a, "mgr-a", false, "v1", now)
+  t.eq(res, nil)
+  t.eq(#conflicts, 1)
+  t.eq(conflicts[1].path, ".data.k")
+  t.eq(conflicts[1].manager, "editor")
+  t.eq(patch.conflict_message(conflicts), 'Apply failed with 1 conflict: conflict with "editor" using v1: .data.k')
+  -- force takes it back
+  res = assert(patch.apply(upd, a, "mgr-a", true, "v1", now))
+  t.eq(res.data.k, "v")
+  -- dropping j from the applied config removes it (nobody else owns it)
+  local b = schema.copy(a)
+  b.data.j = nil
+  res = assert(patch.apply(res, b, "mgr-a", false, "v1", now))
+  t.eq(res.data.j, nil)
+  t.eq(res.data.k, "v")
+end)
+
+t.test("schema: defaults, required, types, enums, bounds, pruning", function()
+  local s = { type = "object", properties = { spec = { type = "object", required = { "name" },
+    properties = { name = { type = "string", minLength = 1 }, on = { type = "boolean", default = true },
+      mode = { type = "string", enum = { "A", "B" } }, n = { type = "integer", minimum = 1, maximum = 3 },
+      list = { type = "array", maxItems = 1, items = { type = "string" } },
+      any = { type = "object", ["x-kubernetes-preserve-unknown-fields"] = true },
+      size = { ["x-kubernetes-int-or-string"] = true } } } } }
+  local obj = { spec = { name = "", mode = "C", n = 5, list = { "a", 2 }, any = { x = 1 }, size = "1Gi", extra = 1 } }
+  local causes, unknown = schema.apply(s, obj)
+  local got = {}
+  for _, c in ipairs(causes) do got[#got + 1] = c.field .. ": " .. c.message end
+  table.sort(got)
+  t.eq(table.concat(got, "\n"), table.concat({
+    'spec.list: Too many: 2: must have at most 1 items',
+    'spec.list[1]: Invalid value: "integer": spec.list[1] in body must be of type string: "integer"',
+    'spec.mode: Unsupported value: "C": supported values: "A", "B"',
+    'spec.n: Invalid value: 5: spec.n in body should be less than or equal to 3',
+    'spec.name: Invalid value: "": spec.name in body should be at least 1 chars long',
+  }, "\n"))
+  t.eq(obj.spec.on, true, "defaulted")
+  t.eq(unknown[1], "spec.extra")
+  t.eq(obj.spec.extra, nil, "pruned")
+  t.eq(obj.spec.any.x, 1, "preserved")
+  causes = schema.apply(s, { spec = {} })
+  t.eq(causes[1].field, "spec.name")
+  t.eq(causes[1].message, "Required value")
+end)
+
+t.test("tables: human durations, JSONPath columns, filters", function()
+  local H = tbl.human_duration
+  t.eq(H(45), "45s")
+  t.eq(H(182), "3m2s")
+  t.eq(H(67 * 60), "67m")
+  t.eq(H(5 * 3600 + 600), "5h10m")
+  t.eq(H(3 * 86400), "3d")
+  t.eq(H(-5), "<invalid>")
+  t.eq(tbl.parse_time("1970-01-02T00:00:01Z"), 86401)
+  local obj = { status = { conditions = { { type = "Ready", status = "False" }, { type = "InUse", status = "True" } } } }
+  t.eq(tbl.jsonpath(obj, ".status.conditions[?(@.type=='InUse')].status")[1], "True")
+  t.eq(tbl.jsonpath(obj, ".status.conditions[0].type")[1], "Ready")
+  t.eq(#tbl.jsonpath(obj, ".status.conditions[*].type"), 2)
+  local res = { columns = { { name = "Name", jsonPath = ".metadata.name" }, { name = "Ok", type = "boolean", jsonPath = ".status.ok" },
+    { name = "Age", type = "date", jsonPath = ".metadata.creationTimestamp" } } }
+  local row = tbl.row(res, { metadata = { name = "n", creationTimestamp = "1970-01-01T00:00:00Z" }, status = {} }, 60)
+  t.eq(json.encode(row.cells), '["n",null,"60s"]')
+  t.eq(row.object.kind, "PartialObjectMetadata")
+end)
+
+t.test("quantities", function()
+  t.eq(quantity.parse("5Gi"), 5 * 1024 ^ 3 // 1)
+  t.eq(quantity.parse("1500M"), 1500000000)
+  t.eq(quantity.parse("10"), 10)
+  t.eq(quantity.parse("1.5Ki"), 1536)
+  t.eq(quantity.parse("1e3"), 1000)
+  t.eq(quantity.parse(42), 42)
+  t.eq(quantity.parse("5 Gi"), nil)
+  t.eq(quantity.parse("5Qi"), nil)
+  t.eq(quantity.format(5 * 1024 ^ 3), "5Gi")
+  t.eq(quantity.format(1000), "1000")
+end)
+
+t.test("protobuf envelope of a Secret and a Namespace; other kinds are refused clearly", function()
+  local function varint(n)
+    local s = ""
+    repeat
+      local b = n & 0x7f
+      n = n >> 7
+      s = s .. string.char(n > 0 and (b | 0x80) or b)
+    until n == 0
+    return s
+  end
+  local function field(num, bytes) return varint(num << 3 | 2) .. varint(#bytes) .. bytes end
+  local function entry(k, v) return field(1, k) .. field(2, v) end
+  local meta = field(1, "s1") .. field(2, "") .. field(3, "ns") .. field(11, entry("app", "x"))
+  local secret = field(1, meta) .. field(2, entry("user", "admin")) .. field(3, "Opaque")
+  local env = "k8s\0" .. field(1, field(1, "v1") .. field(2, "Secret")) .. field(2, secret)
+  local obj = assert(protobuf.decode(env, api.base64))
+  t.eq(obj.kind, "Secret")
+  t.eq(obj.metadata.name, "s1")
+  t.eq(obj.metadata.generateName, nil, "empty proto2 strings are absent")
+  t.eq(obj.metadata.labels.app, "x")
+  t.eq(obj.data.user, "YWRtaW4=")
+  local bad = "k8s\0" .. field(1, field(1, "v1") .. field(2, "ServiceAccount")) .. field(2, field(1, meta))
+  local none, err = protobuf.decode(bad, api.base64)
+  t.eq(none, nil)
+  t.contains(err, "not ServiceAccount")
+  none, err = protobuf.decode("k8s\0\255", api.base64)
+  t.contains(err, "malformed protobuf body")
+end)
+
+t.test("base64 and names", function()
+  t.eq(api.base64(""), "")
+  t.eq(api.base64("a"), "YQ==")
+  t.eq(api.base64("ab"), "YWI=")
+  t.eq(api.base64("abc"), "YWJj")
+  t.eq(api.is_subdomain("a.b-c"), true)
+  t.eq(api.is_subdomain("A"), false)
+  t.eq(api.is_subdomain("-a"), false)
+  t.eq(api.is_subdomain(string.rep("a", 254)), false)
+end)
+
+t.done()
