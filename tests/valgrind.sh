@@ -48,4 +48,35 @@ for _, r in ipairs(assert(task.wait_all(ts))) do assert(r[1].status == 200) end
 assert(http.request({url = srv.url .. "/stream?n=3", stream = true}):read_all())
 assert(proc.run({"sh", "-c", "echo hi"})).stdout:find("hi")'
 run "cancelled run" 1 --deadline 0.2 -e 'require("vmsnap.task").sleep(5)'
+
+# the API server: start, serve requests of each kind (and a watch), stop with SIGTERM
+D=$(mktemp -d /tmp/vmsnap-vg.XXXXXX)
+"$VG" --quiet --error-exitcode=99 --leak-check=full --show-leak-kinds=definite,indirect \
+	--errors-for-leak-kinds=definite,indirect --log-file="$D/vg.log" \
+	"$V" serve --data "$D/state" >/dev/null 2>&1 &
+vpid=$!
+i=0
+while [ ! -s "$D/state/kubeconfig" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
+url=$(sed -n 's/^ *server: //p' "$D/state/kubeconfig")
+C="$url/apis/virtualization.deckhouse.io/v1alpha2/namespaces/default/virtualdisksnapshots"
+J='Content-Type: application/json'
+curl -s -m 30 "$url/version" >/dev/null
+curl -s -m 30 -H "$J" -d '{"apiVersion":"virtualization.deckhouse.io/v1alpha2","kind":"VirtualDiskSnapshot","metadata":{"name":"a"},"spec":{"virtualDiskName":"d"}}' "$C" >/dev/null
+curl -s -m 30 -X PATCH -H 'Content-Type: application/merge-patch+json' -d '{"metadata":{"labels":{"x":"y"}}}' "$C/a" >/dev/null
+curl -s -m 30 -H 'Accept: application/json;as=Table;v=v1;g=meta.k8s.io' "$C" >/dev/null
+curl -s -m 30 -H "$J" -d '{' "$C" >/dev/null
+curl -s -m 5 "$C?watch=true&timeoutSeconds=1" >/dev/null
+curl -s -m 30 "$url/openapi/v3" >/dev/null
+curl -s -m 30 -X DELETE "$C/a" >/dev/null
+kill -TERM $vpid
+wait $vpid
+rc=$?
+if [ $rc -ne 130 ] || [ -s "$D/vg.log" ]; then
+	echo "not ok - serve (exit $rc, expected 130)"
+	sed 's/^/  # /' "$D/vg.log"
+	fail=1
+else
+	echo "ok - serve (exit $rc)"
+fi
+rm -rf "$D"
 exit $fail

@@ -5,7 +5,7 @@ set -eu
 
 PKGS="build-essential cmake pkg-config
 liblua5.4-dev lua5.4 lua-cjson-dev libyaml-dev libcurl4-openssl-dev libuv1-dev
-libmicrohttpd-dev libgnutls28-dev libsqlite3-dev sqlite3 openssl
+libmicrohttpd-dev libsqlite3-dev sqlite3 openssl curl
 qemu-guest-agent e2fsprogs util-linux valgrind"
 
 # kubectl: the machine image usually ships one; Debian's package otherwise.

@@ -72,15 +72,22 @@ function M.apiserver(opts)
     self.proc:kill("KILL")
     error("vmsnap serve did not start")
   end
+  --- Stop the server (SIGTERM unless sig); an orderly stop must exit 130
+  --- (cancelled), so a crash or a sanitizer report fails the caller.
   function srv:stop(sig)
     if self.proc then
       self.proc:kill(sig or "TERM")
-      if not self.proc:wait(10) then
+      local r = self.proc:wait(10)
+      if not r then
         self.proc:kill("KILL")
         self.proc:wait(5)
       end
       self.proc:close()
       self.proc = nil
+      if not sig and (not r or r.status ~= 130) then
+        error(("vmsnap serve did not stop cleanly: %s"):format(r and ("exit " .. tostring(r.status) ..
+          (r.signal and (" signal " .. r.signal) or "")) or "hung"), 2)
+      end
     end
   end
   function srv:kill9() self:stop("KILL") end

@@ -53,6 +53,33 @@ t.test("the user guide's manifests apply as written, from stdin", function()
   t.contains(again, "linux-vm-root-snapshot unchanged")
 end)
 
+t.test("apply of a changed manifest is configured; diff shows it first; delete -f removes it", function()
+  local m = [[
+apiVersion: virtualization.deckhouse.io/v1alpha2
+kind: VirtualMachineIPAddress
+metadata: {name: ip-1}
+spec: {type: Auto}
+]]
+  t.contains(ok({ "apply", "-f", "-" }, { stdin = m }), "virtualmachineipaddress.virtualization.deckhouse.io/ip-1 created")
+  local changed = m:gsub("type: Auto", "type: Static, staticIP: 10.0.0.5")
+  local d = k({ "diff", "-f", "-" }, { stdin = changed })
+  t.eq(d.status, 1, d.stderr)
+  t.contains(d.stdout, "+  staticIP: 10.0.0.5")
+  t.contains(ok({ "apply", "-f", "-" }, { stdin = changed }), "ip-1 configured")
+  t.eq(ok({ "get", "vmip", "ip-1", "-o", "jsonpath={.spec.staticIP}" }), "10.0.0.5")
+  t.contains(ok({ "delete", "-f", "-" }, { stdin = changed }), 'virtualmachineipaddress.virtualization.deckhouse.io "ip-1" deleted')
+  t.eq(k({ "get", "vmip", "ip-1" }).status, 1)
+end)
+
+t.test("categories and explain", function()
+  local out = ok({ "get", "virtualization" })
+  t.contains(out, "virtualdisksnapshot.virtualization.deckhouse.io/linux-vm-root-snapshot")
+  t.contains(out, "virtualmachinerestore.virtualization.deckhouse.io/linux-vm-restore")
+  out = ok({ "explain", "vdsnapshot.spec" })
+  t.contains(out, "virtualDiskName")
+  t.contains(out, "-required-")
+end)
+
 t.test("get vdsnapshot prints NAME PHASE CONSISTENT AGE; status shows after a status patch", function()
   local out = lines(ok({ "get", "vdsnapshot" }))
   t.ok(out[1]:match("^NAME%s+PHASE%s+CONSISTENT%s+AGE$"), out[1])

@@ -34,8 +34,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include <gnutls/gnutls.h>
-#include <gnutls/x509.h>
+#include <dlfcn.h>
 #include <microhttpd.h>
 
 #include "../core/loader.h"
@@ -177,36 +176,71 @@ static void resume(Hreq *r)
 	}
 }
 
-/* ------------------------------------------------------- MHD callbacks */
+/* ------------------------------------------------- client certificates */
 
+/* The gnutls calls that verify a client certificate, found at run time in
+** the gnutls that libmicrohttpd is linked with (its ABI is stable: these
+** are gnutls 3 functions; the types are opaque pointers and a datum). */
+typedef struct Datum {
+	unsigned char *data;
+	unsigned int size;
+} Datum;
+
+static struct {
+	int (*verify_peers2)(void *session, unsigned *status);
+	const Datum *(*get_peers)(void *session, unsigned *n);
+	int (*crt_init)(void **crt);
+	int (*crt_import)(void *crt, const Datum *data, int format);
+	int (*crt_get_dn)(void *crt, char *buf, size_t *len);
+	void (*crt_deinit)(void *crt);
+	int loaded;
+} tls;
+
+static int load_tls(void)
+{
+	if (tls.loaded)
+		return tls.loaded > 0;
+	*(void **)&tls.verify_peers2 = dlsym(RTLD_DEFAULT, "gnutls_certificate_verify_peers2");
+	*(void **)&tls.get_peers = dlsym(RTLD_DEFAULT, "gnutls_certificate_get_peers");
+	*(void **)&tls.crt_init = dlsym(RTLD_DEFAULT, "gnutls_x509_crt_init");
+	*(void **)&tls.crt_import = dlsym(RTLD_DEFAULT, "gnutls_x509_crt_import");
+	*(void **)&tls.crt_get_dn = dlsym(RTLD_DEFAULT, "gnutls_x509_crt_get_dn");
+	*(void **)&tls.crt_deinit = dlsym(RTLD_DEFAULT, "gnutls_x509_crt_deinit");
+	tls.loaded = (tls.verify_peers2 && tls.get_peers && tls.crt_init && tls.crt_import &&
+	              tls.crt_get_dn && tls.crt_deinit)
+	                 ? 1
+	                 : -1;
+	return tls.loaded > 0;
+}
+
+/* Verify the client's certificate against the trusted CA; record its DN. */
 static void check_cert(Hreq *r)
 {
 	const union MHD_ConnectionInfo *ci;
-	gnutls_session_t ses;
-	unsigned status = 1;
+	unsigned status = 1, n = 0;
+	void *crt;
 	r->cert_checked = 1;
+	if (!load_tls())
+		return; /* no verification possible: the certificate is not accepted */
 	ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
 	if (!ci || !ci->tls_session)
 		return;
-	ses = (gnutls_session_t)ci->tls_session;
-	if (gnutls_certificate_verify_peers2(ses, &status) != 0 || status != 0)
+	if (tls.verify_peers2(ci->tls_session, &status) != 0 || status != 0)
 		return;
-	unsigned n = 0;
-	const gnutls_datum_t *certs = gnutls_certificate_get_peers(ses, &n);
-	if (!certs || n == 0)
+	const Datum *certs = tls.get_peers(ci->tls_session, &n);
+	if (!certs || n == 0 || tls.crt_init(&crt) != 0)
 		return;
-	gnutls_x509_crt_t crt;
-	if (gnutls_x509_crt_init(&crt) != 0)
-		return;
-	if (gnutls_x509_crt_import(crt, &certs[0], GNUTLS_X509_FMT_DER) == 0) {
+	if (tls.crt_import(crt, &certs[0], 0 /* GNUTLS_X509_FMT_DER */) == 0) {
 		char dn[512];
 		size_t len = sizeof dn;
-		if (gnutls_x509_crt_get_dn(crt, dn, &len) == 0)
+		if (tls.crt_get_dn(crt, dn, &len) == 0)
 			r->cert_dn = strdup(dn);
 		r->cert_ok = 1;
 	}
-	gnutls_x509_crt_deinit(crt);
+	tls.crt_deinit(crt);
 }
+
+/* ------------------------------------------------------- MHD callbacks */
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version,
