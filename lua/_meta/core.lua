@@ -79,6 +79,7 @@
 ---@field sandbox fun(): integer
 ---@field registry_refs fun(): integer
 ---@field cancel_requested fun(): boolean
+---@field scripts_dirs fun(): string[]  where the built-in scripts are (VMSNAP_SCRIPTS_DIR, installed, source tree)
 ---@field SANDBOX_ON integer
 ---@field SANDBOX_ALLOW_OS integer
 ---@field SANDBOX_ALLOW_REQUIRE integer
@@ -88,3 +89,46 @@
 ---@field raise fun(code: string, message: string, level?: integer)
 ---@field is_error fun(v: any): boolean
 ---@field metatable table
+
+---@class vmsnap.core.sqlite.Stmt
+---@field first fun(self: vmsnap.core.sqlite.Stmt, ...: any): ...
+---@field run fun(self: vmsnap.core.sqlite.Stmt, ...: any): integer?, string?, string?
+---@field all fun(self: vmsnap.core.sqlite.Stmt, ...: any): any[][]?, string?, string?
+---@field each fun(self: vmsnap.core.sqlite.Stmt, ...: any): fun(): any[]?
+---@field finalize fun(self: vmsnap.core.sqlite.Stmt)
+
+---@class vmsnap.core.sqlite.Db
+---@field exec fun(self: vmsnap.core.sqlite.Db, sql: string): boolean?, string?, string?
+---@field prepare fun(self: vmsnap.core.sqlite.Db, sql: string): vmsnap.core.sqlite.Stmt?, string?, string?
+---@field changes fun(self: vmsnap.core.sqlite.Db): integer
+---@field last_rowid fun(self: vmsnap.core.sqlite.Db): integer
+---@field close fun(self: vmsnap.core.sqlite.Db)
+
+---@class vmsnap.core.sqlite
+---@field open fun(path: string, opts?: {readonly?: boolean, busy_timeout_ms?: integer}): vmsnap.core.sqlite.Db?, string?, string?
+---@field version fun(): string
+
+---@class vmsnap.core.httpd.Request
+---@field method fun(self): string
+---@field path fun(self): string
+---@field args fun(self): table<string,string>
+---@field header fun(self, name: string): string?
+---@field headers fun(self): table<string,string>
+---@field body fun(self): string?, string?, string?
+---@field peer fun(self): string?
+---@field client_cert fun(self): boolean, string?
+---@field respond fun(self, status: integer, headers?: table<string,string>, body?: string): boolean
+---@field stream fun(self, status: integer, headers?: table<string,string>): boolean?, string?, string?
+---@field write fun(self, data: string): boolean?, string?, string?
+---@field finish fun(self)
+---@field closed fun(self): boolean
+---@field pending fun(self): integer
+
+---@class vmsnap.core.httpd.Server
+---@field port fun(self): integer
+---@field accept fun(self, timeout?: number): vmsnap.core.httpd.Request?, string?, string?
+---@field close fun(self)
+
+---@class vmsnap.core.httpd
+---@field listen fun(opts: {host?: string, port?: integer, tls_cert?: string, tls_key?: string, client_ca?: string, max_body?: integer, connection_timeout?: integer}): vmsnap.core.httpd.Server?, string?, string?
+---@field version fun(): string
