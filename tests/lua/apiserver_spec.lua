@@ -308,6 +308,42 @@ t.test("a CRD created through the API is served at once and removed with it", fu
   t.eq(req("GET", "/apis/example.com/v1").status, 200)
   t.eq(req("DELETE", CRD .. "/widgets.example.com").status, 200)
   t.eq(req("GET", W).status, 404)
+  -- its objects went with it
+  t.eq(req("POST", CRD, json.encode(crd)).status, 201)
+  t.eq(#req("GET", W).obj.items, 0)
+  t.eq(req("DELETE", CRD .. "/widgets.example.com").status, 200)
+end)
+
+t.test("server-side apply of unchanged fields writes nothing; orphan deletion keeps the dependents", function()
+  local cm = json.encode({ apiVersion = "v1", kind = "ConfigMap", metadata = { name = "ssa" }, data = { a = "b" } })
+  local CM = "/api/v1/namespaces/default/configmaps"
+  local ah = { ["Content-Type"] = "application/apply-patch+yaml" }
+  local r1 = req("PATCH", CM .. "/ssa?fieldManager=me", cm, ah)
+  t.eq(r1.status, 201)
+  local r2 = req("PATCH", CM .. "/ssa?fieldManager=me", cm, ah)
+  t.eq(r2.status, 200)
+  t.eq(r2.obj.metadata.resourceVersion, r1.obj.metadata.resourceVersion)
+  t.eq(req("PATCH", CM .. "/ssa", cm, ah).status, 422, "apply needs a field manager")
+  local dep = json.encode({ apiVersion = "v1", kind = "Secret", metadata = { name = "dep",
+    ownerReferences = { { apiVersion = "v1", kind = "ConfigMap", name = "ssa", uid = r1.obj.metadata.uid } } } })
+  t.eq(req("POST", "/api/v1/namespaces/default/secrets", dep).status, 201)
+  t.eq(req("DELETE", CM .. "/ssa", '{"propagationPolicy":"Orphan"}').status, 200)
+  local left
+  for _ = 1, 50 do
+    left = req("GET", CM .. "/ssa").status
+    if left == 404 then break end
+    task.sleep(0.05)
+  end
+  t.eq(left, 404, "the owner is gone once its dependents are orphaned")
+  local d = req("GET", "/api/v1/namespaces/default/secrets/dep")
+  t.eq(d.status, 200)
+  t.eq(d.obj.metadata.ownerReferences, nil)
+end)
+
+t.test("a second server on the same data directory is refused", function()
+  local r = h.run_vmsnap({ "serve", "--data", srv.data })
+  t.eq(r.status, 3)
+  t.contains(r.stderr, "is in use by another process")
 end)
 
 t.test("a watch resumes from its resourceVersion after a restart; an old one gets 410", function()

@@ -32,78 +32,89 @@ local function without(list, item)
   return out
 end
 
--- Dependents whose every owner is gone are deleted (background).
-local function collect_orphans(S)
+-- Delete a dependent (background) when none of its owners exists any more.
+local function collect_dependent(S, res, ns, name)
+  local r = resource_for(S, res)
+  local obj = r and S.store:get(res, ns, name)
+  if not obj or obj.metadata.deletionTimestamp then return false end
+  for _, ref in ipairs(obj.metadata.ownerReferences or {}) do
+    if S.store:by_uid(ref.uid) then return false end
+  end
+  return try("garbage collection", S.delete_object, S, r, ns ~= "" and ns or nil, name,
+    { propagationPolicy = "Background" })
+end
+
+-- Dependents of the owners that went away since the last round (all
+-- orphans at start-up, which finishes what a crash interrupted).
+local function collect_orphans(S, full)
   local n = 0
-  for _, row in ipairs(S.store:orphans()) do
-    local r = resource_for(S, row[1])
-    if r then
-      local obj = S.store:get(row[1], row[2], row[3])
-      -- an owner still present under another uid keeps it
-      if obj and not obj.metadata.deletionTimestamp then
-        local alive = false
-        for _, ref in ipairs(obj.metadata.ownerReferences or {}) do
-          if S.store:by_uid(ref.uid) then alive = true break end
-        end
-        if not alive and try("garbage collection", S.delete_object, S, r, row[2] ~= "" and row[2] or nil, row[3],
-          { propagationPolicy = "Background" }) then
-          n = n + 1
-        end
-      end
+  if full then
+    for _, row in ipairs(S.store:orphans()) do
+      if collect_dependent(S, row[1], row[2], row[3]) then n = n + 1 end
+    end
+  end
+  local uids = S.gone
+  S.gone = {}
+  for _, uid in ipairs(uids) do
+    for _, d in ipairs(S.store:dependents(uid)) do
+      if collect_dependent(S, d[1], d[2], d[3]) then n = n + 1 end
     end
   end
   return n
 end
 
--- Owners being deleted in the foreground or with orphaning.
+-- Owners being deleted in the foreground or with orphaning (S.finishing:
+-- registered when the finalizer is added; found by a scan at start-up).
 local function finish_owners(S)
   local busy = false
-  for _, fin in ipairs({ "foregroundDeletion", "orphan" }) do
-    for _, row in ipairs(S.store:containing('"' .. fin .. '"')) do
-      local r = resource_for(S, row[1])
-      local obj = json.decode(row[4])
-      if r and obj and obj.metadata.deletionTimestamp then
-        local has = false
-        for _, f in ipairs(obj.metadata.finalizers or {}) do if f == fin then has = true end end
-        if has then
-          local uid = obj.metadata.uid
-          local blocking = 0
-          for _, d in ipairs(S.store:dependents(uid)) do
-            local dr = resource_for(S, d[1])
-            local dep = dr and S.store:get(d[1], d[2], d[3])
-            if dep then
-              local dns = d[2] ~= "" and d[2] or nil
-              if fin == "orphan" then
-                local new = copy(dep)
-                local refs = json.array()
-                for _, ref in ipairs(dep.metadata.ownerReferences or {}) do
-                  if ref.uid ~= uid then refs[#refs + 1] = ref end
-                end
-                new.metadata.ownerReferences = #refs > 0 and refs or nil
-                try("orphaning", S.update_object, S, dr, dns, new, dep, { manager = "garbage-collector" })
-              else
-                if not dep.metadata.deletionTimestamp then
-                  try("foreground deletion", S.delete_object, S, dr, dns, d[3], { propagationPolicy = "Foreground" })
-                end
-                for _, ref in ipairs(dep.metadata.ownerReferences or {}) do
-                  if ref.uid == uid and ref.blockOwnerDeletion then blocking = blocking + 1 end
-                end
-              end
+  for key, at in pairs(S.finishing) do
+    local row = { at.res, at.ns, at.name }
+    local r = resource_for(S, row[1])
+    local obj = r and S.store:get(row[1], row[2], row[3])
+    local pending = {}
+    if obj and obj.metadata.deletionTimestamp then
+      for _, f in ipairs(obj.metadata.finalizers or {}) do
+        if f == "foregroundDeletion" or f == "orphan" then pending[#pending + 1] = f end
+      end
+    end
+    if #pending == 0 then S.finishing[key] = nil end
+    for _, fin in ipairs(pending) do
+      local uid = obj.metadata.uid
+      local blocking = 0
+      for _, d in ipairs(S.store:dependents(uid)) do
+        local dr = resource_for(S, d[1])
+        local dep = dr and S.store:get(d[1], d[2], d[3])
+        if dep then
+          local dns = d[2] ~= "" and d[2] or nil
+          if fin == "orphan" then
+            local new = copy(dep)
+            local refs = json.array()
+            for _, ref in ipairs(dep.metadata.ownerReferences or {}) do
+              if ref.uid ~= uid then refs[#refs + 1] = ref end
             end
-          end
-          if blocking == 0 then
-            local cur = S.store:get(row[1], row[2], row[3])
-            if cur then
-              local new = copy(cur)
-              new.metadata.finalizers = without(cur.metadata.finalizers, fin)
-              if #new.metadata.finalizers == 0 then new.metadata.finalizers = nil end
-              try("finalizer removal", S.update_object, S, r, row[2] ~= "" and row[2] or nil, new, cur,
-                { manager = "garbage-collector" })
-            end
+            new.metadata.ownerReferences = #refs > 0 and refs or nil
+            try("orphaning", S.update_object, S, dr, dns, new, dep, { manager = "garbage-collector" })
           else
-            busy = true
+            if not dep.metadata.deletionTimestamp then
+              try("foreground deletion", S.delete_object, S, dr, dns, d[3], { propagationPolicy = "Foreground" })
+            end
+            for _, ref in ipairs(dep.metadata.ownerReferences or {}) do
+              if ref.uid == uid and ref.blockOwnerDeletion then blocking = blocking + 1 end
+            end
           end
         end
+      end
+      if blocking == 0 then
+        local cur = S.store:get(row[1], row[2], row[3])
+        if cur then
+          local new = copy(cur)
+          new.metadata.finalizers = without(cur.metadata.finalizers, fin)
+          if #new.metadata.finalizers == 0 then new.metadata.finalizers = nil end
+          try("finalizer removal", S.update_object, S, r, row[2] ~= "" and row[2] or nil, new, cur,
+            { manager = "garbage-collector" })
+        end
+      else
+        busy = true
       end
     end
   end
@@ -175,6 +186,12 @@ function M.run(S)
   local last_ttl = 0
   -- a sweep at start-up finishes what a crash interrupted
   S.kicks.gc, S.kicks.namespaces = true, true
+  for _, fin in ipairs({ "foregroundDeletion", "orphan" }) do
+    for _, row in ipairs(S.store:containing('"' .. fin .. '"')) do
+      S:finish_later(row[1], row[2], row[3])
+    end
+  end
+  local full = true
   while not S.stopping do
     local busy = false
     if S.kicks.gc or S.kicks.namespaces then
@@ -182,7 +199,8 @@ function M.run(S)
       local rounds = 0
       repeat
         rounds = rounds + 1
-        local n = collect_orphans(S)
+        local n = collect_orphans(S, full)
+        full = false
         local b1 = finish_owners(S)
         local b2 = finalize_namespaces(S)
         busy = b1 or b2

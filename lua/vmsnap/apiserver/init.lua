@@ -149,6 +149,8 @@ function M.new(opts)
   local self = setmetatable({
     opts = opts, store = st, reg = registry.new(), admit = {}, warnings_for = {},
     event_ttl = opts.event_ttl or 3600, kicks = {}, stopping = false,
+    gone = {},      -- uids deleted since the last garbage collection round
+    finishing = {}, -- owners waiting for foreground deletion or orphaning
   }, Server)
   self.watchers = watch.new(self)
   local function read(path)
@@ -240,10 +242,36 @@ function Server:commit(r, ns, name, typ, obj, old)
   local _, body = self.store:write(r.key, ns or "", name, typ, obj)
   self.watchers:emit(r.key, typ, obj, old, body)
   if r.key == "apiextensions.k8s.io/customresourcedefinitions" then
-    if typ == "DELETED" then self.reg:remove_crd(name) else self.reg:add_crd(obj) end
+    if typ == "DELETED" then
+      local served = self.reg:by_key(obj.spec.group .. "/" .. obj.spec.names.plural)[1]
+      self.reg:remove_crd(name)
+      if served then self:drop_all(served) end
+    else
+      self.reg:add_crd(obj)
+    end
   end
-  if typ == "DELETED" then self:kick("gc") end
+  if typ == "DELETED" then
+    self.gone[#self.gone + 1] = obj.metadata.uid
+    self:kick("gc")
+  end
   return body
+end
+
+--- Delete every stored object of a resource at once (its CRD is gone).
+function Server:drop_all(r)
+  while true do
+    local rows = self.store:page(r.key, nil, "", "", 1000)
+    if #rows == 0 then break end
+    for _, row in ipairs(rows) do
+      local obj = json.decode(row[3])
+      if obj then self:commit(r, row[1] ~= "" and row[1] or nil, row[2], "DELETED", obj, obj) end
+    end
+  end
+end
+
+--- Remember an owner whose foreground deletion or orphaning is pending.
+function Server:finish_later(res, ns, name)
+  self.finishing[res .. "\0" .. (ns or "") .. "\0" .. name] = { res = res, ns = ns or "", name = name }
 end
 
 function Server:kick(what)
@@ -462,9 +490,9 @@ function Server:update_object(r, ns, new, old, o)
     patch.record_update(old, new, o.manager or "unknown", r.api_version, now_text(), o.sub)
   end
   md.resourceVersion = omd.resourceVersion
-  if patch.equal(new, old) then
-    local _, body = self.store:get_raw(r.key, ns or "", md.name)
-    return old, (self.store:get_raw(r.key, ns or "", md.name)) or body
+  if patch.equal_ignoring_times(new, old) then
+    -- nothing changed (an apply that re-applies the same fields, too)
+    return old, (self.store:get_raw(r.key, ns or "", md.name))
   end
   if o.dry_run then return new, json.encode(new) end
   if md.deletionTimestamp and (md.finalizers == nil or #md.finalizers == 0) and r.key ~= "/namespaces" then
@@ -529,7 +557,10 @@ function Server:delete_object(r, ns, name, o)
     if patch.equal(new, obj) then return obj end
     if o.dry_run then return new end
     self:commit(r, ns, name, "MODIFIED", new, obj)
-    if policy then self:kick("gc") end
+    if policy == "Foreground" or policy == "Orphan" then
+      self:finish_later(r.key, ns, name)
+      self:kick("gc")
+    end
     return new
   end
   if o.dry_run then

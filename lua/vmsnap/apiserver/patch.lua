@@ -35,6 +35,18 @@ local function equal(a, b)
 end
 M.equal = equal
 
+--- Equal objects apart from the `time` of their managedFields entries (a
+--- write that changes nothing else is not a change).
+function M.equal_ignoring_times(a, b)
+  local ma, mb = a.metadata and a.metadata.managedFields, b.metadata and b.metadata.managedFields
+  if ma == nil or mb == nil or #ma ~= #mb then return equal(a, b) end
+  local ta, tb = {}, {}
+  for i = 1, #ma do ta[i], tb[i] = ma[i].time, mb[i].time; ma[i].time, mb[i].time = nil, nil end
+  local same = equal(a, b)
+  for i = 1, #ma do ma[i].time, mb[i].time = ta[i], tb[i] end
+  return same
+end
+
 -- ------------------------------------------------------------ merge patch
 
 --- RFC 7386: returns the patched copy.

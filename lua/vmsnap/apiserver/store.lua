@@ -45,11 +45,19 @@ end
 ---@param opts? {history?: integer}
 function M.open(path, opts)
   opts = opts or {}
-  local db, err, code = sqlite.open(path)
+  local db, err, code = sqlite.open(path, { busy_timeout_ms = 200 })
   if not db then return nil, err, code end
+  -- one server per store: hold the file's lock for the life of the connection
+  -- (faster, too: no shared-memory index for the WAL)
   local ok
-  ok, err, code = db:exec(SCHEMA)
-  if not ok then db:close(); return nil, err, code end
+  ok, err, code = db:exec("PRAGMA locking_mode=EXCLUSIVE;" .. SCHEMA .. "BEGIN IMMEDIATE; COMMIT;")
+  if not ok then
+    db:close()
+    if code == "SQLITE_BUSY" or code == "SQLITE_LOCKED" then
+      return nil, ("%s is in use by another process (another vmsnap serve?)"):format(path), "EBUSY"
+    end
+    return nil, err, code
+  end
   local self = setmetatable({ db = db, history = opts.history or 100000, since_compact = 0 }, Store)
   local q = {
     get = "SELECT body, rv FROM objects WHERE res=?1 AND ns=?2 AND name=?3",
