@@ -6,14 +6,13 @@ local yaml = require("vmsnap.yaml")
 local log = require("vmsnap.log")
 local api = require("vmsnap.apiserver")
 local patch = require("vmsnap.apiserver.patch")
-local select = require("vmsnap.apiserver.select")
+local selector = require("vmsnap.apiserver.select")
 local tbl = require("vmsnap.apiserver.table")
 local schema = require("vmsnap.apiserver.schema")
 
 local M = {}
 local fail = api.fail
 local copy = schema.copy
-local null = json.null
 
 local JSON = "application/json"
 local TABLE_CT = "application/json;as=Table;v=v1;g=meta.k8s.io"
@@ -42,8 +41,8 @@ end
 
 -- ------------------------------------------------------------ request parsing
 
-local function decode_body(req, ctx, ctype)
-  local body, err, code = req:body()
+local function decode_body(req, ctype)
+  local body, err = req:body()
   if not body then
     fail(413, "RequestEntityTooLarge", "the request body is too large: " .. err)
   end
@@ -150,10 +149,10 @@ end
 -- ------------------------------------------------------------ list and watch
 
 local function selectors(r, args)
-  local labels, err = select.parse_labels(args.labelSelector)
+  local labels, err = selector.parse_labels(args.labelSelector)
   if err then fail(400, "BadRequest", err) end
   local fields
-  fields, err = select.parse_fields(args.fieldSelector, function(f)
+  fields, err = selector.parse_fields(args.fieldSelector, function(f)
     return f == "metadata.name" or f == "metadata.namespace" or (r.fields and r.fields[f]) or false
   end)
   if err then fail(400, "BadRequest", err) end
@@ -332,7 +331,7 @@ local function check_identity(r, ns, name, obj)
 end
 
 local function create(S, req, ctx, r, ns, args)
-  local obj = decode_body(req, ctx, req:header("Content-Type"))
+  local obj = decode_body(req, req:header("Content-Type"))
   check_identity(r, ns, nil, obj)
   local o = { manager = manager(args, req), dry_run = check_dry_run(args), req = ctx }
   ctx.field_validation = field_validation(args)
@@ -341,7 +340,7 @@ local function create(S, req, ctx, r, ns, args)
 end
 
 local function update(S, req, ctx, r, ns, name, sub, args)
-  local obj = decode_body(req, ctx, req:header("Content-Type"))
+  local obj = decode_body(req, req:header("Content-Type"))
   check_identity(r, ns, name, obj)
   local old = S.store:get(r.key, ns or "", name)
   if not old then api.not_found(r, name) end
@@ -355,7 +354,7 @@ local function update(S, req, ctx, r, ns, name, sub, args)
     api.conflict(r, name, "the object has been modified; please apply your changes to the latest version and try again")
   end
   ctx.field_validation = field_validation(args)
-  local new, body = S:update_object(r, ns, obj, old,
+  local _, body = S:update_object(r, ns, obj, old,
     { manager = manager(args, req), dry_run = check_dry_run(args), req = ctx, sub = sub })
   return respond(req, ctx, 200, body)
 end
@@ -375,7 +374,7 @@ local function do_patch(S, req, ctx, r, ns, name, sub, args)
     end
     fail(415, "UnsupportedMediaType", ("the body of the request was in an unknown format - accepted media types include: %s"):format(PATCH_TYPES))
   end
-  local p = decode_body(req, ctx, ctype)
+  local p = decode_body(req, ctype)
   local dry = check_dry_run(args)
   ctx.field_validation = field_validation(args)
   local mgr = manager(args, req)
@@ -404,7 +403,7 @@ local function do_patch(S, req, ctx, r, ns, name, sub, args)
     end
     if not old then
       if sub then api.not_found(r, name) end
-      local created, body = S:create_object(r, ns, copy(p), { dry_run = dry, req = ctx,
+      local _, body = S:create_object(r, ns, copy(p), { dry_run = dry, req = ctx,
         apply = function(obj) return apply(obj) end })
       return respond(req, ctx, 201, body)
     end

@@ -20,8 +20,6 @@ local store_mod = require("vmsnap.apiserver.store")
 local registry = require("vmsnap.apiserver.registry")
 local schema = require("vmsnap.apiserver.schema")
 local patch = require("vmsnap.apiserver.patch")
-local select = require("vmsnap.apiserver.select")
-local tbl = require("vmsnap.apiserver.table")
 local watch = require("vmsnap.apiserver.watch")
 
 local M = {}
