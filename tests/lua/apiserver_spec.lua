@@ -340,6 +340,34 @@ t.test("server-side apply of unchanged fields writes nothing; orphan deletion ke
   t.eq(d.obj.metadata.ownerReferences, nil)
 end)
 
+t.test("in process: apiserver.new, a Lua admission rule that denies and one that warns", function()
+  local apiserver = require("vmsnap.apiserver")
+  local d <close> = assert(fs.tempdir("vmsnap-inproc"))
+  local s = assert(apiserver.new({ data = d.path, crds = { h.source .. "/scripts/crds" } }))
+  s:admission("VirtualDisk", function(op, new, old, areq)
+    if op == "CREATE" and not (new.metadata.labels and new.metadata.labels.team) then
+      return nil, { { field = "metadata.labels", message = "Required value: every disk names its team" } }
+    end
+    if op == "CREATE" then areq.warn("team " .. new.metadata.labels.team .. " is over quota") end
+  end)
+  local port = assert(s:listen())
+  local server_task = task.spawn(function() return s:serve() end)
+  local url = "http://127.0.0.1:" .. port .. G .. "/namespaces/default/virtualdisks"
+  local function post(labels)
+    return assert(http.post(url, json.encode({ apiVersion = "virtualization.deckhouse.io/v1alpha2", kind = "VirtualDisk",
+      metadata = { name = "vd-" .. (labels and "ok" or "no"), labels = labels }, spec = {} }),
+      { headers = { ["Content-Type"] = "application/json" } }))
+  end
+  local r = post(nil)
+  t.eq(r.status, 422)
+  t.contains(r.body, "metadata.labels: Required value: every disk names its team")
+  r = post({ team = "db" })
+  t.eq(r.status, 201)
+  t.eq(r.headers["warning"], '299 - "team db is over quota"')
+  s:close()
+  t.ok(task.wait(server_task, 5), "serve returns after close")
+end)
+
 t.test("a second server on the same data directory is refused", function()
   local r = h.run_vmsnap({ "serve", "--data", srv.data })
   t.eq(r.status, 3)

@@ -71,6 +71,18 @@ spec: {type: Auto}
   t.eq(k({ "get", "vmip", "ip-1" }).status, 1)
 end)
 
+t.test("built-ins: apply of a changed Secret (strategic merge) folds stringData into data", function()
+  local m = "apiVersion: v1\nkind: Secret\nmetadata: {name: creds}\nstringData: {user: admin}\n"
+  t.contains(ok({ "apply", "-f", "-" }, { stdin = m }), "secret/creds created")
+  t.contains(ok({ "apply", "-f", "-" }, { stdin = m:gsub("admin", "root") }), "secret/creds configured")
+  local sec = json.decode(ok({ "get", "secret", "creds", "-o", "json" }))
+  t.eq(sec.data.user, "cm9vdA==")
+  t.eq(sec.stringData, nil)
+  t.eq(sec.type, "Opaque")
+  local out = lines(ok({ "get", "secret", "creds" }))
+  t.ok(out[2]:match("^creds%s+Opaque%s+1%s+%d+s$"), out[2])
+end)
+
 t.test("categories and explain", function()
   local out = ok({ "get", "virtualization" })
   t.contains(out, "virtualdisksnapshot.virtualization.deckhouse.io/linux-vm-root-snapshot")
