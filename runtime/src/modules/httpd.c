@@ -34,8 +34,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include <dlfcn.h>
-#include <microhttpd.h>
+#include "mhdsym.h"
 
 #include "../core/loader.h"
 #include "../core/runtime.h"
@@ -178,9 +177,9 @@ static void resume(Hreq *r)
 
 /* ------------------------------------------------- client certificates */
 
-/* The gnutls calls that verify a client certificate, found at run time in
-** the gnutls that libmicrohttpd is linked with (its ABI is stable: these
-** are gnutls 3 functions; the types are opaque pointers and a datum). */
+/* The GnuTLS calls that verify a client certificate, found at run time in
+** the GnuTLS that libmicrohttpd loaded (stable GnuTLS 3 functions; the types
+** are opaque pointers and a datum), so vmsnap does not link GnuTLS. */
 typedef struct Datum {
 	unsigned char *data;
 	unsigned int size;
@@ -200,12 +199,12 @@ static int load_tls(void)
 {
 	if (tls.loaded)
 		return tls.loaded > 0;
-	*(void **)&tls.verify_peers2 = dlsym(RTLD_DEFAULT, "gnutls_certificate_verify_peers2");
-	*(void **)&tls.get_peers = dlsym(RTLD_DEFAULT, "gnutls_certificate_get_peers");
-	*(void **)&tls.crt_init = dlsym(RTLD_DEFAULT, "gnutls_x509_crt_init");
-	*(void **)&tls.crt_import = dlsym(RTLD_DEFAULT, "gnutls_x509_crt_import");
-	*(void **)&tls.crt_get_dn = dlsym(RTLD_DEFAULT, "gnutls_x509_crt_get_dn");
-	*(void **)&tls.crt_deinit = dlsym(RTLD_DEFAULT, "gnutls_x509_crt_deinit");
+	*(void **)&tls.verify_peers2 = Vmsnap_mhd_sym("gnutls_certificate_verify_peers2");
+	*(void **)&tls.get_peers = Vmsnap_mhd_sym("gnutls_certificate_get_peers");
+	*(void **)&tls.crt_init = Vmsnap_mhd_sym("gnutls_x509_crt_init");
+	*(void **)&tls.crt_import = Vmsnap_mhd_sym("gnutls_x509_crt_import");
+	*(void **)&tls.crt_get_dn = Vmsnap_mhd_sym("gnutls_x509_crt_get_dn");
+	*(void **)&tls.crt_deinit = Vmsnap_mhd_sym("gnutls_x509_crt_deinit");
 	tls.loaded = (tls.verify_peers2 && tls.get_peers && tls.crt_init && tls.crt_import &&
 	              tls.crt_get_dn && tls.crt_deinit)
 	                 ? 1
@@ -444,7 +443,10 @@ static int l_listen(lua_State *L)
 	const char *host = "127.0.0.1";
 	lua_Integer port = 0, max_body = 3 << 20, timeout = 300;
 	unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO;
+	const char *why = NULL;
 	luaL_checktype(L, 1, LUA_TTABLE);
+	if (!Vmsnap_mhd(&why))
+		return Vmsnap_pushfail(L, "ENOENT", "httpd: cannot load libmicrohttpd: %s", why ? why : "?");
 	if (lua_getfield(L, 1, "host") != LUA_TNIL)
 		host = luaL_checkstring(L, -1);
 	if (lua_getfield(L, 1, "port") != LUA_TNIL)
@@ -940,6 +942,9 @@ static const luaL_Reg req_meth[] = {
 
 static int l_version(lua_State *L)
 {
+	const char *why = NULL;
+	if (!Vmsnap_mhd(&why))
+		return Vmsnap_pushfail(L, "ENOENT", "httpd: cannot load libmicrohttpd: %s", why ? why : "?");
 	lua_pushstring(L, MHD_get_version());
 	return 1;
 }

@@ -1,0 +1,67 @@
+/*
+** mhdsym.c -- see mhdsym.h.
+*/
+#include <dlfcn.h>
+#include <stddef.h>
+
+#include "mhdsym.h"
+
+const Vmsnap_mhd_api *Vmsnap_mhd_loaded;
+
+static Vmsnap_mhd_api api;
+static void *lib;
+static const char *load_error;
+
+/* in the order of Vmsnap_mhd_api's members */
+static const char *const names[] = {
+    "MHD_start_daemon",         "MHD_stop_daemon",
+    "MHD_run",                  "MHD_get_timeout",
+    "MHD_get_daemon_info",      "MHD_get_connection_info",
+    "MHD_get_connection_values", "MHD_lookup_connection_value",
+    "MHD_create_response_from_buffer", "MHD_create_response_from_callback",
+    "MHD_add_response_header",  "MHD_queue_response",
+    "MHD_destroy_response",     "MHD_suspend_connection",
+    "MHD_resume_connection",    "MHD_get_version"};
+
+const Vmsnap_mhd_api *Vmsnap_mhd(const char **why)
+{
+	static const char *const sonames[] = {"libmicrohttpd.so.12", "libmicrohttpd.so"};
+	size_t i;
+	if (Vmsnap_mhd_loaded)
+		return Vmsnap_mhd_loaded;
+	if (load_error) {
+		if (why)
+			*why = load_error;
+		return NULL;
+	}
+	for (i = 0; i < sizeof sonames / sizeof *sonames && !lib; i++)
+		lib = dlopen(sonames[i], RTLD_NOW | RTLD_LOCAL);
+	if (!lib) {
+		load_error = dlerror();
+		if (!load_error)
+			load_error = "libmicrohttpd.so.12 not found";
+		if (why)
+			*why = load_error;
+		return NULL;
+	}
+	void **slots = (void **)&api;
+	for (i = 0; i < sizeof names / sizeof *names; i++) {
+		slots[i] = dlsym(lib, names[i]);
+		if (!slots[i]) {
+			load_error = "libmicrohttpd lacks a function vmsnap needs (too old?)";
+			if (why)
+				*why = load_error;
+			dlclose(lib);
+			lib = NULL;
+			return NULL;
+		}
+	}
+	Vmsnap_mhd_loaded = &api;
+	return Vmsnap_mhd_loaded;
+}
+
+void *Vmsnap_mhd_sym(const char *name)
+{
+	/* dlsym on a handle also searches the libraries it depends on */
+	return lib ? dlsym(lib, name) : NULL;
+}
