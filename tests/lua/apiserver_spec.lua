@@ -389,6 +389,11 @@ end)
 t.test("history compaction: watch and continue from before it are 410 Expired", function()
   local small <close> = h.apiserver({ args = { "--history", "100" } })
   local url = small.url .. VDS
+  for i = 1, 3 do
+    http.request({ method = "POST", url = url, body = vds("early" .. i), headers = { ["Content-Type"] = "application/json" } })
+  end
+  local token = json.decode(assert(http.get(url .. "?limit=1")).body).metadata.continue
+  t.ok(token, "a continue token")
   for i = 1, 1100 do
     http.request({ method = "POST", url = url, body = vds("c" .. i), headers = { ["Content-Type"] = "application/json" } })
   end
@@ -399,6 +404,10 @@ t.test("history compaction: watch and continue from before it are 410 Expired", 
   t.eq(ev.object.code, 410)
   t.eq(ev.object.reason, "Expired")
   t.contains(ev.object.message, "too old resource version: 5")
+  local r = json.decode(assert(http.get(url .. "?limit=1&continue=" .. token)).body)
+  t.eq(r.code, 410)
+  t.eq(r.reason, "Expired")
+  t.contains(r.message, "The provided continue parameter is too old")
 end)
 
 t.test("serve refuses a non-loopback address without a token, and checks its arguments", function()

@@ -165,14 +165,15 @@ local function matches(obj, labels, fields)
   return true
 end
 
+-- continue tokens: URL-safe base64 of {rv, ns, name} (no '+' to turn into a space)
 local function encode_token(rv, ns, name)
-  return api.base64(json.encode({ rv = rv, ns = ns, name = name }))
+  return (api.base64(json.encode({ rv = rv, ns = ns, name = name })):gsub("[+/=]", { ["+"] = "-", ["/"] = "_", ["="] = "" }))
 end
 
 local function decode_token(tok)
-  -- the token is base64 of JSON; decode it by hand
+  -- decode the URL-safe base64 by hand
   local map = {}
-  local B = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+  local B = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
   for i = 1, #B do map[B:sub(i, i)] = i - 1 end
   local bits, out = 0, {}
   local acc = 0
