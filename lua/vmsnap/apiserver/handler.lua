@@ -171,23 +171,8 @@ local function encode_token(rv, ns, name)
 end
 
 local function decode_token(tok)
-  -- decode the URL-safe base64 by hand
-  local map = {}
-  local B = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-  for i = 1, #B do map[B:sub(i, i)] = i - 1 end
-  local bits, out = 0, {}
-  local acc = 0
-  for c in tok:gsub("=", ""):gmatch(".") do
-    local v = map[c]
-    if not v then return nil end
-    acc = (acc << 6) | v
-    bits = bits + 6
-    if bits >= 8 then
-      bits = bits - 8
-      out[#out + 1] = string.char((acc >> bits) & 0xff)
-    end
-  end
-  local t = json.decode(table.concat(out))
+  local raw = require("vmsnap.base64").decode((tok:gsub("[-_]", { ["-"] = "+", ["_"] = "/" })))
+  local t = raw and json.decode(raw)
   if type(t) ~= "table" or type(t.rv) ~= "number" then return nil end
   return t
 end

@@ -34,9 +34,7 @@ local VERSION = { major = "1", minor = "32", gitVersion = "v1.32.0", gitCommit =
 
 -- ------------------------------------------------------------ helpers
 
-local function now_text()
-  return os.date("!%Y-%m-%dT%H:%M:%SZ")
-end
+local now_text = require("vmsnap.time").format
 
 local function uuid()
   local r = math.random
@@ -54,19 +52,7 @@ local function random_suffix()
   return table.concat(t)
 end
 
-local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-local function base64(s)
-  return ((s:gsub(".", function(x)
-    local r, b = "", x:byte()
-    for i = 8, 1, -1 do r = r .. (b % 2 ^ i - b % 2 ^ (i - 1) > 0 and "1" or "0") end
-    return r
-  end) .. "0000"):gsub("%d%d%d?%d?%d?%d?", function(x)
-    if #x < 6 then return "" end
-    local c = 0
-    for i = 1, 6 do c = c + (x:sub(i, i) == "1" and 2 ^ (6 - i) or 0) end
-    return B64:sub(c + 1, c + 1)
-  end) .. ({ "", "==", "=" })[#s % 3 + 1])
-end
+local base64 = require("vmsnap.base64").encode
 M.base64 = base64
 
 local SUBDOMAIN_MSG = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"

@@ -44,22 +44,8 @@ function M.human_duration(secs)
   return years .. "y"
 end
 
---- Seconds since the epoch of an RFC 3339 UTC timestamp ("2026-11-24T04:01:47Z").
-function M.parse_time(s)
-  if type(s) ~= "string" then return nil end
-  local y, mo, d, h, mi, se = s:match("^(%d+)-(%d+)-(%d+)T(%d+):(%d+):(%d+)")
-  if not y then return nil end
-  -- days from civil (Howard Hinnant's algorithm), independent of the local zone
-  y, mo, d = tonumber(y), tonumber(mo), tonumber(d)
-  if mo <= 2 then y = y - 1 end
-  local era = (y >= 0 and y or y - 399) // 400
-  local yoe = y - era * 400
-  local mp = (mo + 9) % 12
-  local doy = (153 * mp + 2) // 5 + d - 1
-  local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-  local days = era * 146097 + doe - 719468
-  return days * 86400 + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(se)
-end
+--- Seconds since the epoch of an RFC 3339 timestamp (see vmsnap.time).
+M.parse_time = require("vmsnap.time").parse
 
 -- ------------------------------------------------------------ JSONPath
 
