@@ -106,6 +106,48 @@ function M.apiserver(opts)
   end })
 end
 
+--- Start tests/tools/faultproxy in front of 127.0.0.1:upstream_port; returns
+--- an object with .url, :plan(prefix, actions), :stats(), :clear(), :stop()
+--- and <close>.
+function M.faultproxy(upstream_port)
+  local http = require("vmsnap.http")
+  local json = require("vmsnap.json")
+  local dir = assert(fs.tempdir("vmsnap-fault"))
+  local pf = dir.path .. "/port"
+  local p = assert(proc.spawn({ M.build .. "/tests/faultproxy", "--upstream", tostring(upstream_port),
+    "--port-file", pf, "--max-seconds", "300" }, { stdout = "null" }))
+  local port
+  for _ = 1, 500 do
+    local s = fs.read_file(pf)
+    if s then port = tonumber(s:match("%d+")) break end
+    task.sleep(0.01)
+  end
+  if not port then
+    p:kill("KILL")
+    dir:remove()
+    error("faultproxy did not start")
+  end
+  local fp = { port = port, url = "http://127.0.0.1:" .. port, proc = p }
+  local function esc(s) return (s:gsub("[^%w%-%._~/:]", function(c) return ("%%%02X"):format(c:byte()) end)) end
+  --- The next requests whose path starts with prefix get these actions, in turn.
+  function fp:plan(prefix, actions)
+    local r = assert(http.post(self.url .. "/_faults?match=" .. esc(prefix) .. "&do=" .. esc(actions), ""))
+    assert(r.status == 200, "faultproxy plan refused")
+  end
+  function fp:stats() return json.decode(assert(http.get(self.url .. "/_faults")).body) end
+  function fp:clear() assert(http.delete(self.url .. "/_faults")) end
+  function fp:stop()
+    if self.proc then
+      self.proc:kill("KILL")
+      self.proc:wait(5)
+      self.proc:close()
+      self.proc = nil
+      dir:remove()
+    end
+  end
+  return setmetatable(fp, { __close = function(s) s:stop() end })
+end
+
 --- Run the vmsnap program with args; returns the proc result.
 function M.run_vmsnap(args, opts)
   local argv = { M.vmsnap }

@@ -731,7 +731,10 @@ function Watch:next(timeout)
       local ok, err, reason, st = self:relist()
       if not ok then return nil, err, reason, st end
       self.need_list = false
-      if self.opts.synced then self:push({ type = "SYNCED" }) end
+      if self.opts.synced and not self.synced_sent then
+        self.synced_sent = true
+        self:push({ type = "SYNCED" }) -- after the first list only
+      end
     elseif not self.res then
       local ok, err, reason, st = self:connect()
       if not ok then

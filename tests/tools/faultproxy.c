@@ -1,0 +1,495 @@
+/*
+** faultproxy.c -- an HTTP/1.1 proxy in front of a real API server that
+** injects the faults a real server will not produce on demand.  127.0.0.1 only.
+**
+** usage: faultproxy --upstream PORT --port-file FILE [--max-seconds N]
+**
+** Each client connection gets its own upstream connection, and everything the
+** upstream sends is passed through.  Requests are parsed (Content-Length
+** bodies) so that faults can be put in their place.  Control requests:
+**   POST   /_faults?match=PREFIX&do=A,B,...   the next requests whose path
+**          starts with PREFIX get actions A, B, ... in turn; rules are tried
+**          in the order they were added, and a rule ends with its actions
+**   GET    /_faults                            {"requests":N,"faulted":F,"proxied":P}
+**   DELETE /_faults                            forget the rules, zero the counters
+** Actions:
+**   ok           pass the request through
+**   429[:S]      answer 429 TooManyRequests with Retry-After: S (default 1)
+**   500 502 503 504   answer that status with a Status body
+**   drop         answer 200 with Content-Length 1000, send 10 bytes, close
+**   close        close the connection without answering
+**   slow:MS      pass the request through after MS milliseconds
+**   cut:MS       pass it through, close the connection MS ms later (breaks a watch)
+**   gone         answer a watch with one ERROR event (410 Expired), then end
+** Exits after --max-seconds (default 300) so a broken test cannot leak it.
+*/
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <uv.h>
+
+#define MAX_RULES 64
+#define MAX_ACTIONS 64
+
+typedef struct Rule {
+	char prefix[256];
+	char actions[MAX_ACTIONS][32];
+	int n, next;
+} Rule;
+
+static Rule rules[MAX_RULES];
+static int nrules;
+static long n_requests, n_faulted, n_proxied;
+static uv_loop_t *loop;
+static int upstream_port;
+
+typedef struct Conn {
+	uv_tcp_t client;
+	uv_tcp_t up;
+	uv_connect_t creq;
+	uv_timer_t timer;
+	int up_state; /* 0 none, 1 connecting, 2 connected */
+	char *buf;    /* client bytes not yet handled */
+	size_t len, cap;
+	char *pending; /* request bytes waiting for the upstream connection */
+	size_t plen;
+	int open_handles;
+	int closing;
+	int delayed; /* a slow: request is waiting on the timer */
+	char *delayed_req;
+	size_t delayed_len;
+} Conn;
+
+static void on_handle_closed(uv_handle_t *h)
+{
+	Conn *c = (Conn *)h->data;
+	if (--c->open_handles == 0) {
+		free(c->buf);
+		free(c->pending);
+		free(c->delayed_req);
+		free(c);
+	}
+}
+
+static void conn_close(Conn *c)
+{
+	if (c->closing)
+		return;
+	c->closing = 1;
+	uv_close((uv_handle_t *)&c->client, on_handle_closed);
+	uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+	if (c->up_state > 0)
+		uv_close((uv_handle_t *)&c->up, on_handle_closed);
+}
+
+static void write_done(uv_write_t *w, int status)
+{
+	(void)status;
+	free(w->data);
+	free(w);
+}
+
+static void send_to(uv_stream_t *s, const char *data, size_t n)
+{
+	uv_write_t *w;
+	char *copy;
+	uv_buf_t b;
+	if (uv_is_closing((uv_handle_t *)s))
+		return;
+	w = (uv_write_t *)malloc(sizeof *w);
+	copy = (char *)malloc(n ? n : 1);
+	if (!w || !copy) {
+		free(w);
+		free(copy);
+		return;
+	}
+	memcpy(copy, data, n);
+	w->data = copy;
+	b = uv_buf_init(copy, (unsigned)n);
+	if (uv_write(w, s, &b, 1, write_done) != 0) {
+		free(copy);
+		free(w);
+	}
+}
+
+static void send_client(Conn *c, const char *data, size_t n)
+{
+	send_to((uv_stream_t *)&c->client, data, n);
+}
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+	(void)h;
+	b->base = (char *)malloc(suggested);
+	b->len = b->base ? suggested : 0;
+}
+
+/* ------------------------------------------------------------ upstream */
+
+static void up_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
+{
+	Conn *c = (Conn *)s->data;
+	if (n > 0)
+		send_client(c, b->base, (size_t)n);
+	free(b->base);
+	if (n < 0)
+		conn_close(c); /* the upstream went away: so does the client */
+}
+
+static void up_connected(uv_connect_t *r, int status)
+{
+	Conn *c = (Conn *)r->data;
+	if (c->closing)
+		return;
+	if (status != 0) {
+		conn_close(c);
+		return;
+	}
+	c->up_state = 2;
+	uv_read_start((uv_stream_t *)&c->up, alloc_cb, up_read);
+	if (c->plen) {
+		send_to((uv_stream_t *)&c->up, c->pending, c->plen);
+		c->plen = 0;
+	}
+}
+
+static void forward(Conn *c, const char *req, size_t n)
+{
+	n_proxied++;
+	if (c->up_state == 2) {
+		send_to((uv_stream_t *)&c->up, req, n);
+		return;
+	}
+	char *p = (char *)realloc(c->pending, c->plen + n);
+	if (!p)
+		return;
+	c->pending = p;
+	memcpy(c->pending + c->plen, req, n);
+	c->plen += n;
+	if (c->up_state == 0) {
+		struct sockaddr_in a;
+		uv_ip4_addr("127.0.0.1", upstream_port, &a);
+		uv_tcp_init(loop, &c->up);
+		c->up.data = c;
+		c->open_handles++;
+		c->up_state = 1;
+		c->creq.data = c;
+		if (uv_tcp_connect(&c->creq, &c->up, (const struct sockaddr *)&a, up_connected) != 0)
+			conn_close(c);
+	}
+}
+
+/* ------------------------------------------------------------ faults */
+
+static void answer(Conn *c, int code, const char *reason, const char *extra)
+{
+	char body[512], head[768];
+	int bl = snprintf(body, sizeof body,
+	                  "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\","
+	                  "\"message\":\"injected %d\",\"reason\":\"%s\",\"code\":%d}",
+	                  code, reason, code);
+	int hl = snprintf(head, sizeof head,
+	                  "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n",
+	                  code, reason, bl, extra ? extra : "");
+	send_client(c, head, (size_t)hl);
+	send_client(c, body, (size_t)bl);
+}
+
+static void cut_cb(uv_timer_t *t)
+{
+	conn_close((Conn *)t->data);
+}
+
+static void slow_cb(uv_timer_t *t)
+{
+	Conn *c = (Conn *)t->data;
+	c->delayed = 0;
+	forward(c, c->delayed_req, c->delayed_len);
+	free(c->delayed_req);
+	c->delayed_req = NULL;
+}
+
+static const char *next_action(const char *path)
+{
+	int i;
+	for (i = 0; i < nrules; i++) {
+		Rule *r = &rules[i];
+		if (r->next < r->n && strncmp(path, r->prefix, strlen(r->prefix)) == 0)
+			return r->actions[r->next++];
+	}
+	return NULL;
+}
+
+/* value of ?key= in a query (percent-decoding only %2C and %2F) */
+static int query_value(const char *q, const char *key, char *out, size_t cap)
+{
+	size_t kl = strlen(key), o = 0;
+	while (q && *q) {
+		if (strncmp(q, key, kl) == 0 && q[kl] == '=') {
+			const char *v = q + kl + 1;
+			while (*v && *v != '&' && o + 1 < cap) {
+				if (v[0] == '%' && v[1] && v[2]) {
+					char hex[3] = {v[1], v[2], 0};
+					out[o++] = (char)strtol(hex, NULL, 16);
+					v += 3;
+				} else {
+					out[o++] = *v++;
+				}
+			}
+			out[o] = 0;
+			return 1;
+		}
+		q = strchr(q, '&');
+		if (q)
+			q++;
+	}
+	return 0;
+}
+
+static void control(Conn *c, const char *method, const char *path, const char *query)
+{
+	char buf[256];
+	(void)path;
+	if (strcmp(method, "POST") == 0) {
+		char acts[2048];
+		if (nrules >= MAX_RULES || !query_value(query, "match", buf, sizeof buf) ||
+		    !query_value(query, "do", acts, sizeof acts)) {
+			answer(c, 400, "BadRequest", NULL);
+			return;
+		}
+		Rule *r = &rules[nrules++];
+		memset(r, 0, sizeof *r);
+		snprintf(r->prefix, sizeof r->prefix, "%s", buf);
+		char *save = NULL, *tok = strtok_r(acts, ",", &save);
+		while (tok && r->n < MAX_ACTIONS) {
+			snprintf(r->actions[r->n++], sizeof r->actions[0], "%s", tok);
+			tok = strtok_r(NULL, ",", &save);
+		}
+	} else if (strcmp(method, "DELETE") == 0) {
+		nrules = 0;
+		n_requests = n_faulted = n_proxied = 0;
+	}
+	char body[256], head[256];
+	int bl = snprintf(body, sizeof body, "{\"requests\":%ld,\"faulted\":%ld,\"proxied\":%ld}", n_requests,
+	                  n_faulted, n_proxied);
+	int hl = snprintf(head, sizeof head,
+	                  "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", bl);
+	send_client(c, head, (size_t)hl);
+	send_client(c, body, (size_t)bl);
+}
+
+/* Handle one complete request; returns 0 to go on, -1 when the connection closed. */
+static int handle(Conn *c, const char *req, size_t n)
+{
+	char method[16] = "", target[2048] = "";
+	char path[2048], *query;
+	if (sscanf(req, "%15s %2047s", method, target) != 2) {
+		conn_close(c);
+		return -1;
+	}
+	snprintf(path, sizeof path, "%s", target);
+	query = strchr(path, '?');
+	if (query)
+		*query++ = 0;
+	if (strncmp(path, "/_faults", 8) == 0) {
+		control(c, method, path, query);
+		return 0;
+	}
+	n_requests++;
+	const char *a = next_action(path);
+	if (!a || strcmp(a, "ok") == 0) {
+		forward(c, req, n);
+		return 0;
+	}
+	n_faulted++;
+	if (strncmp(a, "429", 3) == 0) {
+		char extra[64];
+		snprintf(extra, sizeof extra, "Retry-After: %s\r\n", a[3] == ':' ? a + 4 : "1");
+		answer(c, 429, "TooManyRequests", extra);
+	} else if (strcmp(a, "500") == 0) {
+		answer(c, 500, "InternalError", NULL);
+	} else if (strcmp(a, "502") == 0) {
+		answer(c, 502, "BadGateway", NULL);
+	} else if (strcmp(a, "503") == 0) {
+		answer(c, 503, "ServiceUnavailable", NULL);
+	} else if (strcmp(a, "504") == 0) {
+		answer(c, 504, "Timeout", NULL);
+	} else if (strcmp(a, "drop") == 0) {
+		static const char part[] =
+		    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"kind\":\"";
+		send_client(c, part, sizeof part - 1);
+		conn_close(c);
+		return -1;
+	} else if (strcmp(a, "close") == 0) {
+		conn_close(c);
+		return -1;
+	} else if (strncmp(a, "slow:", 5) == 0) {
+		n_faulted--;
+		c->delayed_req = (char *)malloc(n);
+		if (!c->delayed_req)
+			return 0;
+		memcpy(c->delayed_req, req, n);
+		c->delayed_len = n;
+		c->delayed = 1;
+		uv_timer_start(&c->timer, slow_cb, (uint64_t)atol(a + 5), 0);
+	} else if (strncmp(a, "cut:", 4) == 0) {
+		forward(c, req, n);
+		uv_timer_start(&c->timer, cut_cb, (uint64_t)atol(a + 4), 0);
+	} else if (strcmp(a, "gone") == 0) {
+		static const char ev[] =
+		    "{\"type\":\"ERROR\",\"object\":{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},"
+		    "\"status\":\"Failure\",\"message\":\"too old resource version: 1 (2)\",\"reason\":\"Expired\","
+		    "\"code\":410}}\n";
+		char head[256], chunk[64];
+		int hl = snprintf(head, sizeof head,
+		                  "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
+		send_client(c, head, (size_t)hl);
+		hl = snprintf(chunk, sizeof chunk, "%zx\r\n", sizeof ev - 1);
+		send_client(c, chunk, (size_t)hl);
+		send_client(c, ev, sizeof ev - 1);
+		send_client(c, "\r\n0\r\n\r\n", 7);
+	} else {
+		answer(c, 400, "BadRequest", NULL);
+	}
+	return 0;
+}
+
+static size_t content_length(const char *head, size_t hlen)
+{
+	const char *p = head;
+	while (p && p < head + hlen) {
+		if (strncasecmp(p, "\r\nContent-Length:", 17) == 0)
+			return (size_t)strtoul(p + 17, NULL, 10);
+		p = strstr(p + 1, "\r\n");
+	}
+	return 0;
+}
+
+static void process(Conn *c)
+{
+	while (!c->closing && !c->delayed) {
+		char *end = c->len ? (char *)memmem(c->buf, c->len, "\r\n\r\n", 4) : NULL;
+		if (!end)
+			return;
+		size_t hlen = (size_t)(end - c->buf) + 4;
+		size_t total = hlen + content_length(c->buf, hlen);
+		if (c->len < total)
+			return;
+		char *req = (char *)malloc(total + 1);
+		if (!req)
+			return;
+		memcpy(req, c->buf, total);
+		req[total] = 0;
+		memmove(c->buf, c->buf + total, c->len - total);
+		c->len -= total;
+		int r = handle(c, req, total);
+		free(req);
+		if (r < 0)
+			return;
+	}
+}
+
+static void client_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
+{
+	Conn *c = (Conn *)s->data;
+	if (n > 0) {
+		if (c->len + (size_t)n > c->cap) {
+			size_t cap = c->cap ? c->cap * 2 : 8192;
+			while (cap < c->len + (size_t)n)
+				cap *= 2;
+			char *p = (char *)realloc(c->buf, cap);
+			if (!p) {
+				free(b->base);
+				conn_close(c);
+				return;
+			}
+			c->buf = p;
+			c->cap = cap;
+		}
+		memcpy(c->buf + c->len, b->base, (size_t)n);
+		c->len += (size_t)n;
+		process(c);
+	}
+	free(b->base);
+	if (n < 0)
+		conn_close(c);
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+	Conn *c;
+	if (status != 0)
+		return;
+	c = (Conn *)calloc(1, sizeof *c);
+	if (!c)
+		return;
+	uv_tcp_init(loop, &c->client);
+	uv_timer_init(loop, &c->timer);
+	c->client.data = c;
+	c->timer.data = c;
+	c->open_handles = 2;
+	if (uv_accept(server, (uv_stream_t *)&c->client) != 0) {
+		conn_close(c);
+		return;
+	}
+	uv_read_start((uv_stream_t *)&c->client, alloc_cb, client_read);
+}
+
+static void on_max(uv_timer_t *t)
+{
+	(void)t;
+	fprintf(stderr, "faultproxy: --max-seconds reached, exiting\n");
+	exit(0);
+}
+
+int main(int argc, char **argv)
+{
+	const char *port_file = NULL;
+	long max_seconds = 300;
+	int i;
+	for (i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--upstream") == 0 && i + 1 < argc)
+			upstream_port = atoi(argv[++i]);
+		else if (strcmp(argv[i], "--port-file") == 0 && i + 1 < argc)
+			port_file = argv[++i];
+		else if (strcmp(argv[i], "--max-seconds") == 0 && i + 1 < argc)
+			max_seconds = atol(argv[++i]);
+		else {
+			fprintf(stderr, "usage: faultproxy --upstream PORT --port-file FILE [--max-seconds N]\n");
+			return 2;
+		}
+	}
+	if (!port_file || upstream_port <= 0) {
+		fprintf(stderr, "usage: faultproxy --upstream PORT --port-file FILE [--max-seconds N]\n");
+		return 2;
+	}
+	loop = uv_default_loop();
+	uv_tcp_t server;
+	struct sockaddr_in addr;
+	uv_tcp_init(loop, &server);
+	uv_ip4_addr("127.0.0.1", 0, &addr);
+	if (uv_tcp_bind(&server, (const struct sockaddr *)&addr, 0) != 0 ||
+	    uv_listen((uv_stream_t *)&server, 128, on_connection) != 0) {
+		fprintf(stderr, "faultproxy: cannot listen\n");
+		return 1;
+	}
+	struct sockaddr_storage bound;
+	int blen = sizeof bound;
+	uv_tcp_getsockname(&server, (struct sockaddr *)&bound, &blen);
+	int port = ntohs(((struct sockaddr_in *)&bound)->sin_port);
+	char tmp[4096];
+	snprintf(tmp, sizeof tmp, "%s.tmp", port_file);
+	FILE *f = fopen(tmp, "w");
+	if (!f || fprintf(f, "%d\n", port) < 0 || fclose(f) != 0 || rename(tmp, port_file) != 0) {
+		fprintf(stderr, "faultproxy: cannot write %s\n", port_file);
+		return 1;
+	}
+	uv_timer_t maxt;
+	uv_timer_init(loop, &maxt);
+	uv_timer_start(&maxt, on_max, (uint64_t)max_seconds * 1000, 0);
+	uv_unref((uv_handle_t *)&maxt);
+	return uv_run(loop, UV_RUN_DEFAULT);
+}
