@@ -621,6 +621,7 @@ function Server:kubeconfig(opts)
   local cluster = { server = server }
   if self.tls.cert then
     cluster["certificate-authority-data"] = base64(self.tls.server_ca or self.tls.cert)
+    cluster["tls-server-name"] = opts.tls_server_name
   end
   local user = {}
   if self.opts.token then user.token = self.opts.token end

@@ -25,6 +25,8 @@ options:
   --client-ca FILE        accept client certificates signed by this CA (PEM)
   --tls-ca FILE           the CA that signed --tls-cert, for the kubeconfig (default:
                           --tls-cert itself, right for a self-signed certificate)
+  --tls-server-name NAME  the name in --tls-cert, for the kubeconfig when the
+                          certificate does not name the listen address
   --crds DIR              also install the CustomResourceDefinitions in DIR (repeatable)
   --event-ttl SECONDS     how long Events are kept (default 3600)
   --history N             revisions of watch history kept (default 100000)
@@ -59,6 +61,7 @@ local function parse(args)
     elseif a == "--tls-key" then o.tls_key = value(a)
     elseif a == "--client-ca" then o.client_ca = value(a)
     elseif a == "--tls-ca" then o.tls_ca = value(a)
+    elseif a == "--tls-server-name" then o.tls_server_name = value(a)
     elseif a == "--crds" then o.crds[#o.crds + 1] = value(a)
     elseif a == "--event-ttl" then
       o.event_ttl = tonumber(value(a))
@@ -135,7 +138,7 @@ function M.main(args)
     if not port then return nil, ("serve: %s (%s)"):format(tostring(err), tostring(code)) end
   end
   local kc = o.data .. "/kubeconfig"
-  local ok, werr = fs.write_atomic(kc, srv:kubeconfig(), { mode = 384 })
+  local ok, werr = fs.write_atomic(kc, srv:kubeconfig({ tls_server_name = o.tls_server_name }), { mode = 384 })
   if not ok then return nil, "serve: cannot write " .. kc .. ": " .. tostring(werr) end
   io.stdout:write(("vmsnap API server listening on %s://%s:%d (state in %s/state.db)\n")
     :format(o.tls_cert and "https" or "http", o.host, port, o.data))

@@ -76,7 +76,7 @@ function M.client(opts)
   local server = cfg.server
   if cfg.tls_server_name and cfg.tls_server_name ~= "" then
     -- verify (and send SNI for) tls-server-name while connecting to the real address
-    local scheme, host, port = server:match("^(https?)://%[?([^%]/]+)%]?:?(%d*)")
+    local scheme, host, port = server:match("^(https?)://%[?([^%]/:]+)%]?:?(%d*)")
     port = port ~= "" and port or (scheme == "https" and "443" or "80")
     connect_to = { ("%s:%s:%s:%s"):format(cfg.tls_server_name, port, host, port) }
     server = server:gsub("^(https?://)[^/]+", "%1" .. cfg.tls_server_name .. ":" .. port)
