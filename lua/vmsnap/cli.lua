@@ -2,7 +2,8 @@
 ---
 --- `vmsnap COMMAND args...` runs `require("vmsnap.cli." .. COMMAND).main(args)`
 --- when such a module exists. A command returns nothing (success), or
---- `nil, message` (failure, exit 3), or raises a USAGE error (exit 2).
+--- `nil, message` (failure, exit 3), or raises a USAGE error (exit 2), or
+--- calls `cli.fail(message)` (the message as is, exit 1).
 local errors = require("vmsnap.errors")
 
 local M = {}
@@ -12,12 +13,21 @@ M.commands = {
   { name = "run", summary = "run a Lua script (same as 'vmsnap SCRIPT')" },
   { name = "help", summary = "help for a command" },
   { name = "version", summary = "print the versions of vmsnap and its libraries" },
+  { name = "serve", summary = "serve the embedded Kubernetes-compatible API" },
+  { name = "get", summary = "show Kubernetes objects (kubectl get, for vmsnap's kinds and more)" },
+  { name = "apply", summary = "server-side apply of manifests (kubectl apply --server-side)" },
 }
 
 local function usage(msg)
   errors.raise("USAGE", msg .. " (see 'vmsnap --help')", 0)
 end
 M.usage = usage
+
+--- End a command with an error message printed as is (no traceback) and
+--- exit status 1, the way kubectl reports a failed request.
+function M.fail(msg)
+  errors.raise("COMMAND", msg, 0)
+end
 
 local function help(topic)
   if topic then

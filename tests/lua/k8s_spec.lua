@@ -278,6 +278,37 @@ t.test("transport failures: a closed port gives ECONNREFUSED after the deadline"
   t.ok(task.now() - t0 < 3)
 end)
 
+t.test("vmsnap get and vmsnap apply", function()
+  local env = { env = { KUBECONFIG = srv.kubeconfig }, timeout = 30 }
+  local m = "apiVersion: virtualization.deckhouse.io/v1alpha2\nkind: VirtualDiskSnapshot\n" ..
+    "metadata: {name: cli-1, labels: {via: cli}}\nspec: {virtualDiskName: d}\n---\n" ..
+    "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cli-cm}\ndata: {a: b}\n"
+  local r = h.run_vmsnap({ "apply", "-f", "-" }, { env = env.env, stdin = m, timeout = 30 })
+  t.eq(r.status, 0, r.stderr)
+  t.eq(r.stdout, "virtualdisksnapshot.virtualization.deckhouse.io/cli-1 serverside-applied\nconfigmap/cli-cm serverside-applied\n")
+  r = h.run_vmsnap({ "get", "vdsnapshot", "-l", "via=cli" }, env)
+  t.eq(r.status, 0, r.stderr)
+  local lines = {}
+  for l in r.stdout:gmatch("[^\n]+") do lines[#lines + 1] = l end
+  t.ok(lines[1]:match("^NAME%s+PHASE%s+CONSISTENT%s+AGE$"), lines[1])
+  t.ok(lines[2]:match("^cli%-1%s+%d+s$"), lines[2])
+  r = h.run_vmsnap({ "get", "vdsnapshot", "cli-1", "-o", "json" }, env)
+  t.eq(json.decode(r.stdout).spec.virtualDiskName, "d")
+  r = h.run_vmsnap({ "get", "vdsnapshot,configmap", "-A", "-l", "via=cli", "-o", "name" }, env)
+  t.eq(r.stdout, "virtualdisksnapshot.virtualization.deckhouse.io/cli-1\n")
+  r = h.run_vmsnap({ "get", "vdsnapshot", "nope" }, env)
+  t.eq(r.status, 1)
+  t.eq(r.stderr, 'Error from server (NotFound): virtualdisksnapshots.virtualization.deckhouse.io "nope" not found\n')
+  r = h.run_vmsnap({ "get", "vdsnapshot", "-n", "kube-public" }, env)
+  t.eq(r.stderr, "No resources found in kube-public namespace.\n")
+  r = h.run_vmsnap({ "get", "vdsnapshot", "-o", "xml" }, env)
+  t.eq(r.status, 2)
+  r = h.run_vmsnap({ "apply", "-f", "-" }, { env = env.env, timeout = 30,
+    stdin = "apiVersion: virtualization.deckhouse.io/v1alpha2\nkind: VirtualDiskSnapshot\nmetadata: {name: Bad}\nspec: {}\n" })
+  t.eq(r.status, 1)
+  t.contains(r.stderr, 'Error from server (Invalid): error when applying "STDIN": document 1 (VirtualDiskSnapshot Bad)')
+end)
+
 -- ------------------------------------------------------------ faults
 
 local fp <close> = h.faultproxy(srv.port)

@@ -36,8 +36,6 @@ A listen address other than loopback needs TLS and --token or --client-ca
 SIGINT or SIGTERM stops the server (exit status 130).
 ]]
 
-table.insert(cli.commands, { name = "serve", summary = "serve the embedded Kubernetes-compatible API" })
-
 local function parse(args)
   local o = { crds = {} }
   local i = 1

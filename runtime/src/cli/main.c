@@ -59,7 +59,10 @@ static const char help_commands[] =
     "commands:\n"
     "  run SCRIPT [args]   run a Lua script (same as 'vmsnap SCRIPT')\n"
     "  help [COMMAND]      help for a command\n"
-    "  version             print versions\n";
+    "  version             print versions\n"
+    "  serve --data DIR    serve the embedded Kubernetes-compatible API\n"
+    "  get KIND [NAME]     show Kubernetes objects, as kubectl get does\n"
+    "  apply -f FILE       server-side apply of manifests\n";
 
 typedef struct Options {
 	const char *code;
@@ -299,10 +302,13 @@ static int report(vmsnap_runtime *rt, vmsnap_status st)
 		fprintf(stderr, "%s: %s\n", progname, vmsnap_errmsg(rt));
 		return EXIT_WORKFLOW;
 	default:
-		if (code && strcmp(code, "USAGE") == 0) { /* no traceback for usage errors */
+		/* no traceback for usage errors and for a command's own error report */
+		if (code && (strcmp(code, "USAGE") == 0 || strcmp(code, "COMMAND") == 0)) {
 			const char *m = vmsnap_errmsg(rt), *tb = strstr(m, "\nstack traceback");
-			fprintf(stderr, "%s: %.*s\n", progname, tb ? (int)(tb - m) : (int)strlen(m), m);
-			return EXIT_USAGE;
+			if (strcmp(code, "USAGE") == 0)
+				fprintf(stderr, "%s: ", progname);
+			fprintf(stderr, "%.*s\n", tb ? (int)(tb - m) : (int)strlen(m), m);
+			return strcmp(code, "USAGE") == 0 ? EXIT_USAGE : 1;
 		}
 		fprintf(stderr, "%s: %s\n", progname, vmsnap_errmsg(rt));
 		return 1;
