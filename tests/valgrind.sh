@@ -68,6 +68,13 @@ curl -s -m 30 -H "$J" -d '{' "$C" >/dev/null
 curl -s -m 5 "$C?watch=true&timeoutSeconds=1" >/dev/null
 curl -s -m 30 "$url/openapi/v3" >/dev/null
 curl -s -m 30 -X DELETE "$C/a" >/dev/null
+# the client commands against it (vmsnap.k8s: discovery, Table, apply)
+export KUBECONFIG="$D/state/kubeconfig"
+printf 'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: vg}\ndata: {a: b}\n' > "$D/cm.yaml"
+run "apply" 0 apply -f "$D/cm.yaml"
+run "get" 0 get configmap -A
+run "get missing" 1 get configmap nope
+unset KUBECONFIG
 kill -TERM $vpid
 wait $vpid
 rc=$?

@@ -815,12 +815,18 @@ Watch.__close = Watch.close
 --- Wait until predicate(obj) is true for the named object (obj is nil while
 --- it does not exist, so `function(o) return o == nil end` waits for its
 --- deletion). Returns the object (or true after a deletion), or nil,
---- message, "TIMEOUT".
+--- message, "TIMEOUT". Also `c:wait_for(obj, predicate, timeout)` for an
+--- object at hand (its apiVersion, kind, namespace and name).
 ---@param kind string|table
 ---@param name string
 ---@param predicate fun(obj: table?): boolean
 ---@param opts? {namespace?: string, timeout?: number}
 function Client:wait_for(kind, name, predicate, opts)
+  if type(kind) == "table" and kind.metadata and type(name) == "function" then
+    local obj, timeout = kind, predicate
+    return self:wait_for(obj, obj.metadata.name, name,
+      { namespace = obj.metadata.namespace, timeout = type(timeout) == "table" and timeout.timeout or timeout })
+  end
   opts = opts or {}
   check_name(name, "wait_for")
   local timeout = opts.timeout or 30
