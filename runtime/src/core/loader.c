@@ -33,6 +33,8 @@ static const struct {
     {"vmsnap.core.http", luaopen_vmsnap_core_http},
     {"vmsnap.core.httpd", luaopen_vmsnap_core_httpd},
     {"vmsnap.core.sqlite", luaopen_vmsnap_core_sqlite},
+    {"vmsnap.core.sock", luaopen_vmsnap_core_sock},
+    {"vmsnap.core.qga", luaopen_vmsnap_core_qga},
     {"vmsnap.core.proc", luaopen_vmsnap_core_proc},
     {"vmsnap.core.fs", luaopen_vmsnap_core_fs},
     {"vmsnap.core.runtime", luaopen_vmsnap_core_runtime},

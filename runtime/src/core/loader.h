@@ -26,6 +26,8 @@ int luaopen_vmsnap_core_yaml(lua_State *L);
 int luaopen_vmsnap_core_http(lua_State *L);
 int luaopen_vmsnap_core_httpd(lua_State *L);
 int luaopen_vmsnap_core_sqlite(lua_State *L);
+int luaopen_vmsnap_core_sock(lua_State *L);
+int luaopen_vmsnap_core_qga(lua_State *L);
 int luaopen_vmsnap_core_proc(lua_State *L);
 int luaopen_vmsnap_core_fs(lua_State *L);
 int luaopen_vmsnap_core_runtime(lua_State *L);
