@@ -16,6 +16,7 @@ M.commands = {
   { name = "serve", summary = "serve the embedded Kubernetes-compatible API" },
   { name = "get", summary = "show Kubernetes objects (kubectl get, for vmsnap's kinds and more)" },
   { name = "apply", summary = "server-side apply of manifests (kubectl apply --server-side)" },
+  { name = "guest", summary = "talk to a guest agent: ping, status, freeze, thaw, exec, thaw-orphans" },
 }
 
 local function usage(msg)

@@ -535,6 +535,10 @@ local function handle(S, req, ctx)
     plural, name, sub = segs[rest], segs[rest + 1], segs[rest + 2]
     if segs[rest + 3] then fail(404, "NotFound", "the server could not find the requested resource") end
   end
+  local subfn = sub and S.subs and S.subs[group .. "/" .. version .. "/" .. plural .. "/" .. sub]
+  if subfn then
+    return M.subresource(S, req, ctx, subfn, version, ns, plural, name, sub)
+  end
   local r = plural and S.reg:find(group, version, plural)
   if not r then fail(404, "NotFound", "the server could not find the requested resource") end
   if ns and not r.namespaced then fail(404, "NotFound", "the server could not find the requested resource") end
@@ -574,6 +578,42 @@ local function handle(S, req, ctx)
     return delete(S, req, ctx, r, ns, name, args)
   end
   fail(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+end
+
+--- A subresource served by a Lua function: run it in a task of its own (it
+--- may wait, on a guest agent say) and answer when it returns.
+function M.subresource(S, req, ctx, fn, version, ns, plural, name, sub)
+  local target
+  for _, r in ipairs(S.reg.list) do
+    if r.plural == plural and r.version == version then target = r break end
+  end
+  if not target then fail(404, "NotFound", "the server could not find the requested resource") end
+  local obj = S.store:get(target.key, ns or "", name)
+  if not obj then api.not_found(target, name) end
+  local body = req:body()
+  local decoded
+  if body and body ~= "" then
+    decoded = json.decode(body)
+    if decoded == nil then fail(400, "BadRequest", "the request body is not valid JSON") end
+  end
+  local call = { method = req:method(), namespace = ns, name = name, body = decoded, object = obj,
+    resource = target, subresource = sub }
+  require("vmsnap.task").spawn(function()
+    local ok, code, answer = pcall(fn, S, call)
+    if not ok then
+      local e = code
+      if type(e) == "table" and e.status then
+        return respond_obj(req, ctx, e.status.code, e.status)
+      end
+      log.error("apiserver: subresource failed", { sub = sub, error = tostring(e) })
+      return respond_obj(req, ctx, 500, { kind = "Status", apiVersion = "v1", metadata = {}, status = "Failure",
+        message = "Internal error occurred: " .. tostring(e), reason = "InternalError", code = 500 })
+    end
+    if answer == nil then
+      return respond(req, ctx, code or 200, "")
+    end
+    respond_obj(req, ctx, code or 200, answer)
+  end)
 end
 
 --- Answer one request (never raises).

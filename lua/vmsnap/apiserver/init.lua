@@ -160,7 +160,26 @@ function M.new(opts)
     if not okc then st:close(); return nil, e, "INVALID" end
   end
   require("vmsnap.apiserver.admission").register_defaults(self)
+  if opts.platform_subresources ~= false then
+    require("vmsnap.platform.freeze").register(self)
+  end
   return self
+end
+
+--- Serve a subresource with a Lua function, at
+--- /apis/GROUP/VERSION/namespaces/NS/PLURAL/NAME/SUB (GROUP may differ from the
+--- resource's own, as for subresources.virtualization.deckhouse.io).
+--- fn(S, call) runs in a task of its own (it may wait); call = {method, namespace,
+--- name, body (decoded JSON or nil), object (the stored object)}. It returns
+--- status, answer (a table, encoded as JSON), or raises through apiserver.fail.
+---@param group string
+---@param version string
+---@param plural string   the resource's plural (the object must exist)
+---@param sub string
+---@param fn function
+function Server:subresource(group, version, plural, sub, fn)
+  self.subs = self.subs or {}
+  self.subs[group .. "/" .. version .. "/" .. plural .. "/" .. sub] = fn
 end
 
 --- Register an admission function for a kind: fn(op, new, old, req) where

@@ -62,7 +62,8 @@ static const char help_commands[] =
     "  version             print versions\n"
     "  serve --data DIR    serve the embedded Kubernetes-compatible API\n"
     "  get KIND [NAME]     show Kubernetes objects, as kubectl get does\n"
-    "  apply -f FILE       server-side apply of manifests\n";
+    "  apply -f FILE       server-side apply of manifests\n"
+    "  guest CMD TARGET    a guest agent: ping, status, freeze, thaw, exec, thaw-orphans\n";
 
 typedef struct Options {
 	const char *code;

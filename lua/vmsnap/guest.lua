@@ -1,0 +1,394 @@
+--- vmsnap.guest: a VM's guest agent, whatever the transport, and freezing
+--- that never leaves a guest frozen.
+---
+---     local guest = require("vmsnap.guest")
+---     local g = assert(guest.for_vm(client, vm))
+---     do
+---       local frozen <close> = assert(g:freeze{ budget = 10 })
+---       ... issue the volume snapshots ...
+---     end                     -- thawed here, whatever happened in between
+---
+--- Transports:
+--- - "socket": the agent's socket (`opts.socket`, or the VM annotation
+---   `vmsnap.io/agent`, e.g. "unix:/run/vm/qga.sock"), through vmsnap.qga;
+--- - "api": the VM's freeze/unfreeze subresources
+---   (`PUT /apis/subresources.virtualization.deckhouse.io/v1alpha2/namespaces/NS/virtualmachines/NAME/freeze`
+---   with `unfreezeTimeout` = the budget, so the platform thaws by itself if
+---   we die), the VM's AgentReady and FilesystemFrozen conditions for status.
+---
+--- A freeze is a to-be-closed guard: leaving its scope by any path (success,
+--- error, timeout, cancellation) thaws. A budget timer thaws when the budget
+--- runs out (the guard reports it). The freeze is recorded on the VM as a
+--- lease (annotation `vmsnap.io/frozen-by`: holder, since, deadline), and
+--- `guest.thaw_orphans` (`vmsnap guest thaw-orphans`, every controller start)
+--- thaws guests whose lease holder is gone or whose deadline has passed.
+local qga = require("vmsnap.qga")
+local json = require("vmsnap.json")
+local task = require("vmsnap.task")
+local log = require("vmsnap.log")
+local fs = require("vmsnap.fs")
+local vtime = require("vmsnap.time")
+
+local M = {}
+
+M.LEASE = "vmsnap.io/frozen-by"
+M.AGENT = "vmsnap.io/agent"
+M.MOUNTPOINTS = "vmsnap.io/freeze-mountpoints"
+M.SUBRESOURCE_GROUP = "subresources.virtualization.deckhouse.io"
+
+local glog = log.new("guest")
+
+-- ------------------------------------------------------------ holders
+
+local function proc_start(pid)
+  local st = fs.read_file("/proc/" .. pid .. "/stat")
+  if not st then return nil end
+  -- the fields after the command (which may hold spaces) in parentheses
+  local rest = st:match("%) (.*)$")
+  if not rest then return nil end
+  local i = 0
+  for f in rest:gmatch("%S+") do
+    i = i + 1
+    if i == 20 then return f end -- field 22: start time in clock ticks since boot
+  end
+end
+
+local function hostname()
+  local h = fs.read_file("/proc/sys/kernel/hostname")
+  return h and h:gsub("%s+$", "") or "unknown"
+end
+
+local function boot_id()
+  local b = fs.read_file("/proc/sys/kernel/random/boot_id")
+  return b and b:gsub("%s+$", "") or "?"
+end
+
+local self_holder
+--- This process as a lease holder: "host/boot-id/pid/start-time".
+function M.holder()
+  if not self_holder then
+    local stat = fs.read_file("/proc/self/stat") or ""
+    local pid = stat:match("^(%d+)") or "0"
+    self_holder = ("%s/%s/%s/%s"):format(hostname(), boot_id(), pid, proc_start("self") or proc_start(pid) or "?")
+  end
+  return self_holder
+end
+
+--- Is the holder of a lease still running? nil when it cannot be told from
+--- here (another machine): then only the deadline decides.
+function M.holder_alive(holder)
+  local host, boot, pid, start = tostring(holder):match("^(.-)/(.-)/(%d+)/(.+)$")
+  if not host then return false end
+  if host ~= hostname() then return nil end
+  if boot ~= boot_id() then return false end -- the machine rebooted since
+  return proc_start(pid) == start
+end
+
+local function parse_lease(vm)
+  local a = vm and vm.metadata and vm.metadata.annotations
+  local raw = a and a[M.LEASE]
+  if not raw then return nil end
+  local l = json.decode(raw)
+  if type(l) ~= "table" then return { holder = "?", deadline = "1970-01-01T00:00:00Z", raw = raw } end
+  return l
+end
+M.parse_lease = parse_lease
+
+--- Is this lease over (its holder gone, or its deadline passed)?
+function M.lease_stale(lease, now)
+  now = now or os.time()
+  local dl = vtime.parse(lease.deadline)
+  if not dl or dl <= now then return true end
+  return M.holder_alive(lease.holder) == false
+end
+
+-- ------------------------------------------------------------ the guest
+
+---@class vmsnap.guest.Guest
+local Guest = {}
+Guest.__index = Guest
+
+---@class vmsnap.guest.Opts
+---@field transport? "socket"|"api"   default: "socket" when the VM names its agent, else "api"
+---@field socket? string              the agent's target ("unix:/path", "vsock:CID:PORT")
+---@field timeout? number             seconds per agent command (default 10)
+---@field lease? boolean              record the freeze on the VM (default true when a client is given)
+
+--- The guest of a VM. vm: the VM object (or {metadata = {namespace, name}});
+--- client: a vmsnap.k8s client (may be nil for a bare socket with opts.socket).
+---@param client vmsnap.k8s.Client?
+---@param vm table?
+---@param opts? vmsnap.guest.Opts
+---@return vmsnap.guest.Guest?, string?, string?
+function M.for_vm(client, vm, opts)
+  opts = opts or {}
+  local ann = vm and vm.metadata and vm.metadata.annotations or {}
+  local socket = opts.socket or ann[M.AGENT]
+  local transport = opts.transport or (socket and "socket" or "api")
+  if transport == "socket" and not socket then
+    return nil, "guest: no agent socket (pass opts.socket or annotate the VM with " .. M.AGENT .. ")", "EINVAL"
+  end
+  if transport == "api" and not (client and vm) then
+    return nil, "guest: the api transport needs a client and a VM", "EINVAL"
+  end
+  local mps
+  if ann[M.MOUNTPOINTS] then mps = json.decode(ann[M.MOUNTPOINTS]) end
+  return setmetatable({ client = client, vm = vm, transport = transport, socket = socket,
+    timeout = opts.timeout or 10, lease = opts.lease ~= false and client ~= nil and vm ~= nil,
+    mountpoints = type(mps) == "table" and mps or nil,
+    name = vm and vm.metadata and ((vm.metadata.namespace or "") .. "/" .. vm.metadata.name) or socket }, Guest)
+end
+
+--- An agent connection (socket transport), opened per operation.
+function Guest:agent()
+  return qga.connect(self.socket, { timeout = self.timeout })
+end
+
+local function with_agent(self, fn)
+  local a, err, code = self:agent()
+  if not a then return nil, err, code end
+  local _ <close> = a
+  return fn(a)
+end
+
+local function vm_condition(vm, ctype)
+  for _, c in ipairs(vm and vm.status and vm.status.conditions or {}) do
+    if c.type == ctype then return c end
+  end
+end
+
+function Guest:refresh_vm()
+  local md = self.vm.metadata
+  local vm, err, reason = self.client:get("virtualmachines.virtualization.deckhouse.io", md.name,
+    { namespace = md.namespace })
+  if not vm then return nil, err, reason end
+  self.vm = vm
+  return vm
+end
+
+--- Is the agent there? true, or nil, message, code.
+function Guest:ping()
+  if self.transport == "socket" then
+    return with_agent(self, function(a)
+      local r, err, code = a:ping()
+      if r == nil then return nil, err, code end
+      return true
+    end)
+  end
+  local vm, err, reason = self:refresh_vm()
+  if not vm then return nil, err, reason end
+  local c = vm_condition(vm, "AgentReady")
+  if c and c.status == "True" then return true end
+  return nil, ("guest %s: the agent is not ready"):format(self.name), "AGENT_NOT_READY"
+end
+
+--- "frozen" or "thawed".
+function Guest:status()
+  if self.transport == "socket" then
+    return with_agent(self, function(a) return a:fsfreeze_status() end)
+  end
+  local vm, err, reason = self:refresh_vm()
+  if not vm then return nil, err, reason end
+  local c = vm_condition(vm, "FilesystemFrozen")
+  return (c and c.status == "True") and "frozen" or "thawed"
+end
+
+--- The guest's filesystems (guest-get-fsinfo); socket transport only.
+function Guest:fsinfo()
+  if self.transport ~= "socket" then
+    return nil, "guest: fsinfo needs the agent socket (the api transport has no such call)", "UNSUPPORTED"
+  end
+  return with_agent(self, function(a) return a:get_fsinfo() end)
+end
+
+--- Run argv in the guest (see vmsnap.qga Agent:exec); socket transport only.
+function Guest:exec(argv, opts)
+  if self.transport ~= "socket" then
+    return nil, "guest: exec needs the agent socket (the api transport has no such call)", "UNSUPPORTED"
+  end
+  return with_agent(self, function(a) return a:exec(argv, opts) end)
+end
+
+-- the transport's freeze and thaw
+function Guest:do_freeze(budget, mountpoints)
+  if self.transport == "socket" then
+    return with_agent(self, function(a)
+      local mps = mountpoints or self.mountpoints
+      if mps and #mps > 0 then return a:fsfreeze_freeze_list(mps) end
+      return a:fsfreeze_freeze()
+    end)
+  end
+  local md = self.vm.metadata
+  return self.client:subresource("virtualmachines.virtualization.deckhouse.io", md.name, "freeze",
+    { namespace = md.namespace, method = "PUT", group = M.SUBRESOURCE_GROUP,
+      body = { unfreezeTimeout = ("%ds"):format(math.max(1, math.ceil(budget))) } })
+end
+
+function Guest:do_thaw()
+  if self.transport == "socket" then
+    return with_agent(self, function(a) return a:fsfreeze_thaw() end)
+  end
+  local md = self.vm.metadata
+  return self.client:subresource("virtualmachines.virtualization.deckhouse.io", md.name, "unfreeze",
+    { namespace = md.namespace, method = "PUT", group = M.SUBRESOURCE_GROUP })
+end
+
+-- ------------------------------------------------------------ leases
+
+local function patch_annotation(self, value, rv)
+  local md = self.vm.metadata
+  local p = { metadata = { annotations = { [M.LEASE] = value == nil and json.null or value } } }
+  if rv then p.metadata.resourceVersion = rv end
+  return self.client:patch("virtualmachines.virtualization.deckhouse.io", md.name, p, { namespace = md.namespace })
+end
+
+function Guest:take_lease(budget)
+  local vm, err, reason = self:refresh_vm()
+  if not vm then return nil, err, reason end
+  local cur = parse_lease(vm)
+  if cur and cur.holder ~= M.holder() and not M.lease_stale(cur) then
+    return nil, ("guest %s: frozen by %s until %s"):format(self.name, tostring(cur.holder), tostring(cur.deadline)),
+      "FROZEN_BY_OTHER"
+  end
+  local now = os.time()
+  local lease = json.encode({ holder = M.holder(), since = vtime.format(now),
+    deadline = vtime.format(now + math.ceil(budget) + 5) })
+  -- the resourceVersion makes this a compare-and-swap
+  local res, e2, r2 = patch_annotation(self, lease, vm.metadata.resourceVersion)
+  if not res then return nil, ("guest %s: cannot record the freeze lease: %s"):format(self.name, e2), r2 end
+  self.vm = res
+  return true
+end
+
+function Guest:drop_lease()
+  local vm = self:refresh_vm()
+  local cur = vm and parse_lease(vm)
+  if cur and cur.holder == M.holder() then
+    local ok, err = patch_annotation(self, nil)
+    if not ok then glog:warn("cannot remove the freeze lease", { vm = self.name, error = err }) end
+  end
+end
+
+-- ------------------------------------------------------------ freeze guard
+
+---@class vmsnap.guest.Freeze
+---@field expired boolean   the budget ran out and the guard thawed
+---@field thawed boolean
+---@field frozen_at number
+---@field duration number?  seconds frozen (once thawed)
+local Freeze = {}
+Freeze.__index = Freeze
+
+--- Freeze the guest: returns a to-be-closed guard, or nil, message, code.
+--- opts.budget: seconds the guest may stay frozen (default 30); opts.mountpoints:
+--- freeze these only (socket transport; default: the VM's
+--- vmsnap.io/freeze-mountpoints, else every filesystem).
+---@param opts? {budget?: number, mountpoints?: string[]}
+---@return vmsnap.guest.Freeze?, string?, string?
+function Guest:freeze(opts)
+  opts = opts or {}
+  local budget = opts.budget or 30
+  if type(budget) ~= "number" or budget <= 0 then
+    error("bad argument to 'freeze' (budget must be a positive number of seconds)", 2)
+  end
+  if self.lease then
+    local ok, err, code = self:take_lease(budget)
+    if not ok then return nil, err, code end
+  end
+  local guard = setmetatable({ guest = self, budget = budget, expired = false, thawed = false }, Freeze)
+  local r, err, code = self:do_freeze(budget, opts.mountpoints)
+  if r == nil then
+    -- a freeze that failed half-way may have frozen some filesystems: thaw
+    self:do_thaw()
+    if self.lease then self:drop_lease() end
+    return nil, ("guest %s: freeze failed: %s"):format(self.name, tostring(err)), code
+  end
+  guard.frozen_at = task.now()
+  guard.count = type(r) == "number" and r or nil
+  guard.timer = task.spawn(function()
+    task.sleep(budget)
+    if not guard.thawed then
+      guard.expired = true
+      glog:warn("freeze budget ran out: thawing", { vm = self.name, budget = budget })
+      guard:thaw()
+    end
+  end)
+  return guard
+end
+
+--- Thaw (once; later calls return the first result). Returns true, or nil,
+--- message, code; guard.duration is the time frozen.
+function Freeze:thaw()
+  if self.thawed then return self.result, self.err, self.code end
+  self.thawed = true
+  if self.timer and task.current() ~= self.timer then task.cancel(self.timer) end
+  local g = self.guest
+  local r, err, code
+  for attempt = 1, 3 do
+    r, err, code = g:do_thaw()
+    if r ~= nil then break end
+    glog:warn("thaw failed, retrying", { vm = g.name, attempt = attempt, error = err })
+    task.sleep(0.2 * attempt)
+  end
+  self.duration = task.now() - self.frozen_at
+  if r ~= nil and g.lease then g:drop_lease() end
+  if r == nil then
+    -- the lease stays: thaw_orphans will retry after its deadline
+    self.result, self.err, self.code = nil, ("guest %s: thaw failed: %s"):format(g.name, tostring(err)), code
+  else
+    self.result = true
+  end
+  return self.result, self.err, self.code
+end
+
+Freeze.__close = function(self) self:thaw() end
+
+--- Thaw outside of a guard (an operator's command, an orphan).
+function Guest:thaw()
+  local r, err, code = self:do_thaw()
+  if r == nil then return nil, err, code end
+  if self.lease then
+    local vm = self:refresh_vm()
+    if vm and parse_lease(vm) then patch_annotation(self, nil) end
+  end
+  return true
+end
+
+-- ------------------------------------------------------------ orphans
+
+--- Thaw every VM whose freeze lease is stale (holder gone or deadline
+--- passed), and remove the lease. Returns the list of {namespace, name,
+--- holder, ok, error} handled.
+---@param client vmsnap.k8s.Client
+---@param opts? {namespace?: string, socket_for?: fun(vm: table): string?}
+function M.thaw_orphans(client, opts)
+  opts = opts or {}
+  local vms, err, reason = client:list_all("virtualmachines.virtualization.deckhouse.io",
+    { namespace = opts.namespace, all_namespaces = opts.namespace == nil })
+  if not vms then return nil, err, reason end
+  local done = {}
+  for _, vm in ipairs(vms) do
+    local lease = parse_lease(vm)
+    if lease and M.lease_stale(lease) then
+      local g, gerr = M.for_vm(client, vm, { socket = opts.socket_for and opts.socket_for(vm) or nil })
+      local ok, terr
+      if g then
+        ok, terr = g:do_thaw()
+        if ok ~= nil then
+          local p = { metadata = { annotations = { [M.LEASE] = json.null } } }
+          client:patch("virtualmachines.virtualization.deckhouse.io", vm.metadata.name, p,
+            { namespace = vm.metadata.namespace })
+        end
+      else
+        terr = gerr
+      end
+      glog:info("thawed an orphaned freeze", { vm = vm.metadata.namespace .. "/" .. vm.metadata.name,
+        holder = lease.holder, ok = ok ~= nil, error = terr })
+      done[#done + 1] = { namespace = vm.metadata.namespace, name = vm.metadata.name, holder = lease.holder,
+        ok = ok ~= nil, error = terr }
+    end
+  end
+  return done
+end
+
+return M

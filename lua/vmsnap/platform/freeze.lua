@@ -1,0 +1,100 @@
+--- vmsnap.platform.freeze: the VirtualMachine `freeze` and `unfreeze`
+--- subresources of the local platform, served by the embedded API server
+--- (`PUT /apis/subresources.virtualization.deckhouse.io/v1alpha2/namespaces/NS/virtualmachines/NAME/freeze`,
+--- body `{"unfreezeTimeout": "30s"}`), done through the VM's guest agent (the
+--- socket named by the annotation `vmsnap.io/agent`; the filesystems in
+--- `vmsnap.io/freeze-mountpoints` when the VM lists them, else all).
+---
+--- As KubeVirt does, a non-zero unfreezeTimeout makes the server thaw by itself
+--- when nobody unfreezes in time, so a freeze outlives no orchestrator.
+local qga = require("vmsnap.qga")
+local json = require("vmsnap.json")
+local task = require("vmsnap.task")
+local log = require("vmsnap.log")
+local api = require("vmsnap.apiserver")
+
+local M = {}
+local plog = log.new("platform.freeze")
+
+--- Seconds of a Go-style duration ("30s", "1m30s", "500ms", "2h"), or nil.
+function M.parse_duration(s)
+  if type(s) ~= "string" or s == "" then return nil end
+  if s == "0" then return 0 end
+  local total, rest = 0, s
+  local units = { h = 3600, m = 60, s = 1, ms = 0.001, us = 1e-6, ["µs"] = 1e-6, ns = 1e-9 }
+  while rest ~= "" do
+    local num, unit, tail = rest:match("^(%d+%.?%d*)(%a+)(.*)$")
+    if not num or not units[unit] then return nil end
+    total = total + tonumber(num) * units[unit]
+    rest = tail
+  end
+  return total
+end
+
+local function agent_for(vm)
+  local a = vm.metadata.annotations or {}
+  local target = a["vmsnap.io/agent"]
+  if not target then
+    api.fail(409, "Conflict", ('virtualmachines.virtualization.deckhouse.io "%s": the VM has no guest agent to freeze through'):format(vm.metadata.name))
+  end
+  local mps = a["vmsnap.io/freeze-mountpoints"] and json.decode(a["vmsnap.io/freeze-mountpoints"])
+  return target, type(mps) == "table" and mps or nil
+end
+
+local function agent_call(target, fn)
+  local a, err = qga.connect(target, { timeout = 10 })
+  if not a then api.fail(503, "ServiceUnavailable", "the guest agent is not reachable: " .. tostring(err)) end
+  local _ <close> = a
+  local r, e2 = fn(a)
+  if r == nil then api.fail(500, "InternalError", tostring(e2)) end
+  return r
+end
+
+--- Register freeze and unfreeze on an apiserver.Server.
+function M.register(S)
+  S.frozen = S.frozen or {}
+  local function key(call) return (call.namespace or "") .. "/" .. call.name end
+  local function thaw(target, k)
+    local st = S.frozen[k]
+    S.frozen[k] = nil
+    if st and st.timer and task.current() ~= st.timer then task.cancel(st.timer) end
+    return agent_call(target, function(a) return a:fsfreeze_thaw() end)
+  end
+  S:subresource("subresources.virtualization.deckhouse.io", "v1alpha2", "virtualmachines", "freeze", function(_, call)
+    if call.method ~= "PUT" then api.fail(405, "MethodNotAllowed", "freeze takes PUT") end
+    local target, mps = agent_for(call.object)
+    local timeout = 0
+    if call.body and call.body.unfreezeTimeout ~= nil then
+      timeout = M.parse_duration(call.body.unfreezeTimeout)
+      if not timeout then
+        api.fail(400, "BadRequest", ('unfreezeTimeout: invalid duration "%s"'):format(tostring(call.body.unfreezeTimeout)))
+      end
+    end
+    agent_call(target, function(a)
+      if mps and #mps > 0 then return a:fsfreeze_freeze_list(mps) end
+      return a:fsfreeze_freeze()
+    end)
+    local k = key(call)
+    local st = { gen = (S.frozen[k] and S.frozen[k].gen or 0) + 1 }
+    if S.frozen[k] and S.frozen[k].timer then task.cancel(S.frozen[k].timer) end
+    S.frozen[k] = st
+    if timeout > 0 then
+      st.timer = task.spawn(function()
+        task.sleep(timeout)
+        if S.frozen[k] == st then
+          plog:warn("unfreezeTimeout passed: thawing", { vm = k, timeout = timeout })
+          pcall(thaw, target, k)
+        end
+      end)
+    end
+    return 200, nil
+  end)
+  S:subresource("subresources.virtualization.deckhouse.io", "v1alpha2", "virtualmachines", "unfreeze", function(_, call)
+    if call.method ~= "PUT" then api.fail(405, "MethodNotAllowed", "unfreeze takes PUT") end
+    local target = agent_for(call.object)
+    thaw(target, key(call))
+    return 200, nil
+  end)
+end
+
+return M
