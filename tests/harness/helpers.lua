@@ -148,6 +148,100 @@ function M.faultproxy(upstream_port)
   return setmetatable(fp, { __close = function(s) s:stop() end })
 end
 
+--- A real qemu-ga on a unix socket, with a small ext4 image loop-mounted in
+--- a temporary directory: the only filesystem the tests freeze.
+--- Safety: the agent runs with `-b guest-fsfreeze-freeze` (the global freeze
+--- is refused), tests freeze through guest-fsfreeze-freeze-list with the
+--- image's mountpoint, and the <close> thaws (through the agent, then with
+--- fsfreeze -u as a fallback), stops the agent by PID, unmounts and detaches
+--- in every outcome. Returns nil, why when loop mounts are not allowed here.
+function M.qga_env()
+  local dir = assert(fs.tempdir("vmsnap-qga"))
+  local d = dir.path
+  local env = { dir = d, mnt = d .. "/mnt", image = d .. "/disk.img", socket = "unix:" .. d .. "/qga.sock" }
+  local function run(argv) return proc.run(argv, { timeout = 60 }) end
+  assert(fs.mkdir_p(env.mnt))
+  local r = run({ "truncate", "-s", "32M", env.image })
+  assert(r and r.status == 0, "truncate failed")
+  r = run({ "mkfs.ext4", "-q", "-F", env.image })
+  if not r or r.status ~= 0 then dir:remove() return nil, "mkfs.ext4 failed or is missing" end
+  r = run({ "mount", "-o", "loop", env.image, env.mnt })
+  if not r or r.status ~= 0 then
+    dir:remove()
+    return nil, "loop mounts are not allowed here: " .. tostring(r and r.stderr)
+  end
+  env.mounted = true
+  function env:start_agent()
+    self.agent = assert(proc.spawn({ "qemu-ga", "-m", "unix-listen", "-p", d .. "/qga.sock", "-t", d,
+      "-f", d .. "/qga.pid", "-b", "guest-fsfreeze-freeze" }, { stdout = "null", stderr = "null" }))
+    for _ = 1, 500 do
+      if fs.exists(d .. "/qga.sock") then return self end
+      task.sleep(0.01)
+    end
+    error("qemu-ga did not start")
+  end
+  function env:stop_agent()
+    if self.agent then
+      self.agent:kill("KILL")
+      self.agent:wait(5)
+      self.agent:close()
+      self.agent = nil
+      fs.remove(d .. "/qga.sock")
+    end
+  end
+  --- Is the image's filesystem frozen? (A write with a short timeout tells.)
+  function env:frozen()
+    local w = proc.run({ "sh", "-c", "echo probe > " .. self.mnt .. "/probe" }, { timeout = 0.5, kill_grace = 0.2 })
+    return w == nil
+  end
+  function env:cleanup()
+    -- thaw through the agent, then directly; never leave it frozen
+    if self.agent then
+      local qga = require("vmsnap.qga")
+      local a = qga.connect(self.socket, { timeout = 3 })
+      if a then a:fsfreeze_thaw() a:close() end
+    end
+    run({ "fsfreeze", "-u", self.mnt })
+    self:stop_agent()
+    if self.mounted then
+      local u = run({ "umount", self.mnt })
+      if not u or u.status ~= 0 then run({ "umount", "-l", self.mnt }) end
+      self.mounted = false
+    end
+    -- a loop device still attached to the image (mount -o loop normally detaches it)
+    local l = run({ "losetup", "-j", self.image })
+    for dev in ((l and l.stdout) or ""):gmatch("(/dev/loop%d+):") do run({ "losetup", "-d", dev }) end
+    dir:remove()
+  end
+  env:start_agent()
+  return setmetatable(env, { __close = function(e) e:cleanup() end })
+end
+
+--- tests/tools/fakeqga on a unix socket with a list of actions; returns
+--- {socket = "unix:...", stop()} with <close>.
+function M.fakeqga(actions)
+  local dir = assert(fs.tempdir("vmsnap-fakeqga"))
+  local path = dir.path .. "/qga.sock"
+  local argv = { M.build .. "/tests/fakeqga", "--socket", path, "--max-seconds", "120" }
+  for _, a in ipairs(actions or {}) do argv[#argv + 1] = a end
+  local p = assert(proc.spawn(argv, { stdout = "null" }))
+  for _ = 1, 500 do
+    if fs.exists(path) then break end
+    task.sleep(0.01)
+  end
+  local f = { socket = "unix:" .. path, proc = p }
+  function f:stop()
+    if self.proc then
+      self.proc:kill("KILL")
+      self.proc:wait(5)
+      self.proc:close()
+      self.proc = nil
+      dir:remove()
+    end
+  end
+  return setmetatable(f, { __close = function(s) s:stop() end })
+end
+
 --- Run the vmsnap program with args; returns the proc result.
 function M.run_vmsnap(args, opts)
   local argv = { M.vmsnap }
