@@ -67,6 +67,12 @@ long Vmsnap_qgaframe_feed(Vmsnap_qgaframe *f, const char *p, size_t n, Vmsnap_qg
 				return (long)i + 1;
 			continue;
 		}
+		if (f->in_string && (c == '\n' || c == '\r')) {
+			Vmsnap_qgaframe_reset(f);
+			if (cb(ud, QGAF_BAD, NULL, 0))
+				return (long)i + 1;
+			continue;
+		}
 		if (push(f, (char)c))
 			return -1;
 		if (f->in_string) {

@@ -7,8 +7,10 @@
 ** it (a reply cut short by a hung or restarted agent) is dropped.  Bytes
 ** outside an object (blank lines, garbage) are skipped.  A frame is a
 ** balanced top-level JSON object; strings and escapes are honoured while
-** counting braces.  No allocation limit is exceeded: a frame longer than
-** the limit is dropped and reported.
+** counting braces.  A raw newline inside a string cannot be JSON (the agent
+** writes one reply per line), so it drops the frame as garbage rather than
+** let an unterminated quote swallow the replies after it.  A frame longer
+** than the limit is dropped and reported.
 **
 ** Pure C, no Lua: the fuzz target (tests/fuzz/qgaframe_fuzz.c) drives it.
 */
@@ -17,7 +19,7 @@
 
 #include <stddef.h>
 
-enum { QGAF_FRAME = 1, QGAF_DELIM = 2, QGAF_OVERSIZE = 3 };
+enum { QGAF_FRAME = 1, QGAF_DELIM = 2, QGAF_OVERSIZE = 3, QGAF_BAD = 4 };
 
 typedef struct Vmsnap_qgaframe {
 	char *buf;
@@ -29,7 +31,7 @@ typedef struct Vmsnap_qgaframe {
 } Vmsnap_qgaframe;
 
 /* Called for each event: QGAF_FRAME with the frame's text (not NUL
-** terminated), QGAF_DELIM and QGAF_OVERSIZE with NULL, 0.  Returns 0 to go
+** terminated), QGAF_DELIM, QGAF_OVERSIZE and QGAF_BAD with NULL, 0.  Returns 0 to go
 ** on, non-zero to stop (the rest of the input is kept for the next feed). */
 typedef int (*Vmsnap_qgaframe_cb)(void *ud, int event, const char *text, size_t len);
 
