@@ -49,6 +49,23 @@ assert(http.request({url = srv.url .. "/stream?n=3", stream = true}):read_all())
 assert(proc.run({"sh", "-c", "echo hi"})).stdout:find("hi")'
 run "cancelled run" 1 --deadline 0.2 -e 'require("vmsnap.task").sleep(5)'
 
+# the guest agent client against the fake agent (sync, a hang, the resync)
+F=$(mktemp -d /tmp/vmsnap-vgqga.XXXXXX)
+"$BUILD/tests/fakeqga" --socket "$F/qga.sock" --max-seconds 120 ok hang ok ok ok >/dev/null 2>&1 &
+fpid=$!
+i=0
+while [ ! -S "$F/qga.sock" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
+run "qga resync after a hang" 0 -e '
+local qga = require("vmsnap.qga")
+local a <close> = assert(qga.connect(arg[1], { timeout = 0.5 }))
+local r, _, code = a:ping()
+assert(r == nil and code == "QGA_TIMEOUT")
+assert(a:ping())
+assert(a:info().version == "fake")' "unix:$F/qga.sock"
+kill $fpid 2>/dev/null
+wait $fpid 2>/dev/null
+rm -rf "$F"
+
 # the API server: start, serve requests of each kind (and a watch), stop with SIGTERM
 D=$(mktemp -d /tmp/vmsnap-vg.XXXXXX)
 "$VG" --quiet --error-exitcode=99 --leak-check=full --show-leak-kinds=definite,indirect \
