@@ -132,3 +132,21 @@
 ---@class vmsnap.core.httpd
 ---@field listen fun(opts: {host?: string, port?: integer, tls_cert?: string, tls_key?: string, client_ca?: string, max_body?: integer, connection_timeout?: integer}): vmsnap.core.httpd.Server?, string?, string?
 ---@field version fun(): string
+
+---@class vmsnap.core.sock.Conn
+---@field wait fun(self, what: "r"|"w", timeout?: number): boolean
+---@field finish_connect fun(self): boolean?, string?, string?
+---@field read_some fun(self): string?, string?, string?
+---@field write_some fun(self, data: string, offset?: integer): integer?, string?, string?
+---@field fd fun(self): integer
+---@field close fun(self)
+
+---@class vmsnap.core.sock
+---@field open fun(target: string): vmsnap.core.sock.Conn?, boolean|string?, string?
+
+---@class vmsnap.core.qga.Framer
+---@field feed fun(self, bytes: string): (string|false)[]   frames' texts, "delim", or false for a dropped frame
+---@field reset fun(self)
+
+---@class vmsnap.core.qga
+---@field framer fun(max_frame?: integer): vmsnap.core.qga.Framer

@@ -39,6 +39,10 @@ t.test("qga: ping, info, status, errors as codes", function()
   for _, f in ipairs(fsi) do if f.mountpoint == env.mnt then found = true end end
   t.ok(found, "get_fsinfo lists the test image's mountpoint")
   t.ok(a:get_host_name()["host-name"])
+  local os_ = assert(a:get_osinfo())
+  t.ok(os_.id or os_["kernel-release"], "osinfo")
+  local ifs = assert(a:network_get_interfaces())
+  t.ok(#ifs >= 1, "at least the loopback interface")
 end)
 
 t.test("qga: exec captures output and exit code, takes input, times out", function()
