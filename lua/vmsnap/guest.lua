@@ -295,7 +295,8 @@ function Guest:freeze(opts)
     local ok, err, code = self:take_lease(budget)
     if not ok then return nil, err, code end
   end
-  local guard = setmetatable({ guest = self, budget = budget, expired = false, thawed = false }, Freeze)
+  local guard = setmetatable({ guest = self, budget = budget, expired = false, thawed = false,
+    done = task.channel() }, Freeze)
   local r, err, code = self:do_freeze(budget, opts.mountpoints)
   if r == nil then
     -- a freeze that failed half-way may have frozen some filesystems: thaw
@@ -316,11 +317,18 @@ function Guest:freeze(opts)
   return guard
 end
 
---- Thaw (once; later calls return the first result). Returns true, or nil,
---- message, code; guard.duration is the time frozen.
+--- Thaw (once; a later or concurrent call waits for the first and returns its
+--- result). Returns true, or nil, message, code; guard.duration is the time frozen.
 function Freeze:thaw()
-  if self.thawed then return self.result, self.err, self.code end
+  if self.thawed then
+    if not self.finished then self.done:recv() end -- returns when the first thaw closes it
+    return self.result, self.err, self.code
+  end
   self.thawed = true
+  local finish <close> = setmetatable({}, { __close = function()
+    self.finished = true
+    self.done:close()
+  end })
   if self.timer and task.current() ~= self.timer then task.cancel(self.timer) end
   local g = self.guest
   local r, err, code

@@ -115,6 +115,14 @@ t.test("the budget thaws a guest nobody thaws, and the guard reports it", functi
   t.eq(f.thawed, true)
   t.eq(assert(g:status()), "thawed")
   t.ok(f:thaw(), "thaw after expiry is harmless")
+  -- two thaws at once: the second waits for the first and gets its result
+  local f2 = assert(g:freeze({ budget = 10, mountpoints = { env.mnt } }))
+  local a1 = task.spawn(function() return f2:thaw() end)
+  local a2 = task.spawn(function() return f2:thaw() end)
+  local res = assert(task.wait_all({ a1, a2 }, 5))
+  t.eq(res[1][1], true)
+  t.eq(res[2][1], true)
+  t.eq(assert(g:status()), "thawed")
 end)
 
 t.test("cancelling the task that froze thaws", function()
