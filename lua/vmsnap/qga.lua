@@ -44,7 +44,7 @@ Agent.__index = Agent
 function M.connect(target, opts)
   opts = opts or {}
   local c, err, code = sock.connect(target, opts.connect_timeout or 5)
-  if not c then return nil, ("qga %s: %s"):format(target, err), code end
+  if not c then return nil, "qga: " .. tostring(err), code end -- err names the target
   local a = setmetatable({ target = target, conn = c, framer = core.framer(), frames = {}, fpos = 1,
     timeout = opts.timeout or 10, need_sync = true, sync_id = math.random(1, 1 << 30),
     lock = task.channel(1) }, Agent)

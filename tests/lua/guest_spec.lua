@@ -255,6 +255,33 @@ t.test("vmsnap guest: ping, status, exec, freeze with a budget", function()
   t.contains(r.stderr, "ENOENT")
 end)
 
+t.test("a character device: qemu-ga on one end of a linked pty pair (socat), vmsnap on the other", function()
+  if not proc.run({ "sh", "-c", "command -v socat" }, { timeout = 10 }) then
+    return t.skip("character device", "socat is not installed (make deps)")
+  end
+  local d = env.dir
+  local pair = assert(proc.spawn({ "socat", "PTY,link=" .. d .. "/tty-agent,raw,echo=0",
+    "PTY,link=" .. d .. "/tty-host,raw,echo=0" }, { stdout = "null", stderr = "null" }))
+  local _ <close> = pair
+  for _ = 1, 200 do
+    if require("vmsnap.fs").exists(d .. "/tty-host") then break end
+    task.sleep(0.01)
+  end
+  local agent = assert(proc.spawn({ "qemu-ga", "-m", "isa-serial", "-p", d .. "/tty-agent", "-t", d,
+    "-f", d .. "/qga-tty.pid", "-b", "guest-fsfreeze-freeze" }, { stdout = "null", stderr = "null" }))
+  local _a <close> = agent
+  local a, err
+  for _ = 1, 50 do
+    a, err = qga.connect(d .. "/tty-host", { timeout = 1 })
+    if a then break end
+    task.sleep(0.1)
+  end
+  t.ok(a, err)
+  local _c <close> = a
+  t.ok(a:ping())
+  t.ok(a:info().version)
+end)
+
 t.test("the agent restarting between calls: the next call reconnects cleanly or fails with CLOSED", function()
   local a <close> = assert(qga.connect(env.socket))
   t.ok(a:ping())
