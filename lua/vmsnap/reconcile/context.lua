@@ -1,0 +1,228 @@
+--- vmsnap.reconcile.context: what a reconcile function gets besides the object.
+---
+---     function reconcile(ctx, obj)
+---       local vd = ctx:get("VirtualDisk", obj.metadata.namespace, obj.spec.virtualDiskName)
+---       obj.status = obj.status or {}
+---       obj.status.phase = "Pending"
+---       ctx:condition("VirtualDiskReady", "False", "WaitingForTheVirtualDisk", "...")
+---       ctx:event("Normal", "Started", "snapshotting started")
+---       return { requeue_after = 2 }
+---     end
+---
+--- Changes to `obj.status` are written once, after the reconcile, and only
+--- when the status changed (through the status subresource, re-applied on a
+--- conflict). Reads go to the controller's caches where it has one.
+local json = require("vmsnap.json")
+local vtime = require("vmsnap.time")
+
+local M = {}
+
+---@class vmsnap.reconcile.Context
+---@field client vmsnap.k8s.Client
+---@field obj table
+---@field log table
+---@field controller vmsnap.reconcile.Controller
+local Context = {}
+Context.__index = Context
+
+local function copy(v)
+  if type(v) ~= "table" then return v end
+  return json.decode(json.encode(v))
+end
+
+local equal
+equal = function(a, b)
+  if a == b then return true end
+  if type(a) ~= "table" or type(b) ~= "table" then return false end
+  for k, v in pairs(a) do if not equal(v, b[k]) then return false end end
+  for k in pairs(b) do if a[k] == nil then return false end end
+  return true
+end
+M.equal = equal
+
+function M.new(ctl, obj)
+  return setmetatable({ controller = ctl, client = ctl.client, obj = obj, log = ctl.log:with({
+    object = (obj.metadata.namespace and (obj.metadata.namespace .. "/") or "") .. obj.metadata.name }),
+    original_status = copy(obj.status) }, Context)
+end
+
+--- An object of a kind (from the controller's cache when it watches the kind).
+function Context:get(kind, ns, name)
+  local inf = self.controller:informer_for(kind)
+  if inf then return inf:get(ns, name) end
+  local obj, err, reason = self.client:get(kind, name, { namespace = ns })
+  if not obj and reason == "NotFound" then return nil end
+  return obj, err, reason
+end
+
+--- Cached objects of a watched kind whose index `index` has value.
+function Context:by_index(kind, index, value)
+  local inf = self.controller:informer_for(kind)
+  if not inf then error(("by_index: the controller does not watch %s"):format(kind), 2) end
+  return inf:by_index(index, value)
+end
+
+--- Cached objects of a watched kind (optionally in one namespace).
+function Context:list(kind, ns)
+  local inf = self.controller:informer_for(kind)
+  if not inf then error(("list: the controller does not watch %s"):format(kind), 2) end
+  return inf:list(ns)
+end
+
+--- Look again after `seconds` (also: return {requeue_after = seconds}).
+function Context:requeue_after(seconds)
+  if not self.requeue or seconds < self.requeue then self.requeue = seconds end
+end
+
+-- ------------------------------------------------------------ conditions
+
+--- The condition of a type, or nil.
+function Context:get_condition(ctype)
+  local st = self.obj.status
+  for _, c in ipairs(st and st.conditions or {}) do
+    if c.type == ctype then return c end
+  end
+end
+
+--- Set a condition (metav1.Condition): lastTransitionTime moves only when the
+--- status changes; observedGeneration is the object's generation.
+function Context:condition(ctype, status, reason, message)
+  local obj = self.obj
+  obj.status = obj.status or {}
+  obj.status.conditions = obj.status.conditions or json.array()
+  local c = self:get_condition(ctype)
+  if not c then
+    c = { type = ctype }
+    table.insert(obj.status.conditions, c)
+  end
+  if c.status ~= status then c.lastTransitionTime = vtime.format() end
+  c.status = status
+  c.reason = reason
+  c.message = message or ""
+  c.observedGeneration = obj.metadata.generation
+  return c
+end
+
+--- Remove a condition of a type.
+function Context:remove_condition(ctype)
+  local st = self.obj.status
+  if not st or not st.conditions then return end
+  for i, c in ipairs(st.conditions) do
+    if c.type == ctype then table.remove(st.conditions, i) return end
+  end
+end
+
+-- ------------------------------------------------------------ status
+
+--- Write obj.status if it changed (called by the framework after reconcile).
+function Context:flush()
+  local obj = self.obj
+  if equal(obj.status, self.original_status) then return true end
+  local c = self.client
+  for _ = 1, 3 do
+    local res, err, reason = c:update_status(obj, { field_manager = self.controller.name })
+    if res then
+      self.controller.counters.status_writes = self.controller.counters.status_writes + 1
+      self.original_status = copy(res.status)
+      obj.metadata.resourceVersion = res.metadata.resourceVersion
+      return true
+    end
+    if reason ~= "Conflict" then return nil, err, reason end
+    -- someone else wrote: take their object, keep our status
+    local fresh, ferr, freason = c:get(obj, obj.metadata.name, { namespace = obj.metadata.namespace })
+    if not fresh then
+      if freason == "NotFound" then return true end
+      return nil, ferr, freason
+    end
+    obj.metadata.resourceVersion = fresh.metadata.resourceVersion
+  end
+  return nil, "status update kept conflicting", "Conflict"
+end
+
+-- ------------------------------------------------------------ finalizers
+
+function Context:has_finalizer(name)
+  for _, f in ipairs(self.obj.metadata.finalizers or {}) do
+    if f == name then return true end
+  end
+  return false
+end
+
+local function set_finalizers(self, list)
+  local obj = self.obj
+  local p = { metadata = { finalizers = #list > 0 and json.array(list) or json.null,
+    resourceVersion = obj.metadata.resourceVersion } }
+  local res, err, reason = self.client:patch(obj, obj.metadata.name, p,
+    { namespace = obj.metadata.namespace, field_manager = self.controller.name })
+  if not res then
+    if reason == "NotFound" then return true end
+    return nil, err, reason
+  end
+  obj.metadata.finalizers = res.metadata.finalizers
+  obj.metadata.resourceVersion = res.metadata.resourceVersion
+  return true
+end
+
+--- Add a finalizer (compare-and-swap on the resourceVersion).
+function Context:add_finalizer(name)
+  if self:has_finalizer(name) then return true end
+  local list = {}
+  for _, f in ipairs(self.obj.metadata.finalizers or {}) do list[#list + 1] = f end
+  list[#list + 1] = name
+  return set_finalizers(self, list)
+end
+
+--- Remove a finalizer.
+function Context:remove_finalizer(name)
+  if not self:has_finalizer(name) then return true end
+  local list = {}
+  for _, f in ipairs(self.obj.metadata.finalizers or {}) do
+    if f ~= name then list[#list + 1] = f end
+  end
+  return set_finalizers(self, list)
+end
+
+-- ------------------------------------------------------------ events
+
+local event_seq = 0
+
+--- Record an Event on the object (or on `about`): type "Normal" or
+--- "Warning". The same reason and message again raise the count of the
+--- existing Event instead of creating another.
+function Context:event(etype, reason, message, about)
+  local obj = about or self.obj
+  local ctl = self.controller
+  ctl.recent_events = ctl.recent_events or {}
+  local md = obj.metadata
+  local key = (md.uid or md.name) .. "\0" .. etype .. "\0" .. reason .. "\0" .. (message or "")
+  local now = vtime.format()
+  local known = ctl.recent_events[key]
+  if known then
+    local res = self.client:patch("events", known.name, { count = known.count + 1, lastTimestamp = now },
+      { namespace = known.namespace })
+    if res then
+      known.count = known.count + 1
+      return true
+    end
+  end
+  event_seq = event_seq + 1
+  local name = ("%s.%x%04x"):format(md.name, os.time(), event_seq % 0x10000)
+  local ns = md.namespace or "default"
+  local ev = { apiVersion = "v1", kind = "Event", metadata = { name = name, namespace = ns },
+    involvedObject = { apiVersion = obj.apiVersion, kind = obj.kind, name = md.name, namespace = md.namespace,
+      uid = md.uid, resourceVersion = md.resourceVersion },
+    reason = reason, message = message or "", type = etype,
+    source = { component = ctl.name }, reportingComponent = ctl.name,
+    firstTimestamp = now, lastTimestamp = now, count = 1 }
+  local res, err, r2 = self.client:create(ev)
+  if not res then
+    self.log:warn("cannot record an event", { reason = reason, error = err })
+    return nil, err, r2
+  end
+  ctl.counters.events = ctl.counters.events + 1
+  ctl.recent_events[key] = { name = name, namespace = ns, count = 1 }
+  return true
+end
+
+M.Context = Context
+return M

@@ -1,0 +1,252 @@
+--- vmsnap.reconcile: the controller framework the workflows run on.
+---
+--- A workflow is a function `reconcile(ctx, obj)` that looks at one object
+--- and the world, takes at most one step, records what it saw, and says when
+--- to look again. The framework watches the kinds (informers with indexes),
+--- queues object keys (de-duplicated; failures requeued with back-off),
+--- runs workers, writes status only when it changed, keeps conditions
+--- (lastTransitionTime, observedGeneration), manages a finalizer, emits
+--- Events, elects a leader on a Lease, and shuts down gracefully.
+---
+---     local reconcile = require("vmsnap.reconcile")
+---     local ctl = reconcile.controller{
+---       client = c, name = "vdsnapshot", kind = "VirtualDiskSnapshot",
+---       finalizer = "virtualization.deckhouse.io/vdsnapshot-cleanup",
+---       watches = { { kind = "VolumeSnapshot", map = function(vs) return { reconcile.key_of(vs) } end } },
+---       reconcile = function(ctx, obj) ... return { requeue_after = 2 } end,
+---       finalize = function(ctx, obj) ... return true end,   -- cleanup done
+---     }
+---     ctl:run()      -- until ctl:stop(); ctl:reconcile_key("ns/name") drives one object (CLI)
+local task = require("vmsnap.task")
+local log = require("vmsnap.log")
+local json = require("vmsnap.json")
+local errors = require("vmsnap.errors")
+local vtime = require("vmsnap.time")
+local Queue = require("vmsnap.reconcile.queue")
+local Context = require("vmsnap.reconcile.context")
+local leader = require("vmsnap.reconcile.leader")
+
+local M = {}
+
+M.Queue = Queue
+M.Context = Context
+M.leader = leader
+
+--- "namespace/name" (or "name" for cluster-scoped objects).
+function M.key_of(obj)
+  local md = obj.metadata or {}
+  if md.namespace and md.namespace ~= "" then return md.namespace .. "/" .. md.name end
+  return md.name
+end
+
+function M.split_key(key)
+  local ns, name = key:match("^(.-)/(.+)$")
+  if not ns then return nil, key end
+  return ns, name
+end
+
+---@class vmsnap.reconcile.Controller
+local Controller = {}
+Controller.__index = Controller
+
+---@class vmsnap.reconcile.Opts
+---@field client vmsnap.k8s.Client
+---@field name string                 controller name (logs, events' source, field manager)
+---@field kind string                 the primary kind
+---@field reconcile fun(ctx: vmsnap.reconcile.Context, obj: table): (table|boolean|nil), string?
+---@field finalize? fun(ctx: vmsnap.reconcile.Context, obj: table): (boolean|nil), string?
+---@field finalizer? string           added on the first reconcile; removed once finalize returns true
+---@field watches? {kind: string, map: fun(obj: table): string[], indexes?: table}[]
+---@field indexes? table<string, fun(obj: table): string[]>   indexes on the primary kind
+---@field namespace? string           watch one namespace (default all)
+---@field workers? integer            (default 4)
+---@field max_backoff? number         seconds (default 60)
+---@field leader_election? {name: string, namespace?: string, identity?: string, duration?: number}
+
+--- A controller (not started).
+---@param opts vmsnap.reconcile.Opts
+---@return vmsnap.reconcile.Controller
+function M.controller(opts)
+  assert(type(opts) == "table" and opts.client and opts.kind and type(opts.reconcile) == "function",
+    "reconcile.controller: client, kind and reconcile are required")
+  local self = setmetatable({
+    opts = opts, client = opts.client, name = opts.name or opts.kind,
+    queue = Queue.new({ max_backoff = opts.max_backoff }), informers = {},
+    log = log.new("reconcile", { controller = opts.name or opts.kind }),
+    counters = { reconciles = 0, errors = 0, requeues = 0, status_writes = 0, events = 0, finalized = 0 },
+    stopping = false,
+  }, Controller)
+  return self
+end
+
+function Controller:informer_for(kind)
+  return self.informers[kind]
+end
+
+-- informers for the primary kind and the watched ones, feeding the queue
+function Controller:start_informers()
+  local o = self.opts
+  local scope = { namespace = o.namespace, all_namespaces = o.namespace == nil }
+  local primary = self.client:informer(o.kind, { namespace = scope.namespace, all_namespaces = scope.all_namespaces,
+    indexes = o.indexes })
+  primary:on(function(_, obj) self.queue:add(M.key_of(obj)) end)
+  self.informers[o.kind] = primary
+  self.primary = primary
+  for _, w in ipairs(o.watches or {}) do
+    local inf = self.client:informer(w.kind, { namespace = scope.namespace, all_namespaces = scope.all_namespaces,
+      indexes = w.indexes })
+    inf:on(function(_, obj, old)
+      for _, src in ipairs({ obj, old }) do
+        local ok, keys = pcall(w.map, src, self)
+        if ok and type(keys) == "table" then
+          for _, k in ipairs(keys) do self.queue:add(k) end
+        end
+      end
+    end)
+    self.informers[w.kind] = inf
+  end
+  for _, inf in pairs(self.informers) do inf:start() end
+  for kind, inf in pairs(self.informers) do
+    local ok, err = inf:wait_synced(60)
+    if not ok then return nil, ("informer for %s: %s"):format(kind, err) end
+  end
+  return true
+end
+
+--- Reconcile one key now (also what the one-shot CLI calls). Returns the
+--- reconcile's result (a table like {requeue_after = s}, or true) or nil, err.
+function Controller:reconcile_key(key)
+  local ns, name = M.split_key(key)
+  local obj
+  if self.primary then
+    obj = self.primary:get(ns, name)
+  else
+    local o, err, reason = self.client:get(self.opts.kind, name, { namespace = ns })
+    if not o then
+      if reason == "NotFound" then return true end
+      return nil, err, reason
+    end
+    obj = o
+  end
+  if not obj then return true end -- gone
+  -- work on a copy: the cached object stays as the server sent it
+  obj = json.decode(json.encode(obj))
+  local ctx = Context.new(self, obj)
+  self.counters.reconciles = self.counters.reconciles + 1
+  local fin = self.opts.finalizer
+  local ok, res, err
+  if obj.metadata.deletionTimestamp then
+    if fin and ctx:has_finalizer(fin) then
+      local done
+      if self.opts.finalize then
+        ok, done, err = pcall(self.opts.finalize, ctx, obj)
+        if not ok then return nil, tostring(done) end
+        if done == nil and err then return nil, err end
+      else
+        done = true
+      end
+      if done == true then
+        local removed, rerr = ctx:remove_finalizer(fin)
+        if not removed then return nil, rerr end
+        self.counters.finalized = self.counters.finalized + 1
+        return true
+      end
+      return type(done) == "table" and done or { requeue_after = 1 }
+    end
+    return true
+  end
+  if fin and not ctx:has_finalizer(fin) then
+    local added, aerr = ctx:add_finalizer(fin)
+    if not added then return nil, aerr end
+  end
+  ok, res, err = pcall(self.opts.reconcile, ctx, obj)
+  if not ok then
+    return nil, type(res) == "table" and tostring(res.message or res) or tostring(res)
+  end
+  if res == nil and err then return nil, err end
+  local wrote, werr = ctx:flush()
+  if not wrote then return nil, werr end
+  if ctx.requeue and (type(res) ~= "table" or not res.requeue_after) then
+    res = { requeue_after = ctx.requeue }
+  end
+  return res == nil and true or res
+end
+
+function Controller:worker()
+  while not self.stopping do
+    local key = self.queue:get()
+    if not key then return end
+    local res, err = self:reconcile_key(key)
+    if res == nil then
+      self.counters.errors = self.counters.errors + 1
+      local delay = self.queue:retry(key)
+      self.log:warn("reconcile failed; retrying", { key = key, error = tostring(err), after = delay })
+    else
+      self.queue:forget(key)
+      if type(res) == "table" and res.requeue_after then
+        self.counters.requeues = self.counters.requeues + 1
+        self.queue:add_after(key, res.requeue_after)
+      end
+    end
+    self.queue:done(key)
+  end
+end
+
+--- Run until stop(): informers, workers, and (if configured) leader election.
+--- Returns true after a stop, or nil, message.
+function Controller:run()
+  local le = self.opts.leader_election
+  if le then
+    self.elector = leader.new(self.client, le)
+    local ok, err = self.elector:acquire(function() return self.stopping end)
+    if not ok then return nil, err end
+    self.log:info("leading", { lease = le.name, identity = self.elector.identity })
+  end
+  local ok, err = self:start_informers()
+  if not ok then self:shutdown() return nil, err end
+  -- everything cached gets a first look
+  for _, obj in ipairs(self.primary:list()) do self.queue:add(M.key_of(obj)) end
+  self.workers = {}
+  for i = 1, self.opts.workers or 4 do
+    self.workers[i] = task.spawn(function() return self:worker() end)
+  end
+  if self.elector then
+    -- lose the lease: stop working (another replica takes over)
+    self.elector:keep(function() return self.stopping end)
+    if not self.stopping then
+      self.log:warn("lost the leader lease; stopping")
+      self.lost = true
+    end
+    self:stop()
+  end
+  task.wait_all(self.workers)
+  self:shutdown()
+  return not self.lost or nil, self.lost and "lost the leader lease" or nil
+end
+
+--- Stop: no new work; workers finish the reconcile in hand.
+function Controller:stop()
+  if self.stopping then return end
+  self.stopping = true
+  self.queue:shutdown()
+  if self.elector then self.elector:stop() end
+end
+
+function Controller:shutdown()
+  for _, inf in pairs(self.informers) do inf:stop() end
+  if self.elector then self.elector:release() end
+end
+
+--- Counters for metrics: reconciles, errors, requeues, status_writes, events,
+--- finalized, queue depth.
+function Controller:metrics()
+  local m = {}
+  for k, v in pairs(self.counters) do m[k] = v end
+  m.queue_depth = self.queue:len()
+  return m
+end
+
+M.Controller = Controller
+M.errors = errors
+M.now_text = vtime.format
+return M

@@ -1,0 +1,119 @@
+--- vmsnap.reconcile.leader: leader election on a coordination.k8s.io/v1
+--- Lease, as client-go does it: the holder renews `renewTime` every third of
+--- the lease's duration; another candidate takes the lease over once
+--- `renewTime + leaseDurationSeconds` has passed; every write is a
+--- compare-and-swap on the Lease's resourceVersion. A leader that cannot
+--- renew within the duration stops leading; a graceful stop releases the
+--- lease so that a successor does not wait out the duration.
+local task = require("vmsnap.task")
+local vtime = require("vmsnap.time")
+local log = require("vmsnap.log")
+
+local M = {}
+
+---@class vmsnap.reconcile.Elector
+local Elector = {}
+Elector.__index = Elector
+
+local function micro_time(t)
+  return os.date("!%Y-%m-%dT%H:%M:%S", math.floor(t)) .. (".%06dZ"):format(math.floor((t % 1) * 1e6))
+end
+
+local function now_wall()
+  -- wall-clock seconds with a fraction: os.time() plus the monotonic fraction
+  return os.time() + (task.now() % 1)
+end
+
+--- opts: name (the Lease), namespace (default the client's), identity
+--- (default host/pid), duration (seconds, default 15).
+function M.new(client, opts)
+  local guest = require("vmsnap.guest")
+  return setmetatable({ client = client, name = opts.name, namespace = opts.namespace or client.namespace,
+    identity = opts.identity or guest.holder(), duration = opts.duration or 15, log = log.new("leader"),
+    leading = false }, Elector)
+end
+
+local function expired(lease, duration)
+  local spec = lease.spec or {}
+  if not spec.holderIdentity or spec.holderIdentity == "" then return true end
+  local renew = vtime.parse(spec.renewTime)
+  local d = spec.leaseDurationSeconds or duration
+  return not renew or renew + d < os.time()
+end
+
+-- one attempt: true when we hold the lease afterwards
+function Elector:try()
+  local c = self.client
+  local lease, err, reason = c:get("leases.coordination.k8s.io", self.name, { namespace = self.namespace })
+  local now = micro_time(now_wall())
+  if not lease then
+    if reason ~= "NotFound" then return nil, err end
+    local created = c:create({ apiVersion = "coordination.k8s.io/v1", kind = "Lease",
+      metadata = { name = self.name, namespace = self.namespace },
+      spec = { holderIdentity = self.identity, leaseDurationSeconds = math.ceil(self.duration),
+        acquireTime = now, renewTime = now, leaseTransitions = 0 } })
+    return created ~= nil
+  end
+  local spec = lease.spec or {}
+  local mine = spec.holderIdentity == self.identity
+  if not mine and not expired(lease, self.duration) then return false end
+  lease.spec = lease.spec or {}
+  if not mine then
+    lease.spec.holderIdentity = self.identity
+    lease.spec.acquireTime = now
+    lease.spec.leaseTransitions = (spec.leaseTransitions or 0) + 1
+  end
+  lease.spec.renewTime = now
+  lease.spec.leaseDurationSeconds = math.ceil(self.duration)
+  local res = c:update(lease)
+  return res ~= nil
+end
+
+--- Wait until this candidate leads (or stop() returns true). Returns true, or nil, message.
+function Elector:acquire(stopped)
+  while not (stopped and stopped()) and not self.stopped do
+    local ok, err = self:try()
+    if ok then
+      self.leading = true
+      self.renewed = task.now()
+      return true
+    end
+    if ok == nil then self.log:debug("cannot reach the lease", { error = err }) end
+    task.sleep(math.max(0.2, self.duration / 5))
+  end
+  return nil, "stopped before leading"
+end
+
+--- Renew until stopped or until renewing fails for the lease's duration.
+function Elector:keep(stopped)
+  while self.leading and not self.stopped and not (stopped and stopped()) do
+    task.sleep(math.max(0.1, self.duration / 3))
+    if self.stopped or (stopped and stopped()) then break end
+    local ok = self:try()
+    if ok then
+      self.renewed = task.now()
+    elseif task.now() - self.renewed > self.duration then
+      self.leading = false
+    elseif ok == false then
+      -- someone else holds it now
+      self.leading = false
+    end
+  end
+end
+
+function Elector:stop()
+  self.stopped = true
+end
+
+--- Give the lease up (a graceful stop), so a successor need not wait.
+function Elector:release()
+  if not self.leading then return end
+  self.leading = false
+  local lease = self.client:get("leases.coordination.k8s.io", self.name, { namespace = self.namespace })
+  if lease and lease.spec and lease.spec.holderIdentity == self.identity then
+    lease.spec.holderIdentity = ""
+    self.client:update(lease)
+  end
+end
+
+return M
