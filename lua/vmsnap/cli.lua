@@ -14,6 +14,7 @@ M.commands = {
   { name = "help", summary = "help for a command" },
   { name = "version", summary = "print the versions of vmsnap and its libraries" },
   { name = "serve", summary = "serve the embedded Kubernetes-compatible API" },
+  { name = "up", summary = "the local platform: API, volumes, disks and the snapshot controllers" },
   { name = "get", summary = "show Kubernetes objects (kubectl get, for vmsnap's kinds and more)" },
   { name = "apply", summary = "server-side apply of manifests (kubectl apply --server-side)" },
   { name = "guest", summary = "talk to a guest agent: ping, status, freeze, thaw, exec, thaw-orphans" },

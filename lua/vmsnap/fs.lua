@@ -22,6 +22,11 @@ function M.remove(path) return core.remove(path) end
 
 function M.rename(from, to) return core.rename(from, to) end
 
+--- Set a file's size, creating it; growing leaves a hole (allocates nothing).
+---@param path string
+---@param size integer
+function M.truncate(path, size) return core.truncate(path, size) end
+
 --- `{type=, size=, allocated=, mode=, mtime=}`; `allocated` counts the blocks in use (sparse files).
 function M.stat(path) return core.stat(path) end
 

@@ -7,7 +7,7 @@ local rtcore = require("vmsnap.core.runtime")
 local M = {}
 
 M.help = [[
-usage: vmsnap serve --data DIR [options]
+usage: vmsnap serve --data DIR [options]   (vmsnap up adds the local platform)
 
 Serve a Kubernetes-compatible API (the resources vmsnap uses) stored in
 DIR/state.db, and write DIR/kubeconfig for kubectl and vmsnap:
@@ -36,7 +36,7 @@ A listen address other than loopback needs TLS and --token or --client-ca
 SIGINT or SIGTERM stops the server (exit status 130).
 ]]
 
-local function parse(args)
+function M.parse(args)
   local o = { crds = {} }
   local i = 1
   local function value(flag)
@@ -111,18 +111,20 @@ local function previous_port(data)
   return text and tonumber(text:match("server: https?://[%d.]+:(%d+)"))
 end
 
-function M.main(args)
-  local o = parse(args)
+--- apiserver.new's options from parsed arguments.
+function M.server_options(o)
   local crds = {}
   local b = builtin_crds()
   if b then crds[1] = b end
   for _, d in ipairs(o.crds) do crds[#crds + 1] = d end
-  local srv, err = apiserver.new{ data = o.data, host = o.host, port = o.port, token = o.token,
+  return { data = o.data, host = o.host, port = o.port, token = o.token,
     tls_cert = o.tls_cert, tls_key = o.tls_key, client_ca = o.client_ca, tls_ca = o.tls_ca, crds = crds,
     event_ttl = o.event_ttl, history = o.history }
-  if not srv then return nil, "serve: " .. tostring(err) end
-  local _ <close> = setmetatable({}, { __close = function() srv:close() end })
-  local port, code
+end
+
+--- Listen (on the previous port when possible) and write DIR/kubeconfig.
+function M.listen(srv, o)
+  local port, err, code
   if o.port == 0 then
     local prev = previous_port(o.data)
     if prev then
@@ -133,15 +135,29 @@ function M.main(args)
   end
   if not port then
     port, err, code = srv:listen()
-    if not port then return nil, ("serve: %s (%s)"):format(tostring(err), tostring(code)) end
+    if not port then return nil, ("%s (%s)"):format(tostring(err), tostring(code)) end
   end
   local kc = o.data .. "/kubeconfig"
   local ok, werr = fs.write_atomic(kc, srv:kubeconfig({ tls_server_name = o.tls_server_name }), { mode = 384 })
-  if not ok then return nil, "serve: cannot write " .. kc .. ": " .. tostring(werr) end
-  io.stdout:write(("vmsnap API server listening on %s://%s:%d (state in %s/state.db)\n")
-    :format(o.tls_cert and "https" or "http", o.host, port, o.data))
-  io.stdout:write(("  export KUBECONFIG=%s\n  kubectl get virtualization\n"):format(kc))
+  if not ok then return nil, "cannot write " .. kc .. ": " .. tostring(werr) end
+  return port
+end
+
+function M.announce(srv, o, port, what)
+  io.stdout:write(("%s listening on %s://%s:%d (state in %s)\n")
+    :format(what or "vmsnap API server", o.tls_cert and "https" or "http", o.host, port, o.data))
+  io.stdout:write(("  export KUBECONFIG=%s/kubeconfig\n  kubectl get virtualization\n"):format(o.data))
   io.stdout:flush()
+end
+
+function M.main(args)
+  local o = M.parse(args)
+  local srv, err = apiserver.new(M.server_options(o))
+  if not srv then return nil, "serve: " .. tostring(err) end
+  local _ <close> = setmetatable({}, { __close = function() srv:close() end })
+  local port, perr = M.listen(srv, o)
+  if not port then return nil, "serve: " .. tostring(perr) end
+  M.announce(srv, o, port)
   return srv:serve()
 end
 

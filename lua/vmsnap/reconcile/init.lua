@@ -79,8 +79,15 @@ function M.controller(opts)
   return self
 end
 
+local function res_key(r) return r.group .. "/" .. r.plural end
+
+--- The informer of a watched kind (any spelling: "VirtualDisk", "vd",
+--- "virtualdisks.virtualization.deckhouse.io"), or nil.
 function Controller:informer_for(kind)
-  return self.informers[kind]
+  local inf = self.informers[kind]
+  if inf then return inf end
+  local r = self.client:resource(kind)
+  return r and self.informers[res_key(r)] or nil
 end
 
 -- informers for the primary kind and the watched ones, feeding the queue
@@ -90,7 +97,9 @@ function Controller:start_informers()
   local primary = self.client:informer(o.kind, { namespace = scope.namespace, all_namespaces = scope.all_namespaces,
     indexes = o.indexes })
   primary:on(function(_, obj) self.queue:add(M.key_of(obj)) end)
-  self.informers[o.kind] = primary
+  local pr, perr = self.client:resource(o.kind)
+  if not pr then return nil, perr end
+  self.informers[res_key(pr)] = primary
   self.primary = primary
   for _, w in ipairs(o.watches or {}) do
     local inf = self.client:informer(w.kind, { namespace = scope.namespace, all_namespaces = scope.all_namespaces,
@@ -103,7 +112,9 @@ function Controller:start_informers()
         end
       end
     end)
-    self.informers[w.kind] = inf
+    local wr, werr = self.client:resource(w.kind)
+    if not wr then return nil, werr end
+    self.informers[res_key(wr)] = inf
   end
   for _, inf in pairs(self.informers) do inf:start() end
   for kind, inf in pairs(self.informers) do

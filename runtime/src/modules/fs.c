@@ -118,6 +118,27 @@ static int fs_rename(lua_State *L)
 	return 1;
 }
 
+/* fs.truncate(path, size) -> true | fail: set a file's size, creating it
+** (sparse: growing allocates nothing) */
+static int fs_truncate(lua_State *L)
+{
+	const char *path = luaL_checkstring(L, 1);
+	lua_Integer size = luaL_checkinteger(L, 2);
+	int fd;
+	luaL_argcheck(L, size >= 0, 2, "size must not be negative");
+	fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return Vmsnap_pusherrno(L, errno, path);
+	if (ftruncate(fd, (off_t)size) != 0) {
+		int e = errno;
+		close(fd);
+		return Vmsnap_pusherrno(L, e, path);
+	}
+	close(fd);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
 /* fs.stat(path) -> {type=, size=, allocated=, mode=, mtime=} | fail */
 static int fs_stat(lua_State *L)
 {
@@ -524,6 +545,7 @@ static const luaL_Reg fs_funcs[] = {{"mkdir_p", fs_mkdir_p},
                                     {"remove_tree", fs_remove_tree},
                                     {"remove", fs_remove},
                                     {"rename", fs_rename},
+                                    {"truncate", fs_truncate},
                                     {"stat", fs_stat},
                                     {"exists", fs_exists},
                                     {"list", fs_list},

@@ -111,7 +111,7 @@ static void fixup(lua_State *L, int depth)
 		int vt = lua_type(L, -1);
 		if (vt == LUA_TNUMBER && !lua_isinteger(L, -1)) {
 			lua_Number d = lua_tonumber(L, -1);
-			if (d == floor(d) && fabs(d) < 9007199254740992.0) {
+			if (d == floor(d) && fabs(d) < 9223372036854775808.0) {
 				lua_pushvalue(L, -2);
 				lua_pushinteger(L, (lua_Integer)d);
 				lua_rawset(L, t);
@@ -178,7 +178,7 @@ static int json_decode(lua_State *L)
 	}
 	if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1)) {
 		lua_Number d = lua_tonumber(L, -1);
-		if (d == floor(d) && fabs(d) < 9007199254740992.0) {
+		if (d == floor(d) && fabs(d) < 9223372036854775808.0) {
 			lua_pop(L, 1);
 			lua_pushinteger(L, (lua_Integer)d);
 		}

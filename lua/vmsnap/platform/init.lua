@@ -1,0 +1,60 @@
+--- vmsnap.platform: the local platform — the parts of the virtualization
+--- platform that vmsnap does not own, as small controllers next to the
+--- embedded API server: a provisioner and CSI snapshotter for file-backed
+--- volumes (platform/volumes.lua), VirtualDisks (platform/disks.lua), and the
+--- VMs' freeze subresources (platform/freeze.lua).
+local k8s = require("vmsnap.k8s")
+local task = require("vmsnap.task")
+local volumes = require("vmsnap.platform.volumes")
+local disks = require("vmsnap.platform.disks")
+
+local M = {}
+
+--- A client of an in-process server (its own address and credentials).
+function M.client_for(server)
+  local scheme = server.tls.cert and "https" or "http"
+  return assert(k8s.client({ server = ("%s://127.0.0.1:%d"):format(scheme, server.port), token = server.opts.token,
+    insecure = server.tls.cert ~= nil, field_manager = "vmsnap-platform" }))
+end
+
+--- Create the default StorageClass and VolumeSnapshotClass "local" when no
+--- default exists.
+function M.ensure_defaults(client)
+  local scs = client:list_all("storageclasses.storage.k8s.io") or {}
+  local have = false
+  for _, sc in ipairs(scs) do
+    if (sc.metadata.annotations or {})["storageclass.kubernetes.io/is-default-class"] == "true" then have = true end
+  end
+  if not have then
+    client:create({ apiVersion = "storage.k8s.io/v1", kind = "StorageClass",
+      metadata = { name = "local", annotations = { ["storageclass.kubernetes.io/is-default-class"] = "true" } },
+      provisioner = volumes.DRIVER, reclaimPolicy = "Delete", volumeBindingMode = "Immediate",
+      allowVolumeExpansion = true })
+  end
+  local classes = client:list_all("volumesnapshotclasses.snapshot.storage.k8s.io") or {}
+  if #classes == 0 then
+    client:create({ apiVersion = "snapshot.storage.k8s.io/v1", kind = "VolumeSnapshotClass",
+      metadata = { name = "local", annotations = { ["snapshot.storage.kubernetes.io/is-default-class"] = "true" } },
+      driver = volumes.DRIVER, deletionPolicy = "Delete" })
+  end
+end
+
+--- Start the platform's controllers (tasks) against client; data is the
+--- directory for volume and snapshot files. Returns the controllers.
+function M.start(client, data, opts)
+  opts = opts or {}
+  if opts.defaults ~= false then M.ensure_defaults(client) end
+  local ctls = volumes.controllers(client, data)
+  ctls[#ctls + 1] = disks.controller(client)
+  for _, c in ipairs(ctls) do
+    c.task = task.spawn(function() return c:run() end)
+  end
+  return ctls
+end
+
+function M.stop(ctls)
+  for _, c in ipairs(ctls or {}) do c:stop() end
+  for _, c in ipairs(ctls or {}) do if c.task then task.wait(c.task, 10) end end
+end
+
+return M

@@ -1,0 +1,94 @@
+--- vmsnap.workflow: finding the workflows and preconditions users can
+--- replace. A workflow is `workflows/NAME.lua` and a precondition
+--- `preconditions/NAME.lua` in the first directory of the search path that
+--- has it: the directories in $VMSNAP_SCRIPTS_PATH (colon-separated), then
+--- those added with workflow.add_path, then the built-in scripts
+--- (VMSNAP_SCRIPTS_DIR, the installed share/vmsnap/scripts, the source tree).
+--- So a user's copy of a file replaces the built-in one, and a new file in
+--- a user's preconditions/ directory adds a check.
+local fs = require("vmsnap.fs")
+local rtcore = require("vmsnap.core.runtime")
+
+local M = {}
+
+local extra = {}
+local cache = {}
+
+--- Put a directory in front of the built-in ones (after $VMSNAP_SCRIPTS_PATH).
+function M.add_path(dir)
+  table.insert(extra, 1, dir)
+  cache = {}
+end
+
+--- The search path, first wins.
+function M.path()
+  local dirs = {}
+  local env = os.getenv("VMSNAP_SCRIPTS_PATH")
+  if env and env ~= "" then
+    for d in env:gmatch("[^:]+") do dirs[#dirs + 1] = d end
+  end
+  for _, d in ipairs(extra) do dirs[#dirs + 1] = d end
+  for _, d in ipairs(rtcore.scripts_dirs()) do dirs[#dirs + 1] = d end
+  return dirs
+end
+
+local function load_file(path)
+  local st = fs.stat(path)
+  local c = cache[path]
+  if c and st and c.mtime == st.mtime then return c.mod end
+  local chunk, err = loadfile(path, "t")
+  if not chunk then return nil, err end
+  local ok, mod = pcall(chunk)
+  if not ok then return nil, ("%s: %s"):format(path, tostring(mod)) end
+  if type(mod) ~= "table" then return nil, path .. ": a workflow or precondition file must return a table" end
+  mod.source = path
+  cache[path] = { mtime = st and st.mtime, mod = mod }
+  return mod
+end
+
+local function find(sub, name)
+  for _, d in ipairs(M.path()) do
+    local p = ("%s/%s/%s.lua"):format(d, sub, name)
+    if fs.exists(p) then return p end
+  end
+end
+
+--- The workflow module NAME (cached; reloaded when its file changes).
+function M.load(name)
+  local p = find("workflows", name)
+  if not p then return nil, ("workflow %q not found on the scripts path (%s)"):format(name, table.concat(M.path(), ":")) end
+  return load_file(p)
+end
+
+--- The preconditions that apply to a workflow, ordered by `order` then
+--- name; a file earlier on the path replaces a same-named later one.
+function M.preconditions(workflow_name)
+  local seen, list = {}, {}
+  for _, d in ipairs(M.path()) do
+    local files = fs.list(d .. "/preconditions") or {}
+    for _, f in ipairs(files) do
+      local name = f:match("^(.+)%.lua$")
+      if name and not seen[name] then
+        seen[name] = true
+        local mod, err = load_file(d .. "/preconditions/" .. f)
+        if not mod then error(err, 0) end
+        local applies = false
+        for _, w in ipairs(mod.applies_to or {}) do
+          if w == workflow_name then applies = true end
+        end
+        if applies then
+          mod.name = mod.name or name
+          list[#list + 1] = mod
+        end
+      end
+    end
+  end
+  table.sort(list, function(a, b)
+    local oa, ob = a.order or 50, b.order or 50
+    if oa ~= ob then return oa < ob end
+    return a.name < b.name
+  end)
+  return list
+end
+
+return M
