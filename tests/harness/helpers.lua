@@ -52,7 +52,7 @@ function M.apiserver(opts)
   local srv = { data = dir.path, kubeconfig = dir.path .. "/kubeconfig", cache = cache.path }
   function srv:start()
     fs.remove(self.kubeconfig)
-    local argv = { M.vmsnap, "serve", "--data", self.data }
+    local argv = { M.vmsnap, opts.command or "serve", "--data", self.data }
     for _, a in ipairs(opts.args or {}) do argv[#argv + 1] = a end
     if self.port and not opts.args then
       argv[#argv + 1] = "--listen"
@@ -240,6 +240,14 @@ function M.fakeqga(actions)
     end
   end
   return setmetatable(f, { __close = function(s) s:stop() end })
+end
+
+--- `vmsnap up` (the local platform) on a fresh data directory: the same object
+--- as helpers.apiserver.
+function M.platform(opts)
+  opts = opts or {}
+  opts.command = "up"
+  return M.apiserver(opts)
 end
 
 --- Run the vmsnap program with args; returns the proc result.

@@ -1,0 +1,268 @@
+-- The disk workflows through the API of the local platform (`vmsnap up` as a
+-- child process): the scenarios of spec/snapshots.md d.1 (disks not attached
+-- to a VM) and d.3, with the Decisions.
+local t = require("tap")
+local k8s = require("vmsnap.k8s")
+local json = require("vmsnap.json")
+local task = require("vmsnap.task")
+local fs = require("vmsnap.fs")
+local h = require("helpers")
+
+local srv <close> = h.platform()
+local c = assert(k8s.client({ kubeconfig = srv.kubeconfig }))
+local G = "virtualization.deckhouse.io/v1alpha2"
+
+local function disk(name, size, extra)
+  local o = { apiVersion = G, kind = "VirtualDisk", metadata = { name = name },
+    spec = { persistentVolumeClaim = { size = size or "16Mi" } } }
+  for k, v in pairs(extra or {}) do o.spec[k] = v end
+  return assert(c:create(o))
+end
+local function snapshot(name, vd, extra)
+  local o = { apiVersion = G, kind = "VirtualDiskSnapshot", metadata = { name = name }, spec = { virtualDiskName = vd } }
+  for k, v in pairs(extra or {}) do o.spec[k] = v end
+  return assert(c:create(o))
+end
+local function cond(obj, ctype)
+  for _, x in ipairs(obj and obj.status and obj.status.conditions or {}) do
+    if x.type == ctype then return x end
+  end
+end
+local function wait(kind, name, pred, timeout)
+  return c:wait_for(kind, name, pred, { timeout = timeout or 15 })
+end
+local function phase_is(p) return function(o) return o and o.status and o.status.phase == p end end
+local function volume_file(pvcname)
+  local pvc = assert(c:get("pvc", pvcname))
+  local pv = assert(c:get("pv", pvc.spec.volumeName))
+  return pv.spec.csi.volumeHandle
+end
+
+t.test("d.1 #1-3: an unattached disk, happy path; the VolumeSnapshot's shape; two passes before it", function()
+  local d1 = disk("d1")
+  assert(wait("vd", "d1", phase_is("Ready")))
+  -- follow the snapshot's phases through a watch
+  local w <close> = assert(c:watch("vdsnapshot", { field_selector = "metadata.name=s1" }))
+  snapshot("s1", "d1", { volumeSnapshotClassName = "local" })
+  local messages, seen_vs_before_inprogress = {}, false
+  while true do
+    local ev = assert(w:next(15))
+    local ready = cond(ev.object, "VirtualDiskSnapshotReady")
+    if ready then messages[#messages + 1] = ready.reason .. ":" .. ready.message end
+    if ev.object.status and ev.object.status.phase == "Ready" then break end
+  end
+  local joined = table.concat(messages, "\n")
+  t.contains(joined, "Snapshotting:The snapshotting process has started.")
+  t.contains(joined, 'Snapshotting:The snapshotting process for virtual disk "d1" has started.')
+  local first_started = joined:find("process has started", 1, true)
+  local first_created = joined:find('process for virtual disk "d1"', 1, true)
+  t.ok(first_started < first_created, "InProgress before the VolumeSnapshot is created")
+  local s1 = assert(c:get("vdsnapshot", "s1"))
+  t.eq(s1.metadata.finalizers[1], "virtualization.deckhouse.io/vdsnapshot-cleanup")
+  t.eq(s1.status.phase, "Ready")
+  t.eq(s1.status.consistent, true)
+  t.eq(s1.status.volumeSnapshotName, "s1")
+  t.eq(s1.status.observedGeneration, s1.metadata.generation)
+  local r = cond(s1, "VirtualDiskSnapshotReady")
+  t.eq(r.status .. "/" .. r.reason .. "/" .. r.message, "True/VirtualDiskSnapshotReady/")
+  r = cond(s1, "VirtualDiskReady")
+  t.eq(r.status .. "/" .. r.reason, "True/VirtualDiskReady")
+  local vs = assert(c:get("volumesnapshot", "s1"))
+  local vd = assert(c:get("vd", "d1"))
+  t.eq(vs.spec.source.persistentVolumeClaimName, vd.status.target.persistentVolumeClaimName)
+  t.eq(vs.spec.volumeSnapshotClassName, "local")
+  t.eq(vs.metadata.ownerReferences[1].uid, s1.metadata.uid)
+  t.eq(vs.metadata.ownerReferences[1].controller, nil, "no controller flag (a.8)")
+  local fins = table.concat(vs.metadata.finalizers, ",")
+  t.contains(fins, "virtualization.deckhouse.io/vdsnapshot-protection")
+  t.eq(json.encode(vs.metadata.annotations), '{"accessModes":"ReadWriteOnce","storageClass":"local","volumeMode":"Filesystem"}')
+  _ = d1; _ = seen_vs_before_inprogress
+end)
+
+t.test("Decision 5: without a class, the storage class's is used; no match is a clear failure", function()
+  disk("d-auto")
+  assert(wait("vd", "d-auto", phase_is("Ready")))
+  snapshot("s-auto", "d-auto")
+  assert(wait("vdsnapshot", "s-auto", phase_is("Ready")))
+  t.eq(assert(c:get("volumesnapshot", "s-auto")).spec.volumeSnapshotClassName, "local")
+  -- a storage class of another provisioner, with no snapshot class for it
+  assert(c:create({ apiVersion = "storage.k8s.io/v1", kind = "StorageClass", metadata = { name = "foreign" },
+    provisioner = "foreign.csi.example" }))
+  assert(c:patch("volumesnapshotclass", "local", { metadata = { annotations = {
+    ["snapshot.storage.kubernetes.io/is-default-class"] = json.null } } }))
+  local d = disk("d-foreign", "16Mi")
+  _ = d
+  -- the foreign class is not provisioned here: make the disk look Ready through its claim's class
+  -- instead, check resolution directly on a Ready disk whose claim names the foreign class
+  local csi = require("vmsnap.csi")
+  local _, msg, code = csi.resolve_class(c, "foreign")
+  t.eq(code, "NotFound")
+  t.contains(msg, 'storage class "foreign"')
+  assert(c:patch("volumesnapshotclass", "local", { metadata = { annotations = {
+    ["snapshot.storage.kubernetes.io/is-default-class"] = "true" } } }))
+end)
+
+t.test("d.1 #4: a missing disk keeps the snapshot Pending, never Failed; the disk's arrival completes it", function()
+  snapshot("s2", "ghost")
+  local s = assert(wait("vdsnapshot", "s2", function(o) return o and cond(o, "VirtualDiskReady") end))
+  local vr = cond(s, "VirtualDiskReady")
+  t.eq(vr.status .. "/" .. vr.reason, "False/VirtualDiskNotReadyForSnapshotting")
+  t.eq(vr.message, 'The virtual disk "ghost" not found.')
+  local lr = cond(s, "VirtualDiskSnapshotReady")
+  t.eq(lr.reason, "WaitingForTheVirtualDisk")
+  t.eq(s.status.phase, "Pending")
+  disk("ghost")
+  assert(wait("vdsnapshot", "s2", phase_is("Ready")))
+end)
+
+t.test("d.1 #5: a disk not Ready keeps the snapshot Pending with the disk's phase in the message", function()
+  disk("d-stuck", "16Mi", { persistentVolumeClaim = { size = "16Mi", storageClassName = "no-such-class" } })
+  snapshot("s-stuck", "d-stuck")
+  local s = assert(wait("vdsnapshot", "s-stuck", function(o)
+    local x = cond(o, "VirtualDiskReady")
+    return x and x.message:find('"Pending" phase', 1, true) and o
+  end))
+  t.eq(cond(s, "VirtualDiskReady").message,
+    'The virtual disk "d-stuck" is in the "Pending" phase: waiting for it to reach the Ready phase.')
+  t.eq(s.status.phase, "Pending")
+end)
+
+t.test("d.1 #6: a disk being deleted", function()
+  disk("d-del")
+  assert(wait("vd", "d-del", phase_is("Ready")))
+  assert(c:patch("vd", "d-del", { metadata = { finalizers = { "test.vmsnap.io/hold", "virtualization.deckhouse.io/vd-cleanup" } } }))
+  assert(c:delete("vd", "d-del"))
+  snapshot("s-del", "d-del")
+  local s = assert(wait("vdsnapshot", "s-del", function(o)
+    local x = cond(o, "VirtualDiskReady")
+    return x and x.message:find("deletion", 1, true) and o
+  end))
+  t.eq(cond(s, "VirtualDiskReady").message, 'The virtual disk "d-del" is in process of deletion.')
+  t.eq(s.status.phase, "Pending")
+  -- let it go: drop only the test's finalizer
+  local cur = assert(c:get("vd", "d-del"))
+  local kept = {}
+  for _, f in ipairs(cur.metadata.finalizers or {}) do if f ~= "test.vmsnap.io/hold" then kept[#kept + 1] = f end end
+  assert(c:patch("vd", "d-del", { metadata = { finalizers = #kept > 0 and kept or json.null } }))
+  t.eq(wait("vd", "d-del", function(o) return o == nil end), true)
+end)
+
+t.test("d.1 #17, #19: a failed VolumeSnapshot fails the snapshot for good; a lost one after Ready is Lost", function()
+  assert(c:create({ apiVersion = "snapshot.storage.k8s.io/v1", kind = "VolumeSnapshotClass",
+    metadata = { name = "failing" }, driver = "local.vmsnap.io", deletionPolicy = "Delete",
+    parameters = { failAt = "ready", failMessage = "the backend refused" } }))
+  disk("d-f")
+  assert(wait("vd", "d-f", phase_is("Ready")))
+  snapshot("s-f", "d-f", { volumeSnapshotClassName = "failing" })
+  local s = assert(wait("vdsnapshot", "s-f", phase_is("Failed")))
+  local r = cond(s, "VirtualDiskSnapshotReady")
+  t.eq(r.reason, "VirtualDiskSnapshotFailed")
+  t.eq(r.message, 'VolumeSnapshot "s-f" has an error: the backend refused.')
+  -- terminal: stays Failed even if the VolumeSnapshot recovers
+  assert(c:patch("volumesnapshot", "s-f", { status = { error = json.null, readyToUse = true } },
+    { subresource = "status" }))
+  task.sleep(0.5)
+  s = assert(c:get("vdsnapshot", "s-f"))
+  t.eq(s.status.phase, "Failed")
+  t.eq(cond(s, "VirtualDiskSnapshotReady").message, 'VolumeSnapshot "s-f" has an error: the backend refused.')
+  -- Lost: s1's VolumeSnapshot goes away
+  assert(c:patch("volumesnapshot", "s1", { metadata = { finalizers = json.null } }))
+  c:delete("volumesnapshot", "s1")
+  s = assert(wait("vdsnapshot", "s1", phase_is("Failed")))
+  r = cond(s, "VirtualDiskSnapshotReady")
+  t.eq(r.reason, "Lost")
+  t.eq(r.message, 'The underlying volume snapshot "s1" is not ready to use.')
+end)
+
+t.test("d.1 #22: deleting a snapshot removes its VolumeSnapshot and then itself", function()
+  assert(c:delete("vdsnapshot", "s-auto"))
+  t.eq(wait("vdsnapshot", "s-auto", function(o) return o == nil end), true)
+  t.eq(wait("volumesnapshot", "s-auto", function(o) return o == nil end), true)
+end)
+
+t.test("d.3 #46-48: restoring from a snapshot not yet ready, the claim's shape, the size warning, the data", function()
+  disk("src", "8Mi")
+  local vd = assert(wait("vd", "src", phase_is("Ready")))
+  local file = volume_file(vd.status.target.persistentVolumeClaimName)
+  -- known data in the source volume
+  local before = ("vmsnap snapshot data\n"):rep(1000)
+  local f = assert(io.open(file, "r+b"))
+  f:write(before)
+  f:close()
+  -- a slow snapshot: the restore waits for it
+  assert(c:create({ apiVersion = "snapshot.storage.k8s.io/v1", kind = "VolumeSnapshotClass",
+    metadata = { name = "slow" }, driver = "local.vmsnap.io", deletionPolicy = "Delete",
+    parameters = { readyLatency = "1500ms" } }))
+  snapshot("src-snap", "src", { volumeSnapshotClassName = "slow" })
+  assert(wait("vdsnapshot", "src-snap", function(o) return o and o.status and o.status.volumeSnapshotName end))
+  assert(require("vmsnap.csi").wait(c, "default", "src-snap", "cut", 10))
+  -- the data changes after the cut
+  local f2 = assert(io.open(file, "r+b"))
+  f2:write(("overwritten after the cut\n"):rep(1000))
+  f2:close()
+  local res = assert(c:request({ method = "POST", path = "/apis/" .. G .. "/namespaces/default/virtualdisks",
+    body = { apiVersion = G, kind = "VirtualDisk", metadata = { name = "r1" },
+      spec = { persistentVolumeClaim = { size = "4Mi" },
+        dataSource = { type = "ObjectRef", objectRef = { kind = "VirtualDiskSnapshot", name = "src-snap" } } } } }))
+  t.eq(res.headers.warning, nil, "no size check while the snapshot is not Ready (b.5 #1)")
+  local r1 = assert(wait("vd", "r1", function(o) return o and cond(o, "DatasourceReady") end))
+  local dr = cond(r1, "DatasourceReady")
+  if r1.status.phase == "Pending" then
+    t.eq(dr.reason, "VirtualDiskSnapshot")
+    t.eq(dr.message, 'VirtualDiskSnapshot "src-snap" not ready.')
+    t.eq(cond(r1, "Ready").reason, "DatasourceIsNotReady")
+  end
+  r1 = assert(wait("vd", "r1", phase_is("Ready")))
+  local src_snap = assert(c:get("vdsnapshot", "src-snap"))
+  t.eq(r1.status.sourceUID, src_snap.metadata.uid)
+  local pvc = assert(c:get("pvc", r1.status.target.persistentVolumeClaimName))
+  t.eq(pvc.metadata.name, ("vd-r1-%s"):format(r1.metadata.uid))
+  t.eq(json.encode(pvc.spec.dataSource), '{"apiGroup":"snapshot.storage.k8s.io","kind":"VolumeSnapshot","name":"src-snap"}')
+  t.eq(pvc.spec.resources.requests.storage, "8Mi", "requested at the snapshot's restoreSize")
+  t.eq(pvc.spec.storageClassName, "local")
+  t.eq(pvc.metadata.finalizers[1], "virtualization.deckhouse.io/vd-protection")
+  t.eq(pvc.metadata.ownerReferences[1].uid, r1.metadata.uid)
+  -- exactly the data at the cut
+  local restored = assert(io.open(volume_file(pvc.metadata.name), "rb"))
+  local got = restored:read(#before)
+  restored:close()
+  t.ok(got == before, "the restored disk holds the data written before the snapshot")
+  -- now that the snapshot is Ready, a smaller disk is accepted with the warning
+  res = assert(c:request({ method = "POST", path = "/apis/" .. G .. "/namespaces/default/virtualdisks",
+    body = { apiVersion = G, kind = "VirtualDisk", metadata = { name = "r2" },
+      spec = { persistentVolumeClaim = { size = "4Mi" },
+        dataSource = { type = "ObjectRef", objectRef = { kind = "VirtualDiskSnapshot", name = "src-snap" } } } } }))
+  t.eq(res.headers.warning, '299 - "The specified pvc size is insufficient: 4194304 (4Mi) < 8388608"')
+end)
+
+t.test("d.3 #50, #51: zero size rejected; the source is fixed once provisioned", function()
+  local _, msg, reason = c:create({ apiVersion = G, kind = "VirtualDisk", metadata = { name = "zero" },
+    spec = { persistentVolumeClaim = { size = "0" } } })
+  t.eq(reason, "Invalid")
+  t.contains(msg, "virtual disk size must be greater than 0")
+  local _, msg2, reason2 = c:patch("vd", "r1", { spec = { dataSource = { objectRef = { name = "s2" } } } })
+  t.eq(reason2, "Invalid")
+  t.contains(msg2, "data source cannot be changed if the VirtualDisk has already been provisioned")
+end)
+
+t.test("the platform survives a restart in the middle: snapshots complete", function()
+  disk("d-r")
+  assert(wait("vd", "d-r", phase_is("Ready")))
+  assert(c:create({ apiVersion = "snapshot.storage.k8s.io/v1", kind = "VolumeSnapshotClass",
+    metadata = { name = "slower" }, driver = "local.vmsnap.io", deletionPolicy = "Delete",
+    parameters = { readyLatency = "1s" } }))
+  for i = 1, 3 do snapshot("restart-" .. i, "d-r", { volumeSnapshotClassName = "slower" }) end
+  task.sleep(0.3)
+  srv:kill9()
+  srv:start()
+  for i = 1, 3 do
+    t.ok(wait("vdsnapshot", "restart-" .. i, phase_is("Ready"), 20), "restart-" .. i .. " Ready")
+  end
+  local vss = assert(c:list_all("volumesnapshot"))
+  local count = {}
+  for _, v in ipairs(vss) do count[v.metadata.name] = (count[v.metadata.name] or 0) + 1 end
+  t.eq(count["restart-1"], 1, "no duplicate VolumeSnapshots")
+  _ = fs
+end)
+
+t.done()
