@@ -41,7 +41,7 @@ function M.main(args)
   local client = platform.client_for(srv)
   local ctls = platform.start(client, o.data)
   controllers.thaw_orphans(client)
-  local snaps, cerr = controllers.all(client)
+  local snaps, cerr = controllers.all(client, { leader_election = controllers.LEASE })
   if not snaps then return nil, "up: " .. tostring(cerr) end
   for _, c in ipairs(snaps) do c.task = task.spawn(function() return c:run() end) end
   stop_all = function()

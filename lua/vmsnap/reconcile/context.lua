@@ -62,11 +62,14 @@ function Context:by_index(kind, index, value)
   return inf:by_index(index, value)
 end
 
---- Cached objects of a watched kind (optionally in one namespace).
+--- Objects of a kind (optionally in one namespace): from the cache when
+--- the controller watches the kind, else from the API server.
 function Context:list(kind, ns)
   local inf = self.controller:informer_for(kind)
-  if not inf then error(("list: the controller does not watch %s"):format(kind), 2) end
-  return inf:list(ns)
+  if inf then return inf:list(ns) end
+  local all, err = self.client:list_all(kind, { namespace = ns, all_namespaces = ns == nil })
+  if not all then error(("list %s: %s"):format(kind, err), 2) end
+  return all
 end
 
 --- Look again after `seconds` (also: return {requeue_after = seconds}).

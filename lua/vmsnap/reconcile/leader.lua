@@ -56,7 +56,9 @@ function Elector:try()
   end
   local spec = lease.spec or {}
   local mine = spec.holderIdentity == self.identity
-  if not mine and not expired(lease, self.duration) then return false end
+  -- a holder that was a process of this machine and is gone need not be waited out
+  local dead = not mine and require("vmsnap.guest").holder_alive(spec.holderIdentity) == false
+  if not mine and not dead and not expired(lease, self.duration) then return false end
   lease.spec = lease.spec or {}
   if not mine then
     lease.spec.holderIdentity = self.identity
