@@ -18,6 +18,7 @@ M.commands = {
   { name = "controller", summary = "the snapshot controllers against any API server" },
   { name = "snapshot", summary = "snapshot disk NAME: take a VirtualDiskSnapshot (--wait follows it)" },
   { name = "restore", summary = "restore disk NAME --from SNAPSHOT: a VirtualDisk from a snapshot" },
+  { name = "vm", summary = "vm start|stop NAME: power a VM of the local platform" },
   { name = "get", summary = "show Kubernetes objects (kubectl get, for vmsnap's kinds and more)" },
   { name = "apply", summary = "server-side apply of manifests (kubectl apply --server-side)" },
   { name = "guest", summary = "talk to a guest agent: ping, status, freeze, thaw, exec, thaw-orphans" },

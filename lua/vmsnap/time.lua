@@ -28,6 +28,12 @@ function M.parse(s)
   return days * 86400 + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(se) - off
 end
 
+--- Wall-clock seconds since the epoch, with the fraction.
+---@return number
+function M.now()
+  return require("vmsnap.core.runtime").wallclock()
+end
+
 --- The RFC 3339 text (UTC, seconds) of a time (default: now).
 ---@param t? integer
 ---@return string

@@ -15,7 +15,7 @@ local json = require("vmsnap.json")
 local csi = require("vmsnap.csi")
 local guest = require("vmsnap.guest")
 local workflow = require("vmsnap.workflow")
-local task = require("vmsnap.task")
+local vtime = require("vmsnap.time")
 
 local W = {}
 
@@ -144,24 +144,46 @@ function W.can_unfreeze(ctx, vds, vm)
   return true
 end
 
--- freeze through the VM's API (subresources), leased; remember when
+local function mark_frozen(ctx, vds, at_ms)
+  local res, perr = ctx.client:patch(VDS, vds.metadata.name,
+    { metadata = { annotations = { [W.FROZEN_AT] = tostring(at_ms) } } }, { namespace = vds.metadata.namespace })
+  if not res then return nil, perr end
+  vds.metadata.annotations = res.metadata.annotations
+  vds.metadata.resourceVersion = res.metadata.resourceVersion
+  return true
+end
+
+-- A live freeze lease on the VM (another snapshot of its disks froze it):
+-- join that freeze instead of freezing again; the last one out thaws.
+function W.join_freeze(ctx, vds, vm)
+  local lease = guest.parse_lease(vm)
+  if not lease or guest.lease_stale(lease) then return false end
+  local since = vtime.parse(lease.since) or vtime.now()
+  local ok, err = mark_frozen(ctx, vds, math.floor(since * 1000))
+  if not ok then return nil, err end
+  return true
+end
+
+-- freeze through the VM's API (subresources), leased; remember when.
+-- Returns true, or nil, message, "transient" for what a retry may fix.
 function W.freeze(ctx, vds, vm)
   local budget = tonumber(annotation(vds, W.BUDGET) or "") or 30
   local g, err = guest.for_vm(ctx.client, vm, { transport = "api" })
   if not g then return nil, err end
   local ok, lerr, lcode = g:take_lease(budget)
-  if not ok and lcode ~= "FROZEN_BY_OTHER" then return nil, lerr end
+  if not ok then
+    -- a lease written meanwhile (Conflict), or held by another: look again
+    if lcode == "Conflict" or lcode == "FROZEN_BY_OTHER" then return nil, lerr, "transient" end
+    return nil, lerr, lcode ~= "NotFound" and "transient" or nil
+  end
   local r, ferr = g:do_freeze(budget)
   if r == nil then
-    if ok then g:drop_lease() end
+    g:drop_lease()
     return nil, ferr
   end
-  local now = math.floor(os.time() * 1000 + (task.now() % 1) * 1000)
-  local res, perr = ctx.client:patch(VDS, vds.metadata.name,
-    { metadata = { annotations = { [W.FROZEN_AT] = tostring(now) } } }, { namespace = vds.metadata.namespace })
-  if not res then return nil, perr end
-  vds.metadata.annotations = res.metadata.annotations
-  vds.metadata.resourceVersion = res.metadata.resourceVersion
+  local now = math.floor(vtime.now() * 1000)
+  local ok2, perr = mark_frozen(ctx, vds, now)
+  if not ok2 then return nil, perr, "transient" end
   return true
 end
 
@@ -175,7 +197,7 @@ function W.thaw(ctx, vds, vm, force)
     g:drop_lease()
   end
   if frozen_at then
-    local now = math.floor(os.time() * 1000 + (task.now() % 1) * 1000)
+    local now = math.floor(vtime.now() * 1000)
     local res = ctx.client:patch(VDS, vds.metadata.name, { metadata = { annotations = {
       [W.FROZEN_AT] = json.null, [W.FREEZE_DURATION] = tostring(math.max(0, now - frozen_at)) } } },
       { namespace = vds.metadata.namespace })
@@ -262,11 +284,16 @@ function W.lifecycle(ctx, vds, facts)
           ctx:condition(COND, "False", "Snapshotting", "The snapshotting process has started.")
           return { requeue_after = 0.01 }
         end
-        local fok, ferr = W.freeze(ctx, vds, vm)
-        if not fok then
-          fail(ctx, vds, "VirtualDiskSnapshotFailed",
-            ("Failed to freeze virtual machine %s/%s: %s"):format(ns, vm.metadata.name, tostring(ferr)))
-          return true
+        local joined, jerr = W.join_freeze(ctx, vds, vm)
+        if joined == nil then return nil, jerr end
+        if not joined then
+          local fok, ferr, fkind = W.freeze(ctx, vds, vm)
+          if not fok then
+            if fkind == "transient" then return nil, ferr end -- Decision 1
+            fail(ctx, vds, "VirtualDiskSnapshotFailed",
+              ("Failed to freeze virtual machine %s/%s: %s"):format(ns, vm.metadata.name, tostring(ferr)))
+            return true
+          end
         end
         frozen_by_us = true
         -- Decision 3: issue the VolumeSnapshot right after the freeze (below)
@@ -318,7 +345,7 @@ function W.lifecycle(ctx, vds, facts)
     local thaw_at_ready = annotation(vds, W.THAW_AT) == "Ready"
     local frozen_at = tonumber(annotation(vds, W.FROZEN_AT)) or 0
     local budget = tonumber(annotation(vds, W.BUDGET) or "") or 30
-    local elapsed = (os.time() * 1000 + (task.now() % 1) * 1000 - frozen_at) / 1000
+    local elapsed = (vtime.now() * 1000 - frozen_at) / 1000
     local cut_done = (thaw_at_ready and state.ready) or (not thaw_at_ready and state.cut)
     if cut_done then
       local tok, terr = W.thaw(ctx, vds, vm, false)

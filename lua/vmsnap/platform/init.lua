@@ -7,6 +7,7 @@ local k8s = require("vmsnap.k8s")
 local task = require("vmsnap.task")
 local volumes = require("vmsnap.platform.volumes")
 local disks = require("vmsnap.platform.disks")
+local vms = require("vmsnap.platform.vms")
 
 local M = {}
 
@@ -46,6 +47,7 @@ function M.start(client, data, opts)
   if opts.defaults ~= false then M.ensure_defaults(client) end
   local ctls = volumes.controllers(client, data)
   ctls[#ctls + 1] = disks.controller(client)
+  ctls[#ctls + 1] = vms.controller(client, data, { agents = opts.agents })
   for _, c in ipairs(ctls) do
     c.task = task.spawn(function() return c:run() end)
   end
@@ -55,6 +57,8 @@ end
 function M.stop(ctls)
   for _, c in ipairs(ctls or {}) do c:stop() end
   for _, c in ipairs(ctls or {}) do if c.task then task.wait(c.task, 10) end end
+  -- the VMs' agents stop and their images are unmounted (thawed first)
+  for _, c in ipairs(ctls or {}) do if c.teardown_all then c:teardown_all() end end
 end
 
 return M

@@ -198,7 +198,7 @@ local function snapshot(P, ctx, vs)
     assert(fs.rename(tmp, snapfile))
     local size = fs.stat(snapfile).size
     content.metadata.annotations = content.metadata.annotations or {}
-    content.metadata.annotations["local.vmsnap.io/cut-at"] = ("%.3f"):format(os.time() + (task.now() % 1))
+    content.metadata.annotations["local.vmsnap.io/cut-at"] = ("%.3f"):format(vtime.now())
     local updated, uerr = ctx.client:update(content)
     if not updated then return nil, uerr end
     content = updated
@@ -212,7 +212,7 @@ local function snapshot(P, ctx, vs)
   end
   -- ready
   local cut = tonumber((content.metadata.annotations or {})["local.vmsnap.io/cut-at"] or "0") or 0
-  local left = params.ready - ((os.time() + (task.now() % 1)) - cut)
+  local left = params.ready - (vtime.now() - cut)
   if left > 0.001 and left <= params.ready then return { requeue_after = left } end
   if params.fail_at == "ready" then
     set_error(vs, params.fail_message)

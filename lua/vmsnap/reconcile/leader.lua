@@ -20,8 +20,7 @@ local function micro_time(t)
 end
 
 local function now_wall()
-  -- wall-clock seconds with a fraction: os.time() plus the monotonic fraction
-  return os.time() + (task.now() % 1)
+  return vtime.now()
 end
 
 --- opts: name (the Lease), namespace (default the client's), identity

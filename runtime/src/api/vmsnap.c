@@ -7,6 +7,7 @@
 #include "../modules/curlsym.h"
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 #include <string.h>
 #include <unistd.h>
 #include <yaml.h>
@@ -301,7 +302,17 @@ static int rt_scripts_dirs(lua_State *L)
 	return 1;
 }
 
+/* wall-clock seconds since the epoch, with the fraction (CLOCK_REALTIME) */
+static int rt_wallclock(lua_State *L)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+	return 1;
+}
+
 static const luaL_Reg rt_funcs[] = {{"memory", rt_memory},
+                                    {"wallclock", rt_wallclock},
                                     {"scripts_dirs", rt_scripts_dirs},
                                     {"fail_after", rt_fail_after},
                                     {"versions", rt_versions},

@@ -1,0 +1,254 @@
+--- vmsnap.platform.vms: the local platform's VirtualMachines (spec a.5):
+--- phases Stopped/Starting/Running/Stopping driven by spec.runPolicy and
+--- `vmsnap vm start|stop` (annotation vmsnap.io/power), status.blockDeviceRefs,
+--- and BlockDevicesReady, AgentReady and FilesystemFrozen.
+---
+--- A running VM gets a guest agent: the platform loop-mounts the VM's root
+--- disk image (formatting a blank one as ext4 first, as an installer would)
+--- under DATA/vms/NS-NAME/root and starts a real qemu-ga on a unix socket
+--- there, with the global freeze blocked (-b guest-fsfreeze-freeze); the VM is
+--- annotated with the socket (vmsnap.io/agent) and the mountpoint
+--- (vmsnap.io/freeze-mountpoints), which the freeze subresources use. When
+--- loop mounts are not possible here (or the VM is annotated
+--- vmsnap.io/no-agent: "true"), the VM runs without an agent.
+local json = require("vmsnap.json")
+local fs = require("vmsnap.fs")
+local proc = require("vmsnap.proc")
+local task = require("vmsnap.task")
+local log = require("vmsnap.log")
+local qga = require("vmsnap.qga")
+local reconcile = require("vmsnap.reconcile")
+local volumes = require("vmsnap.platform.volumes")
+
+local M = {}
+
+M.POWER = "vmsnap.io/power"
+local VD = "virtualdisks.virtualization.deckhouse.io"
+local VMBDA = "virtualmachineblockdeviceattachments.virtualization.deckhouse.io"
+local vlog = log.new("platform.vms")
+
+local function run(argv, timeout)
+  return proc.run(argv, { timeout = timeout or 60 })
+end
+
+local function dir_of(P, vm)
+  return ("%s/vms/%s-%s"):format(P.data, vm.metadata.namespace, vm.metadata.name)
+end
+
+local function wants_running(vm)
+  local policy = vm.spec.runPolicy or "AlwaysOnUnlessStoppedManually"
+  local power = (vm.metadata.annotations or {})[M.POWER]
+  if policy == "AlwaysOn" then return true end
+  if policy == "AlwaysOff" then return false end
+  if policy == "Manual" then return power == "on" end
+  return power ~= "off"
+end
+
+local function pid_alive(pid)
+  return pid and fs.exists("/proc/" .. pid .. "/stat")
+end
+
+-- stop a VM's agent and unmount its root image (thawing first: never leave it frozen)
+function M.teardown(P, dir)
+  local mnt = dir .. "/root"
+  local sock = "unix:" .. dir .. "/qga.sock"
+  if fs.exists(dir .. "/qga.sock") then
+    local a = qga.connect(sock, { timeout = 2 })
+    if a then a:fsfreeze_thaw() a:close() end
+  end
+  run({ "fsfreeze", "-u", mnt }, 5)
+  local pidtext = fs.read_file(dir .. "/qga.pid")
+  local pid = pidtext and tonumber(pidtext:match("%d+"))
+  local comm = pid and fs.read_file("/proc/" .. pid .. "/comm")
+  if pid and comm and comm:match("qemu%-ga") then
+    run({ "kill", "-9", tostring(pid) }, 5)
+  end
+  if P.agents[dir] then
+    P.agents[dir]:kill("KILL")
+    P.agents[dir]:wait(5)
+    P.agents[dir]:close()
+    P.agents[dir] = nil
+  end
+  fs.remove(dir .. "/qga.sock")
+  fs.remove(dir .. "/qga.pid")
+  local m = run({ "findmnt", "-n", "-o", "TARGET", mnt }, 5)
+  if m and m.status == 0 then
+    local u = run({ "umount", mnt }, 30)
+    if not u or u.status ~= 0 then run({ "umount", "-l", mnt }, 10) end
+  end
+end
+
+-- mount the root image and start the agent; returns the agent target or nil, why
+function M.start_agent(P, vm, image)
+  local dir = dir_of(P, vm)
+  local mnt = dir .. "/root"
+  assert(fs.mkdir_p(mnt))
+  local m = run({ "findmnt", "-n", "-o", "SOURCE", mnt }, 5)
+  if not (m and m.status == 0) then
+    local probe = run({ "blkid", "-p", image }, 10)
+    if not probe or probe.status ~= 0 then
+      local mk = run({ "mkfs.ext4", "-q", "-F", image }, 120)
+      if not mk or mk.status ~= 0 then return nil, "cannot format the root disk: " .. tostring(mk and mk.stderr) end
+    end
+    local mo = run({ "mount", "-o", "loop", image, mnt }, 30)
+    if not mo or mo.status ~= 0 then return nil, "loop mounts are not possible here: " .. tostring(mo and mo.stderr) end
+  end
+  if not P.agents[dir] or not P.agents[dir]:running() then
+    fs.remove(dir .. "/qga.sock")
+    local p, err = proc.spawn({ "qemu-ga", "-m", "unix-listen", "-p", dir .. "/qga.sock", "-t", dir,
+      "-f", dir .. "/qga.pid", "-b", "guest-fsfreeze-freeze" }, { stdout = "null", stderr = "null" })
+    if not p then return nil, "cannot start qemu-ga: " .. tostring(err) end
+    P.agents[dir] = p
+    for _ = 1, 200 do
+      if fs.exists(dir .. "/qga.sock") then break end
+      task.sleep(0.01)
+    end
+  end
+  return "unix:" .. dir .. "/qga.sock", mnt
+end
+
+local function set_cond(ctx, t, status, reason, msg)
+  if status == nil then return ctx:remove_condition(t) end
+  ctx:condition(t, status, reason, msg or "")
+end
+
+local function annotate(ctx, vm, values)
+  local ann = vm.metadata.annotations or {}
+  local change = false
+  for k, v in pairs(values) do
+    if (ann[k] or json.null) ~= v then change = true end
+  end
+  if not change then return end
+  local res = ctx.client:patch("vm", vm.metadata.name, { metadata = { annotations = values } },
+    { namespace = vm.metadata.namespace })
+  if res then
+    vm.metadata.annotations = res.metadata.annotations
+    vm.metadata.resourceVersion = res.metadata.resourceVersion
+  end
+end
+
+local function reconcile_vm(P, ctx, vm)
+  vm.status = vm.status or {}
+  local st = vm.status
+  local ns = vm.metadata.namespace
+  -- block devices: the spec's disks and the attached VMBDAs
+  local refs, all_ready, root = json.array(), true, nil
+  for _, r in ipairs(vm.spec.blockDeviceRefs or {}) do
+    local vd = r.kind == "VirtualDisk" and ctx:get(VD, ns, r.name) or nil
+    local ready = vd and vd.status and vd.status.phase == "Ready"
+    if r.kind == "VirtualDisk" then
+      all_ready = all_ready and ready
+      root = root or vd
+    end
+    refs[#refs + 1] = { kind = r.kind, name = r.name, size = vd and vd.status and vd.status.capacity or "",
+      attached = ready and true or false, hotplugged = false }
+  end
+  for _, b in ipairs(ctx:list(VMBDA, ns)) do
+    if b.spec.virtualMachineName == vm.metadata.name and b.spec.blockDeviceRef then
+      local vd = b.spec.blockDeviceRef.kind == "VirtualDisk" and ctx:get(VD, ns, b.spec.blockDeviceRef.name)
+      refs[#refs + 1] = { kind = b.spec.blockDeviceRef.kind, name = b.spec.blockDeviceRef.name,
+        size = vd and vd.status and vd.status.capacity or "", attached = vd and vd.status and vd.status.phase == "Ready" or false,
+        hotplugged = true, virtualMachineBlockDeviceAttachmentName = b.metadata.name }
+    end
+  end
+  st.blockDeviceRefs = refs
+  set_cond(ctx, "BlockDevicesReady", all_ready and "True" or "False", all_ready and "BlockDevicesReady" or "BlockDevicesNotReady",
+    all_ready and "" or "Waiting for the block devices to be ready.")
+  local dir = dir_of(P, vm)
+  if vm.metadata.deletionTimestamp or not wants_running(vm) then
+    if st.phase == "Running" or st.phase == "Starting" or st.phase == "Stopping" then
+      st.phase = "Stopping"
+      M.teardown(P, dir)
+    end
+    st.phase = "Stopped"
+    set_cond(ctx, "AgentReady", nil)
+    set_cond(ctx, "FilesystemFrozen", nil)
+    annotate(ctx, vm, { ["vmsnap.io/agent"] = json.null, ["vmsnap.io/freeze-mountpoints"] = json.null })
+    return true
+  end
+  if not all_ready then
+    st.phase = "Pending"
+    return { requeue_after = 1 }
+  end
+  if st.phase ~= "Running" then st.phase = "Starting" end
+  -- the agent, on the root disk's image
+  local target, mnt
+  local pvc = root and root.status and root.status.target and
+    ctx:get("persistentvolumeclaims", ns, root.status.target.persistentVolumeClaimName)
+  local pv = pvc and pvc.spec.volumeName and ctx:get("persistentvolumes", nil, pvc.spec.volumeName)
+  local image = volumes.volume_file(pv)
+  if image and P.agents_enabled and (vm.metadata.annotations or {})["vmsnap.io/no-agent"] ~= "true" then
+    local why
+    target, mnt = M.start_agent(P, vm, image)
+    if not target then
+      why = mnt
+      vlog:warn("the VM runs without a guest agent", { vm = ns .. "/" .. vm.metadata.name, why = why })
+      P.agents_enabled = not tostring(why):find("loop mounts", 1, true)
+    end
+  end
+  st.phase = "Running"
+  st.nodeName = "local"
+  if target then
+    annotate(ctx, vm, { ["vmsnap.io/agent"] = target, ["vmsnap.io/freeze-mountpoints"] = json.encode({ mnt }) })
+    local a = qga.connect(target, { timeout = 2 })
+    local frozen
+    if a then
+      frozen = a:fsfreeze_status()
+      a:close()
+    end
+    if a and frozen then
+      set_cond(ctx, "AgentReady", "True", "AgentReady", "")
+      if frozen == "frozen" then
+        set_cond(ctx, "FilesystemFrozen", "True", "Frozen", "")
+      else
+        set_cond(ctx, "FilesystemFrozen", nil)
+      end
+    else
+      set_cond(ctx, "AgentReady", "False", "AgentNotReady", "The guest agent does not answer.")
+      set_cond(ctx, "FilesystemFrozen", nil)
+    end
+  else
+    set_cond(ctx, "AgentReady", "False", "AgentNotReady", "The VM has no guest agent.")
+    set_cond(ctx, "FilesystemFrozen", nil)
+  end
+  -- the agent's freeze state can change without an API write: look again soon
+  return { requeue_after = 1 }
+end
+
+--- The VM controller (not started). opts.agents = false runs VMs without agents.
+function M.controller(client, data, opts)
+  opts = opts or {}
+  local P = { data = data, agents = {}, agents_enabled = opts.agents ~= false }
+  assert(fs.mkdir_p(data .. "/vms"))
+  -- agents and mounts left by an earlier run (a crash): thaw, stop, unmount
+  for _, d in ipairs(fs.list(data .. "/vms") or {}) do M.teardown(P, data .. "/vms/" .. d) end
+  local ctl = reconcile.controller({ client = client, name = "local-vms", kind = "VirtualMachine",
+    finalizer = "local.vmsnap.io/vm",
+    watches = {
+      { kind = VD, map = function(vd, c)
+        local keys = {}
+        for _, vm in ipairs(c.primary and c.primary:list(vd.metadata.namespace) or {}) do
+          for _, r in ipairs(vm.spec.blockDeviceRefs or {}) do
+            if r.kind == "VirtualDisk" and r.name == vd.metadata.name then keys[#keys + 1] = reconcile.key_of(vm) end
+          end
+        end
+        return keys
+      end },
+      { kind = VMBDA, map = function(b) return { b.metadata.namespace .. "/" .. b.spec.virtualMachineName } end },
+      { kind = "persistentvolumeclaims", map = function() return {} end },
+      { kind = "persistentvolumes", map = function() return {} end },
+    },
+    reconcile = function(ctx, vm) return reconcile_vm(P, ctx, vm) end,
+    finalize = function(ctx, vm)
+      M.teardown(P, dir_of(P, vm))
+      return true
+    end })
+  ctl.platform_state = P
+  --- stop every agent and unmount (platform shutdown)
+  function ctl:teardown_all()
+    for _, d in ipairs(fs.list(data .. "/vms") or {}) do M.teardown(P, data .. "/vms/" .. d) end
+  end
+  return ctl
+end
+
+return M

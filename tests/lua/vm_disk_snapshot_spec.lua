@@ -1,0 +1,205 @@
+-- Disk snapshots of disks attached to VMs of the local platform, whose guest
+-- agent is a real qemu-ga on the VM's loop-mounted root image (d.1 #9-#15,
+-- the Decisions on freezing, the data written by a running writer, and kill
+-- -9 of `vmsnap up` during 20 snapshots). Skipped without loop mounts.
+local t = require("tap")
+local k8s = require("vmsnap.k8s")
+local json = require("vmsnap.json")
+local task = require("vmsnap.task")
+local proc = require("vmsnap.proc")
+local fs = require("vmsnap.fs")
+local h = require("helpers")
+
+local probe <close>, why = h.qga_env() -- the same requirements: qemu-ga, mkfs.ext4, loop mounts
+if not probe then
+  t.skip("VM disk snapshots", why)
+  return t.done()
+end
+probe:cleanup()
+
+local srv <close> = h.platform()
+local c = assert(k8s.client({ kubeconfig = srv.kubeconfig }))
+local G = "virtualization.deckhouse.io/v1alpha2"
+
+local function cond(obj, ctype)
+  for _, x in ipairs(obj and obj.status and obj.status.conditions or {}) do
+    if x.type == ctype then return x end
+  end
+end
+local function wait(kind, name, pred, timeout) return c:wait_for(kind, name, pred, { timeout = timeout or 20 }) end
+local function phase_is(p) return function(o) return o and o.status and o.status.phase == p end end
+local function vm(name, disk, extra)
+  local o = { apiVersion = G, kind = "VirtualMachine", metadata = { name = name, annotations = extra and extra.annotations },
+    spec = { runPolicy = extra and extra.runPolicy or "AlwaysOn", blockDeviceRefs = { { kind = "VirtualDisk", name = disk } } } }
+  return assert(c:create(o))
+end
+local function disk(name, size)
+  assert(c:create({ apiVersion = G, kind = "VirtualDisk", metadata = { name = name },
+    spec = { persistentVolumeClaim = { size = size or "32Mi" } } }))
+  return assert(wait("vd", name, phase_is("Ready")))
+end
+local function snap(name, d, extra, annotations)
+  local o = { apiVersion = G, kind = "VirtualDiskSnapshot", metadata = { name = name, annotations = annotations },
+    spec = { virtualDiskName = d } }
+  for k, v in pairs(extra or {}) do o.spec[k] = v end
+  return assert(c:create(o))
+end
+local function agent_ready(o) return o and cond(o, "AgentReady") and cond(o, "AgentReady").status == "True" end
+local function agent_of(name)
+  local v = assert(c:get("vm", name))
+  local a = require("vmsnap.qga").connect(v.metadata.annotations["vmsnap.io/agent"], { timeout = 3 })
+  return a
+end
+
+t.test("d.1 #10: a running VM with an agent: frozen, snapshot issued, thawed at the cut; consistent", function()
+  disk("root1")
+  vm("vm1", "root1")
+  assert(wait("vm", "vm1", agent_ready))
+  snap("s10", "root1")
+  local s = assert(wait("vdsnapshot", "s10", phase_is("Ready")))
+  t.eq(s.status.consistent, true)
+  local ms = tonumber(s.metadata.annotations["vmsnap.io/freeze-duration-ms"])
+  t.ok(ms and ms >= 0 and ms < 5000, "the freeze duration is recorded: " .. tostring(ms))
+  local a <close> = assert(agent_of("vm1"))
+  t.eq(a:fsfreeze_status(), "thawed")
+  local v = assert(c:get("vm", "vm1"))
+  t.eq(v.metadata.annotations["vmsnap.io/frozen-by"], nil, "the lease is gone")
+end)
+
+t.test("Decision 3: thaw at the cut vs thaw at Ready (1 s ready latency)", function()
+  assert(c:create({ apiVersion = "snapshot.storage.k8s.io/v1", kind = "VolumeSnapshotClass",
+    metadata = { name = "ready-1s" }, driver = "local.vmsnap.io", deletionPolicy = "Delete",
+    parameters = { readyLatency = "1s" } }))
+  snap("s-cut", "root1", { volumeSnapshotClassName = "ready-1s" })
+  local a = assert(wait("vdsnapshot", "s-cut", phase_is("Ready")))
+  snap("s-ready", "root1", { volumeSnapshotClassName = "ready-1s" }, { ["vmsnap.io/thaw-at"] = "Ready" })
+  local b = assert(wait("vdsnapshot", "s-ready", phase_is("Ready")))
+  local cut_ms = tonumber(a.metadata.annotations["vmsnap.io/freeze-duration-ms"])
+  local ready_ms = tonumber(b.metadata.annotations["vmsnap.io/freeze-duration-ms"])
+  t.ok(cut_ms < 900, "frozen until the cut only: " .. cut_ms .. " ms")
+  t.ok(ready_ms >= 1000, "frozen until Ready: " .. ready_ms .. " ms")
+  t.eq(a.status.consistent, true)
+  t.eq(b.status.consistent, true)
+end)
+
+t.test("Decision 4: a cut that misses the freeze budget thaws, and fails a snapshot that required consistency", function()
+  assert(c:create({ apiVersion = "snapshot.storage.k8s.io/v1", kind = "VolumeSnapshotClass",
+    metadata = { name = "slow-cut" }, driver = "local.vmsnap.io", deletionPolicy = "Delete",
+    parameters = { cutLatency = "2500ms" } }))
+  snap("s-budget", "root1", { volumeSnapshotClassName = "slow-cut" }, { ["vmsnap.io/freeze-budget"] = "1" })
+  local s = assert(wait("vdsnapshot", "s-budget", phase_is("Failed")))
+  t.contains(cond(s, "VirtualDiskSnapshotReady").message, "freeze budget of 1s")
+  local a <close> = assert(agent_of("vm1"))
+  t.eq(a:fsfreeze_status(), "thawed")
+end)
+
+t.test("d.1 #11, #13: a running VM without an agent: Pending when consistency is required; absent consistent otherwise", function()
+  disk("root2")
+  vm("vm2", "root2", { annotations = { ["vmsnap.io/no-agent"] = "true" } })
+  assert(wait("vm", "vm2", phase_is("Running")))
+  snap("s11", "root2")
+  local s = assert(wait("vdsnapshot", "s11", function(o)
+    local x = cond(o, "VirtualDiskSnapshotReady")
+    return x and x.reason == "PotentiallyInconsistent" and o
+  end))
+  t.eq(s.status.phase, "Pending")
+  t.contains(cond(s, "VirtualDiskSnapshotReady").message, "virtual machine agent is not ready")
+  snap("s13", "root2", { requiredConsistency = false })
+  s = assert(wait("vdsnapshot", "s13", phase_is("Ready")))
+  t.eq(s.status.consistent, nil, "absent, not false")
+  -- the VM stops: s11 proceeds and is consistent (#11)
+  assert(c:patch("vm", "vm2", { spec = { runPolicy = "AlwaysOff" } }))
+  s = assert(wait("vdsnapshot", "s11", phase_is("Ready")))
+  t.eq(s.status.consistent, true)
+end)
+
+t.test("d.1 #9: a disk of a Stopped VM: no freeze, consistent", function()
+  snap("s9", "root2")
+  local s = assert(wait("vdsnapshot", "s9", phase_is("Ready")))
+  t.eq(s.status.consistent, true)
+  t.eq(s.metadata.annotations and s.metadata.annotations["vmsnap.io/freeze-duration-ms"], nil, "never frozen")
+end)
+
+t.test("d.1 #15: a disk attached to two VMs fails the snapshot", function()
+  disk("shared")
+  vm("vm-a", "shared", { runPolicy = "AlwaysOff" })
+  vm("vm-b", "shared", { runPolicy = "AlwaysOff" })
+  assert(wait("vd", "shared", function(o) return o and o.status.attachedToVirtualMachines and #o.status.attachedToVirtualMachines == 2 end))
+  snap("s15", "shared")
+  local s = assert(wait("vdsnapshot", "s15", phase_is("Failed")))
+  t.eq(cond(s, "VirtualDiskSnapshotReady").message, 'The virtual disk "shared" is attached to multiple virtual machines')
+end)
+
+t.test("data: a writer keeps writing; the restored image is fsck-clean and holds every record acknowledged before the snapshot", function()
+  local v = assert(c:get("vm", "vm1"))
+  local mnt = json.decode(v.metadata.annotations["vmsnap.io/freeze-mountpoints"])[1]
+  local d <close> = assert(fs.tempdir("vmsnap-writer"))
+  local acked = d.path .. "/acked"
+  local writer = assert(proc.spawn({ "sh", "-c", ([[i=0; while [ $i -lt 100000 ]; do i=$((i+1));
+    echo "record $i" >> %s/data.log && sync %s/data.log && echo $i >> %s; done]]):format(mnt, mnt, acked) },
+    { stdout = "null", stderr = "null" }))
+  local _ <close> = writer
+  task.sleep(0.5)
+  local function last_acked()
+    local text = fs.read_file(acked) or ""
+    local n = 0
+    for x in text:gmatch("(%d+)\n") do n = tonumber(x) end
+    return n
+  end
+  local before = last_acked()
+  snap("s-data", "root1")
+  assert(wait("vdsnapshot", "s-data", phase_is("Ready")))
+  task.sleep(0.3)
+  local after = last_acked()
+  writer:kill("TERM")
+  writer:wait(5)
+  t.ok(after > before, "the writer went on after the snapshot")
+  assert(c:create({ apiVersion = G, kind = "VirtualDisk", metadata = { name = "restored" },
+    spec = { dataSource = { type = "ObjectRef", objectRef = { kind = "VirtualDiskSnapshot", name = "s-data" } } } }))
+  local r = assert(wait("vd", "restored", phase_is("Ready")))
+  local pvc = assert(c:get("pvc", r.status.target.persistentVolumeClaimName))
+  local image = assert(c:get("pv", pvc.spec.volumeName)).spec.csi.volumeHandle
+  -- the image of a frozen, mounted ext4: its journal is replayed, and then it must be clean
+  local replay = assert(proc.run({ "e2fsck", "-fy", image }, { timeout = 60 }))
+  t.ok(replay.status == 0 or replay.status == 1, "journal replay: " .. replay.stdout .. replay.stderr)
+  local fsck = assert(proc.run({ "e2fsck", "-fn", image }, { timeout = 60 }))
+  t.eq(fsck.status, 0, "fsck-clean: " .. fsck.stdout .. fsck.stderr)
+  local m <close> = assert(fs.tempdir("vmsnap-restored"))
+  local mo = assert(proc.run({ "mount", "-o", "loop,ro", image, m.path }, { timeout = 30 }))
+  t.eq(mo.status, 0, mo.stderr)
+  local data = fs.read_file(m.path .. "/data.log") or ""
+  proc.run({ "umount", m.path }, { timeout = 30 })
+  local n = 0
+  for x in data:gmatch("record (%d+)\n") do n = tonumber(x) end
+  t.ok(n >= before, ("every record acknowledged before the snapshot is there (%d >= %d)"):format(n, before))
+  t.ok(n <= after, "and nothing from after the snapshot's end")
+  t.ok(data:match("^record 1\n"), "from the first record on")
+end)
+
+t.timeout = 120
+t.test("kill -9 of vmsnap up during 20 snapshots: after a restart all are Ready, no duplicates, no guest frozen", function()
+  assert(c:create({ apiVersion = "snapshot.storage.k8s.io/v1", kind = "VolumeSnapshotClass",
+    metadata = { name = "crashy" }, driver = "local.vmsnap.io", deletionPolicy = "Delete",
+    parameters = { cutLatency = "100ms", readyLatency = "300ms" } }))
+  for i = 1, 20 do
+    snap(("crash-%02d"):format(i), "root1", { volumeSnapshotClassName = "crashy" })
+    if i == 7 or i == 14 then
+      task.sleep(0.15 + math.random() * 0.3)
+      srv:kill9()
+      srv:start()
+    end
+  end
+  for i = 1, 20 do
+    t.ok(wait("vdsnapshot", ("crash-%02d"):format(i), phase_is("Ready"), 60), ("crash-%02d Ready"):format(i))
+  end
+  local count = {}
+  for _, v in ipairs(assert(c:list_all("volumesnapshot"))) do count[v.metadata.name] = (count[v.metadata.name] or 0) + 1 end
+  for i = 1, 20 do t.eq(count[("crash-%02d"):format(i)], 1) end
+  assert(wait("vm", "vm1", agent_ready))
+  local a <close> = assert(agent_of("vm1"))
+  t.eq(a:fsfreeze_status(), "thawed")
+  local v = assert(c:get("vm", "vm1"))
+  t.eq(v.metadata.annotations["vmsnap.io/frozen-by"], nil, "no lease left")
+end)
+
+t.done()
