@@ -56,7 +56,9 @@ function Elector:try()
   local spec = lease.spec or {}
   local mine = spec.holderIdentity == self.identity
   -- a holder that was a process of this machine and is gone need not be waited out
-  local dead = not mine and require("vmsnap.guest").holder_alive(spec.holderIdentity) == false
+  local id = spec.holderIdentity
+  local dead = not mine and type(id) == "string" and id:match("^.-/.-/%d+/.+$") ~= nil
+    and require("vmsnap.guest").holder_alive(id) == false
   if not mine and not dead and not expired(lease, self.duration) then return false end
   lease.spec = lease.spec or {}
   if not mine then
