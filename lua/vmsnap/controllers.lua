@@ -82,6 +82,17 @@ function M.drive(client, workflow_name, namespace, name, done, timeout, on_chang
   return nil, ("%s/%s did not finish within %gs"):format(namespace, name, timeout or 300), "TIMEOUT"
 end
 
+--- Thaw orphaned freezes now and every `every` seconds (a task; a guest
+--- whose agent was not up at the first look is thawed at a later one).
+function M.sweep_orphans(client, every, stopped)
+  return require("vmsnap.task").spawn(function()
+    while not (stopped and stopped()) do
+      M.thaw_orphans(client)
+      require("vmsnap.task").sleep(every or 10)
+    end
+  end)
+end
+
 --- Thaw the guests whose freeze lease is stale (every controller start).
 function M.thaw_orphans(client)
   local done, err = guest.thaw_orphans(client)

@@ -187,6 +187,18 @@ function W.freeze(ctx, vds, vm)
   return true
 end
 
+-- The last snapshot of a VM's disks to finish thaws a freeze that a
+-- snapshot of this controller (or a dead one) leased, whatever the VM's
+-- FilesystemFrozen condition says yet (it is polled).
+function W.release_if_last(ctx, vds, vm)
+  if not vm then return true end
+  local lease = guest.parse_lease(vm)
+  if not lease then return true end
+  if lease.holder ~= guest.holder() and not guest.lease_stale(lease) then return true end
+  if not W.can_unfreeze(ctx, vds, vm) then return true end
+  return W.thaw(ctx, vds, vm, true)
+end
+
 -- thaw (when allowed or forced) and record how long the guest was frozen
 function W.thaw(ctx, vds, vm, force)
   local frozen_at = tonumber(annotation(vds, W.FROZEN_AT) or "")
@@ -394,6 +406,8 @@ function W.lifecycle(ctx, vds, facts)
   st.phase = "Ready"
   st.volumeSnapshotName = vs.metadata.name
   ctx:condition(COND, "True", "VirtualDiskSnapshotReady", "")
+  local rok, rerr = W.release_if_last(ctx, vds, vm)
+  if not rok then return nil, rerr end
   return true
 end
 

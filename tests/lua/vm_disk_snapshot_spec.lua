@@ -176,6 +176,33 @@ t.test("data: a writer keeps writing; the restored image is fsck-clean and holds
   t.ok(data:match("^record 1\n"), "from the first record on")
 end)
 
+t.test("a running VM gets an IP address (Auto), a Static address in use waits; a hot-plugged disk attaches", function()
+  local v = assert(wait("vm", "vm1", function(o) return o and o.status and o.status.ipAddress and o end, 8))
+  t.ok(v.status.ipAddress:match("^10%.66%.0%.%d+$"), v.status.ipAddress)
+  local ip = assert(c:get("vmip", v.status.virtualMachineIPAddressName))
+  t.eq(ip.spec.type, "Auto")
+  t.eq(ip.metadata.labels["virtualization.deckhouse.io/virtual-machine-uid"], v.metadata.uid)
+  t.eq(ip.metadata.ownerReferences[1].uid, v.metadata.uid)
+  ip = assert(wait("vmip", ip.metadata.name, phase_is("Attached"), 8))
+  t.eq(ip.status.virtualMachineName, "vm1")
+  assert(c:create({ apiVersion = G, kind = "VirtualMachineIPAddress", metadata = { name = "taken" },
+    spec = { type = "Static", staticIP = v.status.ipAddress } }))
+  local taken = assert(wait("vmip", "taken", phase_is("Pending"), 8))
+  t.eq(taken.status.address, nil)
+  disk("extra")
+  assert(c:create({ apiVersion = G, kind = "VirtualMachineBlockDeviceAttachment", metadata = { name = "attach-extra" },
+    spec = { virtualMachineName = "vm1", blockDeviceRef = { kind = "VirtualDisk", name = "extra" } } }))
+  local b = assert(wait("vmbda", "attach-extra", phase_is("Attached"), 8))
+  t.eq(b.status.virtualMachineName, "vm1")
+  v = assert(wait("vm", "vm1", function(o)
+    for _, r in ipairs(o and o.status and o.status.blockDeviceRefs or {}) do
+      if r.name == "extra" and r.hotplugged then return o end
+    end
+  end, 8))
+  local vd = assert(wait("vd", "extra", function(o) return o and o.status.attachedToVirtualMachines and o end, 8))
+  t.eq(vd.status.attachedToVirtualMachines[1].name, "vm1")
+end)
+
 t.timeout = 120
 t.test("kill -9 of vmsnap up during 20 snapshots: after a restart all are Ready, no duplicates, no guest frozen", function()
   assert(c:create({ apiVersion = "snapshot.storage.k8s.io/v1", kind = "VolumeSnapshotClass",
@@ -197,7 +224,15 @@ t.test("kill -9 of vmsnap up during 20 snapshots: after a restart all are Ready,
   for i = 1, 20 do t.eq(count[("crash-%02d"):format(i)], 1) end
   assert(wait("vm", "vm1", agent_ready))
   local a <close> = assert(agent_of("vm1"))
-  t.eq(a:fsfreeze_status(), "thawed")
+  local st = a:fsfreeze_status()
+  if st ~= "thawed" then
+    local v0 = c:get("vm", "vm1")
+    print("# lease: " .. tostring(v0.metadata.annotations["vmsnap.io/frozen-by"]))
+    for _, x in ipairs(c:list_all("vdsnapshot") or {}) do
+      print("# " .. x.metadata.name .. " " .. tostring(x.status and x.status.phase) .. " " .. json.encode(x.metadata.annotations or {}))
+    end
+  end
+  t.eq(st, "thawed")
   local v = assert(c:get("vm", "vm1"))
   t.eq(v.metadata.annotations["vmsnap.io/frozen-by"], nil, "no lease left")
 end)

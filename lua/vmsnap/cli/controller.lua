@@ -21,8 +21,11 @@ function M.main(args)
   local c = kube.client(o)
   local ctls, err = controllers.all(c, { leader_election = controllers.LEASE })
   if not ctls then return nil, "controller: " .. tostring(err) end
-  controllers.thaw_orphans(c)
-  local _ <close> = setmetatable({}, { __close = function() for _, x in ipairs(ctls) do x:stop() end end })
+  local sweeper = controllers.sweep_orphans(c, 10)
+  local _ <close> = setmetatable({}, { __close = function()
+    task.cancel(sweeper)
+    for _, x in ipairs(ctls) do x:stop() end
+  end })
   io.stdout:write(("snapshot controllers running against %s\n"):format(c:describe().server))
   io.stdout:flush()
   local ts = {}

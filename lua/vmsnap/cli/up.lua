@@ -40,11 +40,12 @@ function M.main(args)
   local server_task = task.spawn(function() return srv:serve() end)
   local client = platform.client_for(srv)
   local ctls = platform.start(client, o.data)
-  controllers.thaw_orphans(client)
+  local sweeper = controllers.sweep_orphans(client, 10)
   local snaps, cerr = controllers.all(client, { leader_election = controllers.LEASE })
   if not snaps then return nil, "up: " .. tostring(cerr) end
   for _, c in ipairs(snaps) do c.task = task.spawn(function() return c:run() end) end
   stop_all = function()
+    task.cancel(sweeper)
     platform.stop(snaps)
     platform.stop(ctls)
   end

@@ -225,7 +225,7 @@ function M.controller(client)
       { kind = "persistentvolumeclaims", map = by_owner },
       { kind = VM, map = function(vm)
         local keys = {}
-        for _, r in ipairs(vm.spec.blockDeviceRefs or {}) do
+        for _, r in ipairs(vm.status and vm.status.blockDeviceRefs or vm.spec.blockDeviceRefs or {}) do
           if r.kind == "VirtualDisk" then keys[#keys + 1] = vm.metadata.namespace .. "/" .. r.name end
         end
         return keys

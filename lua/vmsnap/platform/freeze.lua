@@ -53,7 +53,24 @@ end
 --- Register freeze and unfreeze on an apiserver.Server.
 function M.register(S)
   S.frozen = S.frozen or {}
+  S.freeze_locks = S.freeze_locks or {}
   local function key(call) return (call.namespace or "") .. "/" .. call.name end
+  -- freeze and unfreeze of one VM run one at a time, in the order they came
+  -- (the agent serves one client at a time, and an unfreeze that overtook
+  -- the freeze before it would leave the guest frozen)
+  local function locked(k, fn)
+    local ch = S.freeze_locks[k]
+    if not ch then
+      ch = task.channel(1)
+      ch:send(true)
+      S.freeze_locks[k] = ch
+    end
+    ch:recv()
+    local ok, a, b = pcall(fn)
+    ch:send(true)
+    if not ok then error(a, 0) end
+    return a, b
+  end
   local function thaw(target, k)
     local st = S.frozen[k]
     S.frozen[k] = nil
@@ -62,6 +79,22 @@ function M.register(S)
   end
   S:subresource("subresources.virtualization.deckhouse.io", "v1alpha2", "virtualmachines", "freeze", function(_, call)
     if call.method ~= "PUT" then api.fail(405, "MethodNotAllowed", "freeze takes PUT") end
+    return locked(key(call), function() return M.do_freeze(S, call, thaw) end)
+  end)
+  S:subresource("subresources.virtualization.deckhouse.io", "v1alpha2", "virtualmachines", "unfreeze", function(_, call)
+    if call.method ~= "PUT" then api.fail(405, "MethodNotAllowed", "unfreeze takes PUT") end
+    return locked(key(call), function()
+      local target = agent_for(call.object)
+      thaw(target, key(call))
+      return 200, nil
+    end)
+  end)
+  M.key = key
+end
+
+function M.do_freeze(S, call, thaw)
+  local key = M.key
+  do
     local target, mps = agent_for(call.object)
     local timeout = 0
     if call.body and call.body.unfreezeTimeout ~= nil then
@@ -88,13 +121,7 @@ function M.register(S)
       end)
     end
     return 200, nil
-  end)
-  S:subresource("subresources.virtualization.deckhouse.io", "v1alpha2", "virtualmachines", "unfreeze", function(_, call)
-    if call.method ~= "PUT" then api.fail(405, "MethodNotAllowed", "unfreeze takes PUT") end
-    local target = agent_for(call.object)
-    thaw(target, key(call))
-    return 200, nil
-  end)
+  end
 end
 
 return M

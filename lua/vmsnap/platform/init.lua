@@ -48,6 +48,8 @@ function M.start(client, data, opts)
   local ctls = volumes.controllers(client, data)
   ctls[#ctls + 1] = disks.controller(client)
   ctls[#ctls + 1] = vms.controller(client, data, { agents = opts.agents })
+  ctls[#ctls + 1] = require("vmsnap.platform.network").controller(client)
+  ctls[#ctls + 1] = require("vmsnap.platform.attachments").controller(client)
   for _, c in ipairs(ctls) do
     c.task = task.spawn(function() return c:run() end)
   end

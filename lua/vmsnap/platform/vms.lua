@@ -170,6 +170,28 @@ local function reconcile_vm(P, ctx, vm)
     st.phase = "Pending"
     return { requeue_after = 1 }
   end
+  -- its IP address: the named one, or one made for it (a.6)
+  local ipname = vm.spec.virtualMachineIPAddressName or st.virtualMachineIPAddressName
+  if not ipname then
+    -- one made on an earlier pass (the cache may not show our status yet)
+    for _, ip in ipairs(ctx:list("VirtualMachineIPAddress", ns)) do
+      if (ip.metadata.labels or {})["virtualization.deckhouse.io/virtual-machine-uid"] == vm.metadata.uid then
+        ipname = ip.metadata.name
+      end
+    end
+  end
+  if not ipname then
+    local made = ctx.client:create({ apiVersion = "virtualization.deckhouse.io/v1alpha2", kind = "VirtualMachineIPAddress",
+      metadata = { generateName = vm.metadata.name .. "-", namespace = ns,
+        labels = { ["virtualization.deckhouse.io/virtual-machine-uid"] = vm.metadata.uid },
+        ownerReferences = json.array({ { apiVersion = vm.apiVersion, kind = vm.kind, name = vm.metadata.name,
+          uid = vm.metadata.uid, controller = true, blockOwnerDeletion = true } }) },
+      spec = { type = "Auto" } })
+    if made then ipname = made.metadata.name end
+  end
+  st.virtualMachineIPAddressName = ipname
+  local vmip = ipname and ctx:get("VirtualMachineIPAddress", ns, ipname)
+  st.ipAddress = vmip and vmip.status and vmip.status.address or nil
   if st.phase ~= "Running" then st.phase = "Starting" end
   -- the agent, on the root disk's image
   local target, mnt
@@ -235,6 +257,9 @@ function M.controller(client, data, opts)
         return keys
       end },
       { kind = VMBDA, map = function(b) return { b.metadata.namespace .. "/" .. b.spec.virtualMachineName } end },
+      { kind = "VirtualMachineIPAddress", map = function(ip)
+        return ip.status and ip.status.virtualMachineName and { ip.metadata.namespace .. "/" .. ip.status.virtualMachineName } or {}
+      end },
       { kind = "persistentvolumeclaims", map = function() return {} end },
       { kind = "persistentvolumes", map = function() return {} end },
     },
