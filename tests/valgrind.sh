@@ -54,7 +54,7 @@ F=$(mktemp -d /tmp/vmsnap-vgqga.XXXXXX)
 "$BUILD/tests/fakeqga" --socket "$F/qga.sock" --max-seconds 120 ok hang ok ok ok >/dev/null 2>&1 &
 fpid=$!
 i=0
-while [ ! -S "$F/qga.sock" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
+while [ ! -e "$F/qga.sock.ready" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
 run "qga resync after a hang" 0 -e '
 local qga = require("vmsnap.qga")
 local a <close> = assert(qga.connect(arg[1], { timeout = 0.5 }))

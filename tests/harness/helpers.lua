@@ -174,8 +174,13 @@ function M.qga_env()
   function env:start_agent()
     self.agent = assert(proc.spawn({ "qemu-ga", "-m", "unix-listen", "-p", d .. "/qga.sock", "-t", d,
       "-f", d .. "/qga.pid", "-b", "guest-fsfreeze-freeze" }, { stdout = "null", stderr = "null" }))
+    -- the socket file exists from bind on; wait until the agent answers
+    local qga = require("vmsnap.qga")
     for _ = 1, 500 do
-      if fs.exists(d .. "/qga.sock") then return self end
+      if fs.exists(d .. "/qga.sock") then
+        local a = qga.connect(self.socket, { timeout = 2 })
+        if a then a:close() return self end
+      end
       task.sleep(0.01)
     end
     error("qemu-ga did not start")
@@ -226,7 +231,7 @@ function M.fakeqga(actions)
   for _, a in ipairs(actions or {}) do argv[#argv + 1] = a end
   local p = assert(proc.spawn(argv, { stdout = "null" }))
   for _ = 1, 500 do
-    if fs.exists(path) then break end
+    if fs.exists(path .. ".ready") then break end
     task.sleep(0.01)
   end
   local f = { socket = "unix:" .. path, proc = p }

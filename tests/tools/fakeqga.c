@@ -226,6 +226,13 @@ int main(int argc, char **argv)
 		fprintf(stderr, "fakeqga: cannot listen on %s\n", path);
 		return 1;
 	}
+	/* PATH.ready tells the tests that connections are accepted now (the
+	** socket file exists from bind on, before listen) */
+	char ready[4096];
+	snprintf(ready, sizeof ready, "%s.ready", path);
+	FILE *rf = fopen(ready, "w");
+	if (rf)
+		fclose(rf);
 	uv_timer_t maxt;
 	uv_timer_init(loop, &maxt);
 	uv_timer_start(&maxt, on_max, (uint64_t)max_seconds * 1000, 0);
