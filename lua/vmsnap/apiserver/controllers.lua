@@ -159,21 +159,12 @@ end
 
 local function expire_events(S, now)
   local r = S.reg:find("", "v1", "events")
-  local after_ns, after_name = "", ""
-  while true do
-    local rows = S.store:page(r.key, nil, after_ns, after_name, 1000)
-    for _, row in ipairs(rows) do
-      after_ns, after_name = row[1], row[2]
-      local ev = json.decode(row[3])
-      if ev then
-        local t = tbl.parse_time(ev.lastTimestamp or ev.eventTime or ev.metadata.creationTimestamp)
-        if t and now - t > S.event_ttl then
-          try("event expiry", S.delete_object, S, r, row[1], row[2], {})
-        end
-      end
-    end
-    if #rows < 1000 then break end
-  end
+  local expired = {}
+  S.store:each(r.key, nil, function(ns, name, _, ev)
+    local t = tbl.parse_time(ev.lastTimestamp or ev.eventTime or ev.metadata.creationTimestamp)
+    if t and now - t > S.event_ttl then expired[#expired + 1] = { ns, name } end
+  end, true)
+  for _, e in ipairs(expired) do try("event expiry", S.delete_object, S, r, e[1], e[2], {}) end
 end
 
 --- The controller loop (a task): runs when kicked, and periodically.

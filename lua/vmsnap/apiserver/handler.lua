@@ -241,16 +241,9 @@ local function watch_stream(S, req, ctx, r, ns, args, accept)
   local send_initial = args.sendInitialEvents == "true"
   if send_initial or rv == nil or rv == "" or rv == "0" then
     local initial = {}
-    local after_ns, after_name = "", ""
-    while true do
-      local rows = S.store:page(r.key, ns, after_ns, after_name, 1000)
-      for _, row in ipairs(rows) do
-        after_ns, after_name = row[1], row[2]
-        local o = json.decode(row[3])
-        if o and matches(o, labels, fields) then initial[#initial + 1] = o end
-      end
-      if #rows < 1000 then break end
-    end
+    S.store:each(r.key, ns, function(_, _, _, o)
+      if matches(o, labels, fields) then initial[#initial + 1] = o end
+    end, true)
     w.initial_end = send_initial and w.bookmarks
     return S.watchers:start(w, initial, nil, S.store.rv)
   end
@@ -449,16 +442,9 @@ local function delete_collection(S, req, ctx, r, ns, args)
   local labels, fields = selectors(r, args)
   local o = delete_opts(req, ctx, args)
   local victims = {}
-  local after_ns, after_name = "", ""
-  while true do
-    local rows = S.store:page(r.key, ns, after_ns, after_name, 1000)
-    for _, row in ipairs(rows) do
-      after_ns, after_name = row[1], row[2]
-      local obj = json.decode(row[3])
-      if obj and matches(obj, labels, fields) then victims[#victims + 1] = { row[1], row[2] } end
-    end
-    if #rows < 1000 then break end
-  end
+  S.store:each(r.key, ns, function(ons, name, _, obj)
+    if matches(obj, labels, fields) then victims[#victims + 1] = { ons, name } end
+  end, true)
   for _, v in ipairs(victims) do
     pcall(S.delete_object, S, r, v[1] ~= "" and v[1] or nil, v[2], o)
   end

@@ -120,6 +120,26 @@ function Store:page(res, ns, after_ns, after_name, limit)
   return self.q.list_all:all(res, after_ns or "", after_name or "", limit)
 end
 
+--- Every stored object of a resource (in one namespace, or all), page by
+--- page: fn(ns, name, body) for each, with the decoded object as a fourth
+--- argument when decode is true (objects that do not decode are skipped).
+function Store:each(res, ns, fn, decode)
+  local after_ns, after_name = "", ""
+  while true do
+    local rows = self:page(res, ns, after_ns, after_name, 1000)
+    for _, row in ipairs(rows) do
+      after_ns, after_name = row[1], row[2]
+      if decode then
+        local obj = json.decode(row[3])
+        if obj then fn(row[1], row[2], row[3], obj) end
+      else
+        fn(row[1], row[2], row[3])
+      end
+    end
+    if #rows < 1000 then break end
+  end
+end
+
 function Store:count(res)
   return self.q.count:first(res)
 end

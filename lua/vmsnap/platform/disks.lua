@@ -199,6 +199,18 @@ local function finalize_disk(ctx, vd)
   return true
 end
 
+-- keys of the disks restored from the snapshot named `snapshot` in ns
+local function restored_from(ctl, ns, snapshot)
+  local keys = {}
+  for _, vd in ipairs(ctl.primary and ctl.primary:list(ns) or {}) do
+    local ref = vd.spec.dataSource and vd.spec.dataSource.objectRef
+    if ref and ref.kind == "VirtualDiskSnapshot" and ref.name == snapshot then
+      keys[#keys + 1] = ns .. "/" .. vd.metadata.name
+    end
+  end
+  return keys
+end
+
 --- The VirtualDisk controller (not started).
 function M.controller(client)
   local function by_owner(obj)
@@ -213,13 +225,8 @@ function M.controller(client)
     watches = {
       { kind = VDS, map = function(s, ctl)
         -- the snapshot's disk, and the disks restored from it
-        local keys = { s.metadata.namespace .. "/" .. s.spec.virtualDiskName }
-        for _, vd in ipairs(ctl.primary and ctl.primary:list(s.metadata.namespace) or {}) do
-          local ref = vd.spec.dataSource and vd.spec.dataSource.objectRef
-          if ref and ref.kind == "VirtualDiskSnapshot" and ref.name == s.metadata.name then
-            keys[#keys + 1] = s.metadata.namespace .. "/" .. vd.metadata.name
-          end
-        end
+        local keys = restored_from(ctl, s.metadata.namespace, s.metadata.name)
+        keys[#keys + 1] = s.metadata.namespace .. "/" .. s.spec.virtualDiskName
         return keys
       end },
       { kind = "persistentvolumeclaims", map = by_owner },
@@ -232,14 +239,7 @@ function M.controller(client)
       end },
       { kind = SC, map = function() return {} end },
       { kind = "volumesnapshots.snapshot.storage.k8s.io", map = function(vs, ctl)
-        local keys = {}
-        for _, vd in ipairs(ctl.primary and ctl.primary:list(vs.metadata.namespace) or {}) do
-          local ref = vd.spec.dataSource and vd.spec.dataSource.objectRef
-          if ref and ref.kind == "VirtualDiskSnapshot" and ref.name == vs.metadata.name then
-            keys[#keys + 1] = vs.metadata.namespace .. "/" .. vd.metadata.name
-          end
-        end
-        return keys
+        return restored_from(ctl, vs.metadata.namespace, vs.metadata.name)
       end },
     },
     reconcile = reconcile_disk, finalize = finalize_disk })
