@@ -129,7 +129,11 @@ function W.can_unfreeze(ctx, vds, vm)
   for _, r in ipairs(vm.status and vm.status.blockDeviceRefs or vm.spec.blockDeviceRefs or {}) do
     if r.kind == "VirtualDisk" then disks[r.name] = true end
   end
-  for _, s in ipairs(ctx:list(VDS, ns)) do
+  -- from the API, not the cache: another snapshot's move to InProgress (written
+  -- before it freezes) must be seen, or its freeze could be thawed under it
+  local fresh, ferr = ctx.client:list_all(VDS, { namespace = ns })
+  if not fresh then error(ferr, 0) end
+  for _, s in ipairs(fresh) do
     if s.metadata.name ~= vds.metadata.name and disks[s.spec.virtualDiskName]
       and s.status and s.status.phase == "InProgress" then
       return false
