@@ -21,18 +21,7 @@ local function is_list(v)
   return type(v) == "table" and v ~= null and (json.is_array(v) or (#v > 0))
 end
 
-local function equal(a, b)
-  if a == b then return true end
-  if type(a) ~= "table" or type(b) ~= "table" then return false end
-  if a == null or b == null then return false end
-  for k, v in pairs(a) do
-    if not equal(v, b[k]) then return false end
-  end
-  for k in pairs(b) do
-    if a[k] == nil then return false end
-  end
-  return true
-end
+local equal = require("vmsnap.deep").equal
 M.equal = equal
 
 --- Equal objects apart from the `time` of their managedFields entries (a

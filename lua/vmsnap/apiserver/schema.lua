@@ -11,12 +11,7 @@ local M = {}
 
 local null = json.null
 
-local function copy(v)
-  if type(v) ~= "table" then return v end
-  local t = {}
-  for k, x in pairs(v) do t[k] = copy(x) end
-  return setmetatable(t, getmetatable(v))
-end
+local copy = require("vmsnap.deep").copy
 M.copy = copy
 
 local function quote(v)

@@ -25,19 +25,8 @@ local M = {}
 local Context = {}
 Context.__index = Context
 
-local function copy(v)
-  if type(v) ~= "table" then return v end
-  return json.decode(json.encode(v))
-end
-
-local equal
-equal = function(a, b)
-  if a == b then return true end
-  if type(a) ~= "table" or type(b) ~= "table" then return false end
-  for k, v in pairs(a) do if not equal(v, b[k]) then return false end end
-  for k in pairs(b) do if a[k] == nil then return false end end
-  return true
-end
+local deep = require("vmsnap.deep")
+local copy, equal = deep.copy, deep.equal
 M.equal = equal
 
 function M.new(ctl, obj)

@@ -19,7 +19,7 @@
 ---     ctl:run()      -- until ctl:stop(); ctl:reconcile_key("ns/name") drives one object (CLI)
 local task = require("vmsnap.task")
 local log = require("vmsnap.log")
-local json = require("vmsnap.json")
+local deep = require("vmsnap.deep")
 local errors = require("vmsnap.errors")
 local vtime = require("vmsnap.time")
 local Queue = require("vmsnap.reconcile.queue")
@@ -141,7 +141,7 @@ function Controller:reconcile_key(key)
   end
   if not obj then return true end -- gone
   -- work on a copy: the cached object stays as the server sent it
-  obj = json.decode(json.encode(obj))
+  obj = deep.copy(obj)
   local ctx = Context.new(self, obj)
   self.counters.reconciles = self.counters.reconciles + 1
   local fin = self.opts.finalizer
