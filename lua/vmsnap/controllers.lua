@@ -61,7 +61,7 @@ function M.drive(client, workflow_name, namespace, name, done, timeout, on_chang
   local task = require("vmsnap.task")
   local last
   while task.now() < until_t do
-    local res, rerr = ctl:reconcile_key(key)
+    local res = ctl:reconcile_key(key)
     local obj = client:get(ctl.opts.kind, name, { namespace = namespace })
     if obj and on_change then
       local sig = require("vmsnap.json").encode(obj.status or {})
@@ -71,13 +71,11 @@ function M.drive(client, workflow_name, namespace, name, done, timeout, on_chang
     if done(obj) then return obj end
     local delay = 0.5
     if res == nil then
-      delay = ctl.queue:retry(key) -- back-off
-      ctl.queue.timers = {}
+      delay = ctl.queue:backoff(key)
     elseif type(res) == "table" and res.requeue_after then
       delay = res.requeue_after
     end
     task.sleep(math.min(delay, math.max(0.01, until_t - task.now())))
-    _ = rerr
   end
   return nil, ("%s/%s did not finish within %gs"):format(namespace, name, timeout or 300), "TIMEOUT"
 end

@@ -2,7 +2,6 @@
 local cli = require("vmsnap.cli")
 local kube = require("vmsnap.cli.kube")
 local controllers = require("vmsnap.controllers")
-local vtime = require("vmsnap.time")
 
 local M = {}
 
@@ -71,7 +70,6 @@ function M.main(args)
   if not final or final == true then cli.fail("error: " .. tostring(werr or "the snapshot is gone")) end
   if final.status.phase == "Failed" then cli.fail(("error: %s failed"):format(name)) end
   io.stdout:write(("%s is Ready%s\n"):format(name, final.status.consistent and " (consistent)" or ""))
-  _ = vtime
 end
 
 return M

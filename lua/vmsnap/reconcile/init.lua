@@ -20,8 +20,6 @@
 local task = require("vmsnap.task")
 local log = require("vmsnap.log")
 local deep = require("vmsnap.deep")
-local errors = require("vmsnap.errors")
-local vtime = require("vmsnap.time")
 local Queue = require("vmsnap.reconcile.queue")
 local Context = require("vmsnap.reconcile.context")
 local leader = require("vmsnap.reconcile.leader")
@@ -258,6 +256,4 @@ function Controller:metrics()
 end
 
 M.Controller = Controller
-M.errors = errors
-M.now_text = vtime.format
 return M

@@ -19,10 +19,6 @@ local function micro_time(t)
   return os.date("!%Y-%m-%dT%H:%M:%S", math.floor(t)) .. (".%06dZ"):format(math.floor((t % 1) * 1e6))
 end
 
-local function now_wall()
-  return vtime.now()
-end
-
 --- opts: name (the Lease), namespace (default the client's), identity
 --- (default host/pid), duration (seconds, default 15).
 function M.new(client, opts)
@@ -44,7 +40,7 @@ end
 function Elector:try()
   local c = self.client
   local lease, err, reason = c:get("leases.coordination.k8s.io", self.name, { namespace = self.namespace })
-  local now = micro_time(now_wall())
+  local now = micro_time(vtime.now())
   if not lease then
     if reason ~= "NotFound" then return nil, err end
     local created = c:create({ apiVersion = "coordination.k8s.io/v1", kind = "Lease",

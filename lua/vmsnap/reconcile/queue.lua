@@ -83,12 +83,17 @@ end
 
 --- Requeue a failed key after its back-off; returns the delay.
 function Queue:retry(key)
+  local d = self:backoff(key)
+  self:add_after(key, d)
+  return d
+end
+
+--- Count a failure of key and return its next back-off, without queueing it.
+function Queue:backoff(key)
   local n = (self.failures[key] or 0) + 1
   self.failures[key] = n
   local d = math.min(self.max_backoff, 0.1 * 2 ^ (n - 1))
-  d = d * (0.75 + math.random() * 0.5)
-  self:add_after(key, d)
-  return d
+  return d * (0.75 + math.random() * 0.5)
 end
 
 --- Forget a key's failures (it succeeded).

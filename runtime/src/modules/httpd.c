@@ -84,7 +84,6 @@ struct Server {
 	Hreq *qhead, *qtail;
 	Vmsnap_task *waiter;
 	Hreq *all; /* requests MHD still holds */
-	int nsuspended;
 	char *cert, *key, *ca;
 };
 
@@ -169,7 +168,6 @@ static void resume(Hreq *r)
 {
 	if (r->suspended && r->conn) {
 		r->suspended = 0;
-		r->srv->nsuspended--;
 		MHD_resume_connection(r->conn);
 		uv_timer_start(&r->srv->timer, timer_cb, 0, 0);
 	}
@@ -288,7 +286,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 	r->state = R_QUEUED;
 	MHD_suspend_connection(conn);
 	r->suspended = 1;
-	s->nsuspended++;
 	if (s->qtail)
 		s->qtail->next = r;
 	else
@@ -313,8 +310,6 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 		return;
 	*con_cls = NULL;
 	if (r->srv) {
-		if (r->suspended)
-			r->srv->nsuspended--;
 		if (r->aprev)
 			r->aprev->anext = r->anext;
 		else
@@ -351,7 +346,6 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
 		return MHD_CONTENT_READER_END_OF_STREAM;
 	if (r->conn && !r->suspended) {
 		r->suspended = 1;
-		r->srv->nsuspended++;
 		MHD_suspend_connection(r->conn);
 	}
 	return 0;
@@ -402,7 +396,6 @@ static void server_close(Server *s)
 			MHD_resume_connection(r->conn);
 		}
 	}
-	s->nsuspended = 0;
 	if (s->d) {
 		MHD_run(s->d);
 		MHD_stop_daemon(s->d);

@@ -43,10 +43,7 @@ typedef struct Conn {
 	int fd;
 	uv_poll_t *poll; /* malloc'd: it may outlive the userdata until closed */
 	Vmsnap_task *waiter;
-	int want;   /* UV_READABLE or UV_WRITABLE */
-	int ready;  /* events seen */
 	int closed;
-	int status; /* a poll error */
 } Conn;
 
 static void poll_closed(uv_handle_t *h)
@@ -71,10 +68,9 @@ static void conn_shut(Conn *c)
 static void on_poll(uv_poll_t *p, int status, int events)
 {
 	Conn *c = (Conn *)p->data;
-	if (status < 0)
-		c->status = status;
-	c->ready |= events;
-	uv_poll_stop(p);
+	(void)status;
+	(void)events;
+	uv_poll_stop(p); /* ready, or an error the next read/write reports */
 	if (c->waiter) {
 		Vmsnap_task *t = c->waiter;
 		c->waiter = NULL;
@@ -122,9 +118,6 @@ static int conn_wait(lua_State *L)
 	int events = luaL_checkoption(L, 2, NULL, what) == 0 ? UV_READABLE : UV_WRITABLE;
 	double timeout = luaL_optnumber(L, 3, -1);
 	Vmsnap_task *t = Vmsnap_sched_check_wait(L);
-	c->ready = 0;
-	c->status = 0;
-	c->want = events;
 	if (uv_poll_start(c->poll, events | UV_DISCONNECT, on_poll) != 0)
 		return Vmsnap_pushfail(L, "EIO", "sock: cannot watch the connection");
 	c->waiter = t;
