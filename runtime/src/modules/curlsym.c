@@ -1,10 +1,10 @@
 /*
 ** curlsym.c -- see curlsym.h.
 */
-#include <dlfcn.h>
 #include <stddef.h>
 
 #include "curlsym.h"
+#include "dlsyms.h"
 
 const Vmsnap_curl_api *Vmsnap_curl_loaded;
 
@@ -24,7 +24,6 @@ static const char *const names[] = {
 const Vmsnap_curl_api *Vmsnap_curl(const char **why)
 {
 	static const char *const sonames[] = {"libcurl.so.4", "libcurl-gnutls.so.4", "libcurl.so"};
-	size_t i;
 	if (Vmsnap_curl_loaded)
 		return Vmsnap_curl_loaded;
 	if (load_error) {
@@ -32,27 +31,12 @@ const Vmsnap_curl_api *Vmsnap_curl(const char **why)
 			*why = load_error;
 		return NULL;
 	}
-	for (i = 0; i < sizeof sonames / sizeof *sonames && !lib; i++)
-		lib = dlopen(sonames[i], RTLD_NOW | RTLD_LOCAL);
+	lib = Vmsnap_dlsyms(sonames, sizeof sonames / sizeof *sonames, names, (void **)&api,
+	                    sizeof names / sizeof *names, "libcurl.so.4 not found", &load_error);
 	if (!lib) {
-		load_error = dlerror();
-		if (!load_error)
-			load_error = "libcurl.so.4 not found";
 		if (why)
 			*why = load_error;
 		return NULL;
-	}
-	void **slots = (void **)&api;
-	for (i = 0; i < sizeof names / sizeof *names; i++) {
-		slots[i] = dlsym(lib, names[i]);
-		if (!slots[i]) {
-			load_error = "libcurl lacks a function vmsnap needs (too old?)";
-			if (why)
-				*why = load_error;
-			dlclose(lib);
-			lib = NULL;
-			return NULL;
-		}
 	}
 	if (api.global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
 		load_error = "curl_global_init failed";

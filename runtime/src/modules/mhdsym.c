@@ -4,6 +4,7 @@
 #include <dlfcn.h>
 #include <stddef.h>
 
+#include "dlsyms.h"
 #include "mhdsym.h"
 
 const Vmsnap_mhd_api *Vmsnap_mhd_loaded;
@@ -26,7 +27,6 @@ static const char *const names[] = {
 const Vmsnap_mhd_api *Vmsnap_mhd(const char **why)
 {
 	static const char *const sonames[] = {"libmicrohttpd.so.12", "libmicrohttpd.so"};
-	size_t i;
 	if (Vmsnap_mhd_loaded)
 		return Vmsnap_mhd_loaded;
 	if (load_error) {
@@ -34,27 +34,12 @@ const Vmsnap_mhd_api *Vmsnap_mhd(const char **why)
 			*why = load_error;
 		return NULL;
 	}
-	for (i = 0; i < sizeof sonames / sizeof *sonames && !lib; i++)
-		lib = dlopen(sonames[i], RTLD_NOW | RTLD_LOCAL);
+	lib = Vmsnap_dlsyms(sonames, sizeof sonames / sizeof *sonames, names, (void **)&api,
+	                    sizeof names / sizeof *names, "libmicrohttpd.so.12 not found", &load_error);
 	if (!lib) {
-		load_error = dlerror();
-		if (!load_error)
-			load_error = "libmicrohttpd.so.12 not found";
 		if (why)
 			*why = load_error;
 		return NULL;
-	}
-	void **slots = (void **)&api;
-	for (i = 0; i < sizeof names / sizeof *names; i++) {
-		slots[i] = dlsym(lib, names[i]);
-		if (!slots[i]) {
-			load_error = "libmicrohttpd lacks a function vmsnap needs (too old?)";
-			if (why)
-				*why = load_error;
-			dlclose(lib);
-			lib = NULL;
-			return NULL;
-		}
 	}
 	Vmsnap_mhd_loaded = &api;
 	return Vmsnap_mhd_loaded;

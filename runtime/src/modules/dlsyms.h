@@ -1,0 +1,16 @@
+/*
+** dlsyms.h -- loading a shared library on first use and filling a table of
+** its functions (libcurl, libmicrohttpd: see curlsym.h and mhdsym.h).
+*/
+#ifndef VMSNAP_DLSYMS_H
+#define VMSNAP_DLSYMS_H
+
+#include <stddef.h>
+
+/* dlopen the first of sonames that loads (RTLD_NOW | RTLD_LOCAL) and look up
+** names[i] into slots[i].  Returns the handle, or NULL with *why set to a
+** static message (the library is closed again when a function is missing). */
+void *Vmsnap_dlsyms(const char *const *sonames, size_t nsonames, const char *const *names, void **slots,
+                    size_t n, const char *missing, const char **why);
+
+#endif
