@@ -127,6 +127,32 @@ t.test("d.1 #5: a disk not Ready keeps the snapshot Pending with the disk's phas
   t.eq(s.status.phase, "Pending")
 end)
 
+t.test("d.1 #7: a resizing disk keeps the snapshot Pending; it proceeds once the volume has grown", function()
+  assert(c:create({ apiVersion = "storage.k8s.io/v1", kind = "StorageClass", metadata = { name = "slow-resize" },
+    provisioner = "local.vmsnap.io", allowVolumeExpansion = true, parameters = { resizeLatency = "3s" } }))
+  disk("d-rs", "16Mi", { persistentVolumeClaim = { size = "16Mi", storageClassName = "slow-resize" } })
+  assert(wait("vd", "d-rs", phase_is("Ready")))
+  assert(c:patch("vd", "d-rs", { spec = { persistentVolumeClaim = { size = "32Mi" } } }))
+  assert(wait("vd", "d-rs", function(o) local x = cond(o, "Resizing") return x and x.status == "True" end))
+  snapshot("s-rs", "d-rs")
+  local s = assert(wait("vdsnapshot", "s-rs", function(o)
+    local x = cond(o, "VirtualDiskReady")
+    return x and x.message:find("resizing", 1, true) and o
+  end))
+  local vr = cond(s, "VirtualDiskReady")
+  t.eq(vr.status .. "/" .. vr.reason, "False/VirtualDiskNotReadyForSnapshotting")
+  t.eq(vr.message, "The virtual disk cannot be selected for snapshotting as it is currently resizing.")
+  t.eq(s.status.phase, "Pending")
+  local vd = assert(c:get("vd", "d-rs"))
+  t.eq(vd.status.phase, "Ready")
+  t.eq(cond(vd, "Snapshotting").status .. "/" .. cond(vd, "Snapshotting").reason, "False/NotAvailable")
+  t.eq((c:get("volumesnapshot", "s-rs")), nil)
+  -- the resize completes (3 s), then the snapshot is taken of the grown disk
+  s = assert(wait("vdsnapshot", "s-rs", phase_is("Ready"), 20))
+  t.eq(assert(c:get("vd", "d-rs")).status.capacity, "32Mi")
+  t.eq(assert(c:get("volumesnapshot", "s-rs")).status.restoreSize, "32Mi")
+end)
+
 t.test("d.1 #6: a disk being deleted", function()
   disk("d-del")
   assert(wait("vd", "d-del", phase_is("Ready")))
@@ -140,10 +166,17 @@ t.test("d.1 #6: a disk being deleted", function()
   t.eq(cond(s, "VirtualDiskReady").message, 'The virtual disk "d-del" is in process of deletion.')
   t.eq(s.status.phase, "Pending")
   -- let it go: drop only the test's finalizer
-  local cur = assert(c:get("vd", "d-del"))
-  local kept = {}
-  for _, f in ipairs(cur.metadata.finalizers or {}) do if f ~= "test.vmsnap.io/hold" then kept[#kept + 1] = f end end
-  assert(c:patch("vd", "d-del", { metadata = { finalizers = #kept > 0 and kept or json.null } }))
+  -- (the platform drops its own finalizer meanwhile: patch against the resourceVersion read, retry on Conflict)
+  for _ = 1, 20 do
+    local cur = c:get("vd", "d-del")
+    if not cur then break end
+    local kept = {}
+    for _, f in ipairs(cur.metadata.finalizers or {}) do if f ~= "test.vmsnap.io/hold" then kept[#kept + 1] = f end end
+    local ok, perr, code = c:patch("vd", "d-del", { metadata = { resourceVersion = cur.metadata.resourceVersion,
+      finalizers = #kept > 0 and kept or json.null } })
+    if ok or code == "NotFound" then break end
+    assert(code == "Conflict", perr)
+  end
   t.eq(wait("vd", "d-del", function(o) return o == nil end), true)
 end)
 

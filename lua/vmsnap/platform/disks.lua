@@ -169,13 +169,14 @@ local function reconcile_disk(ctx, vd)
         { spec = { resources = { requests = { storage = quantity.format(want) } } } },
         { namespace = vd.metadata.namespace })
       if not ok then return nil, err end
-      vd.status.phase = "Resizing"
+      -- the phase stays Ready: the disk is usable while its volume grows (spec d.1 #7)
       ctx:condition("Resizing", "True", "InProgress", "")
+      snapshotting(ctx, vd)
       return { requeue_after = 0.5 }
     end
   elseif cap < have then
-    vd.status.phase = "Resizing"
     ctx:condition("Resizing", "True", "InProgress", "")
+    snapshotting(ctx, vd)
     return { requeue_after = 0.5 }
   else
     ctx:remove_condition("Resizing")

@@ -6,8 +6,9 @@
 --- Provisioner (PersistentVolumeClaims of a StorageClass with that
 --- provisioner): a PV `pvc-<uid>` backed by a file of the requested size (or
 --- a copy of a VolumeSnapshot when the PVC's dataSource names one), bound to
---- the claim; a larger request expands the file; deleting the claim deletes
---- the PV and the file.
+--- the claim; a larger request expands the file (after the StorageClass
+--- parameter `resizeLatency`, when set); deleting the claim deletes the PV
+--- and the file.
 ---
 --- Snapshotter (VolumeSnapshots of a class with that driver): at the cut the
 --- volume file is copied and the VolumeSnapshotContent `snapcontent-<uid>`
@@ -28,6 +29,7 @@ local M = {}
 M.DRIVER = "local.vmsnap.io"
 M.PVC_FINALIZER = "local.vmsnap.io/volume"
 M.VS_FINALIZER = "local.vmsnap.io/snapshot"
+M.RESIZE_SINCE = "local.vmsnap.io/resize-started-at"
 
 local SC = "storageclasses.storage.k8s.io"
 local VSC = "volumesnapshotclasses.snapshot.storage.k8s.io"
@@ -64,11 +66,31 @@ local function provision(P, ctx, pvc)
     local f = M.volume_file(pv)
     local cap = quantity.parse(pvc.status.capacity and pvc.status.capacity.storage or "0") or 0
     if f and want > cap then
+      -- StorageClass parameter resizeLatency: the expansion takes that long
+      local lat = freeze.parse_duration(sc.parameters and sc.parameters.resizeLatency or "0") or 0
+      if lat > 0 then
+        local since = tonumber((pvc.metadata.annotations or {})[M.RESIZE_SINCE] or "")
+        local now = vtime.now()
+        if not since then
+          local res, err = ctx.client:patch("persistentvolumeclaims", pvc.metadata.name,
+            { metadata = { annotations = { [M.RESIZE_SINCE] = ("%.3f"):format(now) } } },
+            { namespace = pvc.metadata.namespace })
+          if not res then return nil, err end
+          pvc.metadata.resourceVersion = res.metadata.resourceVersion
+          return { requeue_after = lat }
+        end
+        if now - since < lat then return { requeue_after = lat - (now - since) } end
+      end
       assert(fs.truncate(f, want))
       pv.spec.capacity = { storage = quantity.format(want) }
       ctx.client:update(pv)
       pvc.status.capacity = { storage = quantity.format(want) }
       ctx:event("Normal", "VolumeResizeSuccessful", ("expanded to %s"):format(quantity.format(want)))
+      if (pvc.metadata.annotations or {})[M.RESIZE_SINCE] then
+        local res = ctx.client:patch("persistentvolumeclaims", pvc.metadata.name,
+          { metadata = { annotations = { [M.RESIZE_SINCE] = json.null } } }, { namespace = pvc.metadata.namespace })
+        if res then pvc.metadata.resourceVersion = res.metadata.resourceVersion end
+      end
     end
     return true
   end

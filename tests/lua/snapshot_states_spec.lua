@@ -1,0 +1,106 @@
+-- Scenarios whose "Given" is a state the local platform does not produce on
+-- demand (a Ready disk whose claim is not Bound, a VM whose freeze call
+-- fails): `vmsnap serve` and `vmsnap controller` run as children, and the
+-- test plays the platform's other controllers by writing their objects'
+-- status through the API, as they would in a cluster.
+local t = require("tap")
+local k8s = require("vmsnap.k8s")
+local proc = require("vmsnap.proc")
+local task = require("vmsnap.task")
+local h = require("helpers")
+
+local srv <close> = h.apiserver()
+local c = assert(k8s.client({ kubeconfig = srv.kubeconfig }))
+local G = "virtualization.deckhouse.io/v1alpha2"
+
+local ctl = assert(proc.spawn({ h.vmsnap, "controller", "--kubeconfig", srv.kubeconfig },
+  { stdout = "null", stderr = "inherit" }))
+local _ <close> = setmetatable({}, { __close = function()
+  ctl:kill("TERM")
+  if not ctl:wait(10) then ctl:kill("KILL") ctl:wait(5) end
+  ctl:close()
+end })
+
+local function cond(obj, ctype)
+  for _, x in ipairs(obj and obj.status and obj.status.conditions or {}) do
+    if x.type == ctype then return x end
+  end
+end
+local function wait(kind, name, pred, timeout) return c:wait_for(kind, name, pred, { timeout = timeout or 15 }) end
+local function phase_is(p) return function(o) return o and o.status and o.status.phase == p end end
+local function now() return os.date("!%Y-%m-%dT%H:%M:%SZ") end
+local function condition(obj, ctype, status, reason, message)
+  return { type = ctype, status = status, reason = reason, message = message or "",
+    lastTransitionTime = now(), observedGeneration = obj.metadata.generation }
+end
+
+-- a claim in the given phase, and a Ready disk on it (what the disk controller would write)
+local function ready_disk(name, pvc_phase, vm)
+  local pvc = assert(c:create({ apiVersion = "v1", kind = "PersistentVolumeClaim", metadata = { name = "vd-" .. name },
+    spec = { accessModes = { "ReadWriteOnce" }, storageClassName = "sc1",
+      resources = { requests = { storage = "16Mi" } } } }))
+  pvc.status = { phase = pvc_phase, accessModes = { "ReadWriteOnce" }, capacity = { storage = "16Mi" } }
+  assert(c:update_status(pvc))
+  local vd = assert(c:create({ apiVersion = G, kind = "VirtualDisk", metadata = { name = name },
+    spec = { persistentVolumeClaim = { size = "16Mi", storageClassName = "sc1" } } }))
+  vd.status = { phase = "Ready", capacity = "16Mi", storageClassName = "sc1",
+    target = { persistentVolumeClaimName = "vd-" .. name },
+    attachedToVirtualMachines = vm and { { name = vm, mounted = true } } or nil,
+    conditions = { condition(vd, "Ready", "True", "Ready"),
+      condition(vd, "Snapshotting", "True", "Snapshotting", "The virtual disk is selected for taking a snapshot.") } }
+  return assert(c:update_status(vd))
+end
+
+assert(c:create({ apiVersion = "snapshot.storage.k8s.io/v1", kind = "VolumeSnapshotClass", metadata = { name = "vsc1" },
+  driver = "example.vmsnap.io", deletionPolicy = "Delete" }))
+
+t.test("d.1 #8: a Ready disk whose claim is not Bound keeps the snapshot Pending", function()
+  ready_disk("d8", "Pending")
+  assert(c:create({ apiVersion = G, kind = "VirtualDiskSnapshot", metadata = { name = "s8" },
+    spec = { virtualDiskName = "d8", volumeSnapshotClassName = "vsc1" } }))
+  local s = assert(wait("vdsnapshot", "s8", function(o)
+    local x = cond(o, "VirtualDiskSnapshotReady")
+    return x and x.message:find("Bound", 1, true) and o
+  end))
+  local r = cond(s, "VirtualDiskSnapshotReady")
+  t.eq(r.status .. "/" .. r.reason, "False/WaitingForTheVirtualDisk")
+  t.eq(r.message, "Waiting for the virtual disk's pvc to be in phase Bound.")
+  t.eq(cond(s, "VirtualDiskReady").status, "True")
+  t.eq(s.status.phase, "Pending")
+  t.eq((c:get("volumesnapshot", "s8")), nil)
+  -- the claim binds: the VolumeSnapshot is issued
+  local pvc = assert(c:get("pvc", "vd-d8"))
+  pvc.status.phase = "Bound"
+  assert(c:update_status(pvc))
+  local vs = assert(wait("volumesnapshot", "s8", function(o) return o end))
+  t.eq(vs.spec.source.persistentVolumeClaimName, "vd-d8")
+  t.eq(assert(c:get("vdsnapshot", "s8")).status.phase, "InProgress")
+end)
+
+t.test("d.1 #18: a freeze call that fails fails the snapshot, naming the VM", function()
+  -- a running VM with a ready agent, as its controller reports it; the
+  -- server has no agent to reach for it, so the freeze subresource fails
+  local vm = assert(c:create({ apiVersion = G, kind = "VirtualMachine", metadata = { name = "vm1" },
+    spec = { runPolicy = "AlwaysOn", blockDeviceRefs = { { kind = "VirtualDisk", name = "d18" } } } }))
+  vm.status = { phase = "Running", blockDeviceRefs = { { kind = "VirtualDisk", name = "d18", attached = true } },
+    conditions = { condition(vm, "AgentReady", "True", "AgentReady") } }
+  assert(c:update_status(vm))
+  ready_disk("d18", "Bound", "vm1")
+  assert(c:create({ apiVersion = G, kind = "VirtualDiskSnapshot", metadata = { name = "s18" },
+    spec = { virtualDiskName = "d18", volumeSnapshotClassName = "vsc1" } }))
+  local s = assert(wait("vdsnapshot", "s18", phase_is("Failed")))
+  local r = cond(s, "VirtualDiskSnapshotReady")
+  t.eq(r.reason, "VirtualDiskSnapshotFailed")
+  local prefix = "Failed to freeze virtual machine default/vm1: "
+  t.eq(r.message:sub(1, #prefix), prefix)
+  t.ok(#r.message > #prefix, "the freeze error follows: " .. r.message)
+  print("# " .. r.message)
+  t.eq((c:get("volumesnapshot", "s18")), nil)
+  -- nothing is left claiming the guest: no freeze lease on the VM
+  task.sleep(0.2)
+  local v = assert(c:get("vm", "vm1"))
+  t.eq((v.metadata.annotations or {})["vmsnap.io/frozen-by"], nil)
+  t.eq((v.metadata.annotations or {})["vmsnap.io/frozen-at"], nil)
+end)
+
+t.done()
