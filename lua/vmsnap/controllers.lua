@@ -91,15 +91,17 @@ function M.sweep_orphans(client, every, stopped)
   end)
 end
 
---- Thaw the guests whose freeze lease is stale (every controller start).
+--- Thaw the guests whose freeze lease has expired (its deadline passed). A
+--- lease whose holder died before its deadline is left to the snapshots that
+--- hold it: a restarted controller adopts it, and thaws when the last is cut.
 function M.thaw_orphans(client)
-  local done, err = guest.thaw_orphans(client)
+  local done, err = guest.thaw_orphans(client, { expired_only = true })
   if not done then
     log.warn("cannot look for orphaned freezes", { error = err })
     return
   end
   for _, d in ipairs(done) do
-    log.info("thawed an orphaned freeze at start-up", { vm = d.namespace .. "/" .. d.name, ok = d.ok })
+    log.info("thawed an expired freeze", { vm = d.namespace .. "/" .. d.name, ok = d.ok })
   end
 end
 

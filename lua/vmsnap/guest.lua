@@ -94,6 +94,36 @@ local function parse_lease(vm)
 end
 M.parse_lease = parse_lease
 
+--- May a snapshot join the freeze this lease records? Its deadline has not
+--- passed and (when the lease names its budget) at least `margin` seconds
+--- (default 0.5) of the budget are left: past it a server-side
+--- unfreezeTimeout may already have thawed the guest.
+function M.lease_joinable(lease, now, margin)
+  now = now or vtime.now()
+  local dl = vtime.parse(lease.deadline)
+  if not dl or dl <= now then return false end
+  local since, budget = vtime.parse(lease.since), tonumber(lease.budget)
+  if since and budget then return now + (margin or 0.5) < since + budget end
+  return true
+end
+
+local locks = {}
+--- Serialize, within this process, the freeze decisions about one VM (who
+--- freezes, who joins, who thaws last): returns a to-be-closed lock.
+---@param vm table
+function M.lock(vm)
+  local key = vm.metadata.namespace .. "/" .. vm.metadata.name
+  local ch = locks[key]
+  if not ch then
+    ch = task.channel(1)
+    ch:send(true)
+    locks[key] = ch
+  end
+  local v, err, code = ch:recv()
+  if v == nil then error(("waiting for the freeze lock of %s: %s"):format(key, tostring(err)), code == "CANCELLED" and 0 or 2) end
+  return setmetatable({}, { __close = function() ch:send(true) end })
+end
+
 --- Is this lease over (its holder gone, or its deadline passed)?
 function M.lease_stale(lease, now)
   now = now or os.time()
@@ -251,7 +281,7 @@ function Guest:take_lease(budget)
       "FROZEN_BY_OTHER"
   end
   local now = os.time()
-  local lease = json.encode({ holder = M.holder(), since = vtime.format(now),
+  local lease = json.encode({ holder = M.holder(), since = vtime.format(now), budget = budget,
     deadline = vtime.format(now + math.ceil(budget) + 5) })
   -- the resourceVersion makes this a compare-and-swap
   local res, e2, r2 = patch_annotation(self, lease, vm.metadata.resourceVersion)
@@ -260,10 +290,28 @@ function Guest:take_lease(budget)
   return true
 end
 
-function Guest:drop_lease()
+--- Take over a live lease whose holder is gone (a restarted controller
+--- continuing its snapshots): the holder becomes this process; since,
+--- budget and deadline stay.
+function Guest:adopt_lease()
+  local vm, err, reason = self:refresh_vm()
+  if not vm then return nil, err, reason end
+  local cur = parse_lease(vm)
+  if not cur then return nil, ("guest %s: no freeze lease to adopt"):format(self.name), "NotFound" end
+  if cur.holder == M.holder() then return true end
+  cur.holder, cur.raw = M.holder(), nil
+  local res, e2, r2 = patch_annotation(self, json.encode(cur), vm.metadata.resourceVersion)
+  if not res then return nil, ("guest %s: cannot adopt the freeze lease: %s"):format(self.name, e2), r2 end
+  self.vm = res
+  return true
+end
+
+--- Remove the lease if this process holds it (with `any`, also when its
+--- holder is not known to be running).
+function Guest:drop_lease(any)
   local vm = self:refresh_vm()
   local cur = vm and parse_lease(vm)
-  if cur and cur.holder == M.holder() then
+  if cur and (cur.holder == M.holder() or (any and M.holder_alive(cur.holder) ~= true)) then
     local ok, err = patch_annotation(self, nil)
     if not ok then glog:warn("cannot remove the freeze lease", { vm = self.name, error = err }) end
   end
@@ -368,7 +416,10 @@ end
 --- passed), and remove the lease. Returns the list of {namespace, name,
 --- holder, ok, error} handled.
 ---@param client vmsnap.k8s.Client
----@param opts? {namespace?: string, socket_for?: fun(vm: table): string?}
+--- opts.expired_only: only leases whose deadline has passed (a controller's
+--- sweep: a lease of its own dead predecessor is adopted by the snapshots
+--- it continues, and thawed by them or at its deadline).
+---@param opts? {namespace?: string, socket_for?: fun(vm: table): string?, expired_only?: boolean}
 function M.thaw_orphans(client, opts)
   opts = opts or {}
   local vms, err, reason = client:list_all("virtualmachines.virtualization.deckhouse.io",
@@ -377,13 +428,20 @@ function M.thaw_orphans(client, opts)
   local done = {}
   for _, vm in ipairs(vms) do
     local lease = parse_lease(vm)
-    if lease and M.lease_stale(lease) then
+    local stale = lease and M.lease_stale(lease)
+    if stale and opts.expired_only then
+      local dl = vtime.parse(lease.deadline)
+      stale = not dl or dl <= os.time()
+    end
+    if stale then
       local g, gerr = M.for_vm(client, vm, { socket = opts.socket_for and opts.socket_for(vm) or nil })
       local ok, terr
       if g then
         ok, terr = g:do_thaw()
         if ok ~= nil then
-          local p = { metadata = { annotations = { [M.LEASE] = json.null } } }
+          -- a compare-and-swap: a lease taken meanwhile stays
+          local p = { metadata = { resourceVersion = vm.metadata.resourceVersion,
+            annotations = { [M.LEASE] = json.null } } }
           client:patch("virtualmachines.virtualization.deckhouse.io", vm.metadata.name, p,
             { namespace = vm.metadata.namespace })
         end

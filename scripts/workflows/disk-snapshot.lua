@@ -121,63 +121,87 @@ local function fail(ctx, vds, reason, message)
   ctx:condition(COND, "False", reason or "VirtualDiskSnapshotFailed", message)
 end
 
--- is some other snapshot of this VM's disks, or a VM snapshot of it, in progress? (b.2)
-function W.can_unfreeze(ctx, vds, vm)
-  if not vm then return false end
+-- How many others hold this VM's freeze: disk snapshots of its disks marked
+-- frozen-at, and VM snapshots of it in progress (b.2). Read from the API, not
+-- the cache: a mark written a moment ago must count.
+function W.other_holders(ctx, vds, vm)
   local ns = vm.metadata.namespace
   local disks = {}
   for _, r in ipairs(vm.status and vm.status.blockDeviceRefs or vm.spec.blockDeviceRefs or {}) do
     if r.kind == "VirtualDisk" then disks[r.name] = true end
   end
-  -- from the API, not the cache: another snapshot's move to InProgress (written
-  -- before it freezes) must be seen, or its freeze could be thawed under it
+  local n = 0
   local fresh, ferr = ctx.client:list_all(VDS, { namespace = ns })
   if not fresh then error(ferr, 0) end
   for _, s in ipairs(fresh) do
-    if s.metadata.name ~= vds.metadata.name and disks[s.spec.virtualDiskName]
-      and s.status and s.status.phase == "InProgress" then
-      return false
+    if s.metadata.name ~= vds.metadata.name and disks[s.spec.virtualDiskName] and annotation(s, W.FROZEN_AT) then
+      n = n + 1
     end
   end
-  local vmss = ctx.client:list_all(VMS, { namespace = ns }) or {}
+  local vmss, verr = ctx.client:list_all(VMS, { namespace = ns })
+  if not vmss then error(verr, 0) end
   for _, s in ipairs(vmss) do
     if s.spec.virtualMachineName == vm.metadata.name and s.status and s.status.phase == "InProgress" then
-      return false
+      n = n + 1
     end
   end
-  return true
+  return n
 end
 
-local function mark_frozen(ctx, vds, at_ms)
+-- may this snapshot thaw the VM: nobody else holds its freeze
+function W.can_unfreeze(ctx, vds, vm)
+  if not vm then return false end
+  return W.other_holders(ctx, vds, vm) == 0
+end
+
+local function set_marks(ctx, vds, values)
   local res, perr = ctx.client:patch(VDS, vds.metadata.name,
-    { metadata = { annotations = { [W.FROZEN_AT] = tostring(at_ms) } } }, { namespace = vds.metadata.namespace })
+    { metadata = { annotations = values } }, { namespace = vds.metadata.namespace })
   if not res then return nil, perr end
   vds.metadata.annotations = res.metadata.annotations
   vds.metadata.resourceVersion = res.metadata.resourceVersion
   return true
 end
 
--- A live freeze lease on the VM (another snapshot of its disks froze it):
--- join that freeze instead of freezing again; the last one out thaws.
-function W.join_freeze(ctx, vds, vm)
-  local lease = guest.parse_lease(vm)
-  if not lease or guest.lease_stale(lease) then return false end
-  local since = vtime.parse(lease.since) or vtime.now()
-  local ok, err = mark_frozen(ctx, vds, math.floor(since * 1000))
-  if not ok then return nil, err end
-  return true
-end
-
--- freeze through the VM's API (subresources), leased; remember when.
--- Returns true, or nil, message, "transient" for what a retry may fix.
-function W.freeze(ctx, vds, vm)
+-- Freeze the VM for this snapshot (a lease on the VM, the freeze through its
+-- API, the frozen-at mark), or join the freeze that another snapshot of
+-- this controller holds (or held, before a restart: the lease is adopted).
+-- Under the VM's lock, so that a concurrent last thaw cannot slip between
+-- the look at the lease and the mark. Returns true, or nil, message, and
+-- "transient" for what a retry may fix.
+function W.freeze_or_join(ctx, vds, vm)
+  local _ <close> = guest.lock(vm)
   local budget = tonumber(annotation(vds, W.BUDGET) or "") or 30
   local g, err = guest.for_vm(ctx.client, vm, { transport = "api" })
   if not g then return nil, err end
+  local cur, gerr, gcode = g:refresh_vm()
+  if not cur then return nil, gerr, gcode ~= "NotFound" and "transient" or nil end
+  local lease = guest.parse_lease(cur)
+  if lease then
+    local mine = lease.holder == guest.holder() or guest.holder_alive(lease.holder) == false
+    if mine and guest.lease_joinable(lease) then
+      if lease.holder ~= guest.holder() then
+        local ok, aerr = g:adopt_lease()
+        if not ok then return nil, aerr, "transient" end
+      end
+      local since = vtime.parse(lease.since) or vtime.now()
+      local ok, merr = set_marks(ctx, vds, { [W.FROZEN_AT] = tostring(math.floor(since * 1000)) })
+      if not ok then return nil, merr, "transient" end
+      return true
+    end
+    if not guest.lease_stale(lease) or (mine and not guest.lease_joinable(lease) and
+        (vtime.parse(lease.deadline) or 0) > vtime.now()) then
+      -- held by another live process, or our own freeze at the end of its budget: later
+      return nil, ("virtual machine %q is frozen by %s until %s"):format(vm.metadata.name,
+        tostring(lease.holder), tostring(lease.deadline)), "transient"
+    end
+    -- expired: thaw what it left before freezing anew
+    local r, terr = g:do_thaw()
+    if r == nil then return nil, terr, "transient" end
+    g:drop_lease(true)
+  end
   local ok, lerr, lcode = g:take_lease(budget)
   if not ok then
-    -- a lease written meanwhile (Conflict), or held by another: look again
-    if lcode == "Conflict" or lcode == "FROZEN_BY_OTHER" then return nil, lerr, "transient" end
     return nil, lerr, lcode ~= "NotFound" and "transient" or nil
   end
   local r, ferr = g:do_freeze(budget)
@@ -185,44 +209,44 @@ function W.freeze(ctx, vds, vm)
     g:drop_lease()
     return nil, ferr
   end
-  local now = math.floor(vtime.now() * 1000)
-  local ok2, perr = mark_frozen(ctx, vds, now)
-  if not ok2 then return nil, perr, "transient" end
+  local ok2, perr = set_marks(ctx, vds, { [W.FROZEN_AT] = tostring(math.floor(vtime.now() * 1000)) })
+  if not ok2 then
+    -- cannot record that we hold it: give the freeze back
+    g:do_thaw()
+    g:drop_lease()
+    return nil, perr, "transient"
+  end
   return true
 end
 
--- The last snapshot of a VM's disks to finish thaws a freeze that a
--- snapshot of this controller (or a dead one) leased, whatever the VM's
--- FilesystemFrozen condition says yet (it is polled).
-function W.release_if_last(ctx, vds, vm)
-  if not vm then return true end
-  local lease = guest.parse_lease(vm)
-  if not lease then return true end
-  if lease.holder ~= guest.holder() and not guest.lease_stale(lease) then return true end
-  if not W.can_unfreeze(ctx, vds, vm) then return true end
-  return W.thaw(ctx, vds, vm, true)
-end
-
--- thaw (when allowed or forced) and record how long the guest was frozen
+-- Leave the VM's freeze: thaw it when nobody else holds it (or when forced:
+-- the budget is spent), drop the lease, remove this snapshot's mark and
+-- record how long the guest was frozen. Under the VM's lock: of two
+-- snapshots finishing at once, exactly one sees itself last.
 function W.thaw(ctx, vds, vm, force)
   local frozen_at = tonumber(annotation(vds, W.FROZEN_AT) or "")
+  local _ <close> = vm and guest.lock(vm) or nil
   if vm and (force or W.can_unfreeze(ctx, vds, vm)) then
     local g = guest.for_vm(ctx.client, vm, { transport = "api" })
     local r, err = g:do_thaw()
     if r == nil then return nil, err end
-    g:drop_lease()
+    g:drop_lease(true)
   end
   if frozen_at then
     local now = math.floor(vtime.now() * 1000)
-    local res = ctx.client:patch(VDS, vds.metadata.name, { metadata = { annotations = {
-      [W.FROZEN_AT] = json.null, [W.FREEZE_DURATION] = tostring(math.max(0, now - frozen_at)) } } },
-      { namespace = vds.metadata.namespace })
-    if res then
-      vds.metadata.annotations = res.metadata.annotations
-      vds.metadata.resourceVersion = res.metadata.resourceVersion
-    end
+    set_marks(ctx, vds, { [W.FROZEN_AT] = json.null, [W.FREEZE_DURATION] = tostring(math.max(0, now - frozen_at)) })
   end
   return true
+end
+
+-- At Ready: a freeze lease of this process (or of a dead one) that nobody
+-- holds any more is thawed, whatever the VM's FilesystemFrozen says yet.
+function W.release_if_last(ctx, vds, vm)
+  if not vm then return true end
+  local lease = guest.parse_lease(vm)
+  if not lease then return true end
+  if lease.holder ~= guest.holder() and guest.holder_alive(lease.holder) ~= false then return true end
+  return W.thaw(ctx, vds, vm, false)
 end
 
 -- run the preconditions (files in preconditions/): the first that fails keeps the snapshot Pending
@@ -300,16 +324,12 @@ function W.lifecycle(ctx, vds, facts)
           ctx:condition(COND, "False", "Snapshotting", "The snapshotting process has started.")
           return { requeue_after = 0.01 }
         end
-        local joined, jerr = W.join_freeze(ctx, vds, vm)
-        if joined == nil then return nil, jerr end
-        if not joined then
-          local fok, ferr, fkind = W.freeze(ctx, vds, vm)
-          if not fok then
-            if fkind == "transient" then return nil, ferr end -- Decision 1
-            fail(ctx, vds, "VirtualDiskSnapshotFailed",
-              ("Failed to freeze virtual machine %s/%s: %s"):format(ns, vm.metadata.name, tostring(ferr)))
-            return true
-          end
+        local fok, ferr, fkind = W.freeze_or_join(ctx, vds, vm)
+        if not fok then
+          if fkind == "transient" then return nil, ferr end -- Decision 1
+          fail(ctx, vds, "VirtualDiskSnapshotFailed",
+            ("Failed to freeze virtual machine %s/%s: %s"):format(ns, vm.metadata.name, tostring(ferr)))
+          return true
         end
         frozen_by_us = true
         -- Decision 3: issue the VolumeSnapshot right after the freeze (below)
@@ -429,7 +449,7 @@ function W.reconcile(ctx, vds)
   local res, lerr = W.lifecycle(ctx, vds, facts)
   -- a failed snapshot never leaves its VM frozen
   if vds.status.phase == "Failed" and facts.vm and (W.vm_frozen(facts.vm) or annotation(vds, W.FROZEN_AT)) then
-    local ok, terr = W.thaw(ctx, vds, facts.vm, true)
+    local ok, terr = W.thaw(ctx, vds, facts.vm, false)
     if not ok then
       local c = ctx:get_condition(COND)
       ctx:condition(COND, "False", c.reason, ("%s, %s"):format(tostring(terr), c.message))
@@ -447,7 +467,7 @@ function W.finalize(ctx, vds)
   if not ok then return nil, err end
   local facts = W.gather(ctx, vds)
   if facts and facts.vm and (W.vm_frozen(facts.vm) or annotation(vds, W.FROZEN_AT)) then
-    local tok, terr = W.thaw(ctx, vds, facts.vm, annotation(vds, W.FROZEN_AT) ~= nil)
+    local tok, terr = W.thaw(ctx, vds, facts.vm, false)
     if not tok then return nil, terr end
   end
   return true

@@ -36,13 +36,14 @@ end
 
 -- a claim in the given phase, and a Ready disk on it (what the disk controller would write)
 local function ready_disk(name, pvc_phase, vm)
-  local pvc = assert(c:create({ apiVersion = "v1", kind = "PersistentVolumeClaim", metadata = { name = "vd-" .. name },
+  local vd = assert(c:create({ apiVersion = G, kind = "VirtualDisk", metadata = { name = name },
+    spec = { persistentVolumeClaim = { size = "16Mi", storageClassName = "sc1" } } }))
+  local pvc = assert(c:create({ apiVersion = "v1", kind = "PersistentVolumeClaim", metadata = { name = "vd-" .. name,
+      ownerReferences = { { apiVersion = G, kind = "VirtualDisk", name = name, uid = vd.metadata.uid, controller = true } } },
     spec = { accessModes = { "ReadWriteOnce" }, storageClassName = "sc1",
       resources = { requests = { storage = "16Mi" } } } }))
   pvc.status = { phase = pvc_phase, accessModes = { "ReadWriteOnce" }, capacity = { storage = "16Mi" } }
   assert(c:update_status(pvc))
-  local vd = assert(c:create({ apiVersion = G, kind = "VirtualDisk", metadata = { name = name },
-    spec = { persistentVolumeClaim = { size = "16Mi", storageClassName = "sc1" } } }))
   vd.status = { phase = "Ready", capacity = "16Mi", storageClassName = "sc1",
     target = { persistentVolumeClaimName = "vd-" .. name },
     attachedToVirtualMachines = vm and { { name = vm, mounted = true } } or nil,

@@ -78,6 +78,15 @@ function M.teardown(P, dir)
   end
 end
 
+local setpriv_ok
+local function has_setpriv()
+  if setpriv_ok == nil then
+    local r = run({ "setpriv", "--help" }, 5)
+    setpriv_ok = r ~= nil and r.status == 0 and (r.stdout or ""):find("--pdeathsig", 1, true) ~= nil
+  end
+  return setpriv_ok
+end
+
 -- mount the root image and start the agent; returns the agent target or nil, why
 function M.start_agent(P, vm, image)
   local dir = dir_of(P, vm)
@@ -95,8 +104,14 @@ function M.start_agent(P, vm, image)
   end
   if not P.agents[dir] or not P.agents[dir]:running() then
     fs.remove(dir .. "/qga.sock")
-    local p, err = proc.spawn({ "qemu-ga", "-m", "unix-listen", "-p", dir .. "/qga.sock", "-t", dir,
-      "-f", dir .. "/qga.pid", "-b", "guest-fsfreeze-freeze" }, { stdout = "null", stderr = "null" })
+    -- the agent dies with this process (setpriv --pdeathsig: no qemu-ga outlives a
+    -- kill -9 of `vmsnap up`). KILL, as qemu-ga ignores SIGTERM while frozen; a
+    -- freeze it leaves behind is thawed through its lease by the next agent.
+    -- The global freeze is always blocked.
+    local argv = { "qemu-ga", "-m", "unix-listen", "-p", dir .. "/qga.sock", "-t", dir,
+      "-f", dir .. "/qga.pid", "-b", "guest-fsfreeze-freeze" }
+    if has_setpriv() then argv = { "setpriv", "--pdeathsig", "KILL", table.unpack(argv) } end
+    local p, err = proc.spawn(argv, { stdout = "null", stderr = "null" })
     if not p then return nil, "cannot start qemu-ga: " .. tostring(err) end
     P.agents[dir] = p
     for _ = 1, 200 do
