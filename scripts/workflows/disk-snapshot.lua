@@ -450,8 +450,8 @@ function W.reconcile(ctx, vds)
   -- a failed snapshot never leaves its VM frozen
   if vds.status.phase == "Failed" and facts.vm and (W.vm_frozen(facts.vm) or annotation(vds, W.FROZEN_AT)) then
     local ok, terr = W.thaw(ctx, vds, facts.vm, false)
-    if not ok then
-      local c = ctx:get_condition(COND)
+    local c = ctx:get_condition(COND)
+    if not ok and not c.message:lower():find(tostring(terr):lower(), 1, true) then
       ctx:condition(COND, "False", c.reason, ("%s, %s"):format(tostring(terr), c.message))
     end
   end

@@ -104,4 +104,34 @@ t.test("d.1 #18: a freeze call that fails fails the snapshot, naming the VM", fu
   t.eq((v.metadata.annotations or {})["vmsnap.io/frozen-at"], nil)
 end)
 
+t.test("d.1 #21: a VM snapshot in progress keeps the disk snapshot from thawing the VM", function()
+  -- vm21 is frozen (by its VM snapshot); the server has no agent for it, so
+  -- an unfreeze call would fail and fail the disk snapshot: Ready proves none was made
+  local vm = assert(c:create({ apiVersion = G, kind = "VirtualMachine", metadata = { name = "vm21" },
+    spec = { runPolicy = "AlwaysOn", blockDeviceRefs = { { kind = "VirtualDisk", name = "d21" } } } }))
+  vm.status = { phase = "Running", blockDeviceRefs = { { kind = "VirtualDisk", name = "d21", attached = true } },
+    conditions = { condition(vm, "AgentReady", "True", "AgentReady"),
+      condition(vm, "FilesystemFrozen", "True", "Frozen") } }
+  assert(c:update_status(vm))
+  ready_disk("d21", "Bound", "vm21")
+  local vms = assert(c:create({ apiVersion = G, kind = "VirtualMachineSnapshot", metadata = { name = "vms21" },
+    spec = { virtualMachineName = "vm21", requiredConsistency = true, keepIPAddress = "Always" } }))
+  vms.status = { phase = "InProgress" }
+  assert(c:update_status(vms))
+  assert(c:create({ apiVersion = G, kind = "VirtualDiskSnapshot", metadata = { name = "s21" },
+    spec = { virtualDiskName = "d21", volumeSnapshotClassName = "vsc1" } }))
+  -- the VolumeSnapshot is issued without a freeze of its own; the test is its snapshotter
+  local vs = assert(wait("volumesnapshot", "s21", function(o) return o end))
+  vs.status = { creationTime = now(), readyToUse = true, restoreSize = "16Mi",
+    boundVolumeSnapshotContentName = "snapcontent-s21" }
+  assert(c:update_status(vs))
+  local s = assert(wait("vdsnapshot", "s21", function(o)
+    return o and o.status and (o.status.phase == "Ready" or o.status.phase == "Failed") and o
+  end))
+  t.eq(s.status.phase, "Ready", cond(s, "VirtualDiskSnapshotReady") and cond(s, "VirtualDiskSnapshotReady").message)
+  t.eq(s.status.consistent, true)
+  local v = assert(c:get("vm", "vm21"))
+  t.eq((v.metadata.annotations or {})["vmsnap.io/frozen-by"], nil, "no lease taken by the disk snapshot")
+end)
+
 t.done()
