@@ -8,7 +8,7 @@ local log = require("vmsnap.log")
 
 local M = {}
 
-M.WORKFLOWS = { "disk-snapshot" }
+M.WORKFLOWS = { "disk-snapshot", "vm-snapshot" }
 
 --- The controller of one workflow (not started).
 function M.for_workflow(client, name, opts)

@@ -11,9 +11,8 @@
 -- Copy this file to a directory on VMSNAP_SCRIPTS_PATH (as
 -- workflows/disk-snapshot.lua) to change it; each gate before the snapshot
 -- is a file in preconditions/ (applies_to = {"disk-snapshot"}).
-local json = require("vmsnap.json")
 local csi = require("vmsnap.csi")
-local guest = require("vmsnap.guest")
+local freezes = require("vmsnap.freezes")
 local workflow = require("vmsnap.workflow")
 local vtime = require("vmsnap.time")
 
@@ -22,15 +21,13 @@ local W = {}
 W.kind = "VirtualDiskSnapshot"
 W.finalizer = "virtualization.deckhouse.io/vdsnapshot-cleanup"
 W.VS_FINALIZER = "virtualization.deckhouse.io/vdsnapshot-protection"
-W.FROZEN_AT = "vmsnap.io/frozen-at"             -- ms since the epoch, while this snapshot holds a freeze
-W.FREEZE_DURATION = "vmsnap.io/freeze-duration-ms"
-W.THAW_AT = "vmsnap.io/thaw-at"                 -- "Cut" (default) or "Ready"
-W.BUDGET = "vmsnap.io/freeze-budget"            -- seconds (default 30)
+W.FROZEN_AT = freezes.FROZEN_AT             -- ms since the epoch, while this snapshot holds a freeze
+W.FREEZE_DURATION = freezes.FREEZE_DURATION
+W.THAW_AT = freezes.THAW_AT                 -- "Cut" (default) or "Ready"
+W.BUDGET = freezes.BUDGET                   -- seconds (default 30)
 
 local VD = "virtualdisks.virtualization.deckhouse.io"
-local VDS = "virtualdisksnapshots.virtualization.deckhouse.io"
 local VM = "virtualmachines.virtualization.deckhouse.io"
-local VMS = "virtualmachinesnapshots.virtualization.deckhouse.io"
 local VS = "volumesnapshots.snapshot.storage.k8s.io"
 
 local COND_VD = "VirtualDiskReady"
@@ -121,133 +118,13 @@ local function fail(ctx, vds, reason, message)
   ctx:condition(COND, "False", reason or "VirtualDiskSnapshotFailed", message)
 end
 
--- How many others hold this VM's freeze: disk snapshots of its disks marked
--- frozen-at, and VM snapshots of it in progress (b.2). Read from the API, not
--- the cache: a mark written a moment ago must count.
-function W.other_holders(ctx, vds, vm)
-  local ns = vm.metadata.namespace
-  local disks = {}
-  for _, r in ipairs(vm.status and vm.status.blockDeviceRefs or vm.spec.blockDeviceRefs or {}) do
-    if r.kind == "VirtualDisk" then disks[r.name] = true end
-  end
-  local n = 0
-  local fresh, ferr = ctx.client:list_all(VDS, { namespace = ns })
-  if not fresh then error(ferr, 0) end
-  for _, s in ipairs(fresh) do
-    if s.metadata.name ~= vds.metadata.name and disks[s.spec.virtualDiskName] and annotation(s, W.FROZEN_AT) then
-      n = n + 1
-    end
-  end
-  local vmss, verr = ctx.client:list_all(VMS, { namespace = ns })
-  if not vmss then error(verr, 0) end
-  for _, s in ipairs(vmss) do
-    if s.spec.virtualMachineName == vm.metadata.name and s.status and s.status.phase == "InProgress" then
-      n = n + 1
-    end
-  end
-  return n
-end
-
--- may this snapshot thaw the VM: nobody else holds its freeze
-function W.can_unfreeze(ctx, vds, vm)
-  if not vm then return false end
-  return W.other_holders(ctx, vds, vm) == 0
-end
-
-local function set_marks(ctx, vds, values)
-  local res, perr = ctx.client:patch(VDS, vds.metadata.name,
-    { metadata = { annotations = values } }, { namespace = vds.metadata.namespace })
-  if not res then return nil, perr end
-  vds.metadata.annotations = res.metadata.annotations
-  vds.metadata.resourceVersion = res.metadata.resourceVersion
-  return true
-end
-
--- Freeze the VM for this snapshot (a lease on the VM, the freeze through its
--- API, the frozen-at mark), or join the freeze that another snapshot of
--- this controller holds (or held, before a restart: the lease is adopted).
--- Under the VM's lock, so that a concurrent last thaw cannot slip between
--- the look at the lease and the mark. Returns true, or nil, message, and
--- "transient" for what a retry may fix.
-function W.freeze_or_join(ctx, vds, vm)
-  local _ <close> = guest.lock(vm)
-  local budget = tonumber(annotation(vds, W.BUDGET) or "") or 30
-  local g, err = guest.for_vm(ctx.client, vm, { transport = "api" })
-  if not g then return nil, err end
-  local cur, gerr, gcode = g:refresh_vm()
-  if not cur then return nil, gerr, gcode ~= "NotFound" and "transient" or nil end
-  local lease = guest.parse_lease(cur)
-  if lease then
-    local mine = lease.holder == guest.holder() or guest.holder_alive(lease.holder) == false
-    if mine and guest.lease_joinable(lease) then
-      if lease.holder ~= guest.holder() then
-        local ok, aerr = g:adopt_lease()
-        if not ok then return nil, aerr, "transient" end
-      end
-      local since = vtime.parse(lease.since) or vtime.now()
-      local ok, merr = set_marks(ctx, vds, { [W.FROZEN_AT] = tostring(math.floor(since * 1000)) })
-      if not ok then return nil, merr, "transient" end
-      return true
-    end
-    if not guest.lease_stale(lease) or (mine and not guest.lease_joinable(lease) and
-        (vtime.parse(lease.deadline) or 0) > vtime.now()) then
-      -- held by another live process, or our own freeze at the end of its budget: later
-      return nil, ("virtual machine %q is frozen by %s until %s"):format(vm.metadata.name,
-        tostring(lease.holder), tostring(lease.deadline)), "transient"
-    end
-    -- expired: thaw what it left before freezing anew
-    local r, terr = g:do_thaw()
-    if r == nil then return nil, terr, "transient" end
-    g:drop_lease(true)
-  end
-  local ok, lerr, lcode = g:take_lease(budget)
-  if not ok then
-    return nil, lerr, lcode ~= "NotFound" and "transient" or nil
-  end
-  local r, ferr = g:do_freeze(budget)
-  if r == nil then
-    g:drop_lease()
-    return nil, ferr
-  end
-  local ok2, perr = set_marks(ctx, vds, { [W.FROZEN_AT] = tostring(math.floor(vtime.now() * 1000)) })
-  if not ok2 then
-    -- cannot record that we hold it: give the freeze back
-    g:do_thaw()
-    g:drop_lease()
-    return nil, perr, "transient"
-  end
-  return true
-end
-
--- Leave the VM's freeze: thaw it when nobody else holds it (or when forced:
--- the budget is spent), drop the lease, remove this snapshot's mark and
--- record how long the guest was frozen. Under the VM's lock: of two
--- snapshots finishing at once, exactly one sees itself last.
-function W.thaw(ctx, vds, vm, force)
-  local frozen_at = tonumber(annotation(vds, W.FROZEN_AT) or "")
-  local _ <close> = vm and guest.lock(vm) or nil
-  if vm and (force or W.can_unfreeze(ctx, vds, vm)) then
-    local g = guest.for_vm(ctx.client, vm, { transport = "api" })
-    local r, err = g:do_thaw()
-    if r == nil then return nil, err end
-    g:drop_lease(true)
-  end
-  if frozen_at then
-    local now = math.floor(vtime.now() * 1000)
-    set_marks(ctx, vds, { [W.FROZEN_AT] = json.null, [W.FREEZE_DURATION] = tostring(math.max(0, now - frozen_at)) })
-  end
-  return true
-end
-
--- At Ready: a freeze lease of this process (or of a dead one) that nobody
--- holds any more is thawed, whatever the VM's FilesystemFrozen says yet.
-function W.release_if_last(ctx, vds, vm)
-  if not vm then return true end
-  local lease = guest.parse_lease(vm)
-  if not lease then return true end
-  if lease.holder ~= guest.holder() and guest.holder_alive(lease.holder) ~= false then return true end
-  return W.thaw(ctx, vds, vm, false)
-end
+-- The freeze is shared (vmsnap.freezes): this snapshot holds it from the
+-- freeze (or join) to its cut, marked vmsnap.io/frozen-at; the last holder
+-- out thaws. These wrappers are the steps a user's copy can change.
+function W.can_unfreeze(ctx, vds, vm) return freezes.can_unfreeze(ctx.client, vds, vm) end
+function W.freeze_or_join(ctx, vds, vm) return freezes.freeze_or_join(ctx.client, vds, vm) end
+function W.thaw(ctx, vds, vm, force) return freezes.leave(ctx.client, vds, vm, force) end
+function W.release_if_last(ctx, vds, vm) return freezes.release_if_last(ctx.client, vds, vm) end
 
 -- run the preconditions (files in preconditions/): the first that fails keeps the snapshot Pending
 function W.check_preconditions(ctx, vds, facts)
@@ -325,6 +202,7 @@ function W.lifecycle(ctx, vds, facts)
           return { requeue_after = 0.01 }
         end
         local fok, ferr, fkind = W.freeze_or_join(ctx, vds, vm)
+        if fok and ferr == "done" then return { requeue_after = 0.01 } end -- a stale pass: look again
         if not fok then
           if fkind == "transient" then return nil, ferr end -- Decision 1
           fail(ctx, vds, "VirtualDiskSnapshotFailed",
@@ -378,12 +256,13 @@ function W.lifecycle(ctx, vds, facts)
   end
   -- Decisions 3 and 4: thaw at the cut (or at Ready), and within the budget
   if frozen_by_us then
-    local thaw_at_ready = annotation(vds, W.THAW_AT) == "Ready"
-    local frozen_at = tonumber(annotation(vds, W.FROZEN_AT)) or 0
-    local budget = tonumber(annotation(vds, W.BUDGET) or "") or 30
+    local thaw_at_ready = freezes.thaw_at_ready(vds)
+    local frozen_at = freezes.frozen_at(vds) or 0
+    local budget = freezes.budget(vds)
     local elapsed = (vtime.now() * 1000 - frozen_at) / 1000
     local cut_done = (thaw_at_ready and state.ready) or (not thaw_at_ready and state.cut)
     if cut_done then
+      st.consistent = true -- cut while frozen (the VolumeSnapshot may have been issued by a VM snapshot)
       local tok, terr = W.thaw(ctx, vds, vm, false)
       if not tok then return nil, terr end
       frozen_by_us = false

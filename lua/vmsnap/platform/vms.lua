@@ -25,6 +25,7 @@ local M = {}
 M.POWER = "vmsnap.io/power"
 local VD = "virtualdisks.virtualization.deckhouse.io"
 local VMBDA = "virtualmachineblockdeviceattachments.virtualization.deckhouse.io"
+local VMS = "virtualmachinesnapshots.virtualization.deckhouse.io"
 local vlog = log.new("platform.vms")
 
 local function run(argv, timeout)
@@ -167,8 +168,44 @@ local function reconcile_vm(P, ctx, vm)
     end
   end
   st.blockDeviceRefs = refs
+  -- a.5: Snapshotting while a VM snapshot of it is Pending or InProgress
+  local snapping
+  for _, s in ipairs(ctx:list(VMS, ns)) do
+    local ph = s.status and s.status.phase or ""
+    if s.spec.virtualMachineName == vm.metadata.name and not s.metadata.deletionTimestamp then
+      if ph == "InProgress" then snapping = "SnapshottingInProgress"
+      elseif ph == "Pending" and not snapping then snapping = "WaitingForTheSnapshotToStart" end
+    end
+  end
+  if snapping then
+    set_cond(ctx, "Snapshotting", "True", snapping, "")
+  else
+    set_cond(ctx, "Snapshotting", nil)
+  end
   set_cond(ctx, "BlockDevicesReady", all_ready and "True" or "False", all_ready and "BlockDevicesReady" or "BlockDevicesNotReady",
     all_ready and "" or "Waiting for the block devices to be ready.")
+  -- its IP address (a stopped VM keeps one too): the named one, or one made for it (a.6)
+  local ipname = vm.spec.virtualMachineIPAddressName or st.virtualMachineIPAddressName
+  if not ipname then
+    -- one made on an earlier pass (the cache may not show our status yet)
+    for _, ip in ipairs(ctx:list("VirtualMachineIPAddress", ns)) do
+      if (ip.metadata.labels or {})["virtualization.deckhouse.io/virtual-machine-uid"] == vm.metadata.uid then
+        ipname = ip.metadata.name
+      end
+    end
+  end
+  if not ipname and not vm.metadata.deletionTimestamp then
+    local made = ctx.client:create({ apiVersion = "virtualization.deckhouse.io/v1alpha2", kind = "VirtualMachineIPAddress",
+      metadata = { generateName = vm.metadata.name .. "-", namespace = ns,
+        labels = { ["virtualization.deckhouse.io/virtual-machine-uid"] = vm.metadata.uid },
+        ownerReferences = json.array({ { apiVersion = vm.apiVersion, kind = vm.kind, name = vm.metadata.name,
+          uid = vm.metadata.uid, controller = true, blockOwnerDeletion = true } }) },
+      spec = { type = "Auto" } })
+    if made then ipname = made.metadata.name end
+  end
+  st.virtualMachineIPAddressName = ipname
+  local vmip = ipname and ctx:get("VirtualMachineIPAddress", ns, ipname)
+  st.ipAddress = vmip and vmip.status and vmip.status.address or nil
   local dir = dir_of(P, vm)
   if vm.metadata.deletionTimestamp or not wants_running(vm) then
     if st.phase == "Running" or st.phase == "Starting" or st.phase == "Stopping" then
@@ -185,28 +222,6 @@ local function reconcile_vm(P, ctx, vm)
     st.phase = "Pending"
     return { requeue_after = 1 }
   end
-  -- its IP address: the named one, or one made for it (a.6)
-  local ipname = vm.spec.virtualMachineIPAddressName or st.virtualMachineIPAddressName
-  if not ipname then
-    -- one made on an earlier pass (the cache may not show our status yet)
-    for _, ip in ipairs(ctx:list("VirtualMachineIPAddress", ns)) do
-      if (ip.metadata.labels or {})["virtualization.deckhouse.io/virtual-machine-uid"] == vm.metadata.uid then
-        ipname = ip.metadata.name
-      end
-    end
-  end
-  if not ipname then
-    local made = ctx.client:create({ apiVersion = "virtualization.deckhouse.io/v1alpha2", kind = "VirtualMachineIPAddress",
-      metadata = { generateName = vm.metadata.name .. "-", namespace = ns,
-        labels = { ["virtualization.deckhouse.io/virtual-machine-uid"] = vm.metadata.uid },
-        ownerReferences = json.array({ { apiVersion = vm.apiVersion, kind = vm.kind, name = vm.metadata.name,
-          uid = vm.metadata.uid, controller = true, blockOwnerDeletion = true } }) },
-      spec = { type = "Auto" } })
-    if made then ipname = made.metadata.name end
-  end
-  st.virtualMachineIPAddressName = ipname
-  local vmip = ipname and ctx:get("VirtualMachineIPAddress", ns, ipname)
-  st.ipAddress = vmip and vmip.status and vmip.status.address or nil
   if st.phase ~= "Running" then st.phase = "Starting" end
   -- the agent, on the root disk's image
   local target, mnt
@@ -272,6 +287,7 @@ function M.controller(client, data, opts)
         return keys
       end },
       { kind = VMBDA, map = function(b) return { b.metadata.namespace .. "/" .. b.spec.virtualMachineName } end },
+      { kind = VMS, map = function(s) return { s.metadata.namespace .. "/" .. s.spec.virtualMachineName } end },
       { kind = "VirtualMachineIPAddress", map = function(ip)
         return ip.status and ip.status.virtualMachineName and { ip.metadata.namespace .. "/" .. ip.status.virtualMachineName } or {}
       end },

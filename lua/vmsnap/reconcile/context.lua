@@ -120,11 +120,17 @@ function Context:flush()
       return true
     end
     if reason ~= "Conflict" then return nil, err, reason end
-    -- someone else wrote: take their object, keep our status
+    -- someone else wrote. Metadata only (our own annotation patches, a
+    -- finalizer): keep our status. The status itself: ours was computed from
+    -- an older object (a cache behind the server) — reconcile again instead of
+    -- overwriting what is newer.
     local fresh, ferr, freason = c:get(obj, obj.metadata.name, { namespace = obj.metadata.namespace })
     if not fresh then
       if freason == "NotFound" then return true end
       return nil, ferr, freason
+    end
+    if not equal(fresh.status, self.original_status) then
+      return nil, "the status changed meanwhile: reconciling again", "Stale"
     end
     obj.metadata.resourceVersion = fresh.metadata.resourceVersion
   end

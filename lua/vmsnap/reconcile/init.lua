@@ -71,7 +71,7 @@ function M.controller(opts)
     opts = opts, client = opts.client, name = opts.name or opts.kind,
     queue = Queue.new({ max_backoff = opts.max_backoff }), informers = {},
     log = log.new("reconcile", { controller = opts.name or opts.kind }),
-    counters = { reconciles = 0, errors = 0, requeues = 0, status_writes = 0, events = 0, finalized = 0 },
+    counters = { reconciles = 0, errors = 0, requeues = 0, status_writes = 0, stale = 0, events = 0, finalized = 0 },
     stopping = false,
   }, Controller)
   return self
@@ -173,8 +173,15 @@ function Controller:reconcile_key(key)
     return nil, type(res) == "table" and tostring(res.message or res) or tostring(res)
   end
   if res == nil and err then return nil, err end
-  local wrote, werr = ctx:flush()
-  if not wrote then return nil, werr end
+  local wrote, werr, wcode = ctx:flush()
+  if not wrote then
+    -- computed from a stale copy: at once again, from the fresh one
+    if wcode == "Stale" then
+      self.counters.stale = self.counters.stale + 1
+      return { requeue_after = 0 }
+    end
+    return nil, werr
+  end
   if ctx.requeue and (type(res) ~= "table" or not res.requeue_after) then
     res = { requeue_after = ctx.requeue }
   end
@@ -246,7 +253,7 @@ function Controller:shutdown()
   if self.elector then self.elector:release() end
 end
 
---- Counters for metrics: reconciles, errors, requeues, status_writes, events,
+--- Counters for metrics: reconciles, errors, requeues, status_writes, stale (a status computed from a copy older than the server's, reconciled again), events,
 --- finalized, queue depth.
 function Controller:metrics()
   local m = {}
