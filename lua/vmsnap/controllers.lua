@@ -8,7 +8,7 @@ local log = require("vmsnap.log")
 
 local M = {}
 
-M.WORKFLOWS = { "disk-snapshot", "vm-snapshot" }
+M.WORKFLOWS = { "disk-snapshot", "vm-snapshot", "vm-restore" }
 
 --- The controller of one workflow (not started).
 function M.for_workflow(client, name, opts)
@@ -28,10 +28,11 @@ function M.for_workflow(client, name, opts)
     end or nil })
 end
 
---- All snapshot controllers (not started).
+--- All snapshot controllers (not started); opts.workflows names a subset.
 function M.all(client, opts)
+  opts = opts or {}
   local list = {}
-  for _, name in ipairs(M.WORKFLOWS) do
+  for _, name in ipairs(opts.workflows or M.WORKFLOWS) do
     local c, err = M.for_workflow(client, name, opts)
     if not c then return nil, err end
     list[#list + 1] = c

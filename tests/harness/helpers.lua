@@ -128,7 +128,7 @@ function M.faultproxy(upstream_port)
     error("faultproxy did not start")
   end
   local fp = { port = port, url = "http://127.0.0.1:" .. port, proc = p }
-  local function esc(s) return (s:gsub("[^%w%-%._~/:]", function(c) return ("%%%02X"):format(c:byte()) end)) end
+  local function esc(s) return (s:gsub("[^%w%-%._~/:%$]", function(c) return ("%%%02X"):format(c:byte()) end)) end
   --- The next requests whose path starts with prefix get these actions, in turn.
   function fp:plan(prefix, actions)
     local r = assert(http.post(self.url .. "/_faults?match=" .. esc(prefix) .. "&do=" .. esc(actions), ""))

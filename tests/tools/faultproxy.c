@@ -8,13 +8,15 @@
 ** upstream sends is passed through.  Requests are parsed (Content-Length
 ** bodies) so that faults can be put in their place.  Control requests:
 **   POST   /_faults?match=PREFIX&do=A,B,...   the next requests whose path
-**          starts with PREFIX get actions A, B, ... in turn; rules are tried
+**          starts with PREFIX get actions A, B, ... in turn (PREFIX ending in
+**          '$': the path is exactly PREFIX, its query aside); rules are tried
 **          in the order they were added, and a rule ends with its actions
 **   GET    /_faults                            {"requests":N,"faulted":F,"proxied":P}
 **   DELETE /_faults                            forget the rules, zero the counters
 ** Actions:
 **   ok           pass the request through
 **   429[:S]      answer 429 TooManyRequests with Retry-After: S (default 1)
+**   403          answer 403 Forbidden (a refusal no retry fixes: quota, policy)
 **   500 502 503 504   answer that status with a Status body
 **   drop         answer 200 with Content-Length 1000, send 10 bytes, close
 **   close        close the connection without answering
@@ -212,12 +214,22 @@ static void slow_cb(uv_timer_t *t)
 	c->delayed_req = NULL;
 }
 
+/* does path match a rule's prefix? A prefix ending in '$' is a whole path:
+   what follows it can only be the query */
+static int rule_matches(const Rule *r, const char *path)
+{
+	size_t l = strlen(r->prefix);
+	if (l > 0 && r->prefix[l - 1] == '$')
+		return strncmp(path, r->prefix, l - 1) == 0 && (path[l - 1] == '\0' || path[l - 1] == '?');
+	return strncmp(path, r->prefix, l) == 0;
+}
+
 static const char *next_action(const char *path)
 {
 	int i;
 	for (i = 0; i < nrules; i++) {
 		Rule *r = &rules[i];
-		if (r->next < r->n && strncmp(path, r->prefix, strlen(r->prefix)) == 0)
+		if (r->next < r->n && rule_matches(r, path))
 			return r->actions[r->next++];
 	}
 	return NULL;
@@ -309,6 +321,8 @@ static int handle(Conn *c, const char *req, size_t n)
 		char extra[64];
 		snprintf(extra, sizeof extra, "Retry-After: %s\r\n", a[3] == ':' ? a + 4 : "1");
 		answer(c, 429, "TooManyRequests", extra);
+	} else if (strcmp(a, "403") == 0) {
+		answer(c, 403, "Forbidden", NULL);
 	} else if (strcmp(a, "500") == 0) {
 		answer(c, 500, "InternalError", NULL);
 	} else if (strcmp(a, "502") == 0) {

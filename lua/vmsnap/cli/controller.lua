@@ -11,15 +11,35 @@ usage: vmsnap controller [options]
 Run the snapshot controllers (workflows/*.lua on the scripts path) against the
 API server of the kubeconfig or the cluster. Several replicas elect a leader on
 the Lease kube-system/vmsnap-snapshot-controllers. At start, guests whose freeze
-lease is stale are thawed. SIGINT/SIGTERM stop it after the reconciles in hand.
+lease has expired are thawed (at start and every 10 s). SIGINT/SIGTERM stop it
+after the reconciles in hand.
+
+  --workflows LIST        run only these workflows (comma-separated; default:
+                          disk-snapshot,vm-snapshot,vm-restore)
 ]] .. kube.COMMON_HELP
 
 function M.main(args)
-  local o, pos = kube.parse(args, kube.COMMON)
+  local spec = { ["--workflows"] = { "workflows", true } }
+  for k, v in pairs(kube.COMMON) do spec[k] = v end
+  local o, pos = kube.parse(args, spec)
   if o.help then io.stdout:write(M.help) return end
-  if #pos > 0 then require("vmsnap.cli").usage("controller: unexpected argument '" .. pos[1] .. "'") end
+  local cli = require("vmsnap.cli")
+  if #pos > 0 then cli.usage("controller: unexpected argument '" .. pos[1] .. "'") end
+  local only
+  if o.workflows then
+    only = {}
+    local known = {}
+    for _, w in ipairs(controllers.WORKFLOWS) do known[w] = true end
+    for w in o.workflows:gmatch("[^,%s]+") do
+      if not known[w] then
+        cli.usage(("controller: --workflows: unknown workflow '%s' (known: %s)"):format(w, table.concat(controllers.WORKFLOWS, ", ")))
+      end
+      only[#only + 1] = w
+    end
+    if #only == 0 then cli.usage("controller: --workflows needs at least one workflow") end
+  end
   local c = kube.client(o)
-  local ctls, err = controllers.all(c, { leader_election = controllers.LEASE })
+  local ctls, err = controllers.all(c, { leader_election = controllers.LEASE, workflows = only })
   if not ctls then return nil, "controller: " .. tostring(err) end
   local sweeper = controllers.sweep_orphans(c, 10)
   local _ <close> = setmetatable({}, { __close = function()

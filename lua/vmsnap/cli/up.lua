@@ -23,6 +23,9 @@ State lives in DIR; a restart resumes where it stopped.
     export KUBECONFIG=/var/tmp/vmsnap/kubeconfig
     kubectl apply -f disk.yaml && kubectl get vd,vdsnapshot
 
+  --no-controllers    run the platform without the snapshot controllers (run
+                      `vmsnap controller` against it instead)
+
 Ctrl-C (or SIGTERM) stops it cleanly.
 ]]
 
@@ -30,7 +33,11 @@ function M.main(args)
   for _, a in ipairs(args) do
     if a == "-h" or a == "--help" then io.stdout:write(M.help) return end
   end
-  local o = serve.parse(args)
+  local rest, no_controllers = {}, false
+  for _, a in ipairs(args) do
+    if a == "--no-controllers" then no_controllers = true else rest[#rest + 1] = a end
+  end
+  local o = serve.parse(rest)
   local srv, err = apiserver.new(serve.server_options(o))
   if not srv then return nil, "up: " .. tostring(err) end
   local stop_all
@@ -40,12 +47,15 @@ function M.main(args)
   local server_task = task.spawn(function() return srv:serve() end)
   local client = platform.client_for(srv)
   local ctls = platform.start(client, o.data)
-  local sweeper = controllers.sweep_orphans(client, 10)
-  local snaps, cerr = controllers.all(client, { leader_election = controllers.LEASE })
-  if not snaps then return nil, "up: " .. tostring(cerr) end
+  local sweeper = not no_controllers and controllers.sweep_orphans(client, 10) or nil
+  local snaps, cerr = {}, nil
+  if not no_controllers then
+    snaps, cerr = controllers.all(client, { leader_election = controllers.LEASE })
+    if not snaps then return nil, "up: " .. tostring(cerr) end
+  end
   for _, c in ipairs(snaps) do c.task = task.spawn(function() return c:run() end) end
   stop_all = function()
-    task.cancel(sweeper)
+    if sweeper then task.cancel(sweeper) end
     platform.stop(snaps)
     platform.stop(ctls)
   end

@@ -1,0 +1,255 @@
+-- VirtualMachineRestores through the API of the local platform: the
+-- scenarios of spec/snapshots.md d.4, Decision 6 (the documented checks in
+-- full; validate everything first; undo a restore that fails midway), and
+-- the data: a restored disk holds exactly what the disk held at snapshot
+-- time. The platform runs without its snapshot controllers (`vmsnap up
+-- --no-controllers`); `vmsnap controller` runs them through a fault proxy,
+-- which refuses the third create of one restore.
+local t = require("tap")
+local k8s = require("vmsnap.k8s")
+local json = require("vmsnap.json")
+local proc = require("vmsnap.proc")
+local fs = require("vmsnap.fs")
+local h = require("helpers")
+
+local srv <close> = h.platform({ args = { "--no-controllers" } })
+local c = assert(k8s.client({ kubeconfig = srv.kubeconfig }))
+local G = "virtualization.deckhouse.io/v1alpha2"
+
+-- the snapshot controllers, through the fault proxy
+local fp <close> = h.faultproxy(srv.port)
+local kc = srv.data .. "/kubeconfig-proxied"
+assert(fs.write_atomic(kc, (assert(fs.read_file(srv.kubeconfig)):gsub("server: %S+", "server: " .. fp.url))))
+local ctl = assert(proc.spawn({ h.vmsnap, "controller", "--kubeconfig", kc }, { stdout = "null", stderr = "inherit" }))
+local _ <close> = setmetatable({}, { __close = function()
+  ctl:kill("TERM")
+  if not ctl:wait(10) then ctl:kill("KILL") ctl:wait(5) end
+  ctl:close()
+end })
+
+local function cond(obj, ctype)
+  for _, x in ipairs(obj and obj.status and obj.status.conditions or {}) do
+    if x.type == ctype then return x end
+  end
+end
+local function wait(kind, name, pred, timeout) return c:wait_for(kind, name, pred, { timeout = timeout or 20 }) end
+local function phase_is(p) return function(o) return o and o.status and o.status.phase == p and o end end
+local function terminal(o) return o and o.status and (o.status.phase == "Ready" or o.status.phase == "Failed") and o end
+local function create(o) return assert(c:create(o)) end
+local function disk(name)
+  create({ apiVersion = G, kind = "VirtualDisk", metadata = { name = name }, spec = { persistentVolumeClaim = { size = "16Mi" } } })
+  return assert(wait("vd", name, phase_is("Ready")))
+end
+local function volume_file(vd)
+  local pvc = assert(c:get("pvc", vd.status.target.persistentVolumeClaimName))
+  return assert(c:get("pv", pvc.spec.volumeName)).spec.csi.volumeHandle
+end
+local function write_at(file, text)
+  local f = assert(io.open(file, "r+b"))
+  f:write(text)
+  f:close()
+end
+local function read_at(file, n)
+  local f = assert(io.open(file, "rb"))
+  local s = f:read(n)
+  f:close()
+  return s
+end
+local function snapshot(name, vm, spec)
+  local s = { virtualMachineName = vm }
+  for k, v in pairs(spec or {}) do s[k] = v end
+  create({ apiVersion = G, kind = "VirtualMachineSnapshot", metadata = { name = name }, spec = s })
+  local o = assert(wait("vmsnapshot", name, terminal))
+  assert(o.status.phase == "Ready", json.encode(o.status))
+  return o
+end
+local function restore(name, snap, renames)
+  local rules
+  for _, r in ipairs(renames or {}) do
+    rules = rules or {}
+    local kind, from, to = r:match("^(%w*)/([^=]+)=(.+)$")
+    rules[#rules + 1] = { from = { kind = kind ~= "" and kind or nil, name = from }, to = to }
+  end
+  return create({ apiVersion = G, kind = "VirtualMachineRestore", metadata = { name = name },
+    spec = { virtualMachineSnapshotName = snap, nameReplacements = rules } })
+end
+-- the objects of a restore (by its annotation)
+local function restored_by(uid)
+  local out = {}
+  for _, kind in ipairs({ "vm", "vd", "vmip", "vmbda", "secret" }) do
+    for _, o in ipairs(assert(c:list_all(kind))) do
+      if (o.metadata.annotations or {})["virtualization.deckhouse.io/vmrestore"] == uid then
+        out[#out + 1] = o.kind .. "/" .. o.metadata.name
+      end
+    end
+  end
+  table.sort(out)
+  return out
+end
+
+-- vm1: root (with known data) and a hot-plugged disk data; stopped
+local root = disk("root")
+disk("data")
+write_at(volume_file(root), "snapshot-time bytes")
+create({ apiVersion = G, kind = "VirtualMachine", metadata = { name = "vm1", labels = { app = "demo" } },
+  spec = { runPolicy = "AlwaysOff", blockDeviceRefs = { { kind = "VirtualDisk", name = "root" } } } })
+create({ apiVersion = G, kind = "VirtualMachineBlockDeviceAttachment", metadata = { name = "att1" },
+  spec = { virtualMachineName = "vm1", blockDeviceRef = { kind = "VirtualDisk", name = "data" } } })
+local vm1 = assert(wait("vm", "vm1", function(o)
+  if not (o and o.status and o.status.virtualMachineIPAddressName) then return end
+  for _, r in ipairs(o.status.blockDeviceRefs or {}) do if r.name == "data" then return o end end
+end))
+local ip1 = assert(wait("vmip", vm1.status.virtualMachineIPAddressName, function(o) return o and o.status and o.status.address and o end))
+local ms_never = snapshot("ms-never", "vm1", { keepIPAddress = "Never" })
+local ms = snapshot("ms", "vm1")
+write_at(volume_file(root), "LATER BYTES, CHANGED")
+
+t.test("d.4 #53: a missing snapshot keeps the restore Pending; its arrival lets it proceed", function()
+  restore("r-late", "ms-late", { "VirtualMachine/vm1=vm-late", "VirtualDisk/root=root-late", "VirtualDisk/data=data-late",
+    "VirtualMachineBlockDeviceAttachment/att1=att-late" })
+  local r = assert(wait("vmrestore", "r-late", function(o) return o and cond(o, "VirtualMachineSnapshotReadyToUse") and o end))
+  t.eq(r.status.phase, "Pending")
+  t.eq(cond(r, "VirtualMachineSnapshotReadyToUse").reason, "VirtualMachineSnapshotNotFound")
+  t.eq(cond(r, "VirtualMachineSnapshotReadyToUse").message, 'The virtual machine snapshot "ms-late" not found.')
+  t.eq(cond(r, "VirtualMachineRestoreReady").reason, "VirtualMachineSnapshotNotReadyToUse")
+  snapshot("ms-late", "vm1", { keepIPAddress = "Never" })
+  r = assert(wait("vmrestore", "r-late", terminal))
+  t.eq(r.status.phase, "Ready", json.encode(r.status))
+  t.ok(c:get("vm", "vm-late"), "vm-late restored")
+end)
+
+t.test("d.4 #55: a live VM of the same name: Failed/Conflict on the first failing object, nothing created", function()
+  local r = restore("r55", "ms")
+  r = assert(wait("vmrestore", "r55", terminal))
+  t.eq(r.status.phase, "Failed")
+  local x = cond(r, "VirtualMachineRestoreReady")
+  t.eq(x.reason, "VirtualMachineRestoreConflict")
+  t.eq(x.message, ('The virtual machine ip address %q is already in use and cannot be used for the restored virtual machine.')
+    :format(ip1.metadata.name))
+  t.eq(#restored_by(r.metadata.uid), 0, "nothing created")
+  local r2 = restore("r55b", "ms-never")
+  r2 = assert(wait("vmrestore", "r55b", terminal))
+  t.eq(cond(r2, "VirtualMachineRestoreReady").message, 'The virtual machine "vm1" already exists.')
+  t.eq(assert(c:get("vm", "vm1")).metadata.uid, vm1.metadata.uid, "the live VM is untouched")
+end)
+
+t.test("d.4 #58: an attachment of the same name conflicts", function()
+  restore("r58", "ms-never", { "VirtualMachine/vm1=vm58", "VirtualDisk/root=root58", "VirtualDisk/data=data58" })
+  local r = assert(wait("vmrestore", "r58", terminal))
+  t.eq(cond(r, "VirtualMachineRestoreReady").message, 'The virtual machine block device attachment "att1" already exists.')
+  t.eq(#restored_by(r.metadata.uid), 0, "nothing created")
+end)
+
+t.test("d.4 #56: a clone with replacements next to the original; the restored disk holds the snapshot-time data", function()
+  local r = restore("r56", "ms-never", { "VirtualMachine/vm1=vm2", "VirtualDisk/root=root2", "VirtualDisk/data=data2",
+    "VirtualMachineBlockDeviceAttachment/att1=att2" })
+  r = assert(wait("vmrestore", "r56", terminal))
+  t.eq(r.status.phase, "Ready", json.encode(r.status))
+  t.eq(cond(r, "VirtualMachineRestoreReady").reason, "VirtualMachineRestoreReady")
+  local vm2 = assert(c:get("vm", "vm2"))
+  t.eq(vm2.spec.blockDeviceRefs[1].name, "root2")
+  t.eq(vm2.spec.virtualMachineIPAddressName, nil, "a fresh automatic address")
+  t.eq(vm2.metadata.labels.app, "demo")
+  local uid = ms_never.metadata.uid
+  t.eq(assert(c:get("vd", "root2")).spec.dataSource.objectRef.name, "root-" .. uid)
+  t.eq(assert(c:get("vd", "data2")).spec.dataSource.objectRef.name, "data-" .. uid)
+  local att2 = assert(c:get("vmbda", "att2"))
+  t.eq(att2.spec.virtualMachineName, "vm2")
+  t.eq(att2.spec.blockDeviceRef.name, "data2")
+  local root2 = assert(wait("vd", "root2", phase_is("Ready")))
+  t.eq(read_at(volume_file(root2), 19), "snapshot-time bytes")
+  local v2 = assert(wait("vm", "vm2", function(o) return o and o.status and o.status.virtualMachineIPAddressName and o end))
+  t.ok(v2.status.virtualMachineIPAddressName ~= ip1.metadata.name, "not the original's address")
+end)
+
+t.test("d.4 #65: kubectl columns and categories; the spec is immutable", function()
+  local out = srv:kubectl({ "get", "vmrestore" })
+  t.eq(out.status, 0, out.stderr)
+  t.eq(out.stdout:match("^[^\n]+"):gsub("%s+", " "), "NAME PHASE AGE")
+  out = srv:kubectl({ "get", "all" })
+  t.ok(not out.stdout:find("virtualmachinerestore", 1, true), "vmrestores are not in 'all'")
+  out = srv:kubectl({ "patch", "vmrestore", "r56", "--type=merge", "-p", '{"spec":{"virtualMachineSnapshotName":"other"}}' })
+  t.ok(out.status ~= 0, "rejected")
+  t.contains(out.stderr, "VirtualMachineRestore is an idempotent resource: specification changes are not available")
+end)
+
+t.test("a restore whose third create is refused leaves none of its objects; a 500 is retried", function()
+  -- creates (POSTs) of disks: two dry runs, root3 (the 2nd create: VM, root3), data3 (the 3rd) refused
+  fp:plan("/apis/" .. G .. "/namespaces/default/virtualdisks$", "ok,ok,ok,403")
+  local r = restore("r-fail", "ms-never", { "VirtualMachine/vm1=vm3",
+    "VirtualDisk/root=root3", "VirtualDisk/data=data3", "VirtualMachineBlockDeviceAttachment/att1=att3" })
+  r = assert(wait("vmrestore", "r-fail", terminal))
+  t.eq(fp:stats().faulted, 1, "the refusal was injected")
+  fp:clear()
+  t.eq(r.status.phase, "Failed")
+  local x = cond(r, "VirtualMachineRestoreReady")
+  t.eq(x.reason, "VirtualMachineRestoreFailed")
+  t.contains(x.message, 'Failed to create VirtualDisk "data3"')
+  -- what it created is deleted at once (gone when the platform's finalizers have run)
+  local left
+  for _ = 1, 100 do
+    left = restored_by(r.metadata.uid)
+    if #left == 0 then break end
+    require("vmsnap.task").sleep(0.1)
+  end
+  t.eq(#left, 0, "no object of the failed restore remains: " .. table.concat(left, " "))
+  t.eq((c:get("vm", "vm3")), nil)
+  t.eq((c:get("vd", "root3")), nil)
+  -- the Static address of the snapshot is the original's, which is in use: a conflict, found before any create
+  r = restore("r-retry", "ms", { "VirtualMachine/vm1=vm4", "VirtualMachineIPAddress/" .. ip1.metadata.name .. "=ip4",
+    "VirtualDisk/root=root4", "VirtualDisk/data=data4", "VirtualMachineBlockDeviceAttachment/att1=att4" })
+  r = assert(wait("vmrestore", "r-retry", terminal))
+  t.eq(r.status.phase, "Failed")
+  t.eq(cond(r, "VirtualMachineRestoreReady").reason, "VirtualMachineRestoreConflict")
+  t.contains(cond(r, "VirtualMachineRestoreReady").message, ("The set address %q is already in use"):format(ip1.status.address))
+  -- a transient error on the VM's create (its dry run passes, the create gets a 500): undone, retried, whole
+  fp:plan("/apis/" .. G .. "/namespaces/default/virtualmachines$", "ok,500")
+  r = restore("r-retry2", "ms-never", { "VirtualMachine/vm1=vm4", "VirtualDisk/root=root4", "VirtualDisk/data=data4",
+    "VirtualMachineBlockDeviceAttachment/att1=att4" })
+  r = assert(wait("vmrestore", "r-retry2", terminal))
+  t.eq(fp:stats().faulted, 1, "the 500 was injected")
+  fp:clear()
+  t.eq(r.status.phase, "Ready", json.encode(r.status))
+  t.eq(#restored_by(r.metadata.uid), 4, "VM, two disks, one attachment: " .. table.concat(restored_by(r.metadata.uid), " "))
+end)
+
+t.test("d.4 #52: restore after deleting the original: the address kept (Static), the VM, its disks, in order", function()
+  for _, x in ipairs({ { "vmrestore", "r-late" }, { "vm", "vm-late" } }) do c:delete(x[1], x[2]) end
+  assert(c:delete("vmbda", "att1"))
+  assert(c:delete("vm", "vm1"))
+  t.eq(wait("vm", "vm1", function(o) return o == nil end), true)
+  t.eq(wait("vmip", ip1.metadata.name, function(o) return o == nil end), true)
+  assert(c:delete("vd", "root"))
+  assert(c:delete("vd", "data"))
+  t.eq(wait("vd", "root", function(o) return o == nil end), true)
+  t.eq(wait("vd", "data", function(o) return o == nil end), true)
+  local start = assert(c:list("vm")).metadata.resourceVersion
+  restore("r52", "ms")
+  local r = assert(wait("vmrestore", "r52", terminal))
+  -- the resourceVersion each object was created at (the ADDED events since start)
+  local created = {}
+  for _, kind in ipairs({ "vmip", "vm", "vd" }) do
+    local w <close> = assert(c:watch(kind, { resource_version = start }))
+    while true do
+      local ev = w:next(0.3)
+      if not ev then break end
+      if ev.type == "ADDED" then created[kind .. "/" .. ev.object.metadata.name] = tonumber(ev.object.metadata.resourceVersion) end
+    end
+  end
+  t.eq(r.status.phase, "Ready", json.encode(r.status))
+  t.eq(cond(r, "VirtualMachineSnapshotReadyToUse").reason, "VirtualMachineSnapshotReadyToUse")
+  local ip = assert(c:get("vmip", ip1.metadata.name))
+  t.eq(ip.spec.type, "Static")
+  t.eq(ip.spec.staticIP, ip1.status.address)
+  t.eq(ip.metadata.ownerReferences, nil)
+  local v = assert(c:get("vm", "vm1"))
+  t.eq(v.spec.virtualMachineIPAddressName, ip1.metadata.name)
+  local d = assert(c:get("vd", "root"))
+  t.eq(d.spec.dataSource.objectRef.name, "root-" .. ms.metadata.uid)
+  t.eq(d.spec.persistentVolumeClaim, nil)
+  local a, b, e = created["vmip/" .. ip1.metadata.name], created["vm/vm1"], created["vd/root"]
+  t.ok(a and b and e and a < b and b < e, ("created in order VMIP, VM, VD: %s %s %s"):format(tostring(a), tostring(b), tostring(e)))
+  t.eq(read_at(volume_file(assert(wait("vd", "root", phase_is("Ready")))), 19), "snapshot-time bytes")
+end)
+
+t.done()
