@@ -51,36 +51,6 @@ function M.active(client)
   return renew ~= nil and renew + (spec.leaseDurationSeconds or 15) >= os.time()
 end
 
---- Drive one object to a terminal phase in this process (the one-shot
---- commands, when no controller runs): reconcile, honouring the requeues,
---- until done(obj) or the timeout. on_change(obj) sees every new state.
-function M.drive(client, workflow_name, namespace, name, done, timeout, on_change)
-  local ctl, err = M.for_workflow(client, workflow_name, { name = "vmsnap-cli" })
-  if not ctl then return nil, err end
-  local key = namespace .. "/" .. name
-  local until_t = require("vmsnap.task").now() + (timeout or 300)
-  local task = require("vmsnap.task")
-  local last
-  while task.now() < until_t do
-    local res = ctl:reconcile_key(key)
-    local obj = client:get(ctl.opts.kind, name, { namespace = namespace })
-    if obj and on_change then
-      local sig = require("vmsnap.json").encode(obj.status or {})
-      if sig ~= last then last = sig on_change(obj) end
-    end
-    if not obj then return nil, ("%s %s/%s is gone"):format(ctl.opts.kind, namespace, name), "NotFound" end
-    if done(obj) then return obj end
-    local delay = 0.5
-    if res == nil then
-      delay = ctl.queue:backoff(key)
-    elseif type(res) == "table" and res.requeue_after then
-      delay = res.requeue_after
-    end
-    task.sleep(math.min(delay, math.max(0.01, until_t - task.now())))
-  end
-  return nil, ("%s/%s did not finish within %gs"):format(namespace, name, timeout or 300), "TIMEOUT"
-end
-
 --- Thaw orphaned freezes now and every `every` seconds (a task; a guest
 --- whose agent was not up at the first look is thawed at a later one).
 function M.sweep_orphans(client, every, stopped)

@@ -44,8 +44,8 @@ function M.frozen_at(obj)
   return tonumber(annotation(obj, M.FROZEN_AT) or "")
 end
 
---- The other holders of the VM's freeze (objects marked frozen-at): disk
---- snapshots of its disks and VM snapshots of it, read from the API.
+--- The other holders of the VM's freeze: disk snapshots of its disks marked
+--- frozen-at, and VM snapshots of it marked or in progress, read from the API.
 --- `skip(obj)` leaves some out (a VM snapshot leaves out its children).
 function M.holders(client, vm, skip)
   local ns = vm.metadata.namespace
@@ -62,7 +62,11 @@ function M.holders(client, vm, skip)
   local vmss, verr = client:list_all(VMS, { namespace = ns })
   if not vmss then error(verr, 0) end
   for _, s in ipairs(vmss) do
-    if s.spec.virtualMachineName == vm.metadata.name and annotation(s, M.FROZEN_AT) and not (skip and skip(s)) then
+    -- a VM snapshot holds the freeze while it is marked, and (b.2) while it
+    -- is in progress and has not yet frozen and thawed
+    local in_progress = s.status and s.status.phase == "InProgress" and not annotation(s, M.FREEZE_DURATION)
+    if s.spec.virtualMachineName == vm.metadata.name and (annotation(s, M.FROZEN_AT) or in_progress)
+      and not (skip and skip(s)) then
       out[#out + 1] = s
     end
   end

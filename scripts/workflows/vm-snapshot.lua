@@ -562,6 +562,10 @@ function W.lifecycle(ctx, vms, vm)
     end
     ctx:event("Normal", "VirtualMachineSnapshottingThawed", ("The virtual machine %q is thawed."):format(name))
   end
+  -- a freeze lease of this controller that nobody holds any more (a disk
+  -- snapshot that left it to this one) goes now
+  local rok, rerr = freezes.release_if_last(ctx.client, vms, vm)
+  if not rok then return nil, rerr end
   -- 19-20
   st.resources = W.resources(ctx, vms, vm)
   st.phase = "Ready"

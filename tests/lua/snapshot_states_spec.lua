@@ -110,14 +110,16 @@ t.test("d.1 #21: a VM snapshot in progress keeps the disk snapshot from thawing 
   local vm = assert(c:create({ apiVersion = G, kind = "VirtualMachine", metadata = { name = "vm21" },
     spec = { runPolicy = "AlwaysOn", blockDeviceRefs = { { kind = "VirtualDisk", name = "d21" } } } }))
   vm.status = { phase = "Running", blockDeviceRefs = { { kind = "VirtualDisk", name = "d21", attached = true } },
-    conditions = { condition(vm, "AgentReady", "True", "AgentReady"),
+    conditions = { condition(vm, "AgentReady", "True", "AgentReady"), condition(vm, "BlockDevicesReady", "True", "BlockDevicesReady"),
+      condition(vm, "Snapshotting", "True", "SnapshottingInProgress"),
       condition(vm, "FilesystemFrozen", "True", "Frozen") } }
   assert(c:update_status(vm))
   ready_disk("d21", "Bound", "vm21")
-  local vms = assert(c:create({ apiVersion = G, kind = "VirtualMachineSnapshot", metadata = { name = "vms21" },
-    spec = { virtualMachineName = "vm21", requiredConsistency = true, keepIPAddress = "Always" } }))
-  vms.status = { phase = "InProgress" }
-  assert(c:update_status(vms))
+  -- the VM snapshot goes InProgress and stays there (nothing cuts its child's VolumeSnapshot)
+  assert(c:create({ apiVersion = G, kind = "VirtualMachineSnapshot", metadata = { name = "vms21" },
+    spec = { virtualMachineName = "vm21", requiredConsistency = true, keepIPAddress = "Always",
+      volumeSnapshotClasses = { { storageClassName = "sc1", volumeSnapshotClassName = "vsc1" } } } }))
+  assert(wait("vmsnapshot", "vms21", phase_is("InProgress")))
   assert(c:create({ apiVersion = G, kind = "VirtualDiskSnapshot", metadata = { name = "s21" },
     spec = { virtualDiskName = "d21", volumeSnapshotClassName = "vsc1" } }))
   -- the VolumeSnapshot is issued without a freeze of its own; the test is its snapshotter
@@ -132,6 +134,61 @@ t.test("d.1 #21: a VM snapshot in progress keeps the disk snapshot from thawing 
   t.eq(s.status.consistent, true)
   local v = assert(c:get("vm", "vm21"))
   t.eq((v.metadata.annotations or {})["vmsnap.io/frozen-by"], nil, "no lease taken by the disk snapshot")
+end)
+
+-- a stopped VM as its controller reports it, with a VM snapshot under way
+local function stopped_vm(name, disk, extra)
+  local vm = assert(c:create({ apiVersion = G, kind = "VirtualMachine", metadata = { name = name },
+    spec = { runPolicy = "AlwaysOff", blockDeviceRefs = { { kind = "VirtualDisk", name = disk } } } }))
+  vm.status = { phase = extra.phase or "Stopped", blockDeviceRefs = { { kind = "VirtualDisk", name = disk, attached = true } },
+    restartAwaitingChanges = extra.restart,
+    conditions = { condition(vm, "BlockDevicesReady", "True", "BlockDevicesReady"),
+      condition(vm, "Snapshotting", "True", "WaitingForTheSnapshotToStart") } }
+  return assert(c:update_status(vm))
+end
+local function vm_snapshot(name, vm)
+  return assert(c:create({ apiVersion = G, kind = "VirtualMachineSnapshot", metadata = { name = name },
+    spec = { virtualMachineName = vm } }))
+end
+local function reason_is(reason)
+  return function(o)
+    local x = cond(o, "VirtualMachineSnapshotReady")
+    return x and x.reason == reason and o
+  end
+end
+
+t.test("d.2 #31: a disk of the VM not Ready: Pending/BlockDevicesNotReady", function()
+  local vd = assert(c:create({ apiVersion = G, kind = "VirtualDisk", metadata = { name = "d31" },
+    spec = { persistentVolumeClaim = { size = "16Mi" } } }))
+  vd.status = { phase = "Provisioning", conditions = { condition(vd, "Ready", "False", "Provisioning") } }
+  assert(c:update_status(vd))
+  stopped_vm("vm31", "d31", {})
+  vm_snapshot("ms31", "vm31")
+  local s = assert(wait("vmsnapshot", "ms31", reason_is("BlockDevicesNotReady")))
+  t.eq(s.status.phase, "Pending")
+  local msg = cond(s, "VirtualMachineSnapshotReady").message
+  local prefix = 'Virtual disk not ready: waiting for the virtual disk "d31" to be Ready'
+  t.eq(msg:sub(1, #prefix), prefix)
+end)
+
+t.test("d.2 #33: changes awaiting a restart: Pending/RestartAwaitingChanges", function()
+  ready_disk("d33", "Bound")
+  stopped_vm("vm33", "d33", { restart = { { op = "replace", path = "/spec/cpu/cores" } } })
+  vm_snapshot("ms33", "vm33")
+  local s = assert(wait("vmsnapshot", "ms33", reason_is("RestartAwaitingChanges")))
+  t.eq(cond(s, "VirtualMachineSnapshotReady").message,
+    'Waiting for the restart and approval of changes to virtual machine "vm33" before taking the snapshot.')
+  t.eq(s.status.phase, "Pending")
+end)
+
+t.test("d.2 #34: a VM in a transitional phase: VirtualMachineReady False, Pending/WaitingForTheVirtualMachine", function()
+  ready_disk("d34", "Bound")
+  stopped_vm("vm34", "d34", { phase = "Starting" })
+  vm_snapshot("ms34", "vm34")
+  local s = assert(wait("vmsnapshot", "ms34", reason_is("WaitingForTheVirtualMachine")))
+  t.eq(cond(s, "VirtualMachineReady").message,
+    'The virtual machine "vm34" is in the "Starting" phase: waiting for it to reach the Running or Stopped phase.')
+  t.eq(s.status.phase, "Pending")
 end)
 
 t.done()

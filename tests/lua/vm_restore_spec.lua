@@ -213,6 +213,93 @@ t.test("a restore whose third create is refused leaves none of its objects; a 50
   t.eq(#restored_by(r.metadata.uid), 4, "VM, two disks, one attachment: " .. table.concat(restored_by(r.metadata.uid), " "))
 end)
 
+t.test("vmsnap snapshot vm / restore vm: --dry-run prints the plan and conflicts, --wait follows", function()
+  local r = h.run_vmsnap({ "snapshot", "vm", "vm1", "--keep-ip", "Never", "--name", "cli-snap", "--wait",
+    "--kubeconfig", srv.kubeconfig }, { timeout = 60 })
+  t.eq(r.status, 0, r.stderr)
+  t.contains(r.stdout, "virtualmachinesnapshot.virtualization.deckhouse.io/cli-snap created")
+  t.contains(r.stdout, "cli-snap is Ready (consistent): 2 disk(s), secret cli-snap")
+  -- a plan with conflicts: exit 1, every conflict shown, nothing created
+  r = h.run_vmsnap({ "restore", "vm", "--from", "cli-snap", "--dry-run", "--kubeconfig", srv.kubeconfig })
+  t.eq(r.status, 1)
+  t.contains(r.stdout, 'CONFLICT: the virtual machine "vm1" already exists')
+  t.contains(r.stdout, 'CONFLICT: the virtual disk "root" already exists')
+  t.contains(r.stderr, 'the restore would fail: the virtual machine "vm1" already exists')
+  -- renamed: a clean plan, still nothing created
+  local ren = { "--rename", "VirtualMachine/vm1=vm5", "--rename", "VirtualDisk/root=root5", "--rename", "data=data5",
+    "--rename", "VirtualMachineBlockDeviceAttachment/att1=att5" }
+  local argv = { "restore", "vm", "--from", "cli-snap", "--dry-run", "--kubeconfig", srv.kubeconfig }
+  for _, a in ipairs(ren) do argv[#argv + 1] = a end
+  r = h.run_vmsnap(argv)
+  t.eq(r.status, 0, r.stderr)
+  t.ok(r.stdout:find("VirtualMachine%s+vm5%s+create"), r.stdout)
+  t.ok(r.stdout:find("VirtualDisk%s+data5%s+create"), r.stdout)
+  t.eq((c:get("vm", "vm5")), nil, "a dry run creates nothing")
+  -- and for real
+  argv = { "restore", "vm", "--from", "cli-snap", "--name", "cli-restore", "--wait", "--kubeconfig", srv.kubeconfig }
+  for _, a in ipairs(ren) do argv[#argv + 1] = a end
+  r = h.run_vmsnap(argv, { timeout = 60 })
+  t.eq(r.status, 0, r.stderr)
+  t.contains(r.stdout, "cli-restore is Ready")
+  t.eq(assert(c:get("vm", "vm5")).spec.blockDeviceRefs[1].name, "root5")
+  -- bad arguments name the argument
+  r = h.run_vmsnap({ "restore", "vm", "--from", "cli-snap", "--rename", "nonsense", "--kubeconfig", srv.kubeconfig })
+  t.eq(r.status, 2)
+  t.contains(r.stderr, '--rename "nonsense": expected KIND/OLD=NEW or OLD=NEW')
+  r = h.run_vmsnap({ "snapshot", "vm", "vm1", "--keep-ip", "Sometimes", "--kubeconfig", srv.kubeconfig })
+  t.eq(r.status, 2)
+  t.contains(r.stderr, "--keep-ip must be Always or Never")
+end)
+
+t.test("d.4 #59 and Decision 6: a free address and an equal Secret are reused; a different address or Secret conflicts", function()
+  disk("root6")
+  create({ apiVersion = "v1", kind = "Secret", metadata = { name = "cloud-init" }, type = "Opaque",
+    data = { userData = "I2Nsb3VkLWNvbmZpZwo=" } })
+  create({ apiVersion = G, kind = "VirtualMachineIPAddress", metadata = { name = "ip6" },
+    spec = { type = "Static", staticIP = "10.66.0.200" } })
+  create({ apiVersion = G, kind = "VirtualMachine", metadata = { name = "vm6" },
+    spec = { runPolicy = "AlwaysOff", virtualMachineIPAddressName = "ip6",
+      provisioning = { type = "UserDataRef", userDataRef = { kind = "Secret", name = "cloud-init" } },
+      blockDeviceRefs = { { kind = "VirtualDisk", name = "root6" } } } })
+  assert(wait("vmip", "ip6", phase_is("Attached")))
+  local ms6 = snapshot("ms6", "vm6")
+  local sec = assert(c:get("secret", "ms6"))
+  t.ok(sec.data.provisioner, "the provisioning Secret is stored")
+  t.ok(sec.data.vmip, "the Static address is stored")
+  local kinds = {}
+  for _, x in ipairs(ms6.status.resources) do kinds[#kinds + 1] = x.kind end
+  t.eq(table.concat(kinds, ","), "VirtualMachine,VirtualMachineIPAddress,Secret,VirtualDisk")
+  assert(c:delete("vm", "vm6"))
+  t.eq(wait("vm", "vm6", function(o) return o == nil end), true)
+  local ip6 = assert(wait("vmip", "ip6", phase_is("Bound")))
+  -- #59: the free address and the equal Secret are taken as they are
+  restore("r59", "ms6", { "VirtualMachine/vm6=vm6b", "VirtualDisk/root6=root6b" })
+  local r = assert(wait("vmrestore", "r59", terminal))
+  t.eq(r.status.phase, "Ready", json.encode(r.status))
+  t.eq(assert(c:get("vmip", "ip6")).metadata.uid, ip6.metadata.uid, "the address object is reused, not replaced")
+  t.eq(assert(c:get("vm", "vm6b")).spec.virtualMachineIPAddressName, "ip6")
+  -- Decision 6: an existing Static address with another IP conflicts
+  assert(c:delete("vm", "vm6b"))
+  t.eq(wait("vm", "vm6b", function(o) return o == nil end), true)
+  assert(c:delete("vmip", "ip6"))
+  t.eq(wait("vmip", "ip6", function(o) return o == nil end), true)
+  create({ apiVersion = G, kind = "VirtualMachineIPAddress", metadata = { name = "ip6" },
+    spec = { type = "Static", staticIP = "10.66.0.201" } })
+  restore("r6a", "ms6", { "VirtualMachine/vm6=vm6c", "VirtualDisk/root6=root6c" })
+  r = assert(wait("vmrestore", "r6a", terminal))
+  t.eq(cond(r, "VirtualMachineRestoreReady").reason, "VirtualMachineRestoreConflict")
+  t.eq(cond(r, "VirtualMachineRestoreReady").message, 'The virtual machine ip address "ip6" has the address "10.66.0.201", '
+    .. 'not the stored "10.66.0.200", and cannot be used for the restored virtual machine.')
+  -- Decision 6: an existing provisioning Secret with other data conflicts
+  assert(c:patch("secret", "cloud-init", { data = { userData = "I2Nsb3VkLWNvbmZpZwpob3N0bmFtZTogeAo=" } }))
+  restore("r6b", "ms6", { "VirtualMachine/vm6=vm6c", "VirtualDisk/root6=root6c", "VirtualMachineIPAddress/ip6=ip6c" })
+  r = assert(wait("vmrestore", "r6b", terminal))
+  t.eq(cond(r, "VirtualMachineRestoreReady").reason, "VirtualMachineRestoreConflict")
+  t.eq(cond(r, "VirtualMachineRestoreReady").message,
+    'The provisioner secret "cloud-init" already exists and has not the same data content.')
+  t.eq(#restored_by(r.metadata.uid), 0, "nothing created")
+end)
+
 t.test("d.4 #52: restore after deleting the original: the address kept (Static), the VM, its disks, in order", function()
   for _, x in ipairs({ { "vmrestore", "r-late" }, { "vm", "vm-late" } }) do c:delete(x[1], x[2]) end
   assert(c:delete("vmbda", "att1"))

@@ -1,35 +1,148 @@
---- `vmsnap restore disk NAME --from SNAPSHOT`: a VirtualDisk from a snapshot.
+--- `vmsnap restore disk NAME --from SNAPSHOT`: a VirtualDisk from a snapshot;
+--- `vmsnap restore vm --from SNAPSHOT`: a VirtualMachineRestore.
 local cli = require("vmsnap.cli")
 local kube = require("vmsnap.cli.kube")
 local json = require("vmsnap.json")
+local task = require("vmsnap.task")
+local workflow = require("vmsnap.workflow")
+local controllers = require("vmsnap.controllers")
 
 local M = {}
 
 M.help = [[
 usage: vmsnap restore disk NAME --from SNAPSHOT [options]
+       vmsnap restore vm --from SNAPSHOT [options]
 
-Create the VirtualDisk NAME from the VirtualDiskSnapshot SNAPSHOT (dataSource
-ObjectRef). The disk is restored at the snapshot's size, then grown to --size.
+disk: create the VirtualDisk NAME from the VirtualDiskSnapshot SNAPSHOT
+(dataSource ObjectRef). The disk is restored at the snapshot's size, then grown
+to --size.
+
+vm: create a VirtualMachineRestore of the VirtualMachineSnapshot SNAPSHOT: its
+IP address, VM, disks, attachments and provisioning Secret come back, renamed
+by --rename. Everything is checked before anything is created; --dry-run prints
+that plan (each object, under which name, and every conflict) and creates
+nothing (exit 1 when the restore would fail).
 
 options:
-  --from SNAPSHOT         the VirtualDiskSnapshot (required)
-  --size SIZE             the disk's size (e.g. 10Gi; default: the snapshot's)
-  --storage-class SC      the disk's storage class
+  --from SNAPSHOT         the snapshot (required)
   --wait                  follow it to Ready (exit 1 if it fails)
   --timeout SECONDS       for --wait (default 300)
+disk:
+  --size SIZE             the disk's size (e.g. 10Gi; default: the snapshot's)
+  --storage-class SC      the disk's storage class
+vm:
+  --name NAME             the restore's name (default SNAPSHOT-restore-YYYYMMDDHHMMSS)
+  --rename KIND/OLD=NEW   restore the object OLD of KIND as NEW (repeatable; the
+                          first match wins; OLD=NEW alone matches any kind), e.g.
+                          --rename VirtualMachine/linux-vm=linux-vm-2
+  --dry-run               print the plan, create nothing
 ]] .. kube.COMMON_HELP
 
 local SPEC = { ["--from"] = { "from", true }, ["--size"] = { "size", true }, ["--wait"] = { "wait", false },
-  ["--timeout"] = { "timeout", true }, ["--storage-class"] = { "sc", true } }
+  ["--timeout"] = { "timeout", true }, ["--storage-class"] = { "sc", true }, ["--rename"] = { "rename", true, true },
+  ["--dry-run"] = { "dry_run", false }, ["--name"] = { "name", true } }
 for k, v in pairs(kube.COMMON) do SPEC[k] = v end
+
+--- "KIND/OLD=NEW" or "OLD=NEW" → a nameReplacements rule.
+function M.parse_rename(s)
+  local kind, from, to = s:match("^([%w]*)/([^=/]+)=(.+)$")
+  if not kind then
+    from, to = s:match("^([^=/]+)=(.+)$")
+    kind = ""
+  end
+  if not from then return nil, ("--rename %q: expected KIND/OLD=NEW or OLD=NEW"):format(s) end
+  return { from = { kind = kind ~= "" and kind or nil, name = from }, to = to }
+end
+
+local function print_plan(plan)
+  for _, it in ipairs(plan.items) do
+    local what = it.conflict and ("CONFLICT: " .. it.conflict) or it.action
+    io.stdout:write(("  %-36s %-28s %s\n"):format(it.kind, it.name, what))
+  end
+end
+
+local function restore_vm(c, o, ns)
+  local rules = json.array()
+  for _, r in ipairs(o.rename or {}) do
+    local rule, err = M.parse_rename(r)
+    if not rule then cli.usage("restore: " .. err) end
+    rules[#rules + 1] = rule
+  end
+  local vms, gerr, greason, gst = c:get("vmsnapshot", o.from, { namespace = ns })
+  if not vms then cli.fail(kube.error_text(gerr, greason, gst)) end
+  if o.dry_run then
+    if (vms.status and vms.status.phase) ~= "Ready" then
+      cli.fail(("error: the virtual machine snapshot %q is %s, not Ready"):format(o.from, tostring(vms.status and vms.status.phase)))
+    end
+    local w = assert(workflow.load("vm-restore"))
+    local vmr = { apiVersion = "virtualization.deckhouse.io/v1alpha2", kind = "VirtualMachineRestore",
+      metadata = { name = o.name or "dry-run", namespace = ns, uid = "dry-run" },
+      spec = { virtualMachineSnapshotName = o.from, nameReplacements = rules } }
+    local ctx = { client = c, get = function(_, kind, cns, name) return c:get(kind, name, { namespace = cns }) end }
+    local okp, plan, why = pcall(w.plan, ctx, vmr, vms)
+    if not okp or not plan then cli.fail("error: " .. tostring(okp and why or plan)) end
+    local okv, ok, conflict = pcall(w.validate, ctx, vmr, plan)
+    if not okv then cli.fail("error: " .. tostring(ok)) end
+    io.stdout:write(("restore of %s/%s (dry run, nothing created):\n"):format(ns, o.from))
+    print_plan(plan)
+    if not ok then cli.fail("error: the restore would fail: " .. tostring(conflict)) end
+    return
+  end
+  local name = o.name or (o.from .. "-restore-" .. os.date("!%Y%m%d%H%M%S"))
+  local obj, err, reason, st = c:create({ apiVersion = "virtualization.deckhouse.io/v1alpha2", kind = "VirtualMachineRestore",
+    metadata = { name = name, namespace = ns },
+    spec = { virtualMachineSnapshotName = o.from, nameReplacements = #rules > 0 and rules or nil } })
+  if not obj then cli.fail(kube.error_text(err, reason, st)) end
+  io.stdout:write(("virtualmachinerestore.virtualization.deckhouse.io/%s created\n"):format(name))
+  if not o.wait then return end
+  local ctls = {}
+  if not controllers.active(c) then
+    io.stdout:write("(no snapshot controller is running: reconciling here)\n")
+    for _, x in ipairs(assert(controllers.all(c, { leader_election = controllers.LEASE, workflows = { "vm-restore" } }))) do
+      ctls[#ctls + 1] = x
+      x.task = task.spawn(function() return x:run() end)
+    end
+  end
+  local _ <close> = setmetatable({}, { __close = function()
+    for _, x in ipairs(ctls) do x:stop() end
+    for _, x in ipairs(ctls) do task.wait(x.task, 10) end
+  end })
+  local last
+  local final, werr = c:wait_for("vmrestore", name, function(x)
+    if not x then return true end
+    local cnd
+    for _, y in ipairs(x.status and x.status.conditions or {}) do
+      if y.type == "VirtualMachineRestoreReady" then cnd = y end
+    end
+    local sig = json.encode({ x.status and x.status.phase, cnd and cnd.message })
+    if sig ~= last and x.status and x.status.phase then
+      last = sig
+      io.stdout:write(("%s  %-10s %s%s\n"):format(os.date("%H:%M:%S"), x.status.phase, cnd and cnd.reason or "",
+        cnd and cnd.message ~= "" and (": " .. cnd.message) or ""))
+      io.stdout:flush()
+    end
+    local p = x.status and x.status.phase
+    return p == "Ready" or p == "Failed"
+  end, { namespace = ns, timeout = tonumber(o.timeout or 300) })
+  if not final or final == true then cli.fail("error: " .. tostring(werr or "the restore is gone")) end
+  if final.status.phase ~= "Ready" then cli.fail(("error: %s failed"):format(name)) end
+  io.stdout:write(("%s is Ready\n"):format(name))
+end
 
 function M.main(args)
   local o, pos = kube.parse(args, SPEC)
   if o.help then io.stdout:write(M.help) return end
-  if pos[1] ~= "disk" or not pos[2] then cli.usage("restore: usage: vmsnap restore disk NAME --from SNAPSHOT [--wait]") end
+  if not ((pos[1] == "disk" and pos[2]) or (pos[1] == "vm" and not pos[2])) then
+    cli.usage("restore: usage: vmsnap restore disk NAME --from SNAPSHOT | vmsnap restore vm --from SNAPSHOT (see --help)")
+  end
   if not o.from then cli.usage("restore: --from SNAPSHOT is required") end
   local c = kube.client(o)
   local ns = o.namespace or c.namespace
+  if pos[1] == "vm" then
+    if o.size or o.sc then cli.usage("restore: --size and --storage-class are for disk restores") end
+    return restore_vm(c, o, ns)
+  end
+  if o.rename or o.dry_run or o.name then cli.usage("restore: --rename, --dry-run and --name are for vm restores") end
   local pvc = (o.size or o.sc) and { size = o.size, storageClassName = o.sc } or nil
   local obj, err, reason, st = c:create({ apiVersion = "virtualization.deckhouse.io/v1alpha2", kind = "VirtualDisk",
     metadata = { name = pos[2], namespace = ns },

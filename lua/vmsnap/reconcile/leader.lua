@@ -37,7 +37,7 @@ local function expired(lease, duration)
 end
 
 -- one attempt: true when we hold the lease afterwards
-function Elector:try()
+function Elector:try(again)
   local c = self.client
   local lease, err, reason = c:get("leases.coordination.k8s.io", self.name, { namespace = self.namespace })
   local now = micro_time(vtime.now())
@@ -47,7 +47,10 @@ function Elector:try()
       metadata = { name = self.name, namespace = self.namespace },
       spec = { holderIdentity = self.identity, leaseDurationSeconds = math.ceil(self.duration),
         acquireTime = now, renewTime = now, leaseTransitions = 0 } })
-    return created ~= nil
+    if created then return true end
+    -- created meanwhile (the other controllers of this process start at once): look again now
+    if not again then return self:try(true) end
+    return false
   end
   local spec = lease.spec or {}
   local mine = spec.holderIdentity == self.identity
@@ -64,7 +67,8 @@ function Elector:try()
   end
   lease.spec.renewTime = now
   lease.spec.leaseDurationSeconds = math.ceil(self.duration)
-  local res = c:update(lease)
+  local res, _, ureason = c:update(lease)
+  if not res and ureason == "Conflict" and mine and not again then return self:try(true) end
   return res ~= nil
 end
 
