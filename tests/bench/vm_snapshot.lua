@@ -1,0 +1,78 @@
+-- The local platform's VM snapshots: a running VM with 4 disks and a real
+-- agent, 200 ms injected cut latency per disk and 1 s ready latency; the
+-- freeze window (one freeze for the VM, the four VolumeSnapshots issued at
+-- once) thawing at the cut vs at Ready, and VM snapshot create -> Ready; then
+-- VM restore create -> Ready (objects created) of that VM under new names.
+local k8s = require("vmsnap.k8s")
+local task = require("vmsnap.task")
+local h = require("helpers")
+
+local probe, why = h.qga_env()
+if not probe then
+  print("skipped: " .. tostring(why))
+  return
+end
+probe:cleanup()
+
+local srv <close> = h.platform({ stderr = "null" })
+local c = assert(k8s.client({ kubeconfig = srv.kubeconfig }))
+local G = "virtualization.deckhouse.io/v1alpha2"
+local function stats(xs)
+  table.sort(xs)
+  local function p(q) return xs[math.max(1, math.ceil(#xs * q))] end
+  return ("median %.0f ms, p90 %.0f ms, max %.0f ms (n=%d)"):format(p(0.5), p(0.9), p(1), #xs)
+end
+local function terminal(kind, name)
+  local o = assert(c:wait_for(kind, name, function(x)
+    return x and x.status and (x.status.phase == "Ready" or x.status.phase == "Failed") and x
+  end, { timeout = 60 }))
+  assert(o.status.phase == "Ready", name .. " " .. tostring(o.status.phase))
+  return o
+end
+
+local refs = {}
+for i = 1, 4 do
+  local d = "disk" .. i
+  assert(c:create({ apiVersion = G, kind = "VirtualDisk", metadata = { name = d }, spec = { persistentVolumeClaim = { size = "64Mi" } } }))
+  refs[i] = { kind = "VirtualDisk", name = d }
+end
+assert(c:create({ apiVersion = G, kind = "VirtualMachine", metadata = { name = "vm4" },
+  spec = { runPolicy = "AlwaysOn", blockDeviceRefs = refs } }))
+assert(c:wait_for("vm", "vm4", function(o)
+  for _, x in ipairs(o and o.status and o.status.conditions or {}) do
+    if x.type == "AgentReady" and x.status == "True" then return true end
+  end
+end, { timeout = 30 }))
+assert(c:create({ apiVersion = "snapshot.storage.k8s.io/v1", kind = "VolumeSnapshotClass", metadata = { name = "lat" },
+  driver = "local.vmsnap.io", deletionPolicy = "Delete", parameters = { cutLatency = "200ms", readyLatency = "1s" } }))
+for _, mode in ipairs({ "Cut", "Ready" }) do
+  local win, total = {}, {}
+  for i = 1, 7 do
+    local name = ("ms-%s-%d"):format(mode:lower(), i)
+    local t0 = task.now()
+    assert(c:create({ apiVersion = G, kind = "VirtualMachineSnapshot",
+      metadata = { name = name, annotations = { ["vmsnap.io/thaw-at"] = mode } },
+      spec = { virtualMachineName = "vm4", volumeSnapshotClasses = { { storageClassName = "local", volumeSnapshotClassName = "lat" } } } }))
+    local o = terminal("vmsnapshot", name)
+    total[i] = (task.now() - t0) * 1000
+    win[i] = tonumber(o.metadata.annotations["vmsnap.io/freeze-duration-ms"])
+    assert(o.status.consistent == true, name .. " not consistent")
+  end
+  print(("4 disks, freeze window, thaw at %s (200 ms cut, 1 s ready latency per disk): %s"):format(mode, stats(win)))
+  print(("4 disks, VM snapshot create -> Ready (thaw at %s): %s"):format(mode, stats(total)))
+end
+-- restores next to the running original: a snapshot that does not keep the address
+assert(c:create({ apiVersion = G, kind = "VirtualMachineSnapshot", metadata = { name = "ms-clone" },
+  spec = { virtualMachineName = "vm4", keepIPAddress = "Never" } }))
+terminal("vmsnapshot", "ms-clone")
+local rest = {}
+for i = 1, 5 do
+  local t0 = task.now()
+  local rules = { { from = { kind = "VirtualMachine", name = "vm4" }, to = "clone-" .. i } }
+  for d = 1, 4 do rules[#rules + 1] = { from = { kind = "VirtualDisk", name = "disk" .. d }, to = ("clone-%d-disk%d"):format(i, d) } end
+  assert(c:create({ apiVersion = G, kind = "VirtualMachineRestore", metadata = { name = "r-" .. i },
+    spec = { virtualMachineSnapshotName = "ms-clone", nameReplacements = rules } }))
+  terminal("vmrestore", "r-" .. i)
+  rest[i] = (task.now() - t0) * 1000
+end
+print("VM restore create -> Ready (a clone of the 4-disk VM under new names, next to the original): " .. stats(rest))
