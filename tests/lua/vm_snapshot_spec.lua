@@ -79,7 +79,8 @@ t.test("d.2 #26, #39, #44: a stopped VM: handshake, Secret, child, resources; de
   local ipname = v.status.virtualMachineIPAddressName
   local ip = assert(wait("vmip", ipname, function(o) return o and o.status and o.status.address and o end))
   local w <close> = assert(c:watch("vmsnapshot", { field_selector = "metadata.name=ms" }))
-  local vw <close> = assert(c:watch("vm", { field_selector = "metadata.name=vm-s" }))
+  local vw <close> = assert(c:watch("vm", { field_selector = "metadata.name=vm-s",
+    resource_version = assert(c:get("vm", "vm-s")).metadata.resourceVersion }))
   local ms = vmsnap("ms", "vm-s", { volumeSnapshotClasses = { { storageClassName = "local", volumeSnapshotClassName = "local" } } })
   local seen, final = {}, nil
   while true do
@@ -104,6 +105,8 @@ t.test("d.2 #26, #39, #44: a stopped VM: handshake, Secret, child, resources; de
     local s = cond(ev.object, "Snapshotting")
     if s then reasons[s.reason] = true end
   end
+  -- the handshake: the VM said so before the snapshot started, then while it ran
+  t.ok(reasons.WaitingForTheSnapshotToStart, "the VM was Snapshotting/WaitingForTheSnapshotToStart")
   t.ok(reasons.SnapshottingInProgress, "the VM was Snapshotting/SnapshottingInProgress")
   local uid = ms.metadata.uid
   t.eq(final.status.consistent, true)
