@@ -162,6 +162,18 @@ t.test("d.4 #56: a clone with replacements next to the original; the restored di
   t.ok(v2.status.virtualMachineIPAddressName ~= ip1.metadata.name, "not the original's address")
 end)
 
+t.test("d.2 #45: kubectl columns of VM snapshots; their spec is immutable", function()
+  local out = srv:kubectl({ "get", "vmsnapshot" })
+  t.eq(out.status, 0, out.stderr)
+  t.eq(out.stdout:match("^[^\n]+"):gsub("%s+", " "), "NAME PHASE CONSISTENT AGE")
+  t.ok(out.stdout:find("ms%s+Ready%s+true"), out.stdout)
+  out = srv:kubectl({ "patch", "vmsnapshot", "ms", "--type=merge", "-p", '{"spec":{"keepIPAddress":"Never"}}' })
+  t.ok(out.status ~= 0, "rejected")
+  t.contains(out.stderr, "VirtualMachineSnapshot is an idempotent resource: specification changes are not available")
+  out = srv:kubectl({ "label", "vmsnapshot", "ms", "team=a" })
+  t.eq(out.status, 0, "labels may change: " .. out.stderr)
+end)
+
 t.test("d.4 #65: kubectl columns and categories; the spec is immutable", function()
   local out = srv:kubectl({ "get", "vmrestore" })
   t.eq(out.status, 0, out.stderr)

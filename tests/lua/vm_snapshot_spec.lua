@@ -176,6 +176,33 @@ t.test("d.2 #27: a running VM with an agent: one freeze, the children neither fr
   assert_thawed("vm-r")
 end)
 
+t.test("a VM with 4 disks: one freeze, the four VolumeSnapshots issued within it, one thaw", function()
+  local refs = {}
+  for i = 1, 4 do disk("q" .. i) refs[i] = "q" .. i end
+  vm("vm-q", refs)
+  assert(wait("vm", "vm-q", agent_ready))
+  assert(c:create({ apiVersion = "snapshot.storage.k8s.io/v1", kind = "VolumeSnapshotClass",
+    metadata = { name = "cut200" }, driver = "local.vmsnap.io", deletionPolicy = "Delete",
+    parameters = { cutLatency = "200ms" } }))
+  local ms = vmsnap("mq", "vm-q", { volumeSnapshotClasses = { { storageClassName = "local", volumeSnapshotClassName = "cut200" } } })
+  local s = assert(wait("vmsnapshot", "mq", function(o) return o and o.status and (o.status.phase == "Ready" or o.status.phase == "Failed") and o end))
+  t.eq(s.status.phase, "Ready", json.encode(s.status))
+  t.eq(s.status.consistent, true)
+  local ev = events("mq")
+  t.eq(ev.VirtualMachineSnapshottingFrozen, 1, "one freeze")
+  t.eq(ev.VirtualMachineSnapshottingThawed, 1, "one thaw")
+  t.eq(#s.status.virtualDiskSnapshotNames, 4)
+  local window = tonumber(s.metadata.annotations["vmsnap.io/freeze-duration-ms"])
+  -- each cut took 200 ms: issued one after another they would need 800 ms
+  t.ok(window and window < 800, "the four cuts overlapped: frozen for " .. tostring(window) .. " ms")
+  for i = 1, 4 do
+    local vs = assert(c:get("volumesnapshot", ("q%d-%s"):format(i, ms.metadata.uid)))
+    t.eq(vs.metadata.ownerReferences[1].kind, "VirtualDiskSnapshot")
+    t.eq(vs.status.readyToUse, true)
+  end
+  assert_thawed("vm-q")
+end)
+
 t.test("d.2 #28, #29: no agent: Pending when consistency is required; without it Ready and consistent absent", function()
   disk("root-n")
   vm("vm-n", { "root-n" }, { annotations = { ["vmsnap.io/no-agent"] = "true" } })

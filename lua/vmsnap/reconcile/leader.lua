@@ -59,6 +59,10 @@ function Elector:try(again)
   local dead = not mine and type(id) == "string" and id:match("^.-/.-/%d+/.+$") ~= nil
     and require("vmsnap.guest").holder_alive(id) == false
   if not mine and not dead and not expired(lease, self.duration) then return false end
+  -- ours, renewed within the last third of its duration (by another controller of this
+  -- process: they share the identity): leading, nothing to write
+  local renewed = vtime.parse(spec.renewTime)
+  if mine and renewed and renewed + self.duration / 3 > vtime.now() then return true end
   lease.spec = lease.spec or {}
   if not mine then
     lease.spec.holderIdentity = self.identity
