@@ -161,10 +161,22 @@ end
 --- Leave the VM's freeze: thaw it when nobody else holds it (`skip` leaves
 --- holders out of that count) or when forced (the budget is spent), drop the
 --- lease, remove the mark and record how long the guest was frozen
---- (`vmsnap.io/freeze-duration-ms`). Returns true, or nil, message.
+--- (`vmsnap.io/freeze-duration-ms`). Returns true ("done" when the object,
+--- read fresh, had left already), or nil, message.
 function M.leave(client, obj, vm, force, skip)
-  local frozen_at = M.frozen_at(obj)
   local _ <close> = vm and guest.lock(vm) or nil
+  if M.frozen_at(obj) then
+    -- the copy may be stale (a cache behind the server): has it left already?
+    local fresh, err, code = client:get(RESOURCE[obj.kind] or obj.kind, obj.metadata.name,
+      { namespace = obj.metadata.namespace })
+    if not fresh and code ~= "NotFound" then return nil, err end
+    if fresh then
+      obj.metadata.annotations = fresh.metadata.annotations
+      obj.metadata.resourceVersion = fresh.metadata.resourceVersion
+    end
+    if not fresh or not M.frozen_at(obj) then return true, "done" end
+  end
+  local frozen_at = M.frozen_at(obj)
   if vm and (force or M.can_unfreeze(client, obj, vm, skip)) then
     local g = guest.for_vm(client, vm, { transport = "api" })
     -- a holder whose freeze has no lease any more was thawed already (by the

@@ -370,6 +370,7 @@ function W.thaw(ctx, vms, vm, force)
   if not freezes.frozen_at(vms) then return true end
   local ok, err = freezes.leave(ctx.client, vms, vm, force, is_child(vms))
   if not ok then return nil, err end
+  if err == "done" then return true end -- a pass from a stale copy: thawed before
   ctx:event("Normal", "VirtualMachineSnapshottingThawed",
     ("The virtual machine %q is thawed."):format(vm and vm.metadata.name or vms.spec.virtualMachineName))
   return true
