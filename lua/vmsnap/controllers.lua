@@ -16,7 +16,7 @@ function M.for_workflow(client, name, opts)
   local w, err = workflow.load(name)
   if not w then return nil, err end
   return reconcile.controller({ client = client, name = opts.name or (name .. "-controller"), kind = w.kind,
-    finalizer = w.finalizer, watches = w.watches and w.watches() or nil, workers = opts.workers,
+    finalizer = w.finalizer, watches = w.watches and w.watches() or nil, workers = opts.workers, fresh = w.fresh,
     namespace = opts.namespace, leader_election = opts.leader_election,
     reconcile = function(ctx, obj)
       local cur = assert(workflow.load(name)) -- a changed file is picked up

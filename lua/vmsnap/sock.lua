@@ -22,10 +22,18 @@ Conn.__index = Conn
 ---@param timeout? number  seconds (default 10)
 ---@return vmsnap.sock.Conn?, string?, string?
 function M.connect(target, timeout)
+  local until_t = task.now() + (timeout or 10)
   local c, pending, code = core.open(target)
+  local delay = 0.005
+  while not c and code == "EAGAIN" and task.now() + delay < until_t do
+    -- a unix socket's backlog is full: its server is busy; try again shortly
+    task.sleep(delay)
+    delay = math.min(delay * 2, 0.1)
+    c, pending, code = core.open(target)
+  end
   if not c then return nil, pending, code end
   if pending then
-    if not c:wait("w", timeout or 10) then
+    if not c:wait("w", math.max(0.01, until_t - task.now())) then
       c:close()
       return nil, ("sock: connecting to %s timed out"):format(target), "TIMEOUT"
     end

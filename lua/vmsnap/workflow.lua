@@ -4,8 +4,9 @@
 --- has it: the directories in $VMSNAP_SCRIPTS_PATH (colon-separated), then
 --- those added with workflow.add_path, then the built-in scripts
 --- (VMSNAP_SCRIPTS_DIR, the installed share/vmsnap/scripts, the source tree).
---- So a user's copy of a file replaces the built-in one, and a new file in
---- a user's preconditions/ directory adds a check.
+--- So a user's copy of a file replaces the built-in one, a new file in a
+--- user's preconditions/ directory adds a check, and a file in
+--- workflows/NAME.d/ wraps or replaces single steps of workflow NAME.
 local fs = require("vmsnap.fs")
 local rtcore = require("vmsnap.core.runtime")
 
@@ -53,11 +54,56 @@ local function find(sub, name)
   end
 end
 
---- The workflow module NAME (cached; reloaded when its file changes).
+--- The extensions of workflow NAME: workflows/NAME.d/*.lua on every
+--- directory of the path (a file name earlier on the path wins), in file-name order.
+function M.extensions(name)
+  local seen, list = {}, {}
+  for _, d in ipairs(M.path()) do
+    local dir = ("%s/workflows/%s.d"):format(d, name)
+    for _, f in ipairs(fs.list(dir) or {}) do
+      if f:match("%.lua$") and not seen[f] then
+        seen[f] = true
+        list[#list + 1] = { name = f, path = dir .. "/" .. f }
+      end
+    end
+  end
+  table.sort(list, function(a, b) return a.name < b.name end)
+  return list
+end
+
+--- The workflow module NAME (cached; reloaded when its file or an extension
+--- changes). Extensions (workflows/NAME.d/*.lua) return a function(W) that
+--- wraps or replaces steps of W in place; they are applied in order to a
+--- fresh copy of the workflow, so a step they wrap is the one the others call.
 function M.load(name)
   local p = find("workflows", name)
   if not p then return nil, ("workflow %q not found on the scripts path (%s)"):format(name, table.concat(M.path(), ":")) end
-  return load_file(p)
+  local exts = M.extensions(name)
+  if #exts == 0 then return load_file(p) end
+  local sig = { p, tostring((fs.stat(p) or {}).mtime) }
+  for _, e in ipairs(exts) do sig[#sig + 1] = e.path .. "@" .. tostring((fs.stat(e.path) or {}).mtime) end
+  sig = table.concat(sig, "\n")
+  local key = "workflow+" .. name
+  if cache[key] and cache[key].sig == sig then return cache[key].mod end
+  local chunk, err = loadfile(p, "t")
+  if not chunk then return nil, err end
+  local ok, mod = pcall(chunk)
+  if not ok then return nil, ("%s: %s"):format(p, tostring(mod)) end
+  if type(mod) ~= "table" then return nil, p .. ": a workflow file must return a table" end
+  mod.source = p
+  mod.extensions = {}
+  for _, e in ipairs(exts) do
+    local echunk, eerr = loadfile(e.path, "t")
+    if not echunk then return nil, eerr end
+    local eok, fn = pcall(echunk)
+    if not eok then return nil, ("%s: %s"):format(e.path, tostring(fn)) end
+    if type(fn) ~= "function" then return nil, e.path .. ": a workflow extension must return a function(W)" end
+    local aok, aerr = pcall(fn, mod)
+    if not aok then return nil, ("%s: %s"):format(e.path, tostring(aerr)) end
+    mod.extensions[#mod.extensions + 1] = e.path
+  end
+  cache[key] = { sig = sig, mod = mod }
+  return mod
 end
 
 --- The preconditions that apply to a workflow, ordered by `order` then

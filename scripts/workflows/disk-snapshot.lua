@@ -19,6 +19,9 @@ local vtime = require("vmsnap.time")
 local W = {}
 
 W.kind = "VirtualDiskSnapshot"
+-- each pass reads the object from the API: a freeze, a hook or a create must
+-- never follow from a copy the cache has not caught up on
+W.fresh = true
 W.finalizer = "virtualization.deckhouse.io/vdsnapshot-cleanup"
 W.VS_FINALIZER = "virtualization.deckhouse.io/vdsnapshot-protection"
 W.FROZEN_AT = freezes.FROZEN_AT             -- ms since the epoch, while this snapshot holds a freeze

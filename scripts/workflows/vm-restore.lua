@@ -12,15 +12,24 @@
 -- interrupted midway continues where it stopped instead of finding its own
 -- objects in the way.
 --
+-- Hooks (vmsnap.hooks, docs/hooks.md), selected by the restored VM: pre_restore
+-- after validation and before the first create (a failure fails the restore,
+-- nothing created), post_restore at the end whatever the outcome, and
+-- restore_failed.
+--
 -- The plan (W.plan) is what `vmsnap restore vm --dry-run` prints. Copy this
 -- file to workflows/vm-restore.lua in a directory of VMSNAP_SCRIPTS_PATH to
 -- change it; every step is a function of W.
 local json = require("vmsnap.json")
 local base64 = require("vmsnap.base64")
+local hooks = require("vmsnap.hooks")
 
 local W = {}
 
 W.kind = "VirtualMachineRestore"
+-- each pass reads the object from the API: a freeze, a hook or a create must
+-- never follow from a copy the cache has not caught up on
+W.fresh = true
 W.RESTORE_ANNOTATION = "virtualization.deckhouse.io/vmrestore"
 -- runtime state of the snapshotted objects that must not come back with them
 W.RUNTIME_ANNOTATIONS = { "vmsnap.io/frozen-by", "vmsnap.io/agent", "vmsnap.io/freeze-mountpoints",
@@ -334,6 +343,24 @@ function W.create_all(ctx, vmr, plan)
   return made
 end
 
+-- ------------------------------------------------------------ hooks
+
+--- The hooks of this restore, selected by the VM it restores (the template
+--- of the plan, or the restored VM in later passes), once per pass.
+function W.hooks(ctx, vmr, vm)
+  if not ctx.hook_runner then
+    if not vm then
+      local rec = json.decode(vmr.metadata.annotations and vmr.metadata.annotations[hooks.ANNOTATION] or "null")
+      local name = type(rec) == "table" and rec.vm
+      vm = name and ctx.client:get(RESOURCE.VirtualMachine, name, { namespace = vmr.metadata.namespace }) or nil
+    end
+    local ok, r = pcall(hooks.runner, { client = ctx.client, ctx = ctx, vm = vm, object = vmr, kind = "restore" })
+    if not ok then error(failure(tostring(r)), 0) end
+    ctx.hook_runner = r
+  end
+  return ctx.hook_runner
+end
+
 -- ------------------------------------------------------------ c.2
 
 --- The lifecycle. Returns a reconcile result.
@@ -349,6 +376,11 @@ function W.lifecycle(ctx, vmr, vms)
     return true
   end
   if st.phase == "InProgress" then
+    local hr = W.hooks(ctx, vmr)
+    if hr:any("post_restore") then
+      local ok, herr = hr:unwind("post_restore", "Ready")
+      if not ok then error(failure(herr, "HookFailed"), 0) end
+    end
     st.phase = "Ready"
     ctx:condition(COND, "True", "VirtualMachineRestoreReady", "")
     return true
@@ -378,6 +410,21 @@ function W.lifecycle(ctx, vmr, vms)
     ctx:condition(COND, "False", "VirtualMachineRestoreConflict", sentence(conflict))
     return true
   end
+  local vm_t
+  for _, it in ipairs(plan.items) do if it.kind == "VirtualMachine" then vm_t = it.object end end
+  local hr = W.hooks(ctx, vmr, vm_t)
+  if #hr.hooks > 0 and not hr.record.vm then
+    hr.record.vm = vm_t and vm_t.metadata.name -- later passes select by the restored VM
+    local fok, ferr = hr:flush()
+    if not fok then error(ferr, 0) end
+  end
+  if not hr:done("pre_restore") then
+    local hok, herr, hkind = hr:run("pre_restore")
+    if not hok then
+      if hkind == "transient" then error(herr, 0) end
+      error(failure(herr, "HookFailed"), 0)
+    end
+  end
   W.create_all(ctx, vmr, plan)
   st.phase = "InProgress"
   ctx:condition(COND, "False", "VirtualMachineSnapshotNotReady",
@@ -399,6 +446,15 @@ function W.reconcile(ctx, vmr)
     else
       res, lerr = nil, tostring(res)
     end
+  end
+  if vmr.status.phase == "Failed" and ctx.hook_runner then
+    -- the hooks owed: restore_failed (once), then post_restore of those whose pre_restore ran
+    local hr = ctx.hook_runner
+    if not hr:done("restore_failed") and hr:any("restore_failed") then
+      hr:mark_done("restore_failed")
+      hr:run("restore_failed", "Failed")
+    end
+    if hr:any("post_restore") then hr:unwind("post_restore", "Failed") end
   end
   vmr.status.observedGeneration = vmr.metadata.generation
   return res, lerr

@@ -12,6 +12,10 @@
 --   4. a freeze budget (`vmsnap.io/freeze-budget`, default 30 s);
 --   5. `spec.volumeSnapshotClasses` may be omitted: each disk's class is then
 --      resolved from its StorageClass.
+-- Hooks (vmsnap.hooks, docs/hooks.md) run at pre_snapshot (the pass that
+-- starts it), pre_freeze / post_freeze (around the freeze), post_thaw (after
+-- the thaw, and whenever pre_freeze ran), post_snapshot (at the end, any
+-- outcome) and snapshot_failed.
 --
 -- Copy this file to workflows/vm-snapshot.lua in a directory of
 -- VMSNAP_SCRIPTS_PATH to change it; every step is a function of W.
@@ -19,6 +23,7 @@ local csi = require("vmsnap.csi")
 local json = require("vmsnap.json")
 local base64 = require("vmsnap.base64")
 local freezes = require("vmsnap.freezes")
+local hooks = require("vmsnap.hooks")
 local task = require("vmsnap.task")
 local vtime = require("vmsnap.time")
 local workflow = require("vmsnap.workflow")
@@ -26,6 +31,9 @@ local workflow = require("vmsnap.workflow")
 local W = {}
 
 W.kind = "VirtualMachineSnapshot"
+-- each pass reads the object from the API: a freeze, a hook or a create must
+-- never follow from a copy the cache has not caught up on
+W.fresh = true
 W.finalizer = "virtualization.deckhouse.io/vmsnapshot-protection"
 W.SECRET_TYPE = "virtualmachine.virtualization.deckhouse.io/snapshot"
 
@@ -88,6 +96,29 @@ function W.fail(ctx, vms, message, reason)
   vms.status.phase = "Failed"
   ctx:event("Warning", "VirtualMachineSnapshottingFailed", sentence(message))
   ctx:condition(COND, "False", reason or "VirtualMachineSnapshotFailed", sentence(message))
+end
+
+--- The hooks of this snapshot (selected by the VM), once per pass. A VM
+--- whose hooks cannot be selected (a bad annotation, a broken file) fails
+--- the snapshot.
+function W.hooks(ctx, vms, vm)
+  if not ctx.hook_runner then
+    local ok, r = pcall(hooks.runner, { client = ctx.client, ctx = ctx, vm = vm, object = vms })
+    if not ok then error(permanent(tostring(r)), 0) end
+    ctx.hook_runner = r
+  end
+  return ctx.hook_runner
+end
+
+-- run a hook point once for this snapshot; a failure fails the snapshot
+local function run_hooks(ctx, vms, vm, point)
+  local hr = W.hooks(ctx, vms, vm)
+  if hr:done(point) then return true end
+  local ok, err, kind = hr:run(point)
+  if ok then return true end
+  if kind == "transient" then error(err, 0) end
+  W.fail(ctx, vms, err, "HookFailed")
+  return false
 end
 
 local function pending(ctx, vms, reason, message)
@@ -365,14 +396,22 @@ local function is_child(vms)
 end
 
 --- Leave the freeze this snapshot holds (its own children do not count as
---- other holders); `force` when the budget is spent.
+--- other holders); `force` when the budget is spent. Then the post_thaw
+--- hooks owed (those whose pre_freeze ran, even if the freeze never came).
 function W.thaw(ctx, vms, vm, force)
-  if not freezes.frozen_at(vms) then return true end
-  local ok, err = freezes.leave(ctx.client, vms, vm, force, is_child(vms))
-  if not ok then return nil, err end
-  if err == "done" then return true end -- a pass from a stale copy: thawed before
-  ctx:event("Normal", "VirtualMachineSnapshottingThawed",
-    ("The virtual machine %q is thawed."):format(vm and vm.metadata.name or vms.spec.virtualMachineName))
+  if freezes.frozen_at(vms) then
+    local ok, err = freezes.leave(ctx.client, vms, vm, force, is_child(vms))
+    if not ok then return nil, err end
+    if err ~= "done" then -- "done": a pass from a stale copy; thawed before
+      ctx:event("Normal", "VirtualMachineSnapshottingThawed",
+        ("The virtual machine %q is thawed."):format(vm and vm.metadata.name or vms.spec.virtualMachineName))
+    end
+  end
+  local hok, hr = pcall(W.hooks, ctx, vms, vm)
+  if hok and hr:any("post_thaw") then
+    local ok, herr = hr:unwind("post_thaw")
+    if not ok then return nil, herr end
+  end
   return true
 end
 
@@ -480,6 +519,7 @@ function W.lifecycle(ctx, vms, vm)
     return true
   end
   if st.phase == "Pending" then
+    if not run_hooks(ctx, vms, vm, "pre_snapshot") then return true end
     st.phase = "InProgress"
     ctx:event("Normal", "VirtualMachineSnapshottingStarted", "The snapshotting process has started.")
     ctx:condition(COND, "False", "FileSystemFreezing", "The snapshotting process has started.")
@@ -490,6 +530,7 @@ function W.lifecycle(ctx, vms, vm)
   st.virtualMachineSnapshotSecretName = secret.metadata.name
   -- 12: one freeze for the whole VM
   if need_freeze then
+    if not run_hooks(ctx, vms, vm, "pre_freeze") then return true end
     local ok, how, fkind = freezes.freeze_or_join(ctx.client, vms, vm)
     if not ok then
       if fkind == "transient" then return nil, how end
@@ -501,6 +542,7 @@ function W.lifecycle(ctx, vms, vm)
       ctx:event("Normal", "VirtualMachineSnapshottingFrozen",
         ("The virtual machine %q is frozen for taking a snapshot."):format(name))
     end
+    if frozen_by_us and not run_hooks(ctx, vms, vm, "post_freeze") then return true end
   end
   -- 14-15: the children, and their VolumeSnapshots at once
   local children = W.ensure_children(ctx, vms, vm)
@@ -569,6 +611,14 @@ function W.lifecycle(ctx, vms, vm)
   if not rok then return nil, rerr end
   -- 19-20
   st.resources = W.resources(ctx, vms, vm)
+  local hr = W.hooks(ctx, vms, vm)
+  if hr:any("post_snapshot") then
+    local hok, herr = hr:unwind("post_snapshot", "Ready")
+    if not hok then
+      W.fail(ctx, vms, herr, "HookFailed")
+      return true
+    end
+  end
   st.phase = "Ready"
   ctx:event("Normal", "VirtualMachineSnapshottingCompleted", "The snapshotting process is completed.")
   ctx:condition(COND, "True", "VirtualMachineReady", "")
@@ -590,11 +640,20 @@ function W.reconcile(ctx, vms)
       res, lerr = nil, tostring(res)
     end
   end
-  if vms.status.phase == "Failed" and freezes.frozen_at(vms) then
+  if vms.status.phase == "Failed" then
+    -- Decision 2, then the hooks owed: post_thaw, snapshot_failed (once), post_snapshot
     local tok, terr = W.thaw(ctx, vms, vm, false)
     if not tok then
       local c = ctx:get_condition(COND)
       ctx:condition(COND, "False", c.reason, ("%s, %s"):format(tostring(terr), c.message))
+    end
+    local okh, hr = pcall(W.hooks, ctx, vms, vm)
+    if okh then
+      if not hr:done("snapshot_failed") and hr:any("snapshot_failed") then
+        hr:mark_done("snapshot_failed")
+        hr:run("snapshot_failed", "Failed")
+      end
+      if hr:any("post_snapshot") then hr:unwind("post_snapshot", "Failed") end
     end
   end
   vms.status.observedGeneration = vms.metadata.generation
@@ -604,9 +663,12 @@ end
 --- Deletion (the cleanup finalizer): thaw a guest this snapshot froze; the
 --- Secret and the children go with it (owner references).
 function W.finalize(ctx, vms)
-  if not freezes.frozen_at(vms) then return true end
   local vm = ctx:get(VM, vms.metadata.namespace, vms.spec.virtualMachineName)
-  return W.thaw(ctx, vms, vm, false)
+  local ok, err = W.thaw(ctx, vms, vm, false)
+  if not ok then return nil, err end
+  local okh, hr = pcall(W.hooks, ctx, vms, vm)
+  if okh and hr:any("post_snapshot") then hr:unwind("post_snapshot", "Deleted") end
+  return true
 end
 
 --- What the controller watches (b.0.5): the VM, the children and their

@@ -58,7 +58,7 @@ function M.apiserver(opts)
       argv[#argv + 1] = "--listen"
       argv[#argv + 1] = "127.0.0.1:" .. self.port
     end
-    self.proc = assert(proc.spawn(argv, { stdout = "null", stderr = opts.stderr or "inherit" }))
+    self.proc = assert(proc.spawn(argv, { stdout = "null", stderr = opts.stderr or "inherit", env = opts.env }))
     for _ = 1, 1000 do
       local s = fs.read_file(self.kubeconfig)
       if s then
@@ -245,6 +245,55 @@ function M.fakeqga(actions)
     end
   end
   return setmetatable(f, { __close = function(s) s:stop() end })
+end
+
+--- A MariaDB server of its own (Debian's mariadb-server-core) on a unix socket
+--- in a temporary directory, no TCP: .socket, :sql(statement) → proc result
+--- (mariadb client), :stop(), <close>. Returns nil, why when not installed.
+function M.mariadb()
+  local function which(name)
+    local r = proc.run({ "sh", "-c", "command -v " .. name }, { timeout = 5 })
+    return r and r.status == 0
+  end
+  if not (which("mariadbd") or fs.exists("/usr/sbin/mariadbd")) or not which("mariadb-install-db") or not which("mariadb") then
+    return nil, "MariaDB is not installed (mariadb-server-core, mariadb-client)"
+  end
+  local dir = assert(fs.tempdir("vmsnap-mariadb"))
+  local d = dir.path
+  local inst = assert(proc.run({ "mariadb-install-db", "--no-defaults", "--datadir=" .. d .. "/data", "--user=root",
+    "--auth-root-authentication-method=normal", "--skip-test-db" }, { timeout = 120 }))
+  if inst.status ~= 0 then
+    dir:remove()
+    return nil, "mariadb-install-db failed: " .. tostring(inst.stderr)
+  end
+  local mariadbd = fs.exists("/usr/sbin/mariadbd") and "/usr/sbin/mariadbd" or "mariadbd"
+  local p = assert(proc.spawn({ mariadbd, "--no-defaults", "--datadir=" .. d .. "/data", "--socket=" .. d .. "/sock",
+    "--skip-networking", "--user=root", "--pid-file=" .. d .. "/pid", "--log-error=" .. d .. "/err.log" },
+    { stdout = "null", stderr = "null" }))
+  local db = { socket = d .. "/sock", dir = d, proc = p }
+  function db:sql(statement, timeout)
+    return assert(proc.run({ "mariadb", "--no-defaults", "--socket=" .. self.socket, "--user=root", "--batch",
+      "--skip-column-names", "-e", statement }, { timeout = timeout or 30 }))
+  end
+  function db:stop()
+    if self.proc then
+      self.proc:kill("TERM")
+      if not self.proc:wait(20) then self.proc:kill("KILL") self.proc:wait(5) end
+      self.proc:close()
+      self.proc = nil
+      dir:remove()
+    end
+  end
+  for _ = 1, 300 do
+    if fs.exists(db.socket) and db:sql("SELECT 1", 5).status == 0 then
+      return setmetatable(db, { __close = function(x) x:stop() end })
+    end
+    if not p:running() then break end
+    task.sleep(0.05)
+  end
+  local log = fs.read_file(d .. "/err.log") or ""
+  db:stop()
+  return nil, "mariadbd did not start: " .. log:sub(-300)
 end
 
 --- `vmsnap up` (the local platform) on a fresh data directory: the same object

@@ -32,7 +32,7 @@ M.equal = equal
 function M.new(ctl, obj)
   return setmetatable({ controller = ctl, client = ctl.client, obj = obj, log = ctl.log:with({
     object = (obj.metadata.namespace and (obj.metadata.namespace .. "/") or "") .. obj.metadata.name }),
-    original_status = copy(obj.status) }, Context)
+    original_status = copy(obj.status), base_rv = obj.metadata.resourceVersion }, Context)
 end
 
 --- An object of a kind (from the controller's cache when it watches the kind).
@@ -111,12 +111,18 @@ function Context:flush()
   local obj = self.obj
   if equal(obj.status, self.original_status) then return true end
   local c = self.client
+  -- the status was computed from the copy this pass started with: write it
+  -- against that copy's resourceVersion, whatever patches of our own (marks,
+  -- finalizers) moved it on since — those come back as a Conflict below,
+  -- where only a moved status makes the pass start again
+  obj.metadata.resourceVersion = self.base_rv or obj.metadata.resourceVersion
   for _ = 1, 3 do
     local res, err, reason = c:update_status(obj, { field_manager = self.controller.name })
     if res then
       self.controller.counters.status_writes = self.controller.counters.status_writes + 1
       self.original_status = copy(res.status)
       obj.metadata.resourceVersion = res.metadata.resourceVersion
+      self.base_rv = res.metadata.resourceVersion
       return true
     end
     if reason ~= "Conflict" then return nil, err, reason end

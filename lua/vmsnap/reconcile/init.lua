@@ -58,6 +58,8 @@ Controller.__index = Controller
 ---@field indexes? table<string, fun(obj: table): string[]>   indexes on the primary kind
 ---@field namespace? string           watch one namespace (default all)
 ---@field workers? integer            (default 4)
+---@field fresh? boolean               read the object from the API at each pass, not from the
+---                                    cache (for reconciles whose actions must not come from a stale copy)
 ---@field max_backoff? number         seconds (default 60)
 ---@field leader_election? {name: string, namespace?: string, identity?: string, duration?: number}
 
@@ -127,7 +129,7 @@ end
 function Controller:reconcile_key(key)
   local ns, name = M.split_key(key)
   local obj
-  if self.primary then
+  if self.primary and not self.opts.fresh then
     obj = self.primary:get(ns, name)
   else
     local o, err, reason = self.client:get(self.opts.kind, name, { namespace = ns })

@@ -172,6 +172,13 @@ static int l_open(lua_State *L)
 	}
 	int cerr = r < 0 ? errno : 0;
 	c->fd = fd;
+	/* a unix socket whose listen backlog is full says EAGAIN and is not
+	   connecting at all: the caller tries again (a busy qemu-ga serves one
+	   client at a time) */
+	if (r < 0 && cerr == EAGAIN && strncmp(target, "unix:", 5) == 0) {
+		conn_shut(c);
+		return Vmsnap_pushfail(L, "EAGAIN", "sock: %s is busy (its listen backlog is full)", target);
+	}
 	if (r < 0 && cerr != EINPROGRESS && cerr != EAGAIN) {
 		conn_shut(c);
 		return Vmsnap_pusherrno(L, cerr, target);
