@@ -36,6 +36,8 @@ function M.env(flags, extra)
   if flags & runtime.SANDBOX_ALLOW_OS ~= 0 then
     env.os.execute, env.os.remove, env.os.rename, env.os.tmpname = os.execute, os.remove, os.rename, os.tmpname
     env.io = { open = io.open, popen = io.popen, lines = io.lines, write = io.write, read = io.read }
+  else
+    env.io = {} -- so that io.popen says what is missing, not "undeclared global 'io'"
   end
   if flags & runtime.SANDBOX_ALLOW_REQUIRE ~= 0 then
     env.require = function(name)
