@@ -6,6 +6,7 @@ local json = require("vmsnap.json")
 local task = require("vmsnap.task")
 local workflow = require("vmsnap.workflow")
 local controllers = require("vmsnap.controllers")
+local quantity = require("vmsnap.quantity")
 
 local M = {}
 
@@ -144,6 +145,8 @@ function M.main(args)
   end
   if o.rename or o.dry_run or o.name then cli.usage("restore: --rename, --dry-run and --name are for vm restores") end
   local pvc = (o.size or o.sc) and { size = o.size, storageClassName = o.sc } or nil
+  local want = o.size and quantity.parse(o.size)
+  if o.size and not want then cli.usage(("restore: --size %q is not a quantity (e.g. 10Gi)"):format(o.size)) end
   local obj, err, reason, st = c:create({ apiVersion = "virtualization.deckhouse.io/v1alpha2", kind = "VirtualDisk",
     metadata = { name = pos[2], namespace = ns },
     spec = { persistentVolumeClaim = pvc,
@@ -164,6 +167,10 @@ function M.main(args)
       io.stdout:flush()
     end
     local p = x.status and x.status.phase
+    if p == "Ready" and want then
+      -- restored at the snapshot's size first, then grown to --size (b.5)
+      return (quantity.parse(x.status.capacity or "0") or 0) >= want
+    end
     return p == "Ready" or p == "Failed" or p == "PVCLost"
   end, { namespace = ns, timeout = tonumber(o.timeout or 300) })
   if not final or final == true then cli.fail("error: " .. tostring(werr or "the disk is gone")) end

@@ -72,7 +72,8 @@ function Elector:try(again)
   lease.spec.renewTime = now
   lease.spec.leaseDurationSeconds = math.ceil(self.duration)
   local res, _, ureason = c:update(lease)
-  if not res and ureason == "Conflict" and mine and not again then return self:try(true) end
+  -- another controller of this process got there first: look again now
+  if not res and ureason == "Conflict" and not again then return self:try(true) end
   return res ~= nil
 end
 
@@ -93,8 +94,9 @@ end
 
 --- Renew until stopped or until renewing fails for the lease's duration.
 function Elector:keep(stopped)
+  self.wake = self.wake or task.channel(1)
   while self.leading and not self.stopped and not (stopped and stopped()) do
-    task.sleep(math.max(0.1, self.duration / 3))
+    self.wake:recv(math.max(0.1, self.duration / 3)) -- a renewal period, or stop()
     if self.stopped or (stopped and stopped()) then break end
     local ok = self:try()
     if ok then
@@ -110,6 +112,7 @@ end
 
 function Elector:stop()
   self.stopped = true
+  if self.wake then self.wake:send(true, 0) end -- the renew loop stops now, not at its next renewal
 end
 
 --- Give the lease up (a graceful stop), so a successor need not wait.
