@@ -59,7 +59,13 @@ local function snapshot(name, vm, spec)
   local s = { virtualMachineName = vm }
   for k, v in pairs(spec or {}) do s[k] = v end
   create({ apiVersion = G, kind = "VirtualMachineSnapshot", metadata = { name = name }, spec = s })
-  local o = assert(wait("vmsnapshot", name, terminal))
+  local o, err = wait("vmsnapshot", name, terminal)
+  if not o then
+    local cur = c:get("vmsnapshot", name)
+    local v = c:get("vm", vm)
+    error(("%s: %s; snapshot status %s; VM conditions %s"):format(name, tostring(err), json.encode(cur and cur.status or {}),
+      json.encode(v and v.status and v.status.conditions or {})), 2)
+  end
   assert(o.status.phase == "Ready", json.encode(o.status))
   return o
 end
