@@ -544,8 +544,18 @@ function W.lifecycle(ctx, vms, vm)
     end
     if frozen_by_us and not run_hooks(ctx, vms, vm, "post_freeze") then return true end
   end
-  -- 14-15: the children, and their VolumeSnapshots at once
-  local children = W.ensure_children(ctx, vms, vm)
+  -- 14-15: the children, and their VolumeSnapshots at once. Inside the freeze
+  -- window, once they exist, the pass only looks at them (no API round trips).
+  local children
+  local names = st.virtualDiskSnapshotNames or {}
+  if frozen_by_us and #names > 0 then
+    children = {}
+    for i, n in ipairs(names) do
+      children[i] = ctx:get(VDS, vms.metadata.namespace, n)
+      if not children[i] then children = nil break end
+    end
+  end
+  children = children or W.ensure_children(ctx, vms, vm)
   for _, child in ipairs(children) do
     local c = condition(child, "VirtualDiskSnapshotReady")
     if (c and c.reason == "VirtualDiskSnapshotFailed") or (child.status and child.status.phase == "Failed") then
