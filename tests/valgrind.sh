@@ -91,6 +91,12 @@ printf 'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: vg}\ndata: {a: b}\n' >
 run "apply" 0 apply -f "$D/cm.yaml"
 run "get" 0 get configmap -A
 run "get missing" 1 get configmap nope
+# the hook and restore commands (a hook against a VM object; a refused webhook is a failed handler)
+printf 'apiVersion: virtualization.deckhouse.io/v1alpha2\nkind: VirtualMachine\nmetadata: {name: vg}\nspec: {runPolicy: AlwaysOff, blockDeviceRefs: [{kind: VirtualDisk, name: d}]}\n' > "$D/vm.yaml"
+run "apply vm" 0 apply -f "$D/vm.yaml"
+run "hook list" 0 hook list --vm vg
+run "hook test" 1 hook test "$SRC/scripts/hooks/webhook.lua" --vm vg --point post_snapshot --param 'url="http://127.0.0.1:1/x"'
+run "restore vm dry-run of a missing snapshot" 1 restore vm --from nope --dry-run
 unset KUBECONFIG
 kill -TERM $vpid
 wait $vpid
