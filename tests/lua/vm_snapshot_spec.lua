@@ -274,6 +274,26 @@ t.test("d.2 #37: a child that fails fails the snapshot; the guest is thawed", fu
   assert_thawed("vm-r")
 end)
 
+t.test("a VolumeSnapshot error on one disk of two: Failed naming that child; the other is cut; the guest is thawed", function()
+  assert(c:create({ apiVersion = "storage.k8s.io/v1", kind = "StorageClass", metadata = { name = "local-b" },
+    provisioner = "local.vmsnap.io" }))
+  disk("root-f")
+  disk("data-f", "32Mi", "local-b")
+  vm("vm-f", { "root-f", "data-f" })
+  assert(wait("vm", "vm-f", agent_ready))
+  local ms = vmsnap("m1f", "vm-f", { volumeSnapshotClasses = {
+    { storageClassName = "local", volumeSnapshotClassName = "local" },
+    { storageClassName = "local-b", volumeSnapshotClassName = "fail-cut" } } })
+  local s = assert(wait("vmsnapshot", "m1f", phase_is("Failed")))
+  local prefix = ('The virtual disk snapshot "data-f-%s" is failed: cannot take snapshot. '):format(ms.metadata.uid)
+  t.eq(cond(s, "VirtualMachineSnapshotReady").message:sub(1, #prefix), prefix)
+  local good = assert(wait("vdsnapshot", "root-f-" .. ms.metadata.uid, function(o) return o and o.status and o.status.volumeSnapshotName and o end))
+  t.ok(good.status.phase ~= "Failed", "the other disk's snapshot did not fail")
+  assert_thawed("vm-f")
+  t.eq(events("m1f").VirtualMachineSnapshottingThawed, 1)
+  assert(c:delete("vm", "vm-f"))
+end)
+
 t.test("d.2 #40: keepIPAddress Never with an automatic address: no vmip stored or listed", function()
   vmsnap("m40", "vm-s-2", {}) -- a VM that does not exist yet: created below
   disk("root-s2")
