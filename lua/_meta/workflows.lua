@@ -49,6 +49,7 @@ function Context:requeue_after(seconds) end
 ---@field FREEZE_DURATION string
 ---@field THAW_AT string
 ---@field BUDGET string
+---@field vm_frozen fun(vm: table?): boolean
 ---@field budget fun(obj: table): number
 ---@field thaw_at_ready fun(obj: table): boolean
 ---@field frozen_at fun(obj: table): integer?
@@ -75,6 +76,17 @@ function Context:requeue_after(seconds) end
 ---@field for_vm fun(vm: table, found?: table): table[]?, string?
 ---@field run_one fun(h: table, point: vmsnap.hooks.Point, base: table): table
 ---@field runner fun(o: {client: vmsnap.k8s.Client, ctx?: vmsnap.reconcile.Context, vm?: table, object: table, kind?: "snapshot"|"restore", hooks?: table[]}): table
+
+---@class vmsnap.objects
+---@field condition fun(obj: table?, ctype: string): table?
+---@field is_true fun(obj: table?, ctype: string): boolean
+---@field is_true_current fun(obj: table, ctype: string): boolean
+---@field annotation fun(obj: table, key: string): string?
+---@field owner fun(obj: table, kind: string): string?
+---@field capitalize fun(s: any): string
+---@field sentence fun(s: any): string
+---@field permanent fun(message: string, reason?: string): table
+---@field is_permanent fun(e: any): boolean
 
 ---@class vmsnap.deep
 ---@field copy fun(v: any): any

@@ -27,6 +27,15 @@ local function annotation(obj, key)
   return obj.metadata.annotations and obj.metadata.annotations[key]
 end
 
+--- Is the VM frozen, as the snapshot controllers see it: FilesystemFrozen
+--- True with reason Frozen (spec b.2)?
+function M.vm_frozen(vm)
+  for _, c in ipairs(vm and vm.status and vm.status.conditions or {}) do
+    if c.type == "FilesystemFrozen" then return c.status == "True" and c.reason == "Frozen" end
+  end
+  return false
+end
+
 --- The freeze budget of a snapshot, in seconds (annotation, default 30).
 function M.budget(obj)
   local b = tonumber(annotation(obj, M.BUDGET) or "")

@@ -15,6 +15,9 @@ local csi = require("vmsnap.csi")
 local freezes = require("vmsnap.freezes")
 local workflow = require("vmsnap.workflow")
 local vtime = require("vmsnap.time")
+local objects = require("vmsnap.objects")
+local condition, is_true_current, annotation = objects.condition, objects.is_true_current, objects.annotation
+local capitalize = objects.capitalize
 
 local W = {}
 
@@ -36,36 +39,10 @@ local VS = "volumesnapshots.snapshot.storage.k8s.io"
 local COND_VD = "VirtualDiskReady"
 local COND = "VirtualDiskSnapshotReady"
 
-local function capitalize(s)
-  s = tostring(s)
-  return s:sub(1, 1):upper() .. s:sub(2)
-end
-
-local function condition(obj, ctype)
-  for _, c in ipairs(obj and obj.status and obj.status.conditions or {}) do
-    if c.type == ctype then return c end
-  end
-end
-
-local function is_true_current(obj, ctype)
-  local c = condition(obj, ctype)
-  return c ~= nil and c.status == "True" and (c.observedGeneration == nil or c.observedGeneration == obj.metadata.generation)
-end
-
 -- a VM is frozen for the snapshot controllers: FilesystemFrozen True/Frozen (b.2)
-function W.vm_frozen(vm)
-  local c = condition(vm, "FilesystemFrozen")
-  return c ~= nil and c.status == "True" and c.reason == "Frozen"
-end
+W.vm_frozen = freezes.vm_frozen
 
-local function vm_agent_ready(vm)
-  local c = condition(vm, "AgentReady")
-  return c ~= nil and c.status == "True"
-end
-
-local function annotation(obj, key)
-  return obj.metadata.annotations and obj.metadata.annotations[key]
-end
+local function vm_agent_ready(vm) return objects.is_true(vm, "AgentReady") end
 
 -- ------------------------------------------------------------ steps
 
@@ -367,10 +344,8 @@ function W.watches()
   return {
     { kind = VD, map = function(vd, ctl) return by_disk(ctl, vd.metadata.namespace, vd.metadata.name) end },
     { kind = VS, map = function(vs)
-      for _, r in ipairs(vs.metadata.ownerReferences or {}) do
-        if r.kind == "VirtualDiskSnapshot" then return { vs.metadata.namespace .. "/" .. r.name } end
-      end
-      return {}
+      local o = objects.owner(vs, "VirtualDiskSnapshot")
+      return o and { vs.metadata.namespace .. "/" .. o } or {}
     end },
     { kind = VM, map = function(vm, ctl)
       local keys = {}

@@ -23,6 +23,9 @@
 local json = require("vmsnap.json")
 local base64 = require("vmsnap.base64")
 local hooks = require("vmsnap.hooks")
+local objects = require("vmsnap.objects")
+local condition, sentence = objects.condition, objects.sentence
+local failure, is_failure = objects.permanent, objects.is_permanent
 
 local W = {}
 
@@ -55,28 +58,6 @@ local LABEL = {
 local COND_RTU = "VirtualMachineSnapshotReadyToUse"
 local COND = "VirtualMachineRestoreReady"
 
-local function capitalize(s)
-  s = tostring(s)
-  return s:sub(1, 1):upper() .. s:sub(2)
-end
-
-local function sentence(s)
-  s = capitalize(s)
-  if not s:find("%.$") then s = s .. "." end
-  return s
-end
-
-local function condition(obj, ctype)
-  for _, c in ipairs(obj and obj.status and obj.status.conditions or {}) do
-    if c.type == ctype then return c end
-  end
-end
-
--- a permanent failure of the restore (Failed), and a conflict (Failed/Conflict)
-local Fail = {}
-Fail.__tostring = function(e) return e.message end
-local function failure(msg, reason) return setmetatable({ message = msg, reason = reason }, Fail) end
-local function is_failure(e) return getmetatable(e) == Fail end
 
 -- ------------------------------------------------------------ c.1
 

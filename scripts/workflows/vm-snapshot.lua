@@ -27,6 +27,9 @@ local hooks = require("vmsnap.hooks")
 local task = require("vmsnap.task")
 local vtime = require("vmsnap.time")
 local workflow = require("vmsnap.workflow")
+local objects = require("vmsnap.objects")
+local condition, is_true, is_true_current = objects.condition, objects.is_true, objects.is_true_current
+local sentence, permanent, is_permanent = objects.sentence, objects.permanent, objects.is_permanent
 
 local W = {}
 
@@ -50,45 +53,7 @@ local COND = "VirtualMachineSnapshotReady"
 
 -- ------------------------------------------------------------ helpers
 
-local function capitalize(s)
-  s = tostring(s)
-  return s:sub(1, 1):upper() .. s:sub(2)
-end
-
--- capitalised, with a final period
-local function sentence(s)
-  s = capitalize(s)
-  if not s:find("%.$") then s = s .. "." end
-  return s
-end
-
-local function condition(obj, ctype)
-  for _, c in ipairs(obj and obj.status and obj.status.conditions or {}) do
-    if c.type == ctype then return c end
-  end
-end
-
-local function is_true(obj, ctype)
-  local c = condition(obj, ctype)
-  return c ~= nil and c.status == "True"
-end
-
-local function is_true_current(obj, ctype)
-  local c = condition(obj, ctype)
-  return c ~= nil and c.status == "True" and (c.observedGeneration == nil or c.observedGeneration == obj.metadata.generation)
-end
-
-local function vm_frozen(vm)
-  local c = condition(vm, "FilesystemFrozen")
-  return c ~= nil and c.status == "True" and c.reason == "Frozen"
-end
-
--- a permanent error: the snapshot fails (not retried)
-local Permanent = {}
-Permanent.__index = Permanent
-Permanent.__tostring = function(e) return e.message end
-local function permanent(msg) return setmetatable({ message = msg }, Permanent) end
-local function is_permanent(e) return getmetatable(e) == Permanent end
+local vm_frozen = freezes.vm_frozen
 
 --- Phase Failed with the reason (default VirtualMachineSnapshotFailed), a
 --- Warning event, the message as a sentence.
@@ -691,11 +656,7 @@ function W.watches()
     end
     return keys
   end
-  local function owner_of(obj, kind)
-    for _, r in ipairs(obj.metadata.ownerReferences or {}) do
-      if r.kind == kind then return r.name end
-    end
-  end
+  local owner_of = objects.owner
   return {
     { kind = VM, map = function(vm, ctl) return of_vm(ctl, vm.metadata.namespace, vm.metadata.name) end },
     { kind = VDS, map = function(s)

@@ -100,10 +100,35 @@ function M.apiserver(opts)
   end
   srv:start()
   return setmetatable(srv, { __close = function(s)
-    s:stop()
+    local ok, err = pcall(s.stop, s)
+    M.unmount_under(s.data)
     dir:remove()
     cache:remove()
+    if not ok then error(err, 0) end
   end })
+end
+
+--- Safety net for the platform's VM images: thaw, unmount and detach
+--- whatever is still mounted under dir (a platform stops its VMs itself; what
+--- it left is reported). Returns the mountpoints it had to handle.
+function M.unmount_under(dir)
+  local left = {}
+  local r = proc.run({ "findmnt", "-rn", "-o", "TARGET" }, { timeout = 10 })
+  for target in ((r and r.stdout) or ""):gmatch("[^\n]+") do
+    if target:sub(1, #dir + 1) == dir .. "/" then left[#left + 1] = target end
+  end
+  for _, m in ipairs(left) do
+    io.stdout:write("# left mounted by the platform: " .. m .. " (unmounting)\n")
+    proc.run({ "fsfreeze", "-u", m }, { timeout = 10 })
+    local u = proc.run({ "umount", m }, { timeout = 30 })
+    if not u or u.status ~= 0 then proc.run({ "umount", "-l", m }, { timeout = 10 }) end
+  end
+  local l = proc.run({ "losetup", "-a" }, { timeout = 10 })
+  for line in ((l and l.stdout) or ""):gmatch("[^\n]+") do
+    local dev, file = line:match("^(/dev/loop%d+):.-%((.-)%)")
+    if dev and file and file:sub(1, #dir + 1) == dir .. "/" then proc.run({ "losetup", "-d", dev }, { timeout = 10 }) end
+  end
+  return left
 end
 
 --- Start tests/tools/faultproxy in front of 127.0.0.1:upstream_port; returns
