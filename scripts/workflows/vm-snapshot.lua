@@ -90,6 +90,8 @@ local function pending(ctx, vms, reason, message)
   vms.status.phase = "Pending"
   ctx:event("Normal", "VirtualMachineSnapshottingPending", message)
   ctx:condition(COND, "False", reason, message)
+  -- the watches bring the change it waits for; this is the safety net
+  ctx:requeue_after(2)
 end
 
 -- the objects as stored: with apiVersion and kind, whatever the cache gave
@@ -604,7 +606,8 @@ end
 --- snapshot, and a failed snapshot never leaves the guest frozen (Decision 2).
 function W.reconcile(ctx, vms)
   vms.status = vms.status or {}
-  local vm = ctx:get(VM, vms.metadata.namespace, vms.spec.virtualMachineName)
+  local vm, verr = ctx:get(VM, vms.metadata.namespace, vms.spec.virtualMachineName)
+  if not vm and verr then return nil, verr end -- the API failed: not "no such VM"
   W.virtual_machine_ready(ctx, vms, vm)
   local ok, res, lerr = pcall(W.lifecycle, ctx, vms, vm)
   if not ok then

@@ -329,6 +329,11 @@ function M.platform(opts)
   return M.apiserver(opts)
 end
 
+--- A wait_for predicate: the object is in phase p (returns the object).
+function M.phase_is(p)
+  return function(o) return o and o.status and o.status.phase == p and o end
+end
+
 --- Run the vmsnap program with args; returns the proc result.
 function M.run_vmsnap(args, opts)
   local argv = { M.vmsnap }

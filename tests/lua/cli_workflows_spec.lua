@@ -17,7 +17,7 @@ local function vmsnap(args, timeout)
   argv[#argv + 1] = srv.kubeconfig
   return h.run_vmsnap(argv, { timeout = timeout or 60 })
 end
-local function phase_is(p) return function(o) return o and o.status and o.status.phase == p and o end end
+local phase_is = h.phase_is
 
 assert(c:create({ apiVersion = G, kind = "VirtualDisk", metadata = { name = "d1" }, spec = { persistentVolumeClaim = { size = "16Mi" } } }))
 assert(c:create({ apiVersion = G, kind = "VirtualMachine", metadata = { name = "vm1" },

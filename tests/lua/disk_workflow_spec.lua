@@ -23,15 +23,11 @@ local function snapshot(name, vd, extra)
   for k, v in pairs(extra or {}) do o.spec[k] = v end
   return assert(c:create(o))
 end
-local function cond(obj, ctype)
-  for _, x in ipairs(obj and obj.status and obj.status.conditions or {}) do
-    if x.type == ctype then return x end
-  end
-end
+local cond = require("vmsnap.objects").condition
 local function wait(kind, name, pred, timeout)
   return c:wait_for(kind, name, pred, { timeout = timeout or 15 })
 end
-local function phase_is(p) return function(o) return o and o.status and o.status.phase == p end end
+local phase_is = h.phase_is
 local function volume_file(pvcname)
   local pvc = assert(c:get("pvc", pvcname))
   local pv = assert(c:get("pv", pvc.spec.volumeName))

@@ -83,11 +83,7 @@ local srv <close> = h.platform({ env = { VMSNAP_SCRIPTS_PATH = S } })
 local c = assert(k8s.client({ kubeconfig = srv.kubeconfig }))
 local G = "virtualization.deckhouse.io/v1alpha2"
 
-local function cond(obj, ctype)
-  for _, x in ipairs(obj and obj.status and obj.status.conditions or {}) do
-    if x.type == ctype then return x end
-  end
-end
+local cond = require("vmsnap.objects").condition
 local function wait(kind, name, pred, timeout) return c:wait_for(kind, name, pred, { timeout = timeout or 30 }) end
 local function terminal(o) return o and o.status and (o.status.phase == "Ready" or o.status.phase == "Failed") and o end
 local function agent_ready(o) return o and cond(o, "AgentReady") and cond(o, "AgentReady").status == "True" and o end

@@ -21,11 +21,7 @@ local _ <close> = setmetatable({}, { __close = function()
   ctl:close()
 end })
 
-local function cond(obj, ctype)
-  for _, x in ipairs(obj and obj.status and obj.status.conditions or {}) do
-    if x.type == ctype then return x end
-  end
-end
+local cond = require("vmsnap.objects").condition
 local function wait(kind, name, pred) return c:wait_for(kind, name, pred, { timeout = 15 }) end
 local function now() return os.date("!%Y-%m-%dT%H:%M:%SZ") end
 local function reason_is(ctype, reason)

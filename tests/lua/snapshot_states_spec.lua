@@ -21,13 +21,9 @@ local _ <close> = setmetatable({}, { __close = function()
   ctl:close()
 end })
 
-local function cond(obj, ctype)
-  for _, x in ipairs(obj and obj.status and obj.status.conditions or {}) do
-    if x.type == ctype then return x end
-  end
-end
+local cond = require("vmsnap.objects").condition
 local function wait(kind, name, pred, timeout) return c:wait_for(kind, name, pred, { timeout = timeout or 15 }) end
-local function phase_is(p) return function(o) return o and o.status and o.status.phase == p end end
+local phase_is = h.phase_is
 local function now() return os.date("!%Y-%m-%dT%H:%M:%SZ") end
 local function condition(obj, ctype, status, reason, message)
   return { type = ctype, status = status, reason = reason, message = message or "",

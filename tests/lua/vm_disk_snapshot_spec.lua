@@ -21,13 +21,9 @@ local srv <close> = h.platform()
 local c = assert(k8s.client({ kubeconfig = srv.kubeconfig }))
 local G = "virtualization.deckhouse.io/v1alpha2"
 
-local function cond(obj, ctype)
-  for _, x in ipairs(obj and obj.status and obj.status.conditions or {}) do
-    if x.type == ctype then return x end
-  end
-end
+local cond = require("vmsnap.objects").condition
 local function wait(kind, name, pred, timeout) return c:wait_for(kind, name, pred, { timeout = timeout or 20 }) end
-local function phase_is(p) return function(o) return o and o.status and o.status.phase == p end end
+local phase_is = h.phase_is
 local function vm(name, disk, extra)
   local o = { apiVersion = G, kind = "VirtualMachine", metadata = { name = name, annotations = extra and extra.annotations },
     spec = { runPolicy = extra and extra.runPolicy or "AlwaysOn", blockDeviceRefs = { { kind = "VirtualDisk", name = disk } } } }

@@ -27,13 +27,9 @@ local _ <close> = setmetatable({}, { __close = function()
   ctl:close()
 end })
 
-local function cond(obj, ctype)
-  for _, x in ipairs(obj and obj.status and obj.status.conditions or {}) do
-    if x.type == ctype then return x end
-  end
-end
+local cond = require("vmsnap.objects").condition
 local function wait(kind, name, pred, timeout) return c:wait_for(kind, name, pred, { timeout = timeout or 20 }) end
-local function phase_is(p) return function(o) return o and o.status and o.status.phase == p and o end end
+local phase_is = h.phase_is
 local function terminal(o) return o and o.status and (o.status.phase == "Ready" or o.status.phase == "Failed") and o end
 local function create(o) return assert(c:create(o)) end
 local function disk(name)

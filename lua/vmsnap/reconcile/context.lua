@@ -35,10 +35,15 @@ function M.new(ctl, obj)
     original_status = copy(obj.status), base_rv = obj.metadata.resourceVersion }, Context)
 end
 
---- An object of a kind (from the controller's cache when it watches the kind).
+--- An object of a kind (from the controller's cache when it watches the kind;
+--- a miss is asked of the API, so that an object the cache has not caught up
+--- on yet is not taken for absent).
 function Context:get(kind, ns, name)
   local inf = self.controller:informer_for(kind)
-  if inf then return inf:get(ns, name) end
+  if inf then
+    local obj = inf:get(ns, name)
+    if obj then return obj end
+  end
   local obj, err, reason = self.client:get(kind, name, { namespace = ns })
   if not obj and reason == "NotFound" then return nil end
   return obj, err, reason
