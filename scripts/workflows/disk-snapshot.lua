@@ -168,7 +168,7 @@ function W.lifecycle(ctx, vds, facts)
   if not ok then
     st.phase = "Pending"
     ctx:condition(COND, "False", reason, message)
-    return true
+    return { requeue_after = 5 } -- the watches bring the change it waits for; this is the safety net
   end
   local frozen_by_us = annotation(vds, W.FROZEN_AT) ~= nil
   local consistent_possible = not vm or (vm.status and vm.status.phase == "Stopped")
@@ -203,7 +203,7 @@ function W.lifecycle(ctx, vds, facts)
           ctx:condition(COND, "False", "PotentiallyInconsistent", head ..
             "waiting for the virtual machine to be Stopped or the disk to be detached")
         end
-        return true
+        return { requeue_after = 5 }
       end
     end
     if st.phase == "Pending" then

@@ -371,7 +371,7 @@ function W.lifecycle(ctx, vmr, vms)
     st.phase = "Pending"
     ctx:condition(COND, "False", "VirtualMachineSnapshotNotReadyToUse",
       ("Waiting for the virtual machine snapshot %q to be ready to use."):format(vmr.spec.virtualMachineSnapshotName))
-    return true
+    return { requeue_after = 2 } -- the snapshot's watch brings it sooner; this is the safety net
   end
   if not vms then
     error(failure(("the virtual machine snapshot %q is nil, please report a bug"):format(vmr.spec.virtualMachineSnapshotName)), 0)
@@ -381,7 +381,7 @@ function W.lifecycle(ctx, vmr, vms)
     if kind == "pending" then
       st.phase = "Pending"
       ctx:condition(COND, "False", "VirtualMachineSnapshotNotReady", why)
-      return true
+      return { requeue_after = 2 }
     end
     error(why, 0)
   end
