@@ -42,6 +42,27 @@ end
 
 M.LEASE = { name = "vmsnap-snapshot-controllers", namespace = "kube-system", duration = 15 }
 
+--- For a one-shot command that waits on an object: when no snapshot controller
+--- holds the Lease, run the controllers (opts.workflows, default all) in this
+--- process. Returns a to-be-closed value that stops them, and whether it started
+--- any; or raises when they cannot be made.
+function M.run_here(client, opts)
+  local task = require("vmsnap.task")
+  local ctls = {}
+  if not M.active(client) then
+    local list, err = M.all(client, { leader_election = M.LEASE, workflows = opts and opts.workflows })
+    if not list then error(err, 0) end
+    for _, x in ipairs(list) do
+      ctls[#ctls + 1] = x
+      x.task = task.spawn(function() return x:run() end)
+    end
+  end
+  return setmetatable({}, { __close = function()
+    for _, x in ipairs(ctls) do x:stop() end
+    for _, x in ipairs(ctls) do task.wait(x.task, 10) end
+  end }), #ctls > 0
+end
+
 --- Is a snapshot controller running (its leader lease is fresh)?
 function M.active(client)
   local lease = client:get("leases.coordination.k8s.io", M.LEASE.name, { namespace = M.LEASE.namespace })

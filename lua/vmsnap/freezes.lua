@@ -161,12 +161,6 @@ function M.freeze_or_join(client, obj, vm)
   return true, "frozen"
 end
 
---- Mark objects (a VM snapshot's children, created under its freeze) as
---- holders of the freeze that began at `frozen_at_ms`.
-function M.mark(client, obj, frozen_at_ms)
-  return M.annotate(client, obj, { [M.FROZEN_AT] = tostring(frozen_at_ms) })
-end
-
 --- Leave the VM's freeze: thaw it when nobody else holds it (`skip` leaves
 --- holders out of that count) or when forced (the budget is spent), drop the
 --- lease, remove the mark and record how long the guest was frozen

@@ -3,7 +3,6 @@
 local cli = require("vmsnap.cli")
 local kube = require("vmsnap.cli.kube")
 local json = require("vmsnap.json")
-local task = require("vmsnap.task")
 local workflow = require("vmsnap.workflow")
 local controllers = require("vmsnap.controllers")
 local quantity = require("vmsnap.quantity")
@@ -96,18 +95,10 @@ local function restore_vm(c, o, ns)
   if not obj then cli.fail(kube.error_text(err, reason, st)) end
   io.stdout:write(("virtualmachinerestore.virtualization.deckhouse.io/%s created\n"):format(name))
   if not o.wait then return end
-  local ctls = {}
-  if not controllers.active(c) then
-    io.stdout:write("(no snapshot controller is running: reconciling here)\n")
-    for _, x in ipairs(assert(controllers.all(c, { leader_election = controllers.LEASE, workflows = { "vm-restore" } }))) do
-      ctls[#ctls + 1] = x
-      x.task = task.spawn(function() return x:run() end)
-    end
-  end
-  local _ <close> = setmetatable({}, { __close = function()
-    for _, x in ipairs(ctls) do x:stop() end
-    for _, x in ipairs(ctls) do task.wait(x.task, 10) end
-  end })
+  local ok, here, started = pcall(controllers.run_here, c, { workflows = { "vm-restore" } })
+  if not ok then cli.fail("error: " .. tostring(here)) end
+  local _ <close> = here
+  if started then io.stdout:write("(no snapshot controller is running: reconciling here)\n") end
   local last
   local final, werr = c:wait_for("vmrestore", name, function(x)
     if not x then return true end

@@ -4,7 +4,6 @@ local cli = require("vmsnap.cli")
 local kube = require("vmsnap.cli.kube")
 local controllers = require("vmsnap.controllers")
 local json = require("vmsnap.json")
-local task = require("vmsnap.task")
 
 local M = {}
 
@@ -54,21 +53,10 @@ local function done(x) local p = x.status and x.status.phase return p == "Ready"
 -- follow a snapshot until done: through the running controllers, or with
 -- the controllers run in this process while it waits
 local function follow(c, kind, ns, name, timeout)
-  local active = controllers.active(c)
-  local ctls = {}
-  if not active then
-    io.stdout:write("(no snapshot controller is running: reconciling here)\n")
-    local list, err = controllers.all(c, { leader_election = controllers.LEASE })
-    if not list then cli.fail("error: " .. tostring(err)) end
-    for _, x in ipairs(list) do
-      ctls[#ctls + 1] = x
-      x.task = task.spawn(function() return x:run() end)
-    end
-  end
-  local _ <close> = setmetatable({}, { __close = function()
-    for _, x in ipairs(ctls) do x:stop() end
-    for _, x in ipairs(ctls) do task.wait(x.task, 10) end
-  end })
+  local ok, here, started = pcall(controllers.run_here, c)
+  if not ok then cli.fail("error: " .. tostring(here)) end
+  local _ <close> = here
+  if started then io.stdout:write("(no snapshot controller is running: reconciling here)\n") end
   local last
   return c:wait_for(kind, name, function(x)
     if not x then return true end

@@ -124,7 +124,7 @@ function Controller:start_informers()
   return true
 end
 
---- Reconcile one key now (also what the one-shot CLI calls). Returns the
+--- Reconcile one key now (what a worker calls for each queued key). Returns the
 --- reconcile's result (a table like {requeue_after = s}, or true) or nil, err.
 function Controller:reconcile_key(key)
   local ns, name = M.split_key(key)
