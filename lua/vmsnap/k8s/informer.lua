@@ -11,6 +11,13 @@
 ---
 --- The cache follows the watch (which reconnects and relists by itself);
 --- objects in the cache are shared: treat them as read-only.
+---
+--- `inf:observe(obj)` feeds the cache an object a write of this process
+--- got back (the server's answer to a create, update or patch), so that a
+--- controller never reads a copy older than its own last write. A version
+--- is kept only when it is newer than the cached one (resourceVersions are
+--- compared as numbers when both are numbers, as etcd's and vmsnap's are),
+--- and the watch event for the same version later is not delivered twice.
 local task = require("vmsnap.task")
 local log = require("vmsnap.log")
 
@@ -24,66 +31,127 @@ local function key(ns, name)
   return (ns or "") .. "/" .. name
 end
 
+--- Is resourceVersion a older than b? (false when it cannot be told)
+local function older(a, b)
+  local na, nb = tonumber(a), tonumber(b)
+  if not na or not nb then return false end
+  return na < nb
+end
+M.older = older
+
 ---@param client vmsnap.k8s.Client
 ---@param kind string|table
 ---@param opts? {namespace?: string, all_namespaces?: boolean, label_selector?: string, field_selector?: string, indexes?: table<string, fun(obj: table): string[]>}
 function M.new(client, kind, opts)
   opts = opts or {}
-  return setmetatable({ client = client, kind = kind, opts = opts, store = {}, indexes = opts.indexes or {},
+  return setmetatable({ client = client, kind = kind, opts = opts, store = {}, indexes = {},
     idx = {}, handlers = {}, synced = false, sync_ch = task.channel(), log = log.new("informer") }, Informer)
+    :add_indexes(opts.indexes)
 end
 
 --- Add a handler fn(type, obj, old) for "ADDED", "MODIFIED" and "DELETED"
 --- (called in the informer's task; an error is logged, not fatal).
 function Informer:on(fn)
   self.handlers[#self.handlers + 1] = fn
+  return fn
+end
+
+--- Remove a handler added with on().
+function Informer:off(fn)
+  for i, h in ipairs(self.handlers) do
+    if h == fn then table.remove(self.handlers, i) return end
+  end
+end
+
+local function index_values(self, name, fn, obj)
+  local ok, vals = pcall(fn, obj)
+  if not ok then
+    self.log:error("index function failed", { kind = tostring(self.kind), index = name, error = tostring(vals) })
+    return nil
+  end
+  return type(vals) == "table" and vals or nil
 end
 
 local function index_remove(self, k, obj)
   for name, fn in pairs(self.indexes) do
-    local ok, vals = pcall(fn, obj)
-    if ok and type(vals) == "table" then
-      local m = self.idx[name]
-      for _, v in ipairs(vals) do
-        if m and m[v] then m[v][k] = nil end
+    local m = self.idx[name]
+    for _, v in ipairs(m and index_values(self, name, fn, obj) or {}) do
+      if m[v] then
+        m[v][k] = nil
+        if next(m[v]) == nil then m[v] = nil end
       end
     end
   end
 end
 
-local function index_add(self, k, obj)
-  for name, fn in pairs(self.indexes) do
-    local ok, vals = pcall(fn, obj)
-    if ok and type(vals) == "table" then
-      local m = self.idx[name]
-      if not m then m = {}; self.idx[name] = m end
-      for _, v in ipairs(vals) do
-        if v ~= nil then
-          m[v] = m[v] or {}
-          m[v][k] = true
-        end
-      end
-    end
+local function index_one(self, name, fn, k, obj)
+  local m = self.idx[name]
+  if not m then m = {}; self.idx[name] = m end
+  for _, v in ipairs(index_values(self, name, fn, obj) or {}) do
+    m[v] = m[v] or {}
+    m[v][k] = true
   end
 end
 
+--- Add indexes (name -> fn(obj) returning the values to index the object
+--- under); objects already cached are indexed at once. An index of the same
+--- name must be the same function.
+function Informer:add_indexes(indexes)
+  for name, fn in pairs(indexes or {}) do
+    local cur = self.indexes[name]
+    if cur and cur ~= fn then error(("index '%s' is defined twice"):format(name), 2) end
+    if not cur then
+      self.indexes[name] = fn
+      for k, obj in pairs(self.store) do index_one(self, name, fn, k, obj) end
+    end
+  end
+  return self
+end
+
+local function deliver(self, etype, obj, old)
+  for _, h in ipairs(self.handlers) do
+    local ok, err = pcall(h, etype, obj, old)
+    if not ok then self.log:error("handler failed", { kind = tostring(self.kind), error = tostring(err) }) end
+  end
+end
+
+--- Apply a watch event {type, object} to the cache and tell the handlers.
 function Informer:apply(ev)
   local obj = ev.object
   local md = obj.metadata or {}
+  if not md.name then return end
   local k = key(md.namespace, md.name)
   local old = self.store[k]
+  if old and ev.type ~= "DELETED" and (old.metadata.resourceVersion == md.resourceVersion
+      or older(md.resourceVersion, old.metadata.resourceVersion)) then
+    return -- this version (or a newer one) came already, from a write of ours
+  end
+  if old and ev.type == "DELETED" and md.uid and old.metadata.uid and md.uid ~= old.metadata.uid then
+    return -- the deletion of an earlier object of that name: the cache has its successor
+  end
   if old then index_remove(self, k, old) end
   if ev.type == "DELETED" then
     self.store[k] = nil
     obj = old or obj
   else
     self.store[k] = obj
-    index_add(self, k, obj)
+    for name, fn in pairs(self.indexes) do index_one(self, name, fn, k, obj) end
   end
-  for _, h in ipairs(self.handlers) do
-    local ok, err = pcall(h, ev.type, obj, ev.type ~= "DELETED" and old or nil)
-    if not ok then self.log:error("handler failed", { kind = tostring(self.kind), error = tostring(err) }) end
-  end
+  deliver(self, ev.type, obj, ev.type ~= "DELETED" and old or nil)
+end
+
+--- The answer of a write of this process: cached (and handed to the
+--- handlers) when it is newer than what the cache holds. Objects this
+--- informer does not select (another namespace, a selector) are ignored.
+function Informer:observe(obj)
+  local md = type(obj) == "table" and obj.metadata
+  if not md or not md.name or not md.resourceVersion then return end
+  if self.opts.namespace and self.opts.namespace ~= md.namespace then return end
+  if self.opts.label_selector or self.opts.field_selector then return end
+  local old = self.store[key(md.namespace, md.name)]
+  if old and not older(old.metadata.resourceVersion, md.resourceVersion) then return end
+  if not old and not self.synced then return end -- the list brings it
+  self:apply({ type = old and "MODIFIED" or "ADDED", object = obj })
 end
 
 --- Start the list + watch (a task). Returns the informer.
@@ -147,13 +215,15 @@ function Informer:list(ns)
   return out
 end
 
---- Objects whose index `name` contains `value`.
+--- Objects whose index `name` contains `value`, sorted by namespace and name.
 function Informer:by_index(name, value)
-  local m = self.idx[name]
   if not self.indexes[name] then error(("no index named '%s'"):format(tostring(name)), 2) end
+  local m = self.idx[name]
+  local keys = {}
+  for k in pairs((m and m[value]) or {}) do keys[#keys + 1] = k end
+  table.sort(keys)
   local out = {}
-  for k in pairs((m and m[value]) or {}) do out[#out + 1] = self.store[k] end
-  table.sort(out, function(a, b) return key(a.metadata.namespace, a.metadata.name) < key(b.metadata.namespace, b.metadata.name) end)
+  for i, k in ipairs(keys) do out[i] = self.store[k] end
   return out
 end
 

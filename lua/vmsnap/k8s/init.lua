@@ -468,6 +468,26 @@ local function write_query(self, opts)
     fieldValidation = opts.field_validation or "Strict" }
 end
 
+--- Be told of every object a write of this client gets back (create,
+--- update, patch, delete with finalizers pending; never a dry run):
+--- fn(obj). Caches use it to stay at least as new as their own writes.
+---@param fn fun(obj: table)
+function Client:observe(fn)
+  self.observers = self.observers or {}
+  self.observers[#self.observers + 1] = fn
+end
+
+local function written(self, opts, obj, ...)
+  if obj and self.observers and not opts.dry_run and type(obj) == "table" and obj.kind ~= "Status"
+    and type(obj.metadata) == "table" then
+    for _, fn in ipairs(self.observers) do
+      local ok, err = pcall(fn, obj)
+      if not ok then self.log:error("write observer failed", { error = tostring(err) }) end
+    end
+  end
+  return obj, ...
+end
+
 --- Create an object (its apiVersion and kind say where).
 ---@param obj table
 ---@param opts? vmsnap.k8s.Opts
@@ -478,7 +498,7 @@ function Client:create(obj, opts)
   local res, e2, reason2, st = self:request({ method = "POST", path = path_for(r, self:ns_of(r, opts, obj)),
     query = write_query(self, opts), body = obj, idempotent = false })
   if not res then return nil, e2, reason2, st end
-  return decode_body(res)
+  return written(self, opts, decode_body(res))
 end
 
 local function put(self, obj, opts, sub)
@@ -490,7 +510,7 @@ local function put(self, obj, opts, sub)
     path = path_for(r, self:ns_of(r, opts, obj), obj.metadata.name, sub),
     query = write_query(self, opts), body = obj })
   if not res then return nil, e2, reason2, st end
-  return decode_body(res)
+  return written(self, opts, decode_body(res))
 end
 
 --- Replace an object (optimistic concurrency through metadata.resourceVersion).
@@ -526,7 +546,7 @@ function Client:patch(kind, name, p, opts)
     path = path_for(r, self:ns_of(r, opts), name, opts.subresource), query = q, body = p,
     content_type = ct, idempotent = ptype ~= "json" })
   if not res then return nil, e2, reason2, st end
-  return decode_body(res)
+  return written(self, opts, decode_body(res))
 end
 
 --- Server-side apply of one object (field manager: opts.field_manager or
@@ -594,7 +614,7 @@ function Client:delete(kind, name, opts)
   end
   local res, e2, reason2, st = self:request({ method = "DELETE", path = path_for(r, self:ns_of(r, opts), name), body = body })
   if not res then return nil, e2, reason2, st end
-  return decode_body(res)
+  return written(self, opts, decode_body(res))
 end
 
 ---@class vmsnap.k8s.SubresourceOpts: vmsnap.k8s.Opts

@@ -23,12 +23,14 @@ local deep = require("vmsnap.deep")
 local Queue = require("vmsnap.reconcile.queue")
 local Context = require("vmsnap.reconcile.context")
 local leader = require("vmsnap.reconcile.leader")
+local Manager = require("vmsnap.reconcile.manager")
 
 local M = {}
 
 M.Queue = Queue
 M.Context = Context
 M.leader = leader
+M.manager = Manager
 
 --- "namespace/name" (or "name" for cluster-scoped objects).
 function M.key_of(obj)
@@ -61,9 +63,12 @@ Controller.__index = Controller
 ---@field fresh? boolean               read the object from the API at each pass, not from the
 ---                                    cache (for reconciles whose actions must not come from a stale copy)
 ---@field max_backoff? number         seconds (default 60)
+---@field resync? number              seconds between looks at every object even without a change
+---                                    (default 300; 0 = never)
 ---@field leader_election? {name: string, namespace?: string, identity?: string, duration?: number}
 
---- A controller (not started).
+--- A controller (not started). Controllers of one client share one cache
+--- (vmsnap.reconcile.manager).
 ---@param opts vmsnap.reconcile.Opts
 ---@return vmsnap.reconcile.Controller
 function M.controller(opts)
@@ -71,57 +76,51 @@ function M.controller(opts)
     "reconcile.controller: client, kind and reconcile are required")
   local self = setmetatable({
     opts = opts, client = opts.client, name = opts.name or opts.kind,
-    queue = Queue.new({ max_backoff = opts.max_backoff }), informers = {},
+    manager = Manager.for_client(opts.client, opts.namespace),
+    queue = Queue.new({ max_backoff = opts.max_backoff }),
     log = log.new("reconcile", { controller = opts.name or opts.kind }),
-    counters = { reconciles = 0, errors = 0, requeues = 0, status_writes = 0, stale = 0, events = 0, finalized = 0 },
-    stopping = false,
+    counters = { reconciles = 0, errors = 0, requeues = 0, status_writes = 0, stale = 0, events = 0, finalized = 0,
+      worker_restarts = 0 },
+    stopping = false, healthy = true,
   }, Controller)
   return self
 end
 
-local function res_key(r) return r.group .. "/" .. r.plural end
-
---- The informer of a watched kind (any spelling: "VirtualDisk", "vd",
---- "virtualdisks.virtualization.deckhouse.io"), or nil.
+--- The cached informer of a kind (any spelling: "VirtualDisk", "vd",
+--- "virtualdisks.virtualization.deckhouse.io") in the process's shared
+--- cache, or nil when nobody watches it.
 function Controller:informer_for(kind)
-  local inf = self.informers[kind]
-  if inf then return inf end
-  local r = self.client:resource(kind)
-  return r and self.informers[res_key(r)] or nil
+  return self.manager:find(kind)
 end
 
--- informers for the primary kind and the watched ones, feeding the queue
+-- the shared informers of the primary kind and the watched ones, feeding the queue
 function Controller:start_informers()
   local o = self.opts
-  local scope = { namespace = o.namespace, all_namespaces = o.namespace == nil }
-  local primary = self.client:informer(o.kind, { namespace = scope.namespace, all_namespaces = scope.all_namespaces,
-    indexes = o.indexes })
-  primary:on(function(_, obj) self.queue:add(M.key_of(obj)) end)
-  local pr, perr = self.client:resource(o.kind)
-  if not pr then return nil, perr end
-  self.informers[res_key(pr)] = primary
+  local m = self.manager
+  local primary, perr = m:informer(o.kind, { indexes = o.indexes })
+  if not primary then return nil, perr end
   self.primary = primary
+  self.subscriptions = {}
+  local function subscribe(inf, fn) self.subscriptions[#self.subscriptions + 1] = { inf, inf:on(fn) } end
+  subscribe(primary, function(_, obj) self.queue:add(M.key_of(obj)) end)
   for _, w in ipairs(o.watches or {}) do
-    local inf = self.client:informer(w.kind, { namespace = scope.namespace, all_namespaces = scope.all_namespaces,
-      indexes = w.indexes })
-    inf:on(function(_, obj, old)
+    local inf, werr = m:informer(w.kind, { indexes = w.indexes })
+    if not inf then return nil, werr end
+    subscribe(inf, function(_, obj, old)
       for _, src in ipairs({ obj, old }) do
         local ok, keys = pcall(w.map, src, self)
-        if ok and type(keys) == "table" then
+        if not ok then
+          self.log:error("a watch's mapping failed", { kind = tostring(w.kind), error = tostring(keys),
+            object = M.key_of(src) })
+        elseif type(keys) == "table" then
           for _, k in ipairs(keys) do self.queue:add(k) end
         end
       end
     end)
-    local wr, werr = self.client:resource(w.kind)
-    if not wr then return nil, werr end
-    self.informers[res_key(wr)] = inf
   end
-  for _, inf in pairs(self.informers) do inf:start() end
-  for kind, inf in pairs(self.informers) do
-    local ok, err = inf:wait_synced(60)
-    if not ok then return nil, ("informer for %s: %s"):format(kind, err) end
-  end
-  return true
+  m:start()
+  self.manager_started = true
+  return m:wait_synced(60)
 end
 
 --- Reconcile one key now (what a worker calls for each queued key). Returns the
@@ -190,23 +189,70 @@ function Controller:reconcile_key(key)
   return res == nil and true or res
 end
 
+-- one queued key: a pass, whatever it raises (the pass fails, the worker goes on)
+function Controller:process(key)
+  local ok, res, err, code = xpcall(self.reconcile_key, debug.traceback, self, key)
+  if not ok then
+    self.log:error("reconcile raised", { key = key, error = tostring(res) })
+    res, err = nil, tostring(res):match("^[^\n]*")
+  end
+  if res == nil then
+    self.counters.errors = self.counters.errors + 1
+    local delay = self.queue:retry(key)
+    self.log:warn("reconcile failed; retrying", { key = key, error = tostring(err), code = code, after = delay })
+  else
+    self.queue:forget(key)
+    if type(res) == "table" and res.requeue_after then
+      self.counters.requeues = self.counters.requeues + 1
+      self.queue:add_after(key, res.requeue_after)
+    end
+  end
+  self.queue:done(key)
+end
+
 function Controller:worker()
   while not self.stopping do
     local key = self.queue:get()
     if not key then return end
-    local res, err = self:reconcile_key(key)
-    if res == nil then
-      self.counters.errors = self.counters.errors + 1
-      local delay = self.queue:retry(key)
-      self.log:warn("reconcile failed; retrying", { key = key, error = tostring(err), after = delay })
-    else
-      self.queue:forget(key)
-      if type(res) == "table" and res.requeue_after then
-        self.counters.requeues = self.counters.requeues + 1
-        self.queue:add_after(key, res.requeue_after)
+    self:process(key)
+  end
+end
+
+-- a worker task; its end (normal or not) is reported on self.exits
+function Controller:spawn_worker(i)
+  self.workers[i] = task.spawn(function()
+    local ok, err = pcall(self.worker, self)
+    self.exits:send({ i = i, ok = ok, err = err })
+  end)
+end
+
+M.CRASHES = 5        -- worker crashes ...
+M.CRASH_WINDOW = 60  -- ... within this many seconds make a controller give up
+
+-- restart workers that die, until stop(); a controller whose workers keep
+-- dying gives up (stops, releases its lease) and reports unhealthy
+function Controller:supervise(n)
+  local alive, crashes = n, {}
+  while alive > 0 do
+    local ex = self.exits:recv()
+    if not ex then break end
+    alive = alive - 1
+    if not self.stopping then
+      self.log:error("a worker died; restarting it", { worker = ex.i, error = tostring(ex.err) })
+      local now = task.now()
+      crashes[#crashes + 1] = now
+      while crashes[1] and crashes[1] < now - M.CRASH_WINDOW do table.remove(crashes, 1) end
+      if #crashes >= M.CRASHES then
+        self.log:error("workers keep dying: giving up the controller", { crashes = #crashes, window = M.CRASH_WINDOW })
+        self.healthy = false
+        self.gave_up = true
+        self:stop()
+      else
+        self.counters.worker_restarts = self.counters.worker_restarts + 1
+        self:spawn_worker(ex.i)
+        alive = alive + 1
       end
     end
-    self.queue:done(key)
   end
 end
 
@@ -224,21 +270,35 @@ function Controller:run()
   if not ok then self:shutdown() return nil, err end
   -- everything cached gets a first look
   for _, obj in ipairs(self.primary:list()) do self.queue:add(M.key_of(obj)) end
-  self.workers = {}
-  for i = 1, self.opts.workers or 4 do
-    self.workers[i] = task.spawn(function() return self:worker() end)
+  local n = self.opts.workers or 4
+  self.workers, self.exits = {}, task.channel(n)
+  for i = 1, n do self:spawn_worker(i) end
+  local helpers = {}
+  local resync = self.opts.resync or 300
+  if resync > 0 then
+    -- a look at every object now and then: what no watch event said is seen anyway
+    helpers[#helpers + 1] = task.spawn(function()
+      while not self.stopping do
+        task.sleep(resync)
+        for _, obj in ipairs(self.primary:list()) do self.queue:add(M.key_of(obj)) end
+      end
+    end)
   end
   if self.elector then
     -- lose the lease: stop working (another replica takes over)
-    self.elector:keep(function() return self.stopping end)
-    if not self.stopping then
-      self.log:warn("lost the leader lease; stopping")
-      self.lost = true
-    end
-    self:stop()
+    helpers[#helpers + 1] = task.spawn(function()
+      self.elector:keep(function() return self.stopping end)
+      if not self.stopping then
+        self.log:warn("lost the leader lease; stopping")
+        self.lost = true
+      end
+      self:stop()
+    end)
   end
-  task.wait_all(self.workers)
+  self:supervise(n)
+  for _, h in ipairs(helpers) do task.cancel(h) end
   self:shutdown()
+  if self.gave_up then return nil, "the controller's workers keep dying" end
   return not self.lost or nil, self.lost and "lost the leader lease" or nil
 end
 
@@ -251,7 +311,12 @@ function Controller:stop()
 end
 
 function Controller:shutdown()
-  for _, inf in pairs(self.informers) do inf:stop() end
+  for _, sub in ipairs(self.subscriptions or {}) do sub[1]:off(sub[2]) end
+  self.subscriptions = {}
+  if self.manager_started then
+    self.manager_started = false
+    self.manager:stop()
+  end
   if self.elector then self.elector:release() end
 end
 
