@@ -2,6 +2,7 @@
 --- controller per workflow (workflows/*.lua on the scripts path), the same
 --- reconcile functions the one-shot commands drive.
 local reconcile = require("vmsnap.reconcile")
+local steps = require("vmsnap.reconcile.steps")
 local workflow = require("vmsnap.workflow")
 local guest = require("vmsnap.guest")
 local log = require("vmsnap.log")
@@ -16,14 +17,16 @@ function M.for_workflow(client, name, opts)
   local w, err = workflow.load(name)
   if not w then return nil, err end
   return reconcile.controller({ client = client, name = opts.name or (name .. "-controller"), kind = w.kind,
-    finalizer = w.finalizer, watches = w.watches and w.watches() or nil, workers = opts.workers, fresh = w.fresh,
-    namespace = opts.namespace, leader_election = opts.leader_election,
+    finalizer = w.finalizer, watches = w.watches and w.watches() or nil, indexes = w.indexes,
+    workers = opts.workers, fresh = w.fresh, namespace = opts.namespace, leader_election = opts.leader_election,
     reconcile = function(ctx, obj)
       local cur = assert(workflow.load(name)) -- a changed file is picked up
+      if cur.steps then return steps.run(cur, ctx, obj) end
       return cur.reconcile(ctx, obj)
     end,
-    finalize = w.finalize and function(ctx, obj)
+    finalize = (w.steps or w.finalize) and function(ctx, obj)
       local cur = assert(workflow.load(name))
+      if cur.steps then return steps.finalize(cur, ctx, obj) end
       return cur.finalize(ctx, obj)
     end or nil })
 end

@@ -93,7 +93,7 @@ function M.create_snapshot(client, o)
     local src = cur.spec and cur.spec.source and cur.spec.source.persistentVolumeClaimName
     if src ~= o.pvc then
       return nil, ("VolumeSnapshot %s/%s exists for PVC %q, not %q"):format(o.namespace, o.name, tostring(src), o.pvc),
-        "Conflict"
+        "AlreadyExists"
     end
     return cur
   end

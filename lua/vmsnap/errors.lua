@@ -19,6 +19,30 @@ local M = {
   USAGE = "USAGE",
 }
 
+-- the codes a retry may fix: the transport, an overloaded or restarting
+-- API server, a write that lost a race, an agent that did not answer yet.
+-- Every other code is terminal: the operation failed for a reason no retry
+-- changes (docs/errors.md lists both).
+M.TRANSIENT = {
+  TIMEOUT = true, CLOSED = true, CANCELLED = true, NOMEM = true, ERROR = true, JSON_DECODE = true,
+  RESOLVE = true, TLS = true, CURL = true, TOO_LARGE = true, QGA_TIMEOUT = true,
+  ECONNREFUSED = true, ECONNRESET = true, ECONNABORTED = true, EPIPE = true, EAGAIN = true, ETIMEDOUT = true,
+  ENOTCONN = true, EHOSTUNREACH = true, ENETUNREACH = true, EINTR = true,
+  -- Kubernetes Status reasons
+  Conflict = true, TooManyRequests = true, ServiceUnavailable = true, InternalError = true,
+  ServerTimeout = true, Timeout = true, Gone = true, Expired = true, Unauthorized = true,
+  -- vmsnap's own
+  BUSY = true, AGENT_NOT_READY = true, FROZEN_BY_OTHER = true, BAD_RESPONSE = true,
+}
+
+--- May a retry fix a failure with this code? A missing code counts as
+--- transient (a failure that does not say why is not taken as final).
+---@param code string|nil
+---@return boolean
+function M.is_transient(code)
+  return code == nil or M.TRANSIENT[code] == true
+end
+
 --- Create an error object (`tostring` gives the message).
 ---@param code string
 ---@param message string

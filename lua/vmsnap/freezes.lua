@@ -1,34 +1,44 @@
---- vmsnap.freezes: who holds a VM's freeze, for the snapshot workflows.
+--- vmsnap.freezes: who holds a VM's freeze, and what a cut under it proves
+--- (docs/behaviour.md, Decisions 3, 4 and 8).
 ---
---- One freeze of a guest can serve several snapshots: the disk snapshots of
---- its disks taken at the same time, a VM snapshot and its children. Each
---- snapshot that relies on the freeze carries the mark `vmsnap.io/frozen-at`
---- (ms since the epoch of the freeze) from the moment it freezes or joins to
---- the moment it leaves; the VM carries the freeze lease of vmsnap.guest.
---- Freezing, joining and leaving are decided under the VM's lock
---- (guest.lock), and the marks are read from the API, so that of several
---- holders leaving at once exactly one finds itself last and thaws.
+--- One freeze of a guest serves every snapshot of the VM's disks that is in
+--- progress at the time: the disk snapshots of its disks, a VM snapshot and
+--- its children. A snapshot that relies on the freeze carries the mark
+--- `vmsnap.io/frozen-at` (the freeze's identity: ms since the epoch, the
+--- `at` of the VM's freeze lease) from the moment it freezes or joins to the
+--- moment it leaves. The holders of a freeze are the marked snapshots, and
+--- the snapshots in progress that have not frozen yet and will join (the
+--- lease still has budget left): the last holder out thaws. Freezing,
+--- joining and leaving are decided under the VM's lock (guest.lock), so of
+--- several holders leaving at once exactly one finds itself last.
+---
+--- A cut (a VolumeSnapshot's creationTime) proves consistency only when it
+--- was seen while the snapshot still held the freeze that was live when its
+--- VolumeSnapshot was issued, before that freeze's deadline: every thaw comes
+--- after the last holder's cut was seen, or at the deadline (the budget, the
+--- server's unfreeze timeout, the launcher's).
 local json = require("vmsnap.json")
 local guest = require("vmsnap.guest")
 local vtime = require("vmsnap.time")
 
 local M = {}
 
-M.FROZEN_AT = "vmsnap.io/frozen-at"             -- ms since the epoch, while the object holds a freeze
+M.FROZEN_AT = "vmsnap.io/frozen-at"             -- the freeze held (ms since the epoch)
 M.FREEZE_DURATION = "vmsnap.io/freeze-duration-ms"
 M.THAW_AT = "vmsnap.io/thaw-at"                 -- "Cut" (default) or "Ready"
 M.BUDGET = "vmsnap.io/freeze-budget"            -- seconds (default 30)
+M.CUT = "vmsnap.io/cut"                         -- a VM snapshot's verdict on its child's cut:
+                                                -- "consistent" or "inconsistent"
 
 local VDS = "virtualdisksnapshots.virtualization.deckhouse.io"
 local VMS = "virtualmachinesnapshots.virtualization.deckhouse.io"
-local RESOURCE = { VirtualDiskSnapshot = VDS, VirtualMachineSnapshot = VMS }
 
 local function annotation(obj, key)
   return obj.metadata.annotations and obj.metadata.annotations[key]
 end
 
 --- Is the VM frozen, as the snapshot controllers see it: FilesystemFrozen
---- True with reason Frozen (spec b.2)?
+--- True with reason Frozen?
 function M.vm_frozen(vm)
   for _, c in ipairs(vm and vm.status and vm.status.conditions or {}) do
     if c.type == "FilesystemFrozen" then return c.status == "True" and c.reason == "Frozen" end
@@ -48,36 +58,49 @@ function M.thaw_at_ready(obj)
   return annotation(obj, M.THAW_AT) == "Ready"
 end
 
---- When this snapshot's freeze began (ms since the epoch), or nil when it holds none.
+--- The freeze this snapshot holds: its identity (ms since the epoch), or nil.
 function M.frozen_at(obj)
   return tonumber(annotation(obj, M.FROZEN_AT) or "")
 end
 
---- The other holders of the VM's freeze: disk snapshots of its disks marked
---- frozen-at, and VM snapshots of it marked or in progress, read from the API.
---- `skip(obj)` leaves some out (a VM snapshot leaves out its children).
-function M.holders(client, vm, skip)
-  local ns = vm.metadata.namespace
+--- Has the snapshot frozen (or joined) and left already?
+function M.left(obj)
+  return annotation(obj, M.FREEZE_DURATION) ~= nil
+end
+
+-- the VM's disks, by name
+local function disks_of(vm)
   local disks = {}
-  for _, r in ipairs(vm.status and vm.status.blockDeviceRefs or vm.spec.blockDeviceRefs or {}) do
+  for _, r in ipairs(vm.status and vm.status.blockDeviceRefs or vm.spec and vm.spec.blockDeviceRefs or {}) do
     if r.kind == "VirtualDisk" then disks[r.name] = true end
   end
+  return disks
+end
+
+local function in_progress(s)
+  return s.status and s.status.phase == "InProgress" and not s.metadata.deletionTimestamp and not M.left(s)
+end
+
+--- The holders of the VM's freeze other than those `skip(obj)` leaves out:
+--- marked snapshots, and in-progress ones that will join it (when the lease
+--- is joinable). Read from the process's cache where it has the kinds,
+--- else from the API.
+---@param ctx vmsnap.reconcile.Context
+function M.holders(ctx, vm, skip)
+  local ns = vm.metadata.namespace
+  local disks = disks_of(vm)
+  local lease = guest.parse_lease(vm)
+  local joinable = lease ~= nil and guest.lease_joinable(lease)
   local out = {}
-  local vdss, err = client:list_all(VDS, { namespace = ns })
-  if not vdss then error(err, 0) end
-  for _, s in ipairs(vdss) do
-    if disks[s.spec.virtualDiskName] and annotation(s, M.FROZEN_AT) and not (skip and skip(s)) then out[#out + 1] = s end
+  local function consider(s)
+    if skip and skip(s) then return end
+    if M.frozen_at(s) or (joinable and in_progress(s)) then out[#out + 1] = s end
   end
-  local vmss, verr = client:list_all(VMS, { namespace = ns })
-  if not vmss then error(verr, 0) end
-  for _, s in ipairs(vmss) do
-    -- a VM snapshot holds the freeze while it is marked, and (b.2) while it
-    -- is in progress and has not yet frozen and thawed
-    local in_progress = s.status and s.status.phase == "InProgress" and not annotation(s, M.FREEZE_DURATION)
-    if s.spec.virtualMachineName == vm.metadata.name and (annotation(s, M.FROZEN_AT) or in_progress)
-      and not (skip and skip(s)) then
-      out[#out + 1] = s
-    end
+  for _, s in ipairs(ctx:list(VDS, ns)) do
+    if disks[s.spec.virtualDiskName] then consider(s) end
+  end
+  for _, s in ipairs(ctx:list(VMS, ns)) do
+    if s.spec.virtualMachineName == vm.metadata.name then consider(s) end
   end
   return out
 end
@@ -85,127 +108,170 @@ end
 local function same(a, b) return a.kind == b.kind and a.metadata.name == b.metadata.name end
 
 --- May `obj` thaw the VM: nobody else holds its freeze?
-function M.can_unfreeze(client, obj, vm, skip)
+function M.can_unfreeze(ctx, obj, vm, skip)
   if not vm then return false end
-  local others = M.holders(client, vm, function(s) return same(s, obj) or (skip ~= nil and skip(s)) end)
+  local others = M.holders(ctx, vm, function(s) return same(s, obj) or (skip ~= nil and skip(s)) end)
   return #others == 0
 end
 
---- Write annotations of a snapshot (a merge patch); the object is updated in place.
-function M.annotate(client, obj, values)
-  local res, err = client:patch(RESOURCE[obj.kind] or obj.kind, obj.metadata.name,
-    { metadata = { annotations = values } }, { namespace = obj.metadata.namespace })
-  if not res then return nil, err end
+-- the mark, written through the pass's context when obj is its object
+local function mark(ctx, obj, values)
+  if ctx.obj == obj then return ctx:annotate(values) end
+  local res, err, code = ctx.client:patch(obj, obj.metadata.name, { metadata = { annotations = values } },
+    { namespace = obj.metadata.namespace })
+  if not res then return nil, err, code end
   obj.metadata.annotations = res.metadata.annotations
   obj.metadata.resourceVersion = res.metadata.resourceVersion
   return true
 end
 
---- Freeze the VM for `obj` (a lease on the VM, the freeze through its API,
---- the mark), or join the freeze this controller holds on it (or held,
---- before a restart: the lease is adopted). Returns true and how: "frozen",
---- "joined", "held" (the object, read fresh, holds the freeze already) or
---- "done" (it froze and thawed already: a pass from a stale copy must not
---- freeze again); or nil, message, and "transient" for what a retry may fix.
-function M.freeze_or_join(client, obj, vm)
+--- Freeze the VM for `obj`, or join the freeze it is under. Returns true,
+--- how ("frozen", "joined", "foreign": frozen by something that left no
+--- lease, "held": obj holds it already) and the freeze {at = ms, deadline =
+--- seconds since the epoch}; or nil, message, code ("BUSY" while another
+--- live process holds the freeze, or while our own one is at the end of its
+--- budget: wait for the thaw and freeze anew).
+---@param ctx vmsnap.reconcile.Context
+function M.freeze_or_join(ctx, obj, vm)
   local _ <close> = guest.lock(vm)
-  local fresh, oerr, ocode = client:get(RESOURCE[obj.kind] or obj.kind, obj.metadata.name,
-    { namespace = obj.metadata.namespace })
-  if not fresh then return nil, oerr, ocode ~= "NotFound" and "transient" or nil end
-  obj.metadata.annotations = fresh.metadata.annotations
-  obj.metadata.resourceVersion = fresh.metadata.resourceVersion
-  if M.frozen_at(obj) then return true, "held" end
-  if annotation(obj, M.FREEZE_DURATION) then return true, "done" end
   local budget = M.budget(obj)
-  local g, err = guest.for_vm(client, vm, { transport = "api" })
-  if not g then return nil, err end
-  local cur, gerr, gcode = g:refresh_vm()
-  if not cur then return nil, gerr, gcode ~= "NotFound" and "transient" or nil end
+  local g, gerr, gcode = guest.for_vm(ctx.client, vm, { transport = "api" })
+  if not g then return nil, gerr, gcode end
+  local cur, err, code = g:refresh_vm()
+  if not cur then return nil, err, code end
   local lease = guest.parse_lease(cur)
+  local held = M.frozen_at(obj)
+  if held then
+    local deadline = held / 1000 + budget
+    if lease and tonumber(lease.at) == held then
+      deadline = math.min(deadline, guest.lease_since(lease) + (tonumber(lease.budget) or budget))
+    end
+    return true, "held", { at = held, deadline = deadline }
+  end
   if lease then
     local mine = lease.holder == guest.holder() or guest.holder_alive(lease.holder) == false
     if mine and guest.lease_joinable(lease) then
       if lease.holder ~= guest.holder() then
-        local ok, aerr = g:adopt_lease()
-        if not ok then return nil, aerr, "transient" end
+        local ok, aerr, acode = g:adopt_lease()
+        if not ok then return nil, aerr, acode end
       end
-      local since = vtime.parse(lease.since) or vtime.now()
-      local ok, merr = M.annotate(client, obj, { [M.FROZEN_AT] = tostring(math.floor(since * 1000)) })
-      if not ok then return nil, merr, "transient" end
-      return true, "joined"
+      local since = guest.lease_since(lease) or vtime.now()
+      local at = tonumber(lease.at) or math.floor(since * 1000)
+      local ok, merr, mcode = mark(ctx, obj, { [M.FROZEN_AT] = tostring(at) })
+      if not ok then return nil, merr, mcode end
+      return true, "joined", { at = at, deadline = math.min(since + (tonumber(lease.budget) or budget),
+        vtime.now() + budget) }
     end
     if not guest.lease_stale(lease) or (mine and (vtime.parse(lease.deadline) or 0) > vtime.now()) then
-      -- held by another live process, or our own freeze at the end of its budget: later
-      return nil, ("virtual machine %q is frozen by %s until %s"):format(vm.metadata.name,
-        tostring(lease.holder), tostring(lease.deadline)), "transient"
+      return nil, ("the virtual machine %q is frozen by %s until %s: waiting for the thaw"):format(
+        vm.metadata.name, tostring(lease.holder), tostring(lease.deadline)), "BUSY"
     end
     -- expired: thaw what it left before freezing anew
-    local r, terr = g:do_thaw()
-    if r == nil then return nil, terr, "transient" end
+    local r, terr, tcode = g:do_thaw()
+    if r == nil then return nil, terr, tcode end
     g:drop_lease(true)
+  elseif M.vm_frozen(cur) then
+    -- frozen by something that left no lease: held as it is (no deadline of
+    -- ours applies); the last holder out thaws, as the reference does
+    local at = math.floor(vtime.now() * 1000)
+    local ok, merr, mcode = mark(ctx, obj, { [M.FROZEN_AT] = tostring(at) })
+    if not ok then return nil, merr, mcode end
+    return true, "foreign", { at = at, deadline = at / 1000 + budget, foreign = true }
   end
   local ok, lerr, lcode = g:take_lease(budget)
-  if not ok then return nil, lerr, lcode ~= "NotFound" and "transient" or nil end
-  local r, ferr = g:do_freeze(budget)
+  if not ok then return nil, lerr, lcode end
+  local at = tonumber(guest.parse_lease(g.vm).at)
+  -- the mark first: a holder that fails to freeze leaves no unmarked freeze behind
+  local mok, merr, mcode = mark(ctx, obj, { [M.FROZEN_AT] = tostring(at) })
+  if not mok then
+    g:drop_lease()
+    return nil, merr, mcode
+  end
+  local r, ferr, fcode, fstatus = g:do_freeze(budget)
   if r == nil then
+    -- the freeze was refused (an answer, not a lost request): final
+    if type(fstatus) == "table" then fcode = "FreezeFailed" end
+    g:do_thaw() -- a freeze that failed half-way may have frozen some filesystems
     g:drop_lease()
-    return nil, ferr
+    mark(ctx, obj, { [M.FROZEN_AT] = json.null })
+    return nil, ferr, fcode
   end
-  local ok2, perr = M.annotate(client, obj, { [M.FROZEN_AT] = tostring(math.floor(vtime.now() * 1000)) })
-  if not ok2 then
-    -- cannot record that we hold it: give the freeze back
-    g:do_thaw()
-    g:drop_lease()
-    return nil, perr, "transient"
-  end
-  return true, "frozen"
+  return true, "frozen", { at = at, deadline = at / 1000 + budget }
 end
 
---- Leave the VM's freeze: thaw it when nobody else holds it (`skip` leaves
---- holders out of that count) or when forced (the budget is spent), drop the
---- lease, remove the mark and record how long the guest was frozen
---- (`vmsnap.io/freeze-duration-ms`). Returns true ("done" when the object,
---- read fresh, had left already), or nil, message.
-function M.leave(client, obj, vm, force, skip)
-  local _ <close> = vm and guest.lock(vm) or nil
-  if M.frozen_at(obj) then
-    -- the copy may be stale (a cache behind the server): has it left already?
-    local fresh, err, code = client:get(RESOURCE[obj.kind] or obj.kind, obj.metadata.name,
-      { namespace = obj.metadata.namespace })
-    if not fresh and code ~= "NotFound" then return nil, err end
-    if fresh then
-      obj.metadata.annotations = fresh.metadata.annotations
-      obj.metadata.resourceVersion = fresh.metadata.resourceVersion
-    end
-    if not fresh or not M.frozen_at(obj) then return true, "done" end
+--- Was the guest still frozen for `obj` when its cut was seen (now)?
+--- `freeze` is what freeze_or_join returned when the VolumeSnapshot was
+--- issued ({at, deadline}). Returns true, or false and why not.
+function M.still_held(obj, vm, freeze)
+  local at = M.frozen_at(obj)
+  if not at or not freeze or tonumber(freeze.at) ~= at then
+    return false, "the volume snapshot was not issued under the freeze this snapshot holds"
   end
-  local frozen_at = M.frozen_at(obj)
-  if vm and (force or M.can_unfreeze(client, obj, vm, skip)) then
-    local g = guest.for_vm(client, vm, { transport = "api" })
-    -- a holder whose freeze has no lease any more was thawed already (by the
-    -- VM snapshot it belongs to, or at the budget): nothing to thaw
-    local cur = frozen_at and not force and g:refresh_vm()
-    if not (cur and not guest.parse_lease(cur)) then
-      local r, err = g:do_thaw()
-      if r == nil then return nil, err end
-      g:drop_lease(true)
-    end
+  if vtime.now() >= (tonumber(freeze.deadline) or 0) then
+    return false, "the cut came after the freeze's deadline"
   end
-  if frozen_at then
-    local now = math.floor(vtime.now() * 1000)
-    M.annotate(client, obj, { [M.FROZEN_AT] = json.null, [M.FREEZE_DURATION] = tostring(math.max(0, now - frozen_at)) })
+  local lease = guest.parse_lease(vm)
+  if freeze.foreign then
+    if lease or not M.vm_frozen(vm) then return false, "the guest was thawed before the cut" end
+  elseif not lease or tonumber(lease.at) ~= at then
+    return false, "the guest was thawed before the cut"
   end
   return true
 end
 
+--- Leave the VM's freeze: thaw it when nobody else holds it (`opts.skip`
+--- leaves holders out of that count) or when `opts.force` (the budget is
+--- spent), drop the lease, remove the mark and record how long the guest
+--- was frozen (`vmsnap.io/freeze-duration-ms`). Returns true, and whether
+--- this call thawed; or nil, message, code.
+---@param ctx vmsnap.reconcile.Context
+--- With `opts.thaw == false` it only leaves (a VM snapshot's child: its
+--- parent thaws).
+---@param opts? {force?: boolean, skip?: fun(obj: table): boolean, thaw?: boolean}
+function M.leave(ctx, obj, vm, opts)
+  opts = opts or {}
+  local _ <close> = vm and guest.lock(vm) or nil
+  local at = M.frozen_at(obj)
+  local thawed = false
+  if vm and opts.thaw ~= false and (at or opts.force) and (opts.force or M.can_unfreeze(ctx, obj, vm, opts.skip)) then
+    local g = guest.for_vm(ctx.client, vm, { transport = "api" })
+    local cur, err, code = g:refresh_vm()
+    if not cur then return nil, err, code end
+    -- a freeze with no lease any more was thawed already (by the VM
+    -- snapshot it belongs to, at the deadline), unless it was never ours
+    local lease = guest.parse_lease(cur)
+    if lease or opts.force or M.vm_frozen(cur) then
+      local r, terr, tcode = g:do_thaw()
+      if r == nil then return nil, terr, tcode end
+      g:drop_lease(true)
+      thawed = true
+    end
+  end
+  if at then
+    local now = math.floor(vtime.now() * 1000)
+    local ok, err, code = mark(ctx, obj, { [M.FROZEN_AT] = json.null,
+      [M.FREEZE_DURATION] = tostring(math.max(0, now - at)) })
+    if not ok then return nil, err, code end
+  end
+  return true, thawed
+end
+
 --- A freeze lease of this process (or of a dead one) that nobody holds any
---- more is thawed, whatever the VM's FilesystemFrozen says yet.
-function M.release_if_last(client, obj, vm)
+--- more is thawed (a holder that left it to this one, a crash between
+--- leaving and thawing). Returns true, or nil, message, code.
+function M.release_if_last(ctx, obj, vm)
   if not vm then return true end
   local lease = guest.parse_lease(vm)
   if not lease then return true end
   if lease.holder ~= guest.holder() and guest.holder_alive(lease.holder) ~= false then return true end
-  return M.leave(client, obj, vm, false)
+  local _ <close> = guest.lock(vm)
+  local left = M.holders(ctx, vm, function(s) return same(s, obj) end)
+  if #left > 0 then return true end
+  local g = guest.for_vm(ctx.client, vm, { transport = "api" })
+  local r, err, code = g:do_thaw()
+  if r == nil then return nil, err, code end
+  g:drop_lease(true)
+  return true
 end
 
 return M

@@ -94,6 +94,14 @@ local function parse_lease(vm)
 end
 M.parse_lease = parse_lease
 
+--- When the freeze of a lease began (seconds since the epoch; ms precision
+--- when the lease has `at`), or nil.
+function M.lease_since(lease)
+  local at = tonumber(lease.at)
+  if at then return at / 1000 end
+  return vtime.parse(lease.since)
+end
+
 --- May a snapshot join the freeze this lease records? Its deadline has not
 --- passed and (when the lease names its budget) at least `margin` seconds
 --- (default 0.5) of the budget are left: past it a server-side
@@ -102,7 +110,7 @@ function M.lease_joinable(lease, now, margin)
   now = now or vtime.now()
   local dl = vtime.parse(lease.deadline)
   if not dl or dl <= now then return false end
-  local since, budget = vtime.parse(lease.since), tonumber(lease.budget)
+  local since, budget = M.lease_since(lease), tonumber(lease.budget)
   if since and budget then return now + (margin or 0.5) < since + budget end
   return true
 end
@@ -273,6 +281,17 @@ local function patch_annotation(self, value, rv)
 end
 
 function Guest:take_lease(budget)
+  -- the VM changes often (its controller writes its status): a lost race is
+  -- tried again at once, a few times
+  local ok, err, code
+  for _ = 1, 4 do
+    ok, err, code = self:try_take_lease(budget)
+    if ok or code ~= "Conflict" then break end
+  end
+  return ok, err, code
+end
+
+function Guest:try_take_lease(budget)
   local vm, err, reason = self:refresh_vm()
   if not vm then return nil, err, reason end
   local cur = parse_lease(vm)
@@ -280,9 +299,10 @@ function Guest:take_lease(budget)
     return nil, ("guest %s: frozen by %s until %s"):format(self.name, tostring(cur.holder), tostring(cur.deadline)),
       "FROZEN_BY_OTHER"
   end
-  local now = os.time()
-  local lease = json.encode({ holder = M.holder(), since = vtime.format(now), budget = budget,
-    deadline = vtime.format(now + math.ceil(budget) + 5) })
+  local now = vtime.now()
+  -- `at`: the freeze's identity, in ms since the epoch (the holders' marks name it)
+  local lease = json.encode({ holder = M.holder(), since = vtime.format(math.floor(now)), budget = budget,
+    at = math.floor(now * 1000), deadline = vtime.format(math.floor(now) + math.ceil(budget) + 5) })
   -- the resourceVersion makes this a compare-and-swap
   local res, e2, r2 = patch_annotation(self, lease, vm.metadata.resourceVersion)
   if not res then return nil, ("guest %s: cannot record the freeze lease: %s"):format(self.name, e2), r2 end

@@ -426,16 +426,6 @@ function M.runner(o)
     now_selected, err = M.for_vm(o.vm)
     if not now_selected then error(err, 0) end
   end
-  if (raw or (now_selected and #now_selected > 0)) and o.client and o.object.metadata.name then
-    -- the record from the server, not from a cache that may be behind it:
-    -- a hook must not run twice because a pass saw an old copy
-    local fresh = o.client:get(o.object.kind == "VirtualMachineRestore" and "virtualmachinerestores.virtualization.deckhouse.io"
-      or "virtualmachinesnapshots.virtualization.deckhouse.io", o.object.metadata.name, { namespace = o.object.metadata.namespace })
-    if fresh then
-      o.object.metadata.annotations = fresh.metadata.annotations
-      raw = fresh.metadata.annotations and fresh.metadata.annotations[M.ANNOTATION]
-    end
-  end
   local record = raw and json.decode(raw)
   if type(record) ~= "table" then record = { runs = json.array(), pending = {} } end
   record.runs = record.runs or json.array()
@@ -495,9 +485,11 @@ function Runner:flush()
   local resource = o.kind == "VirtualMachineRestore" and "virtualmachinerestores.virtualization.deckhouse.io"
     or "virtualmachinesnapshots.virtualization.deckhouse.io"
   while #self.record.runs > M.MAX_RUNS do table.remove(self.record.runs, 1) end
-  local res, err = self.client:patch(resource, o.metadata.name,
-    { metadata = { annotations = { [M.ANNOTATION] = json.encode(self.record) } } }, { namespace = o.metadata.namespace })
-  if not res then return nil, err end
+  local values = { [M.ANNOTATION] = json.encode(self.record) }
+  if self.ctx and self.ctx.obj == o then return self.ctx:annotate(values) end
+  local res, err, code = self.client:patch(resource, o.metadata.name, { metadata = { annotations = values } },
+    { namespace = o.metadata.namespace })
+  if not res then return nil, err, code end
   o.metadata.annotations = res.metadata.annotations
   o.metadata.resourceVersion = res.metadata.resourceVersion
   return true
@@ -522,7 +514,7 @@ function Runner:note(rec)
 end
 
 --- Run the handlers of `point`, in order. A failing handler whose on_error
---- is "fail" stops the point: returns nil, message (naming the hook).
+--- is "fail" stops the point: returns nil, message (naming the hook), "HookFailed".
 --- For a pre point, the partner of each hook is recorded as pending before
 --- it starts. Returns true when all ran (or there were none).
 function Runner:run(point, outcome)
@@ -535,8 +527,8 @@ function Runner:run(point, outcome)
     local p = self.record.pending[partner] or json.array()
     for _, h in ipairs(list) do if h.spec[partner] then p[#p + 1] = h.name end end
     self.record.pending[partner] = p
-    local ok, err = self:flush()
-    if not ok then return nil, err, "transient" end
+    local ok, err, code = self:flush()
+    if not ok then return nil, err, code or "ERROR" end
   end
   local failure
   for i, h in ipairs(list) do
@@ -558,7 +550,7 @@ function Runner:run(point, outcome)
     end
   end
   self:flush()
-  if failure then return nil, failure end
+  if failure then return nil, failure, "HookFailed" end
   return true
 end
 
@@ -585,7 +577,7 @@ function Runner:unwind(partner, outcome)
   end
   self.record.pending[partner] = nil
   self:flush()
-  if failure then return nil, failure end
+  if failure then return nil, failure, "HookFailed" end
   return true
 end
 

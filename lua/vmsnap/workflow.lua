@@ -9,6 +9,7 @@
 --- workflows/NAME.d/ wraps or replaces single steps of workflow NAME.
 local fs = require("vmsnap.fs")
 local rtcore = require("vmsnap.core.runtime")
+local steps = require("vmsnap.reconcile.steps")
 
 local M = {}
 
@@ -135,6 +136,25 @@ function M.preconditions(workflow_name)
     return a.name < b.name
   end)
   return list
+end
+
+--- Run the gates (preconditions) of a workflow, in order, as one step:
+--- each `check(ctx, obj, facts)` returns true (passes), false, reason,
+--- message (not yet: the step waits with them) or nil, message, code (the
+--- workflow fails, or retries for a transient code). The first that does
+--- not pass decides.
+---@param name string   the workflow
+---@param default_reason string   the reason of a gate that gives none
+function M.gates(name, ctx, obj, facts, default_reason)
+  for _, p in ipairs(M.preconditions(name)) do
+    local ok, a, b = p.check(ctx, obj, facts)
+    if ok == false then
+      return steps.wait(a or default_reason, b or ("Waiting for the precondition " .. p.name .. "."))
+    elseif ok == nil then
+      return nil, a or ("the precondition " .. p.name .. " failed"), b
+    end
+  end
+  return true
 end
 
 return M

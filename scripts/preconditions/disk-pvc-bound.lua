@@ -1,4 +1,4 @@
--- preconditions/disk-pvc-bound.lua: the disk's claim is Bound (spec b.3.2 step 6).
+-- preconditions/disk-pvc-bound.lua: the disk's claim is Bound (docs/behaviour.md b.3.2 step 6).
 return {
   applies_to = { "disk-snapshot" },
   order = 20,

@@ -1,5 +1,5 @@
 -- preconditions/virtual-disk-ready.lua: a disk snapshot waits for its disk
--- (spec b.3.2 step 5): the disk exists and its VirtualDiskReady condition,
+-- (docs/behaviour.md b.3.2 step 5): the disk exists and its VirtualDiskReady condition,
 -- computed in the same pass, is True.
 return {
   applies_to = { "disk-snapshot" },

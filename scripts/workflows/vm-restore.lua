@@ -1,7 +1,7 @@
 -- workflows/vm-restore.lua: the VirtualMachineRestore controller.
 --
--- Behaviour: spec/snapshots.md c (handlers VirtualMachineSnapshotReadyToUse
--- and LifeCycle, nameReplacements, conflict validation), with vmsnap's
+-- Behaviour: docs/behaviour.md c (the ReadyToUse condition, the lifecycle,
+-- nameReplacements, conflict validation), with vmsnap's
 -- Decisions: transient errors are retried (1); the documented checks in full
 -- — an existing Static address must hold the stored address, an existing
 -- provisioning Secret must match in type and data (6); everything is
@@ -17,22 +17,25 @@
 -- nothing created), post_restore at the end whatever the outcome, and
 -- restore_failed.
 --
--- The plan (W.plan) is what `vmsnap restore vm --dry-run` prints. Copy this
--- file to workflows/vm-restore.lua in a directory of VMSNAP_SCRIPTS_PATH to
--- change it; every step is a function of W.
+-- The order of operations is W.steps (vmsnap.reconcile.steps); `vmsnap
+-- workflow show vm-restore` prints it. The plan (W.plan) is what `vmsnap
+-- restore vm --dry-run` prints. Change a step with an extension in
+-- workflows/vm-restore.d/ (docs/customizing.md).
 local json = require("vmsnap.json")
-local base64 = require("vmsnap.base64")
+local deep = require("vmsnap.deep")
+local errors = require("vmsnap.errors")
 local hooks = require("vmsnap.hooks")
-local objects = require("vmsnap.objects")
-local condition, sentence = objects.condition, objects.sentence
-local failure, is_failure = objects.permanent, objects.is_permanent
+local steps = require("vmsnap.reconcile.steps")
+local object = require("vmsnap.k8s.object")
+local secret_format = require("vmsnap.snapshot_secret")
+local condition = object.condition
 
 local W = {}
 
 W.kind = "VirtualMachineRestore"
--- each pass reads the object from the API: a freeze, a hook or a create must
--- never follow from a copy the cache has not caught up on
-W.fresh = true
+W.condition = "VirtualMachineRestoreReady"
+W.failed_reason = "VirtualMachineRestoreFailed"
+W.reasons = { RestoreConflict = "VirtualMachineRestoreConflict", HookFailed = "HookFailed" }
 W.RESTORE_ANNOTATION = "virtualization.deckhouse.io/vmrestore"
 -- runtime state of the snapshotted objects that must not come back with them
 W.RUNTIME_ANNOTATIONS = { "vmsnap.io/frozen-by", "vmsnap.io/agent", "vmsnap.io/freeze-mountpoints",
@@ -56,7 +59,6 @@ local LABEL = {
 }
 
 local COND_RTU = "VirtualMachineSnapshotReadyToUse"
-local COND = "VirtualMachineRestoreReady"
 
 
 -- ------------------------------------------------------------ c.1
@@ -113,44 +115,31 @@ function W.sanitise(obj)
   for _, k in ipairs(W.RUNTIME_ANNOTATIONS) do if ann then ann[k] = nil end end
   if ann and next(ann) == nil then ann = nil end
   local out = { apiVersion = obj.apiVersion, kind = obj.kind,
-    metadata = { name = md.name, namespace = md.namespace, labels = md.labels, annotations = ann } }
+    metadata = { name = md.name, namespace = md.namespace, labels = deep.copy(md.labels), annotations = ann } }
   if obj.kind == "Secret" then
-    out.type, out.data, out.stringData, out.immutable = obj.type, obj.data, obj.stringData, obj.immutable
+    out.type, out.data, out.stringData, out.immutable = obj.type, deep.copy(obj.data), deep.copy(obj.stringData), obj.immutable
   else
-    out.spec = json.decode(json.encode(obj.spec or {}))
+    out.spec = deep.copy(obj.spec or {})
   end
   return out
 end
 
-local function decode_value(secret, key)
-  local v = secret.data and secret.data[key]
-  if v == nil then return nil end
-  local inner = base64.decode(v)
-  local raw = inner and base64.decode(inner)
-  local obj = raw and json.decode(raw)
-  if type(obj) ~= "table" then error(failure(("cannot decode %q of the snapshot secret %q"):format(key, secret.metadata.name)), 0) end
-  return obj
-end
-
 --- c.2 steps 6-11: the objects this restore would create, in order (VMIP,
 --- VM, VDs, VMBDAs, Secret), sanitised and renamed. Returns a plan
---- {items = {{kind, name, object}}}; a missing child snapshot is
---- `nil, message, "pending"`; other problems raise failures.
+--- {items = {{kind, name, object}}}, or nil, message, code ("Pending" while
+--- a child disk snapshot is missing).
 function W.plan(ctx, vmr, vms)
   local ns = vmr.metadata.namespace
   local rules = vmr.spec.nameReplacements
   local sname = vms.status and vms.status.virtualMachineSnapshotSecretName or ""
-  if sname == "" then error(failure(("the virtual machine snapshot %q has no secret"):format(vms.metadata.name)), 0) end
-  local secret, err, code = ctx.client:get("secrets", sname, { namespace = ns })
+  if sname == "" then return nil, ("the virtual machine snapshot %q has no secret"):format(vms.metadata.name), "Invalid" end
+  local secret, err, code = ctx:get("secrets", ns, sname)
   if not secret then
-    if code == "NotFound" then error(failure(("the virtual machine snapshot secret %q not found"):format(sname)), 0) end
-    error(err, 0)
+    if not err then return nil, ("the virtual machine snapshot secret %q not found"):format(sname), "NotFound" end
+    return nil, err, code
   end
-  local vm = decode_value(secret, "vm")
-  if not vm then error(failure(("the virtual machine snapshot secret %q has no virtual machine"):format(sname)), 0) end
-  local vmip = decode_value(secret, "vmip")
-  local bdas = decode_value(secret, "vmbdas") or {}
-  local prov = decode_value(secret, "provisioner")
+  local objs, derr, dcode = secret_format.decode(secret)
+  if not objs then return nil, derr, dcode end
   local items = {}
   local function add(obj)
     obj.metadata.namespace = ns
@@ -158,10 +147,10 @@ function W.plan(ctx, vmr, vms)
     obj.metadata.annotations[W.RESTORE_ANNOTATION] = vmr.metadata.uid
     items[#items + 1] = { kind = obj.kind, name = obj.metadata.name, object = obj }
   end
-  local vm_t = W.sanitise(vm)
+  local vm_t = W.sanitise(objs.vm)
   vm_t.apiVersion, vm_t.kind = vm_t.apiVersion or G, "VirtualMachine"
-  if vmip then
-    local ip = W.sanitise(vmip)
+  if objs.vmip then
+    local ip = W.sanitise(objs.vmip)
     ip.apiVersion, ip.kind = ip.apiVersion or G, "VirtualMachineIPAddress"
     vm_t.spec.virtualMachineIPAddressName = ip.metadata.name
     ip.metadata.name = W.rename(rules, "VirtualMachineIPAddress", ip.metadata.name)
@@ -176,16 +165,16 @@ function W.plan(ctx, vmr, vms)
   end
   add(vm_t)
   for _, n in ipairs(vms.status.virtualDiskSnapshotNames or {}) do
-    local vds, verr, vcode = ctx.client:get(VDS, n, { namespace = ns })
+    local vds, verr, vcode = ctx:get(VDS, ns, n)
     if not vds then
-      if vcode == "NotFound" then return nil, ("The virtual disk snapshot %q not found."):format(n), "pending" end
-      error(verr, 0)
+      if not verr then return nil, ("The virtual disk snapshot %q not found."):format(n), "Pending" end
+      return nil, verr, vcode
     end
     add({ apiVersion = G, kind = "VirtualDisk",
       metadata = { name = W.rename(rules, "VirtualDisk", vds.spec.virtualDiskName) },
       spec = { dataSource = { type = "ObjectRef", objectRef = { kind = "VirtualDiskSnapshot", name = n } } } })
   end
-  for _, b in ipairs(bdas) do
+  for _, b in ipairs(objs.vmbdas) do
     local t = W.sanitise(b)
     t.apiVersion, t.kind = t.apiVersion or G, "VirtualMachineBlockDeviceAttachment"
     t.metadata.name = W.rename(rules, "VirtualMachineBlockDeviceAttachment", t.metadata.name)
@@ -195,11 +184,11 @@ function W.plan(ctx, vmr, vms)
     end
     add(t)
   end
-  if prov then
-    local s = W.sanitise(prov)
-    s.apiVersion, s.kind = "v1", "Secret"
-    s.metadata.name = W.rename(rules, "Secret", s.metadata.name)
-    add(s)
+  if objs.provisioner then
+    local sec = W.sanitise(objs.provisioner)
+    sec.apiVersion, sec.kind = "v1", "Secret"
+    sec.metadata.name = W.rename(rules, "Secret", sec.metadata.name)
+    add(sec)
   end
   return { items = items }
 end
@@ -216,81 +205,78 @@ local function same_map(a, b)
   return true
 end
 
+-- c.5 with Decision 6: the conflict of one planned item with what exists, or nil
+local function conflict_of(ctx, it, cur)
+  local label = LABEL[it.kind]
+  if it.kind == "VirtualMachineIPAddress" then
+    local want = it.object.spec.staticIP
+    if cur then
+      if (cur.status and cur.status.phase == "Attached") or (cur.status and (cur.status.virtualMachineName or "") ~= "") then
+        return ("the %s %q is already in use and cannot be used for the restored virtual machine"):format(label, it.name)
+      elseif cur.spec.type == "Static" and want and (cur.spec.staticIP or (cur.status and cur.status.address)) ~= want then
+        return ("the %s %q has the address %q, not the stored %q, and cannot be used for the restored virtual machine")
+          :format(label, it.name, tostring(cur.spec.staticIP or cur.status.address), want)
+      end
+      it.action = "reuse"
+    elseif want and want ~= "" then
+      local all, lerr, lcode = ctx.client:list_all(VMIP, { namespace = it.object.metadata.namespace })
+      if not all then error(errors.new(lcode or "ERROR", lerr), 0) end
+      for _, other in ipairs(all) do
+        if other.spec.staticIP == want or (other.status and other.status.address == want) then
+          return ("the set address %q is already in use by the different %s %q and cannot be used for the restored virtual machine")
+            :format(want, label, other.metadata.name)
+        end
+      end
+    end
+  elseif it.kind == "Secret" then
+    if cur then
+      if not same_map(cur.data, it.object.data) then
+        return ("the %s %q already exists and has not the same data content"):format(label, it.name)
+      elseif (cur.type or "Opaque") ~= (it.object.type or "Opaque") then
+        return ("the %s %q already exists and has not the same type"):format(label, it.name)
+      end
+      it.action = "reuse"
+    end
+  elseif cur then
+    return ("the %s %q already exists"):format(label, it.name)
+  end
+end
+
 --- c.5 with Decision 6: for each planned item, `action` ("create",
 --- "reuse", or "done" for an object this restore already created) and
---- `conflict` (a message) — the first conflict decides the restore.
+--- `conflict` (a message); then a server-side dry run of every create.
+--- Returns true, or nil, message, code ("RestoreConflict" for the first
+--- conflict, the server's reason for a refused dry run).
 function W.validate(ctx, vmr, plan)
   local ns = vmr.metadata.namespace
-  local client = ctx.client
   for _, it in ipairs(plan.items) do
-    local cur, err, code = client:get(RESOURCE[it.kind], it.name, { namespace = ns })
-    if not cur and code ~= "NotFound" then error(err, 0) end
-    local label = LABEL[it.kind]
+    local cur, err, code = ctx.client:get(RESOURCE[it.kind], it.name, { namespace = ns })
+    if not cur and code ~= "NotFound" then return nil, err, code end
     it.action = "create"
     if cur and ours(vmr, cur) then
       it.action = "done"
-    elseif it.kind == "VirtualMachineIPAddress" then
-      local want = it.object.spec.staticIP
-      if cur then
-        if (cur.status and cur.status.phase == "Attached") or (cur.status and (cur.status.virtualMachineName or "") ~= "") then
-          it.conflict = ("the %s %q is already in use and cannot be used for the restored virtual machine"):format(label, it.name)
-        elseif cur.spec.type == "Static" and want and (cur.spec.staticIP or (cur.status and cur.status.address)) ~= want then
-          it.conflict = ("the %s %q has the address %q, not the stored %q, and cannot be used for the restored virtual machine")
-            :format(label, it.name, tostring(cur.spec.staticIP or cur.status.address), want)
-        else
-          it.action = "reuse"
-        end
-      elseif want and want ~= "" then
-        local all, lerr = client:list_all(VMIP, { namespace = ns })
-        if not all then error(lerr, 0) end
-        for _, other in ipairs(all) do
-          if other.spec.staticIP == want or (other.status and other.status.address == want) then
-            it.conflict = ("the set address %q is already in use by the different %s %q and cannot be used for the restored virtual machine")
-              :format(want, label, other.metadata.name)
-            break
-          end
-        end
-      end
-    elseif it.kind == "Secret" then
-      if cur then
-        if not same_map(cur.data, it.object.data) then
-          it.conflict = ("the %s %q already exists and has not the same data content"):format(label, it.name)
-        elseif (cur.type or "Opaque") ~= (it.object.type or "Opaque") then
-          it.conflict = ("the %s %q already exists and has not the same type"):format(label, it.name)
-        else
-          it.action = "reuse"
-        end
-      end
-    elseif cur then
-      it.conflict = ("the %s %q already exists"):format(label, it.name)
+    else
+      it.conflict = conflict_of(ctx, it, cur)
     end
   end
   for _, it in ipairs(plan.items) do
-    if it.conflict then return nil, it.conflict end
+    if it.conflict then return nil, it.conflict, "RestoreConflict" end
   end
   -- the server's own checks (admission, schema), without creating anything
   for _, it in ipairs(plan.items) do
     if it.action == "create" then
-      local res, derr, dcode = client:create(it.object, { dry_run = true })
+      local res, derr, dcode = ctx.client:create(it.object, { dry_run = true })
       if not res and dcode ~= "AlreadyExists" then
-        if dcode == "Invalid" or dcode == "Forbidden" or dcode == "BadRequest" or dcode == "NotFound" then
-          error(failure(("failed to create %s %q: %s"):format(it.kind, it.name, tostring(derr))), 0)
-        end
-        error(derr, 0)
+        return nil, ("failed to create %s %q: %s"):format(it.kind, it.name, tostring(derr)), dcode
       end
     end
   end
   return true
 end
 
--- refusals no retry fixes; anything else (5xx, 429, timeouts, a lost
--- connection) is retried from the start (Decision 1)
-local PERMANENT = { Forbidden = true, Invalid = true, BadRequest = true, NotFound = true,
-  MethodNotAllowed = true, RequestEntityTooLarge = true, UnsupportedMediaType = true }
-
 --- c.2 step 12: create in order; a failure deletes what this pass created
---- (newest first) and fails the restore — or, when a retry may fix it,
---- raises the error so that the pass runs again.
+--- (newest first). Returns true, or nil, message, code (terminal for a
+--- refusal, transient otherwise: the next pass starts again).
 function W.create_all(ctx, vmr, plan)
   local client = ctx.client
   local made = {}
@@ -303,157 +289,172 @@ function W.create_all(ctx, vmr, plan)
   for _, it in ipairs(plan.items) do
     if it.action == "create" then
       local res, err, code = client:create(it.object)
-      if not res then
-        if code == "AlreadyExists" then
-          local cur = client:get(RESOURCE[it.kind], it.name, { namespace = vmr.metadata.namespace })
-          if not ours(vmr, cur) then
-            undo()
-            error(failure(("failed to create %s %q: it was created by someone else meanwhile"):format(it.kind, it.name)), 0)
-          end
-        else
+      if res then
+        made[#made + 1] = it
+      elseif code == "AlreadyExists" then
+        local cur = client:get(RESOURCE[it.kind], it.name, { namespace = vmr.metadata.namespace })
+        if not ours(vmr, cur) then
           undo()
-          local msg = ("failed to create %s %q: %s"):format(it.kind, it.name, tostring(err))
-          if PERMANENT[code] then error(failure(msg), 0) end
-          error(msg, 0)
+          return nil, ("failed to create %s %q: it was created by someone else meanwhile"):format(it.kind, it.name),
+            "RestoreConflict"
         end
       else
-        made[#made + 1] = it
+        undo()
+        return nil, ("failed to create %s %q: %s"):format(it.kind, it.name, tostring(err)), code
       end
     end
   end
-  return made
+  return true
 end
 
 -- ------------------------------------------------------------ hooks
 
 --- The hooks of this restore, selected by the VM it restores (the template
---- of the plan, or the restored VM in later passes), once per pass.
+--- of the plan, or the restored VM in later passes), once per pass; nil,
+--- message, "HookFailed" when they cannot be selected.
 function W.hooks(ctx, vmr, vm)
   if not ctx.hook_runner then
     if not vm then
       local rec = json.decode(vmr.metadata.annotations and vmr.metadata.annotations[hooks.ANNOTATION] or "null")
       local name = type(rec) == "table" and rec.vm
-      vm = name and ctx.client:get(RESOURCE.VirtualMachine, name, { namespace = vmr.metadata.namespace }) or nil
+      vm = name and ctx:get(RESOURCE.VirtualMachine, vmr.metadata.namespace, name) or nil
     end
     local ok, r = pcall(hooks.runner, { client = ctx.client, ctx = ctx, vm = vm, object = vmr, kind = "restore" })
-    if not ok then error(failure(tostring(r)), 0) end
+    if not ok then return nil, tostring(r), "HookFailed" end
     ctx.hook_runner = r
   end
   return ctx.hook_runner
 end
 
--- ------------------------------------------------------------ c.2
+-- ------------------------------------------------------------ the steps
 
---- The lifecycle. Returns a reconcile result.
-function W.lifecycle(ctx, vmr, vms)
-  local st = vmr.status
-  local ph = st.phase or ""
-  if ph == "Ready" or ph == "Failed" or ph == "Terminating" then return true end
-  if not ctx:get_condition(COND) then ctx:condition(COND, "Unknown", "Unknown", "") end
-  if ph == "" then st.phase = "Pending" end
-  if vmr.metadata.deletionTimestamp then
-    st.phase = "Terminating"
-    ctx:condition(COND, "Unknown", "Unknown", "")
-    return true
+-- the plan of this pass (made once per pass, validated once)
+local function plan_of(ctx, vmr, facts)
+  if facts.plan then return facts.plan end
+  if not facts.vms then
+    return nil, ("the virtual machine snapshot %q not found"):format(vmr.spec.virtualMachineSnapshotName), "NotFound"
   end
-  if st.phase == "InProgress" then
-    local hr = W.hooks(ctx, vmr)
-    if hr:any("post_restore") then
-      local ok, herr = hr:unwind("post_restore", "Ready")
-      if not ok then error(failure(herr, "HookFailed"), 0) end
-    end
-    st.phase = "Ready"
-    ctx:condition(COND, "True", "VirtualMachineRestoreReady", "")
-    return true
-  end
+  local plan, err, code = W.plan(ctx, vmr, facts.vms)
+  if not plan then return nil, err, code end
+  local ok, verr, vcode = W.validate(ctx, vmr, plan)
+  if not ok then return nil, verr, vcode end
+  facts.plan = plan
+  return plan
+end
+
+--- The facts of a pass: the snapshot, and the ReadyToUse condition (c.1).
+function W.observe(ctx, vmr)
+  if not ctx:get_condition(W.condition) then ctx:condition(W.condition, "Unknown", "Unknown", "") end
+  return { vms = W.snapshot_ready_to_use(ctx, vmr) }
+end
+
+--- Wait for the snapshot to be ready to use.
+function W.snapshot_ready(ctx, vmr)
   local rtu = ctx:get_condition(COND_RTU)
-  if not (rtu and rtu.status == "True") then
-    st.phase = "Pending"
-    ctx:condition(COND, "False", "VirtualMachineSnapshotNotReadyToUse",
-      ("Waiting for the virtual machine snapshot %q to be ready to use."):format(vmr.spec.virtualMachineSnapshotName))
-    return { requeue_after = 2 } -- the snapshot's watch brings it sooner; this is the safety net
-  end
-  if not vms then
-    error(failure(("the virtual machine snapshot %q is nil, please report a bug"):format(vmr.spec.virtualMachineSnapshotName)), 0)
-  end
-  local plan, why, kind = W.plan(ctx, vmr, vms)
-  if not plan then
-    if kind == "pending" then
-      st.phase = "Pending"
-      ctx:condition(COND, "False", "VirtualMachineSnapshotNotReady", why)
-      return { requeue_after = 2 }
-    end
-    error(why, 0)
-  end
-  local ok, conflict = W.validate(ctx, vmr, plan)
-  if not ok then
-    st.phase = "Failed"
-    ctx:condition(COND, "False", "VirtualMachineRestoreConflict", sentence(conflict))
-    return true
-  end
-  local vm_t
-  for _, it in ipairs(plan.items) do if it.kind == "VirtualMachine" then vm_t = it.object end end
-  local hr = W.hooks(ctx, vmr, vm_t)
-  if #hr.hooks > 0 and not hr.record.vm then
-    hr.record.vm = vm_t and vm_t.metadata.name -- later passes select by the restored VM
-    local fok, ferr = hr:flush()
-    if not fok then error(ferr, 0) end
-  end
-  if not hr:done("pre_restore") then
-    local hok, herr, hkind = hr:run("pre_restore")
-    if not hok then
-      if hkind == "transient" then error(herr, 0) end
-      error(failure(herr, "HookFailed"), 0)
-    end
-  end
-  W.create_all(ctx, vmr, plan)
-  st.phase = "InProgress"
-  ctx:condition(COND, "False", "VirtualMachineSnapshotNotReady",
-    ("The virtual machine %q is in the process of restore."):format(vms.spec.virtualMachineName))
-  return { requeue_after = 0 }
+  if rtu and rtu.status == "True" then return true end
+  return steps.wait("VirtualMachineSnapshotNotReadyToUse",
+    ("Waiting for the virtual machine snapshot %q to be ready to use."):format(vmr.spec.virtualMachineSnapshotName))
 end
 
---- The reconcile: ReadyToUse on every pass, then the lifecycle; failures are
---- terminal (Failed), other errors retried.
-function W.reconcile(ctx, vmr)
-  vmr.status = vmr.status or {}
-  local vms = W.snapshot_ready_to_use(ctx, vmr)
-  local ok, res, lerr = pcall(W.lifecycle, ctx, vmr, vms)
-  if not ok then
-    if is_failure(res) then
-      vmr.status.phase = "Failed"
-      ctx:condition(COND, "False", res.reason or "VirtualMachineRestoreFailed", sentence(res.message))
-      res, lerr = true, nil
-    else
-      res, lerr = nil, tostring(res)
-    end
-  end
-  if vmr.status.phase == "Failed" and ctx.hook_runner then
-    -- the hooks owed: restore_failed (once), then post_restore of those whose pre_restore ran
-    local hr = ctx.hook_runner
-    if not hr:done("restore_failed") and hr:any("restore_failed") then
-      hr:mark_done("restore_failed")
-      hr:run("restore_failed", "Failed")
-    end
-    if hr:any("post_restore") then hr:unwind("post_restore", "Failed") end
-  end
-  vmr.status.observedGeneration = vmr.metadata.generation
-  return res, lerr
+--- The plan, its conflicts (Decision 6) and the server's dry run of every
+--- create: everything is checked before anything is created.
+function W.check(ctx, vmr, facts)
+  local plan, err, code = plan_of(ctx, vmr, facts)
+  if plan then return true end
+  if code == "Pending" then return steps.wait("VirtualMachineSnapshotNotReady", err) end
+  return nil, err, code
 end
+
+local function template_vm(plan)
+  for _, it in ipairs(plan.items) do if it.kind == "VirtualMachine" then return it.object end end
+end
+
+--- pre_restore hooks, selected by the restored VM (later passes find it by
+--- the name in the hooks' record).
+function W.pre_restore(ctx, vmr, facts)
+  local plan, err, code = plan_of(ctx, vmr, facts)
+  if not plan then return nil, err, code end
+  local vm_t = template_vm(plan)
+  local hr, herr, hcode = W.hooks(ctx, vmr, vm_t)
+  if not hr then return nil, herr, hcode end
+  if #hr.hooks > 0 and not hr.record.vm then
+    hr.record.vm = vm_t and vm_t.metadata.name
+    local ok, ferr, fcode = hr:flush()
+    if not ok then return nil, ferr, fcode end
+  end
+  if hr:done("pre_restore") then return true end
+  return hr:run("pre_restore")
+end
+
+-- the restore_failed hooks, once
+local function failed_hooks(ctx, vmr)
+  local hr = ctx.hook_runner or W.hooks(ctx, vmr)
+  if hr and not hr:done("restore_failed") and hr:any("restore_failed") then
+    hr:mark_done("restore_failed")
+    hr:run("restore_failed", "Failed")
+  end
+end
+
+--- pre_restore's undo, when the restore ends: restore_failed (on failure),
+--- then post_restore.
+function W.post_restore(ctx, vmr, outcome)
+  if outcome == "Failed" then failed_hooks(ctx, vmr) end
+  local hr = W.hooks(ctx, vmr)
+  if not hr or not hr:any("post_restore") then return true end
+  return hr:unwind("post_restore", outcome)
+end
+
+--- A restore that failed before its hooks ran still runs restore_failed.
+function W.on_failed(ctx, vmr)
+  failed_hooks(ctx, vmr)
+end
+
+--- Create everything, in order (c.2 step 12); InProgress.
+function W.create(ctx, vmr, facts)
+  local plan, err, code = plan_of(ctx, vmr, facts)
+  if not plan then return nil, err, code end
+  local ok, cerr, ccode = W.create_all(ctx, vmr, plan)
+  if not ok then return nil, cerr, ccode end
+  vmr.status.phase = "InProgress"
+  ctx:condition(W.condition, "False", "VirtualMachineSnapshotNotReady",
+    ("The virtual machine %q is in the process of restore."):format(facts.vms.spec.virtualMachineName))
+  return steps.pause()
+end
+
+--- The post_restore hooks, then Ready.
+function W.finish(ctx, vmr)
+  local ok, err, code = steps.release(ctx, "pre-restore", "Ready")
+  if not ok then return nil, err, code end
+  vmr.status.phase = "Ready"
+  ctx:condition(W.condition, "True", "VirtualMachineRestoreReady", "")
+  return true
+end
+
+W.steps = steps.list({
+  { name = "snapshot-ready", phase = "Pending", run = W.snapshot_ready, doc = "wait for the snapshot to be ready to use" },
+  { name = "check", phase = "Pending", run = W.check,
+    doc = "the plan, its conflicts and a server-side dry run of every create" },
+  { name = "pre-restore", phase = "Pending", run = W.pre_restore, undo = W.post_restore,
+    doc = "pre_restore hooks (undo: restore_failed, post_restore)" },
+  { name = "create", phase = "Pending", run = W.create, doc = "create every object in order; undone on failure" },
+  { name = "finish", run = W.finish, doc = "post_restore hooks, Ready" },
+})
 
 --- What the controller watches: the snapshot it restores from.
 function W.watches()
   return {
     { kind = VMS, map = function(vms, ctl)
       local keys = {}
-      for _, r in ipairs(ctl.primary and ctl.primary:list(vms.metadata.namespace) or {}) do
-        if r.spec.virtualMachineSnapshotName == vms.metadata.name then
-          keys[#keys + 1] = r.metadata.namespace .. "/" .. r.metadata.name
-        end
+      for _, r in ipairs(ctl.primary:by_index("by_snapshot", vms.metadata.namespace .. "/" .. vms.metadata.name)) do
+        keys[#keys + 1] = r.metadata.namespace .. "/" .. r.metadata.name
       end
       return keys
     end },
   }
 end
+
+W.indexes = {
+  by_snapshot = function(r) return { r.metadata.namespace .. "/" .. r.spec.virtualMachineSnapshotName } end,
+}
 
 return W

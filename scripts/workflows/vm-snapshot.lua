@@ -1,44 +1,47 @@
 -- workflows/vm-snapshot.lua: the VirtualMachineSnapshot controller.
 --
--- Behaviour: spec/snapshots.md b.4 (handlers VirtualMachineReady and
--- LifeCycle, the snapshot Secret of b.4.3), with vmsnap's Decisions:
---   1. transient errors are retried with back-off, not terminal;
---   2. a cleanup finalizer: Failed and deletion thaw a guest this snapshot
---      froze (when nobody else holds the freeze);
---   3. one freeze for the whole VM, then every disk's VolumeSnapshot issued
---      at once, and the thaw as soon as all of them are cut (or at Ready with
---      `vmsnap.io/thaw-at: Ready`); the Secret is written before the freeze,
---      so that the freeze window holds only the cuts;
---   4. a freeze budget (`vmsnap.io/freeze-budget`, default 30 s);
---   5. `spec.volumeSnapshotClasses` may be omitted: each disk's class is then
---      resolved from its StorageClass.
--- Hooks (vmsnap.hooks, docs/hooks.md) run at pre_snapshot (the pass that
--- starts it), pre_freeze / post_freeze (around the freeze), post_thaw (after
--- the thaw, and whenever pre_freeze ran), post_snapshot (at the end, any
--- outcome) and snapshot_failed.
+-- Behaviour: docs/behaviour.md b.4 (the snapshot Secret of b.4.3), with
+-- vmsnap's Decisions: transient errors are retried (1); a cleanup
+-- finalizer, and Failed and deletion thaw a guest this snapshot froze (2);
+-- one freeze for the whole VM, every disk's VolumeSnapshot issued right
+-- after it, the thaw as soon as all are cut (or at Ready with
+-- `vmsnap.io/thaw-at: Ready`) (3); a freeze budget (4, `vmsnap.io/freeze-budget`);
+-- classes resolved when spec.volumeSnapshotClasses is empty (5); the
+-- consistency claim proved at the cut (8); every gate a file, run before
+-- the guest is touched, and the children proved acceptable to the server by
+-- a dry run first (9).
 --
--- Copy this file to workflows/vm-snapshot.lua in a directory of
--- VMSNAP_SCRIPTS_PATH to change it; every step is a function of W.
+-- Hooks (docs/hooks.md): pre_snapshot when it starts (its partner
+-- post_snapshot at the end, whatever the outcome; snapshot_failed on
+-- failure), pre_freeze / post_freeze around the freeze, post_thaw after the
+-- thaw (also when pre_freeze ran and the freeze never came).
+--
+-- The order of operations is W.steps (vmsnap.reconcile.steps); `vmsnap
+-- workflow show vm-snapshot` prints it. Change a step with an extension in
+-- workflows/vm-snapshot.d/ (docs/customizing.md); add a gate with a file in
+-- preconditions/ (applies_to = {"vm-snapshot"}).
 local csi = require("vmsnap.csi")
 local json = require("vmsnap.json")
-local base64 = require("vmsnap.base64")
 local freezes = require("vmsnap.freezes")
 local hooks = require("vmsnap.hooks")
 local task = require("vmsnap.task")
 local vtime = require("vmsnap.time")
+local errors = require("vmsnap.errors")
 local workflow = require("vmsnap.workflow")
-local objects = require("vmsnap.objects")
-local condition, is_true, is_true_current = objects.condition, objects.is_true, objects.is_true_current
-local sentence, permanent, is_permanent = objects.sentence, objects.permanent, objects.is_permanent
+local steps = require("vmsnap.reconcile.steps")
+local object = require("vmsnap.k8s.object")
+local secret_format = require("vmsnap.snapshot_secret")
 
 local W = {}
 
 W.kind = "VirtualMachineSnapshot"
--- each pass reads the object from the API: a freeze, a hook or a create must
--- never follow from a copy the cache has not caught up on
-W.fresh = true
 W.finalizer = "virtualization.deckhouse.io/vmsnapshot-protection"
-W.SECRET_TYPE = "virtualmachine.virtualization.deckhouse.io/snapshot"
+W.SECRET_TYPE = secret_format.TYPE
+W.condition = "VirtualMachineSnapshotReady"
+W.failed_reason = "VirtualMachineSnapshotFailed"
+W.reasons = { HookFailed = "HookFailed", Lost = "VirtualDiskSnapshotLost" }
+W.events = { failed = "VirtualMachineSnapshottingFailed",
+  wait = { Pending = "VirtualMachineSnapshottingPending", InProgress = "VirtualMachineSnapshottingInProgress" } }
 
 local G = "virtualization.deckhouse.io/v1alpha2"
 local VM = "virtualmachines.virtualization.deckhouse.io"
@@ -47,342 +50,441 @@ local VDS = "virtualdisksnapshots.virtualization.deckhouse.io"
 local VMIP = "virtualmachineipaddresses.virtualization.deckhouse.io"
 local VMBDA = "virtualmachineblockdeviceattachments.virtualization.deckhouse.io"
 local VS = "volumesnapshots.snapshot.storage.k8s.io"
-
 local COND_VM = "VirtualMachineReady"
-local COND = "VirtualMachineSnapshotReady"
 
--- ------------------------------------------------------------ helpers
+-- Messages in the reference's wording, kept verbatim.
+W.MSG = {
+  VM_NOT_FOUND = "The virtual machine %q not found.",
+  VM_DELETING = "The virtual machine %q is in process of deletion.",
+  VM_PHASE = "The virtual machine %q is in the %q phase: waiting for it to reach the Running or Stopped phase.",
+  NOT_DETECTED = "The VirtualMachineSnapshot resource has not been detected for the virtual machine yet.",
+  STARTED = "The snapshotting process has started.",
+  FROZEN = "The virtual machine %q is frozen for taking a snapshot.",
+  THAWED = "The virtual machine %q is thawed.",
+  PROGRESS = "Waiting for the virtual disk snapshots to be taken for the block devices of the virtual machine %q (%d/%d).",
+  CHILD_FAILED = "the virtual disk snapshot %q is failed: cannot take snapshot. %s",
+  LOST_ONE = "The underlying virtual disk snapshot (%s) is lost.",
+  LOST_MANY = "The underlying virtual disk snapshots (%s) are lost.",
+  COMPLETED = "The snapshotting process is completed.",
+  NO_VMIP = "the virtual machine ip address %q not found",
+  STATIC_UNNAMED = "not possible to use static ip address with omitted .spec.VirtualMachineIPAddress, please report a bug",
+  NO_PROVISIONING = "the virtual machine provisioning secret %q not found",
+  NO_VMBDA = "the virtual machine block device attachment %q not found",
+  SECRET_FAILED = "failed to create restorer secret: %s",
+}
+local MSG = W.MSG
 
-local vm_frozen = freezes.vm_frozen
-
---- Phase Failed with the reason (default VirtualMachineSnapshotFailed), a
---- Warning event, the message as a sentence.
-function W.fail(ctx, vms, message, reason)
-  vms.status.phase = "Failed"
-  ctx:event("Warning", "VirtualMachineSnapshottingFailed", sentence(message))
-  ctx:condition(COND, "False", reason or "VirtualMachineSnapshotFailed", sentence(message))
+local function get(ctx, kind, ns, name)
+  local o, err, code = ctx:get(kind, ns, name)
+  if o == nil and err then error(errors.new(code or "ERROR", err), 0) end
+  return o
 end
 
---- The hooks of this snapshot (selected by the VM), once per pass. A VM
---- whose hooks cannot be selected (a bad annotation, a broken file) fails
---- the snapshot.
+-- ------------------------------------------------------------ every pass
+
+--- The VM's disks (status.blockDeviceRefs of kind VirtualDisk, hot-plugged
+--- ones too), each {name, vd, pvc_name, pvc}.
+function W.disks(ctx, vm)
+  local ns = vm.metadata.namespace
+  local out = {}
+  for _, r in ipairs(vm.status and vm.status.blockDeviceRefs or {}) do
+    if r.kind == "VirtualDisk" then
+      local d = { name = r.name, vd = get(ctx, VD, ns, r.name) }
+      local target = d.vd and d.vd.status and d.vd.status.target
+      d.pvc_name = target and target.persistentVolumeClaimName or ""
+      if d.pvc_name ~= "" then d.pvc = get(ctx, "persistentvolumeclaims", ns, d.pvc_name) end
+      out[#out + 1] = d
+    end
+  end
+  return out
+end
+
+--- The facts of a pass: the VM, its disks, the children; and the
+--- VirtualMachineReady condition (b.4.1).
+function W.observe(ctx, vms)
+  local ns = vms.metadata.namespace
+  local f = { vm = get(ctx, VM, ns, vms.spec.virtualMachineName) }
+  f.disks = f.vm and W.disks(ctx, f.vm) or {}
+  f.children = {}
+  for i, n in ipairs(vms.status.virtualDiskSnapshotNames or {}) do f.children[i] = get(ctx, VDS, ns, n) or false end
+  W.virtual_machine_ready(ctx, vms, f.vm)
+  return f
+end
+
+--- b.4.1: the VirtualMachineReady condition.
+function W.virtual_machine_ready(ctx, vms, vm)
+  local name = vms.spec.virtualMachineName
+  local function no(msg) return ctx:condition(COND_VM, "False", "VirtualMachineNotReadyForSnapshotting", msg) end
+  if vms.status.phase == "Ready" then return ctx:condition(COND_VM, "True", "VirtualMachineReady", "") end
+  if not vm then return no(MSG.VM_NOT_FOUND:format(name)) end
+  if vm.metadata.deletionTimestamp then return no(MSG.VM_DELETING:format(name)) end
+  local phase = vm.status and vm.status.phase or ""
+  if phase ~= "Running" and phase ~= "Stopped" then return no(MSG.VM_PHASE:format(name, phase)) end
+  local s = object.condition(vm, "Snapshotting")
+  if not (s and s.status == "True") then return no(s and s.message ~= "" and s.message or MSG.NOT_DETECTED) end
+  return ctx:condition(COND_VM, "True", "VirtualMachineReady", "")
+end
+
+--- While Ready (b.4.2 step 5): every child must still exist.
+function W.ready(ctx, vms, facts)
+  local missing = {}
+  for i, n in ipairs(vms.status.virtualDiskSnapshotNames or {}) do
+    if not facts.children[i] then missing[#missing + 1] = n end
+  end
+  if #missing == 1 then return nil, MSG.LOST_ONE:format(missing[1]), "Lost" end
+  if #missing > 1 then return nil, MSG.LOST_MANY:format(table.concat(missing, ", ")), "Lost" end
+  ctx:condition(W.condition, "True", "VirtualMachineSnapshotReady", "")
+  return true
+end
+
+-- ------------------------------------------------------------ hooks
+
+--- The hooks of this snapshot (selected by the VM), once per pass; nil,
+--- message, "HookFailed" when they cannot be selected.
 function W.hooks(ctx, vms, vm)
   if not ctx.hook_runner then
     local ok, r = pcall(hooks.runner, { client = ctx.client, ctx = ctx, vm = vm, object = vms })
-    if not ok then error(permanent(tostring(r)), 0) end
+    if not ok then return nil, tostring(r), "HookFailed" end
     ctx.hook_runner = r
   end
   return ctx.hook_runner
 end
 
--- run a hook point once for this snapshot; a failure fails the snapshot
+-- run a hook point once for this snapshot
 local function run_hooks(ctx, vms, vm, point)
-  local hr = W.hooks(ctx, vms, vm)
+  local hr, err, code = W.hooks(ctx, vms, vm)
+  if not hr then return nil, err, code end
   if hr:done(point) then return true end
-  local ok, err, kind = hr:run(point)
-  if ok then return true end
-  if kind == "transient" then error(err, 0) end
-  W.fail(ctx, vms, err, "HookFailed")
-  return false
+  return hr:run(point)
 end
 
-local function pending(ctx, vms, reason, message)
-  vms.status.phase = "Pending"
-  ctx:event("Normal", "VirtualMachineSnapshottingPending", message)
-  ctx:condition(COND, "False", reason, message)
-  -- the watches bring the change it waits for; this is the safety net
-  ctx:requeue_after(2)
+-- the partners owed (post_thaw, post_snapshot) run, newest first
+local function unwind_hooks(ctx, vms, vm, point, outcome)
+  local hr = W.hooks(ctx, vms, vm)
+  if not hr or not hr:any(point) then return true end
+  return hr:unwind(point, outcome)
 end
 
--- the objects as stored: with apiVersion and kind, whatever the cache gave
-local function as_stored(obj, api_version, kind)
-  local o = json.decode(json.encode(obj))
-  o.apiVersion = o.apiVersion or api_version
-  o.kind = o.kind or kind
-  return o
-end
+-- ------------------------------------------------------------ the Secret (b.4.3)
 
-local function encode_value(obj)
-  -- the Secret's data holds base64(JSON); data itself is base64 on the wire
-  return base64.encode(base64.encode(json.encode(obj)))
-end
-
--- ------------------------------------------------------------ b.4.1
-
---- The VirtualMachineReady condition.
-function W.virtual_machine_ready(ctx, vms, vm)
-  local name = vms.spec.virtualMachineName
-  if vms.metadata.deletionTimestamp then return ctx:condition(COND_VM, "Unknown", "Unknown", "") end
-  if vms.status.phase == "Ready" then return ctx:condition(COND_VM, "True", "VirtualMachineReady", "") end
-  if not vm then
-    return ctx:condition(COND_VM, "False", "VirtualMachineNotReadyForSnapshotting",
-      ("The virtual machine %q not found."):format(name))
-  end
-  if vm.metadata.deletionTimestamp then
-    return ctx:condition(COND_VM, "False", "VirtualMachineNotReadyForSnapshotting",
-      ("The virtual machine %q is in process of deletion."):format(name))
-  end
-  local phase = vm.status and vm.status.phase or ""
-  if phase == "Running" or phase == "Stopped" then
-    local s = condition(vm, "Snapshotting")
-    if not (s and s.status == "True") then
-      local msg = s and s.message ~= "" and s.message
-        or "The VirtualMachineSnapshot resource has not been detected for the virtual machine yet."
-      return ctx:condition(COND_VM, "False", "VirtualMachineNotReadyForSnapshotting", msg)
-    end
-    return ctx:condition(COND_VM, "True", "VirtualMachineReady", "")
-  end
-  return ctx:condition(COND_VM, "False", "VirtualMachineNotReadyForSnapshotting",
-    ("The virtual machine %q is in the %q phase: waiting for it to reach the Running or Stopped phase."):format(name, phase))
-end
-
--- ------------------------------------------------------------ steps
-
---- b.4.2 step 7: why the VM's block devices are not ready, or nil.
-function W.block_devices_not_ready(ctx, vm)
-  local name = vm.metadata.name
-  if not is_true(vm, "BlockDevicesReady") then
-    return ("block devices not ready: waiting for the block devices of the virtual machine %q to be ready"):format(name)
-  end
-  for _, r in ipairs(vm.status.blockDeviceRefs or {}) do
-    if r.kind == "VirtualDisk" then
-      local vd = ctx:get(VD, vm.metadata.namespace, r.name)
-      if not vd or (vd.status and vd.status.phase) ~= "Ready" then
-        return ("virtual disk not ready: waiting for the virtual disk %q to be Ready"):format(r.name)
-      end
-      if not is_true_current(vd, "Ready") then
-        return ("virtual disk not ready: waiting for the Ready condition of the virtual disk %q to be True"):format(r.name)
-      end
-      if is_true_current(vd, "Resizing") then
-        return ("virtual disk is in the process of resizing: waiting for the virtual disk %q to be resized"):format(r.name)
-      end
-    end
-  end
-end
-
---- The VM's IP address object, as b.4.3 stores it (nil when nothing is stored).
+--- The VM's IP address object as the Secret keeps it (nil: nothing kept).
 function W.stored_ip(ctx, vms, vm)
   local ipname = vm.status and vm.status.virtualMachineIPAddressName or ""
-  if ipname == "" then return nil end -- no main network: nothing to keep (fixed upstream later)
-  local ip = ctx.client:get(VMIP, ipname, { namespace = vm.metadata.namespace })
-  if not ip then error(permanent(("the virtual machine ip address %q not found"):format(ipname)), 0) end
-  ip = as_stored(ip, G, "VirtualMachineIPAddress")
+  if ipname == "" then return nil end -- no main network: nothing to keep
+  local ip = get(ctx, VMIP, vm.metadata.namespace, ipname)
+  if not ip then return nil, MSG.NO_VMIP:format(ipname), "NotFound" end
+  ip = secret_format.stored(ip, G, "VirtualMachineIPAddress")
   local named = (vm.spec.virtualMachineIPAddressName or "") ~= ""
   if ip.spec.type == "Static" then
-    if not named then
-      error(permanent("not possible to use static ip address with omitted .spec.VirtualMachineIPAddress, please report a bug"), 0)
-    end
+    if not named then return nil, MSG.STATIC_UNNAMED, "Invalid" end
     return ip
   end
-  if vms.spec.keepIPAddress == "Never" then
-    return named and ip or nil
-  end
+  if vms.spec.keepIPAddress == "Never" then return named and ip or nil end
   -- Always + Auto: a copy converted to Static (the live object is not touched)
   ip.spec.type = "Static"
   ip.spec.staticIP = ip.status and ip.status.address
   return ip
 end
 
---- b.4.3: the data of the snapshot Secret. Errors are permanent.
-function W.secret_data(ctx, vms, vm)
+--- The objects the Secret keeps: {vm, vmip, provisioner, vmbdas}.
+function W.secret_objects(ctx, vms, vm)
   local ns = vm.metadata.namespace
-  local data = { vm = encode_value(as_stored(vm, G, "VirtualMachine")) }
-  local ip = W.stored_ip(ctx, vms, vm)
-  if ip then data.vmip = encode_value(ip) end
+  local objs = { vm = secret_format.stored(vm, G, "VirtualMachine"), vmbdas = {} }
+  local ip, err, code = W.stored_ip(ctx, vms, vm)
+  if err then return nil, err, code end
+  objs.vmip = ip
   local prov = vm.spec.provisioning
   if prov and prov.type ~= "UserData" then
     local ref = prov.type == "SysprepRef" and prov.sysprepRef or prov.userDataRef
-    if not ref then error(permanent(("the virtual machine provisioning %s is empty"):format(tostring(prov.type))), 0) end
-    if ref.kind ~= "Secret" then error(permanent(("unknown provisioning reference kind %q"):format(tostring(ref.kind))), 0) end
-    local sec = ctx.client:get("secrets", ref.name, { namespace = ns })
-    if not sec then error(permanent(("the virtual machine provisioning secret %q not found"):format(ref.name)), 0) end
-    data.provisioner = encode_value(as_stored(sec, "v1", "Secret"))
+    if not ref then return nil, ("the virtual machine provisioning %s is empty"):format(tostring(prov.type)), "Invalid" end
+    if ref.kind ~= "Secret" then return nil, ("unknown provisioning reference kind %q"):format(tostring(ref.kind)), "Invalid" end
+    local sec = get(ctx, "secrets", ns, ref.name)
+    if not sec then return nil, MSG.NO_PROVISIONING:format(ref.name), "NotFound" end
+    objs.provisioner = secret_format.stored(sec, "v1", "Secret")
   end
-  local bdas = {}
   for _, r in ipairs(vm.status.blockDeviceRefs or {}) do
     if r.hotplugged then
-      local b = ctx.client:get(VMBDA, r.virtualMachineBlockDeviceAttachmentName or "", { namespace = ns })
-      if not b then
-        error(permanent(("the virtual machine block device attachment %q not found"):format(
-          tostring(r.virtualMachineBlockDeviceAttachmentName))), 0)
-      end
-      bdas[#bdas + 1] = as_stored(b, G, "VirtualMachineBlockDeviceAttachment")
+      local name = r.virtualMachineBlockDeviceAttachmentName or ""
+      local b = name ~= "" and get(ctx, VMBDA, ns, name) or nil
+      if not b then return nil, MSG.NO_VMBDA:format(name), "NotFound" end
+      objs.vmbdas[#objs.vmbdas + 1] = secret_format.stored(b, G, "VirtualMachineBlockDeviceAttachment")
     end
   end
-  if #bdas > 0 then data.vmbdas = base64.encode(base64.encode(json.encode(json.array(bdas)))) end
-  return data
+  return objs
 end
 
---- Step 13: the Secret holding the VM's definition (created once).
-function W.store(ctx, vms, vm)
+-- ------------------------------------------------------------ children
+
+--- The name of the child of a disk: `<disk>-<snapshot uid>` (b.4.2 step 14).
+function W.child_name(vms, disk) return ("%s-%s"):format(disk, vms.metadata.uid) end
+
+--- The child VirtualDiskSnapshot of one disk, as it is created.
+function W.child_of(ctx, vms, d, marks)
+  return { apiVersion = G, kind = "VirtualDiskSnapshot",
+    metadata = { name = W.child_name(vms, d.name), namespace = vms.metadata.namespace, annotations = marks,
+      ownerReferences = json.array({ object.owner_ref(vms, G, W.kind) }) },
+    spec = { virtualDiskName = d.name, volumeSnapshotClassName = ctx.memo.classes[d.name],
+      requiredConsistency = vms.spec.requiredConsistency ~= false } }
+end
+
+-- ------------------------------------------------------------ the steps
+
+--- Every gate: the files in preconditions/ for vm-snapshot.
+function W.gates(ctx, vms, facts)
+  if not facts.vm then
+    return steps.wait("WaitingForTheVirtualMachine",
+      ("Waiting for the virtual machine %q to be ready for snapshotting."):format(vms.spec.virtualMachineName))
+  end
+  return workflow.gates("vm-snapshot", ctx, vms, facts, "WaitingForTheVirtualMachine")
+end
+
+--- pre_snapshot hooks, then InProgress (the status is written at once: the
+--- VM shows Snapshotting/SnapshottingInProgress before anything is done).
+function W.start(ctx, vms, facts)
+  local ok, err, code = run_hooks(ctx, vms, facts.vm, "pre_snapshot")
+  if not ok then return nil, err, code end
+  vms.status.phase = "InProgress"
+  ctx:event("Normal", "VirtualMachineSnapshottingStarted", MSG.STARTED)
+  ctx:condition(W.condition, "False", "FileSystemFreezing", MSG.STARTED)
+  return steps.pause()
+end
+
+-- the snapshot_failed hooks, once
+local function failed_hooks(ctx, vms, vm)
+  local hr = W.hooks(ctx, vms, vm)
+  if hr and not hr:done("snapshot_failed") and hr:any("snapshot_failed") then
+    hr:mark_done("snapshot_failed")
+    hr:run("snapshot_failed", "Failed")
+  end
+end
+
+--- The start's undo, when the snapshot ends: snapshot_failed (on failure),
+--- then post_snapshot.
+function W.finish_hooks(ctx, vms, outcome, facts)
+  if outcome == "Failed" then failed_hooks(ctx, vms, facts.vm) end
+  return unwind_hooks(ctx, vms, facts.vm, "post_snapshot", outcome)
+end
+
+--- A snapshot that failed before it started still runs snapshot_failed.
+function W.on_failed(ctx, vms)
+  failed_hooks(ctx, vms, ctx.steps.facts.vm)
+end
+
+--- b.4.2 step 13: the Secret with the VM's definition, before the freeze
+--- (the freeze window holds only the cuts).
+function W.store(ctx, vms, facts)
   local ns = vms.metadata.namespace
-  local name = vms.status.virtualMachineSnapshotSecretName
-  if name and name ~= "" then
-    local cur, err, code = ctx.client:get("secrets", name, { namespace = ns })
-    if cur then return cur end
-    if code ~= "NotFound" then error(err, 0) end
+  local objs, err, code = W.secret_objects(ctx, vms, facts.vm)
+  if not objs then return nil, err, code end
+  local secret = { apiVersion = "v1", kind = "Secret", type = secret_format.TYPE,
+    metadata = { name = vms.metadata.name, namespace = ns, ownerReferences = json.array({ object.owner_ref(vms, G, W.kind) }) },
+    data = secret_format.encode(objs) }
+  local res, cerr, ccode = ctx.client:create(secret)
+  if not res and ccode == "AlreadyExists" then
+    -- ours, from a pass that was not recorded?
+    res = get(ctx, "secrets", ns, vms.metadata.name)
+    if not (res and object.owned_by(res, vms)) then return nil, MSG.SECRET_FAILED:format(cerr), "AlreadyExists" end
+  elseif not res then
+    return nil, MSG.SECRET_FAILED:format(cerr), ccode
   end
-  local secret = { apiVersion = "v1", kind = "Secret", type = W.SECRET_TYPE,
-    metadata = { name = vms.metadata.name, namespace = ns, ownerReferences = json.array({ {
-      apiVersion = G, kind = W.kind, name = vms.metadata.name, uid = vms.metadata.uid,
-      controller = true, blockOwnerDeletion = true } }) },
-    data = W.secret_data(ctx, vms, vm) }
-  local res, err, code = ctx.client:create(secret)
-  if not res then
-    if code == "AlreadyExists" then
-      -- ours, from a pass whose status write was lost? (owned by this snapshot)
-      local cur = ctx.client:get("secrets", vms.metadata.name, { namespace = ns })
-      for _, r in ipairs(cur and cur.metadata.ownerReferences or {}) do
-        if r.uid == vms.metadata.uid then return cur end
-      end
-      error(permanent("failed to create restorer secret: " .. tostring(err)), 0)
+  vms.status.virtualMachineSnapshotSecretName = res.metadata.name
+  return true
+end
+
+--- Decision 9: every child this snapshot will create, as a server-side dry
+--- run, before the guest is touched.
+function W.prove(ctx, vms, facts)
+  for _, d in ipairs(facts.disks) do
+    local child = W.child_of(ctx, vms, d, nil)
+    local res, err, code = ctx.client:create(child, { dry_run = true })
+    if not res and code ~= "AlreadyExists" then
+      return nil, ("the virtual disk snapshot %q would be refused: %s"):format(child.metadata.name, tostring(err)), code
     end
-    if code == "Invalid" or code == "Forbidden" then error(permanent("failed to create restorer secret: " .. tostring(err)), 0) end
-    error(err, 0)
-  end
-  return res
-end
-
---- Step 14: one child per VirtualDisk of the VM (hot-plugged ones too).
-function W.disk_snapshot_names(vms, vm)
-  local names = json.array()
-  for _, r in ipairs(vm.status and vm.status.blockDeviceRefs or {}) do
-    if r.kind == "VirtualDisk" then names[#names + 1] = ("%s-%s"):format(r.name, vms.metadata.uid) end
-  end
-  return names
-end
-
---- The VolumeSnapshotClass for a storage class: from spec.volumeSnapshotClasses
---- (first match; none is a permanent error), or resolved when the list is
---- empty (Decision 5).
-function W.class_for(ctx, vms, sc)
-  local list = vms.spec.volumeSnapshotClasses or {}
-  if #list > 0 then
-    for _, m in ipairs(list) do
-      if m.storageClassName == sc then return m.volumeSnapshotClassName end
-    end
-    error(permanent(("the volume snapshot class not found: please define the volume snapshot class for the storage class %q and recreate resource"):format(sc)), 0)
-  end
-  local c, err, code = csi.resolve_class(ctx.client, sc)
-  if not c then
-    if code == "NotFound" or code == "Ambiguous" then error(permanent(err), 0) end
-    error(err, 0)
-  end
-  return c
-end
-
---- Step 15: the child VirtualDiskSnapshot of one disk (existing or made),
---- with the facts the disk workflow needs to issue its VolumeSnapshot.
-function W.ensure_child(ctx, vms, name, marks)
-  local ns = vms.metadata.namespace
-  local suffix = "-" .. vms.metadata.uid
-  local disk = name:sub(1, #name - #suffix)
-  if name:sub(-#suffix) ~= suffix or disk == "" then error(permanent(("bad child name %q"):format(name)), 0) end
-  local vd = ctx:get(VD, ns, disk)
-  if not vd then error(permanent(("the virtual disk %q not found"):format(disk)), 0) end
-  local pvcname = vd.status and vd.status.target and vd.status.target.persistentVolumeClaimName or ""
-  local pvc = pvcname ~= "" and ctx.client:get("persistentvolumeclaims", pvcname, { namespace = ns }) or nil
-  if not pvc then
-    error(permanent(("the persistent volume claim %q not found for the virtual disk %q"):format(pvcname, disk)), 0)
-  end
-  local child = ctx.client:get(VDS, name, { namespace = ns })
-  if child then return child, { vd = vd, pvc = pvc } end
-  local sc = pvc.spec.storageClassName
-  if not sc or sc == "" then
-    error(permanent(("the persistent volume claim %q doesn't have the storage class name"):format(pvcname)), 0)
-  end
-  local class = W.class_for(ctx, vms, sc)
-  local res, err, code = ctx.client:create({ apiVersion = G, kind = "VirtualDiskSnapshot",
-    metadata = { name = name, namespace = ns, annotations = marks,
-      ownerReferences = json.array({ { apiVersion = G, kind = W.kind, name = vms.metadata.name,
-        uid = vms.metadata.uid, controller = true, blockOwnerDeletion = true } }) },
-    spec = { virtualDiskName = disk, volumeSnapshotClassName = class,
-      requiredConsistency = vms.spec.requiredConsistency ~= false } })
-  if not res then
-    if code == "AlreadyExists" then
-      res = ctx.client:get(VDS, name, { namespace = ns })
-      if res then return res, { vd = vd, pvc = pvc } end
-    end
-    error(err, 0)
-  end
-  return res, { vd = vd, pvc = pvc }
-end
-
---- Steps 14-15 with Decision 3: every child, and — when this snapshot holds
---- the freeze — every child's VolumeSnapshot, issued at once (one task per
---- disk). Returns the children (in order).
-function W.ensure_children(ctx, vms, vm)
-  local names = W.disk_snapshot_names(vms, vm)
-  vms.status.virtualDiskSnapshotNames = names
-  local frozen_at = freezes.frozen_at(vms)
-  local marks = { [freezes.BUDGET] = tostring(freezes.budget(vms)),
-    [freezes.THAW_AT] = freezes.thaw_at_ready(vms) and "Ready" or nil,
-    [freezes.FROZEN_AT] = frozen_at and tostring(frozen_at) or nil }
-  local disk = frozen_at and workflow.load("disk-snapshot")
-  local children, errs, tasks = {}, {}, {}
-  for i, name in ipairs(names) do
-    tasks[i] = task.spawn(function()
-      local ok, e = pcall(function()
-        local child, facts = W.ensure_child(ctx, vms, name, marks)
-        children[i] = child
-        if disk and freezes.frozen_at(child) and not ctx.client:get(VS, name, { namespace = child.metadata.namespace }) then
-          local vs, verr, kind = disk.create_volume_snapshot(ctx, child, facts)
-          if not vs then error(kind == "permanent" and permanent(verr) or verr, 0) end
-        end
-      end)
-      if not ok then errs[#errs + 1] = e end
-    end)
-  end
-  task.wait_all(tasks)
-  for _, e in ipairs(errs) do
-    if is_permanent(e) then error(e, 0) end
-  end
-  if errs[1] then error(errs[1], 0) end
-  return children
-end
-
---- The state of the children's VolumeSnapshots: all cut? all ready?
-function W.cuts(ctx, vms, children)
-  local all_cut, all_ready = true, true
-  for _, child in ipairs(children) do
-    local vs = ctx:get(VS, child.metadata.namespace, child.metadata.name)
-    local st = csi.state(vs)
-    if not st.cut then all_cut = false end
-    if not st.ready then all_ready = false end
-  end
-  return all_cut, all_ready
-end
-
-local function is_child(vms)
-  return function(s)
-    for _, r in ipairs(s.metadata.ownerReferences or {}) do
-      if r.uid == vms.metadata.uid then return true end
-    end
-    return false
-  end
-end
-
---- Leave the freeze this snapshot holds (its own children do not count as
---- other holders); `force` when the budget is spent. Then the post_thaw
---- hooks owed (those whose pre_freeze ran, even if the freeze never came).
-function W.thaw(ctx, vms, vm, force)
-  if freezes.frozen_at(vms) then
-    local ok, err = freezes.leave(ctx.client, vms, vm, force, is_child(vms))
-    if not ok then return nil, err end
-    if err ~= "done" then -- "done": a pass from a stale copy; thawed before
-      ctx:event("Normal", "VirtualMachineSnapshottingThawed",
-        ("The virtual machine %q is thawed."):format(vm and vm.metadata.name or vms.spec.virtualMachineName))
-    end
-  end
-  local hok, hr = pcall(W.hooks, ctx, vms, vm)
-  if hok and hr:any("post_thaw") then
-    local ok, herr = hr:unwind("post_thaw")
-    if not ok then return nil, herr end
   end
   return true
 end
 
---- Step 19: status.resources.
+--- Does the snapshot freeze the guest: a VM that is not Stopped, and can
+--- be frozen (Running with its agent, or frozen already)?
+function W.needs_freeze(ctx, vms, facts)
+  local vm = facts.vm
+  local phase = vm and vm.status and vm.status.phase
+  if not vm or phase == "Stopped" or ctx.memo.issued ~= nil then return false end
+  return (phase == "Running" and object.is_true(vm, "AgentReady")) or freezes.vm_frozen(vm)
+end
+
+--- b.4.2 step 12: one freeze for the whole VM (or the freeze it is under),
+--- between the pre_freeze and post_freeze hooks.
+function W.freeze(ctx, vms, facts)
+  local vm = facts.vm
+  local ok, err, code = run_hooks(ctx, vms, vm, "pre_freeze")
+  if not ok then return nil, err, code end
+  local fok, how, freeze = freezes.freeze_or_join(ctx, vms, vm)
+  if not fok then
+    if freeze == "BUSY" then return steps.wait("FileSystemFreezing", steps.sentence(how), 1) end
+    if errors.is_transient(freeze) then return nil, how, freeze end
+    return nil, ("freeze the virtual machine %q: %s"):format(vm.metadata.name, tostring(how)), freeze
+  end
+  ctx.memo.freeze = freeze
+  if how ~= "held" then ctx:event("Normal", "VirtualMachineSnapshottingFrozen", MSG.FROZEN:format(vm.metadata.name)) end
+  return run_hooks(ctx, vms, vm, "post_freeze")
+end
+
+-- the children that carry this snapshot's freeze
+local function marked_children(vms, facts)
+  local out = {}
+  for _, child in ipairs(facts.children) do
+    if child and freezes.frozen_at(child) and object.owned_by(child, vms) then out[#out + 1] = child end
+  end
+  return out
+end
+
+--- The freeze's undo: leave it (the thaw, unless another holder needs it;
+--- forced at the budget), tell each child whether its cut was consistent,
+--- then the post_thaw hooks owed.
+function W.thaw(ctx, vms, outcome, facts)
+  local vm = facts.vm
+  local children = marked_children(vms, facts)
+  local left_frozen = freezes.frozen_at(vms) ~= nil
+  -- each child's verdict, before the thaw: its cut is seen, under this freeze
+  local held = vm and freezes.still_held(vms, vm, ctx.memo.freeze)
+  local verdicts = {}
+  for i, child in ipairs(children) do
+    local st = csi.state(get(ctx, VS, child.metadata.namespace, child.metadata.name))
+    local cut = freezes.thaw_at_ready(vms) and st.ready or (not freezes.thaw_at_ready(vms) and st.cut)
+    verdicts[i] = (held and cut and not st.error) and "consistent" or "inconsistent"
+  end
+  local ok, err, code = freezes.leave(ctx, vms, vm, { force = outcome == "Budget",
+    skip = function(s) return object.owned_by(s, vms) end })
+  if not ok then return nil, err, code end
+  if left_frozen and vm then ctx:event("Normal", "VirtualMachineSnapshottingThawed", MSG.THAWED:format(vm.metadata.name)) end
+  for i, child in ipairs(children) do
+    if object.annotation(child, freezes.CUT) == nil then
+      local _, err, code = ctx.client:patch(VDS, child.metadata.name,
+        { metadata = { annotations = { [freezes.CUT] = verdicts[i] } } }, { namespace = child.metadata.namespace })
+      if err and code ~= "NotFound" then return nil, err, code end
+    end
+  end
+  return unwind_hooks(ctx, vms, vm, "post_thaw", outcome)
+end
+
+--- b.4.2 steps 14-15 with Decision 3: every child, and — under the freeze —
+--- every child's VolumeSnapshot, issued at once (one task per disk).
+function W.children(ctx, vms, facts)
+  local names = json.array()
+  for i, d in ipairs(facts.disks) do names[i] = W.child_name(vms, d.name) end
+  vms.status.virtualDiskSnapshotNames = names
+  local freeze = ctx.memo.freeze
+  local marks = { [freezes.BUDGET] = tostring(freezes.budget(vms)),
+    [freezes.THAW_AT] = freezes.thaw_at_ready(vms) and "Ready" or nil,
+    [freezes.FROZEN_AT] = freeze and tostring(freeze.at) or nil }
+  local disk_wf = freeze and assert(workflow.load("disk-snapshot"))
+  local failure, tasks = nil, {}
+  for i, d in ipairs(facts.disks) do
+    tasks[i] = task.spawn(function()
+      local child = facts.children[i] or W.child_of(ctx, vms, d, marks)
+      if not facts.children[i] then
+        local res, err, code = ctx.client:create(child)
+        if not res and code == "AlreadyExists" then res, err, code = ctx.client:get(VDS, child.metadata.name,
+          { namespace = child.metadata.namespace }) end
+        if not res then failure = failure or { err, code } return end
+        facts.children[i] = res
+        child = res
+      end
+      if disk_wf and not get(ctx, VS, child.metadata.namespace, child.metadata.name) then
+        local vs, err, code = disk_wf.issue_volume_snapshot(ctx.client, child, { vd = d.vd, pvc = d.pvc },
+          child.spec.volumeSnapshotClassName)
+        if not vs then failure = failure or { err, code } end
+      end
+    end)
+  end
+  task.wait_all(tasks)
+  if failure then return nil, failure[1], failure[2] end
+  ctx.memo.issued = freeze and freeze.at or false
+  return true
+end
+
+-- the children's VolumeSnapshots: all cut? all ready? the first error
+local function cuts(ctx, vms)
+  local all_cut, all_ready = true, true
+  for _, n in ipairs(vms.status.virtualDiskSnapshotNames or {}) do
+    local st = csi.state(get(ctx, VS, vms.metadata.namespace, n))
+    if st.error then return false, false, n, st.error end
+    all_cut = all_cut and st.cut
+    all_ready = all_ready and st.ready
+  end
+  return all_cut, all_ready
+end
+
+local function progress(vms, facts)
+  local ready = 0
+  for _, child in ipairs(facts.children) do
+    if child and child.status and child.status.phase == "Ready" then ready = ready + 1 end
+  end
+  return steps.wait("Snapshotting", MSG.PROGRESS:format(vms.spec.virtualMachineName, ready, #facts.children))
+end
+
+local function child_failed(name, message)
+  return nil, MSG.CHILD_FAILED:format(name, message or ""), "ChildFailed"
+end
+
+--- Decisions 3, 4, 8: wait until every VolumeSnapshot is cut (or ready with
+--- thaw-at: Ready) or the budget is spent; judge the cut.
+function W.cut(ctx, vms, facts)
+  if not facts.vm then
+    return nil, ("the virtual machine %q is gone while it was frozen for the snapshot"):format(vms.spec.virtualMachineName),
+      "NotFound"
+  end
+  local all_cut, all_ready, bad, why = cuts(ctx, vms)
+  if bad then
+    local disk_wf = assert(workflow.load("disk-snapshot"))
+    return child_failed(bad, disk_wf.MSG.VS_ERROR:format(bad, why))
+  end
+  local freeze = ctx.memo.freeze
+  if (freezes.thaw_at_ready(vms) and all_ready) or (not freezes.thaw_at_ready(vms) and all_cut) then
+    local held, hwhy = freezes.still_held(vms, facts.vm, freeze)
+    ctx.memo.why = not held and hwhy or nil -- the thaw tells each child
+    return true
+  end
+  local left = freeze.deadline - vtime.now()
+  if left > 0 then
+    local w = progress(vms, facts)
+    return steps.wait(w.reason, w.message, math.min(0.05, math.max(0.01, left)))
+  end
+  local ok, err, code = steps.release(ctx, "freeze", "Budget")
+  if not ok then return nil, err, code end
+  local budget = freezes.budget(vms)
+  ctx:event("Warning", "FreezeBudgetExceeded",
+    ("the disks were not cut within the freeze budget of %gs; the guest was thawed"):format(budget))
+  if vms.spec.requiredConsistency ~= false then
+    return nil, ("the volume snapshots were not cut within the freeze budget of %gs: the snapshot is not consistent")
+      :format(budget), "Inconsistent"
+  end
+  return true
+end
+
+--- Leave the freeze: the thaw at the cut.
+function W.thaw_at_cut(ctx)
+  return steps.release(ctx, "freeze", "Cut")
+end
+
+--- b.4.2 step 16: every child Ready (a failed one fails the snapshot).
+function W.wait_disks(ctx, vms, facts)
+  local ready = 0
+  for i, child in ipairs(facts.children) do
+    if not child then return nil, ("the virtual disk snapshot %q not found"):format(vms.status.virtualDiskSnapshotNames[i]),
+      "NotFound" end
+    local c = object.condition(child, "VirtualDiskSnapshotReady")
+    if (c and c.reason == "VirtualDiskSnapshotFailed") or (child.status and child.status.phase == "Failed") then
+      return child_failed(child.metadata.name, c and c.message)
+    end
+    if child.status and child.status.phase == "Ready" then ready = ready + 1 end
+  end
+  if ready < #facts.children then return progress(vms, facts) end
+  return true
+end
+
+--- b.4.2 step 19: status.resources.
 function W.resources(ctx, vms, vm)
   local ns = vm.metadata.namespace
   local out = json.array()
@@ -390,23 +492,24 @@ function W.resources(ctx, vms, vm)
     out[#out + 1] = { kind = obj.kind or kind, apiVersion = obj.apiVersion or api_version, name = obj.metadata.name }
   end
   add(vm, G, "VirtualMachine")
-  if vms.spec.keepIPAddress == "Always" and (vm.status.virtualMachineIPAddressName or "") ~= "" then
-    local ip = ctx.client:get(VMIP, vm.status.virtualMachineIPAddressName, { namespace = ns })
-    if not ip then error(permanent(("the virtual machine ip address %q not found"):format(vm.status.virtualMachineIPAddressName)), 0) end
+  local ipname = vm.status.virtualMachineIPAddressName or ""
+  if vms.spec.keepIPAddress == "Always" and ipname ~= "" then
+    local ip = get(ctx, VMIP, ns, ipname)
+    if not ip then return nil, MSG.NO_VMIP:format(ipname), "NotFound" end
     add(ip, G, "VirtualMachineIPAddress")
   end
   local prov = vm.spec.provisioning
   local ref = prov and (prov.type == "SysprepRef" and prov.sysprepRef or prov.type == "UserDataRef" and prov.userDataRef)
   if ref and ref.kind == "Secret" then
-    local sec = ctx.client:get("secrets", ref.name, { namespace = ns })
+    local sec = get(ctx, "secrets", ns, ref.name)
     if sec then add(sec, "v1", "Secret") end
   end
   for _, r in ipairs(vm.status.blockDeviceRefs or {}) do
     if r.kind == "VirtualDisk" then
-      local vd = ctx:get(VD, ns, r.name)
+      local vd = get(ctx, VD, ns, r.name)
       if vd then add(vd, G, "VirtualDisk") end
       if (r.virtualMachineBlockDeviceAttachmentName or "") ~= "" then
-        local b = ctx.client:get(VMBDA, r.virtualMachineBlockDeviceAttachmentName, { namespace = ns })
+        local b = get(ctx, VMBDA, ns, r.virtualMachineBlockDeviceAttachmentName)
         if b then add(b, G, "VirtualMachineBlockDeviceAttachment") end
       end
     end
@@ -414,263 +517,79 @@ function W.resources(ctx, vms, vm)
   return out
 end
 
--- ------------------------------------------------------------ b.4.2
-
---- The lifecycle (b.4.2 with the Decisions). Returns a reconcile result.
-function W.lifecycle(ctx, vms, vm)
-  local st = vms.status
-  local name = vms.spec.virtualMachineName
-  if vms.metadata.deletionTimestamp then
-    st.phase = "Terminating"
-    ctx:condition(COND, "Unknown", "Unknown", "")
-    return true
-  end
-  if (st.phase or "") == "" then st.phase = "Pending" end
-  if st.phase == "Failed" then
-    local c = ctx:get_condition(COND)
-    ctx:condition(COND, "False", c and c.reason or "VirtualMachineSnapshotFailed", c and c.message or "")
-    return true
-  end
-  if st.phase == "Ready" then
-    local missing = {}
-    for _, n in ipairs(st.virtualDiskSnapshotNames or {}) do
-      if not ctx:get(VDS, vms.metadata.namespace, n) then missing[#missing + 1] = n end
-    end
-    if #missing > 0 then
-      local msg = #missing == 1 and ("The underlying virtual disk snapshot (%s) is lost."):format(missing[1])
-        or ("The underlying virtual disk snapshots (%s) are lost."):format(table.concat(missing, ", "))
-      st.phase = "Failed"
-      ctx:event("Warning", "VirtualMachineSnapshottingFailed", msg)
-      ctx:condition(COND, "False", "VirtualDiskSnapshotLost", msg)
-      return true
-    end
-    ctx:condition(COND, "True", "VirtualMachineSnapshotReady", "")
-    return true
-  end
-  local frozen_by_us = freezes.frozen_at(vms) ~= nil
-  if frozen_by_us and not vm then
-    W.fail(ctx, vms, ("the virtual machine %q is gone while it was frozen for the snapshot"):format(name))
-    return true
-  end
-  -- 6-10: re-checked while InProgress (unless this snapshot already holds the freeze)
-  if not frozen_by_us then
-    if not vm or not is_true(vms, COND_VM) then
-      pending(ctx, vms, "WaitingForTheVirtualMachine",
-        ("Waiting for the virtual machine %q to be ready for snapshotting."):format(name))
-      return true
-    end
-    local why = W.block_devices_not_ready(ctx, vm)
-    if why then
-      pending(ctx, vms, "BlockDevicesNotReady", sentence(why))
-      return true
-    end
-    if #(vm.status.restartAwaitingChanges or {}) > 0 then
-      pending(ctx, vms, "RestartAwaitingChanges",
-        ("Waiting for the restart and approval of changes to virtual machine %q before taking the snapshot."):format(name))
-      return true
-    end
-  end
-  local rc = vms.spec.requiredConsistency ~= false
-  local vphase = vm and vm.status and vm.status.phase or ""
-  local lease = require("vmsnap.guest").parse_lease(vm)
-  local need_freeze = rc and vphase ~= "Stopped" and not frozen_by_us and not (vm_frozen(vm) and not lease)
-  local can_freeze = vphase == "Running" and is_true(vm, "AgentReady")
-  if need_freeze and not can_freeze then
-    local head = ("The snapshotting of virtual machine %q might result in an inconsistent snapshot: "):format(name)
-    if not is_true(vm, "AgentReady") then
-      pending(ctx, vms, "PotentiallyInconsistent", head ..
-        "virtual machine agent is not ready and virtual machine cannot be frozen: waiting for virtual machine agent to be ready or virtual machine will stop")
-    else
-      pending(ctx, vms, "PotentiallyInconsistent", head .. "waiting for the virtual machine to be Stopped")
-    end
-    return true
-  end
-  if st.phase == "Pending" then
-    if not run_hooks(ctx, vms, vm, "pre_snapshot") then return true end
-    st.phase = "InProgress"
-    ctx:event("Normal", "VirtualMachineSnapshottingStarted", "The snapshotting process has started.")
-    ctx:condition(COND, "False", "FileSystemFreezing", "The snapshotting process has started.")
-    return { requeue_after = 0.01 }
-  end
-  -- 13 (before the freeze: the window holds only the cuts)
-  local secret = W.store(ctx, vms, vm)
-  st.virtualMachineSnapshotSecretName = secret.metadata.name
-  -- 12: one freeze for the whole VM
-  if need_freeze then
-    if not run_hooks(ctx, vms, vm, "pre_freeze") then return true end
-    local ok, how, fkind = freezes.freeze_or_join(ctx.client, vms, vm)
-    if not ok then
-      if fkind == "transient" then return nil, how end
-      W.fail(ctx, vms, ("freeze the virtual machine %q: %s"):format(name, tostring(how)))
-      return true
-    end
-    frozen_by_us = how ~= "done"
-    if how == "frozen" or how == "joined" then
-      ctx:event("Normal", "VirtualMachineSnapshottingFrozen",
-        ("The virtual machine %q is frozen for taking a snapshot."):format(name))
-    end
-    if frozen_by_us and not run_hooks(ctx, vms, vm, "post_freeze") then return true end
-  end
-  -- 14-15: the children, and their VolumeSnapshots at once. Inside the freeze
-  -- window, once they exist, the pass only looks at them (no API round trips).
-  local children
-  local names = st.virtualDiskSnapshotNames or {}
-  if frozen_by_us and #names > 0 then
-    children = {}
-    for i, n in ipairs(names) do
-      children[i] = ctx:get(VDS, vms.metadata.namespace, n)
-      if not children[i] then children = nil break end
-    end
-  end
-  children = children or W.ensure_children(ctx, vms, vm)
-  for _, child in ipairs(children) do
-    local c = condition(child, "VirtualDiskSnapshotReady")
-    if (c and c.reason == "VirtualDiskSnapshotFailed") or (child.status and child.status.phase == "Failed") then
-      error(permanent(("the virtual disk snapshot %q is failed: cannot take snapshot. %s"):format(
-        child.metadata.name, c and c.message or "")), 0)
-    end
-  end
-  local ready = 0
-  for _, child in ipairs(children) do
-    if child.status and child.status.phase == "Ready" then ready = ready + 1 end
-  end
-  local progress = ("Waiting for the virtual disk snapshots to be taken for the block devices of the virtual machine %q (%d/%d).")
-    :format(name, ready, #children)
-  -- Decisions 3 and 4: thaw at the cut (or at Ready), within the budget
-  if frozen_by_us then
-    local all_cut, all_ready = W.cuts(ctx, vms, children)
-    local done = freezes.thaw_at_ready(vms) and all_ready or (not freezes.thaw_at_ready(vms) and all_cut)
-    local budget = freezes.budget(vms)
-    local elapsed = (vtime.now() * 1000 - (freezes.frozen_at(vms) or 0)) / 1000
-    if done then
-      local ok, terr = W.thaw(ctx, vms, vm, false)
-      if not ok then return nil, terr end
-    elseif elapsed >= budget then
-      W.thaw(ctx, vms, vm, true)
-      ctx:event("Warning", "FreezeBudgetExceeded",
-        ("the disks were not cut within the freeze budget of %gs; the guest was thawed"):format(budget))
-      if rc then
-        W.fail(ctx, vms, ("the volume snapshots were not cut within the freeze budget of %gs: the snapshot is not consistent"):format(budget))
-        return true
-      end
-    else
-      st.phase = "InProgress"
-      ctx:condition(COND, "False", "Snapshotting", progress)
-      return { requeue_after = math.min(0.05, math.max(0.01, budget - elapsed)) }
-    end
-  end
-  -- 16
-  if ready < #children then
-    st.phase = "InProgress"
-    ctx:event("Normal", "VirtualMachineSnapshottingInProgress", progress)
-    ctx:condition(COND, "False", "Snapshotting", progress)
-    return true
-  end
-  -- 17
+--- b.4.2 steps 17-20: consistent when every child is, the resources, the
+--- post_snapshot hooks, Ready.
+function W.finish(ctx, vms, facts)
   local consistent = true
-  for _, child in ipairs(children) do
-    if not (child.status and child.status.consistent == true) then consistent = false end
+  for _, child in ipairs(facts.children) do
+    if not (child and child.status and child.status.consistent == true) then consistent = false end
   end
-  st.consistent = consistent or nil
-  -- 18: a freeze not ours (the VM was found frozen) is thawed by the reference's rule
-  if vm and vphase == "Running" and vm_frozen(vm) and not lease and freezes.can_unfreeze(ctx.client, vms, vm, is_child(vms)) then
-    local g = require("vmsnap.guest").for_vm(ctx.client, vm, { transport = "api" })
-    local r, terr = g and g:do_thaw()
-    if r == nil then
-      W.fail(ctx, vms, "unfreeze the virtual machine: " .. tostring(terr))
-      return true
-    end
-    ctx:event("Normal", "VirtualMachineSnapshottingThawed", ("The virtual machine %q is thawed."):format(name))
+  if not consistent and vms.spec.requiredConsistency ~= false then
+    return nil, "the snapshot is not consistent: " .. (ctx.memo.why or "a virtual disk snapshot is not consistent"),
+      "Inconsistent"
   end
-  -- a freeze lease of this controller that nobody holds any more (a disk
-  -- snapshot that left it to this one) goes now
-  local rok, rerr = freezes.release_if_last(ctx.client, vms, vm)
-  if not rok then return nil, rerr end
-  -- 19-20
-  st.resources = W.resources(ctx, vms, vm)
-  local hr = W.hooks(ctx, vms, vm)
-  if hr:any("post_snapshot") then
-    local hok, herr = hr:unwind("post_snapshot", "Ready")
-    if not hok then
-      W.fail(ctx, vms, herr, "HookFailed")
-      return true
-    end
-  end
-  st.phase = "Ready"
-  ctx:event("Normal", "VirtualMachineSnapshottingCompleted", "The snapshotting process is completed.")
-  ctx:condition(COND, "True", "VirtualMachineReady", "")
+  local ok, err, code = freezes.release_if_last(ctx, vms, facts.vm)
+  if not ok then return nil, err, code end
+  local res, rerr, rcode = W.resources(ctx, vms, facts.vm)
+  if not res then return nil, rerr, rcode end
+  vms.status.resources = res
+  local hok, herr, hcode = steps.release(ctx, "start", "Ready")
+  if not hok then return nil, herr, hcode end
+  vms.status.consistent = consistent or nil
+  vms.status.phase = "Ready"
+  ctx:event("Normal", "VirtualMachineSnapshottingCompleted", MSG.COMPLETED)
+  ctx:condition(W.condition, "True", "VirtualMachineReady", "") -- sic: the reference's reason at this moment
   return true
 end
 
---- The reconcile: VirtualMachineReady, LifeCycle; permanent errors fail the
---- snapshot, and a failed snapshot never leaves the guest frozen (Decision 2).
-function W.reconcile(ctx, vms)
-  vms.status = vms.status or {}
-  local vm, verr = ctx:get(VM, vms.metadata.namespace, vms.spec.virtualMachineName)
-  if not vm and verr then return nil, verr end -- the API failed: not "no such VM"
-  W.virtual_machine_ready(ctx, vms, vm)
-  local ok, res, lerr = pcall(W.lifecycle, ctx, vms, vm)
-  if not ok then
-    if is_permanent(res) then
-      W.fail(ctx, vms, res.message)
-      res, lerr = true, nil
-    else
-      res, lerr = nil, tostring(res)
-    end
-  end
-  if vms.status.phase == "Failed" then
-    -- Decision 2, then the hooks owed: post_thaw, snapshot_failed (once), post_snapshot
-    local tok, terr = W.thaw(ctx, vms, vm, false)
-    if not tok then
-      local c = ctx:get_condition(COND)
-      ctx:condition(COND, "False", c.reason, ("%s, %s"):format(tostring(terr), c.message))
-    end
-    local okh, hr = pcall(W.hooks, ctx, vms, vm)
-    if okh then
-      if not hr:done("snapshot_failed") and hr:any("snapshot_failed") then
-        hr:mark_done("snapshot_failed")
-        hr:run("snapshot_failed", "Failed")
-      end
-      if hr:any("post_snapshot") then hr:unwind("post_snapshot", "Failed") end
-    end
-  end
-  vms.status.observedGeneration = vms.metadata.generation
-  return res, lerr
-end
+W.steps = steps.list({
+  { name = "gates", phase = "Pending", run = W.gates, doc = "every precondition for vm-snapshot (preconditions/)" },
+  { name = "start", phase = "Pending", run = W.start, undo = W.finish_hooks,
+    doc = "pre_snapshot hooks; InProgress (undo: snapshot_failed, post_snapshot)" },
+  { name = "store", run = W.store, doc = "the Secret with the VM's definition" },
+  { name = "prove", run = W.prove, doc = "a server-side dry run of every child" },
+  { name = "freeze", when = W.needs_freeze, run = W.freeze, undo = W.thaw, hold = true,
+    doc = "pre_freeze hooks, one freeze for the VM, post_freeze hooks (undo: thaw, post_thaw)" },
+  { name = "children", run = W.children, doc = "every child and its VolumeSnapshot, at once" },
+  { name = "cut", when = function(ctx) return ctx.memo.freeze ~= nil and steps.owed(ctx, "freeze") end, run = W.cut,
+    doc = "wait for every cut (or Ready) or the budget; judge the cut" },
+  { name = "thaw", run = W.thaw_at_cut, doc = "leave the freeze: the last holder thaws" },
+  { name = "disks", run = W.wait_disks, doc = "wait for every child to be Ready" },
+  { name = "finish", run = W.finish, doc = "consistent, resources, post_snapshot hooks, Ready" },
+})
 
---- Deletion (the cleanup finalizer): thaw a guest this snapshot froze; the
---- Secret and the children go with it (owner references).
-function W.finalize(ctx, vms)
-  local vm = ctx:get(VM, vms.metadata.namespace, vms.spec.virtualMachineName)
-  local ok, err = W.thaw(ctx, vms, vm, false)
-  if not ok then return nil, err end
-  local okh, hr = pcall(W.hooks, ctx, vms, vm)
-  if okh and hr:any("post_snapshot") then hr:unwind("post_snapshot", "Deleted") end
-  return true
-end
+-- ------------------------------------------------------------ watches
+
+-- the snapshots still in progress, by "namespace/vm"
+W.indexes = {
+  active_by_vm = function(s)
+    local ph = s.status and s.status.phase
+    if ph == "Ready" or ph == "Failed" then return {} end
+    return { s.metadata.namespace .. "/" .. s.spec.virtualMachineName }
+  end,
+}
 
 --- What the controller watches (b.0.5): the VM, the children and their
 --- VolumeSnapshots, the VM's disks.
 function W.watches()
   local function of_vm(ctl, ns, vmname)
     local keys = {}
-    for _, s in ipairs(ctl.primary and ctl.primary:list(ns) or {}) do
-      if s.spec.virtualMachineName == vmname then keys[#keys + 1] = ns .. "/" .. s.metadata.name end
+    for _, s in ipairs(ctl.primary:by_index("active_by_vm", ns .. "/" .. vmname)) do
+      keys[#keys + 1] = ns .. "/" .. s.metadata.name
     end
     return keys
   end
-  local owner_of = objects.owner
   return {
     { kind = VM, map = function(vm, ctl) return of_vm(ctl, vm.metadata.namespace, vm.metadata.name) end },
     { kind = VDS, map = function(s)
-      local o = owner_of(s, W.kind)
+      local o = object.owner(s, W.kind)
       return o and { s.metadata.namespace .. "/" .. o } or {}
     end },
     { kind = VS, map = function(vs, ctl)
-      local vdsname = owner_of(vs, "VirtualDiskSnapshot")
+      local vdsname = object.owner(vs, "VirtualDiskSnapshot")
       local inf = vdsname and ctl:informer_for(VDS)
       local child = inf and inf:get(vs.metadata.namespace, vdsname)
-      local o = child and owner_of(child, W.kind)
+      local o = child and object.owner(child, W.kind)
       return o and { vs.metadata.namespace .. "/" .. o } or {}
     end },
     { kind = VD, map = function(vd, ctl)

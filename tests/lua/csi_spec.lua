@@ -61,7 +61,7 @@ t.test("create_snapshot is idempotent for the same PVC and refuses another", fun
   local again = assert(csi.create_snapshot(c, { namespace = "default", name = "snap-1", pvc = "vd-disk-1-x" }))
   t.eq(again.metadata.uid, vs.metadata.uid)
   local _, msg, code = csi.create_snapshot(c, { namespace = "default", name = "snap-1", pvc = "other" })
-  t.eq(code, "Conflict")
+  t.eq(code, "AlreadyExists")
   t.contains(msg, 'exists for PVC "vd-disk-1-x"')
 end)
 

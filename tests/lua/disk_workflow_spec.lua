@@ -23,7 +23,7 @@ local function snapshot(name, vd, extra)
   for k, v in pairs(extra or {}) do o.spec[k] = v end
   return assert(c:create(o))
 end
-local cond = require("vmsnap.objects").condition
+local cond = require("vmsnap.k8s.object").condition
 local function wait(kind, name, pred, timeout)
   return c:wait_for(kind, name, pred, { timeout = timeout or 15 })
 end

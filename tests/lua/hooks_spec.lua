@@ -66,16 +66,15 @@ return { pre_snapshot = function(ctx) os.execute("touch /tmp/vmsnap-hook-escaped
 write("workflows/vm-snapshot.d/10-label-secret.lua", [[
 -- a user's extension: the snapshot Secret gets a label, without copying the workflow
 return function(W)
-  local store = W.store
-  W.store = function(ctx, vms, vm)
-    local secret = store(ctx, vms, vm)
-    if not (secret.metadata.labels or {})["example.com/snapshot-of"] then
-      secret = assert(ctx.client:patch("secrets", secret.metadata.name,
-        { metadata = { labels = { ["example.com/snapshot-of"] = vm.metadata.name } } },
-        { namespace = secret.metadata.namespace }))
-    end
-    return secret
-  end
+  W.steps:wrap("store", function(store, ctx, vms, facts)
+    local ok, err, code = store(ctx, vms, facts)
+    if ok ~= true then return ok, err, code end
+    local res, perr, pcode = ctx.client:patch("secrets", vms.status.virtualMachineSnapshotSecretName,
+      { metadata = { labels = { ["example.com/snapshot-of"] = facts.vm.metadata.name } } },
+      { namespace = vms.metadata.namespace })
+    if not res then return nil, perr, pcode end
+    return true
+  end)
 end
 ]])
 
@@ -83,7 +82,7 @@ local srv <close> = h.platform({ env = { VMSNAP_SCRIPTS_PATH = S } })
 local c = assert(k8s.client({ kubeconfig = srv.kubeconfig }))
 local G = "virtualization.deckhouse.io/v1alpha2"
 
-local cond = require("vmsnap.objects").condition
+local cond = require("vmsnap.k8s.object").condition
 local function wait(kind, name, pred, timeout) return c:wait_for(kind, name, pred, { timeout = timeout or 30 }) end
 local function terminal(o) return o and o.status and (o.status.phase == "Ready" or o.status.phase == "Failed") and o end
 local function agent_ready(o) return o and cond(o, "AgentReady") and cond(o, "AgentReady").status == "True" and o end

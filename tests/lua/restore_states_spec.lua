@@ -21,7 +21,7 @@ local _ <close> = setmetatable({}, { __close = function()
   ctl:close()
 end })
 
-local cond = require("vmsnap.objects").condition
+local cond = require("vmsnap.k8s.object").condition
 local function wait(kind, name, pred) return c:wait_for(kind, name, pred, { timeout = 15 }) end
 local function now() return os.date("!%Y-%m-%dT%H:%M:%SZ") end
 local function reason_is(ctype, reason)

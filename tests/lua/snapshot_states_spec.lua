@@ -21,7 +21,7 @@ local _ <close> = setmetatable({}, { __close = function()
   ctl:close()
 end })
 
-local cond = require("vmsnap.objects").condition
+local cond = require("vmsnap.k8s.object").condition
 local function wait(kind, name, pred, timeout) return c:wait_for(kind, name, pred, { timeout = timeout or 15 }) end
 local phase_is = h.phase_is
 local function now() return os.date("!%Y-%m-%dT%H:%M:%SZ") end

@@ -27,7 +27,7 @@ local _ <close> = setmetatable({}, { __close = function()
   ctl:close()
 end })
 
-local cond = require("vmsnap.objects").condition
+local cond = require("vmsnap.k8s.object").condition
 local function wait(kind, name, pred, timeout) return c:wait_for(kind, name, pred, { timeout = timeout or 20 }) end
 local phase_is = h.phase_is
 local function terminal(o) return o and o.status and (o.status.phase == "Ready" or o.status.phase == "Failed") and o end

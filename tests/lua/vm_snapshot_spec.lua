@@ -21,7 +21,7 @@ local srv <close> = h.platform()
 local c = assert(k8s.client({ kubeconfig = srv.kubeconfig }))
 local G = "virtualization.deckhouse.io/v1alpha2"
 
-local cond = require("vmsnap.objects").condition
+local cond = require("vmsnap.k8s.object").condition
 local function wait(kind, name, pred, timeout) return c:wait_for(kind, name, pred, { timeout = timeout or 20 }) end
 local phase_is = h.phase_is
 local function gone(o) return o == nil end
@@ -246,14 +246,15 @@ t.test("d.2 #30, #35: block devices not ready, VM absent: Pending, never Failed"
   t.eq(s.status.phase, "Pending")
 end)
 
-t.test("d.2 #36: no class mapping (found after the freeze): Failed with the spec's message; the guest is thawed", function()
+t.test("d.2 #36, Decision 9: no class mapping: Failed with the spec's message before the guest is touched", function()
   vmsnap("m36", "vm-r", { volumeSnapshotClasses = { { storageClassName = "other", volumeSnapshotClassName = "local" } } })
   local s = assert(wait("vmsnapshot", "m36", phase_is("Failed")))
   local r = cond(s, "VirtualMachineSnapshotReady")
   t.eq(r.reason, "VirtualMachineSnapshotFailed")
   t.eq(r.message, 'The volume snapshot class not found: please define the volume snapshot class for the storage class "local" and recreate resource.')
   t.ok(events("m36").VirtualMachineSnapshottingFailed, "Warning event")
-  t.eq(events("m36").VirtualMachineSnapshottingFrozen, 1, "it had frozen")
+  t.eq(events("m36").VirtualMachineSnapshottingFrozen, nil, "never frozen")
+  t.eq((c:get("secret", "m36")), nil, "nothing stored")
   assert_thawed("vm-r")
 end)
 
@@ -270,7 +271,7 @@ t.test("d.2 #37: a child that fails fails the snapshot; the guest is thawed", fu
   assert_thawed("vm-r")
 end)
 
-t.test("a VolumeSnapshot error on one disk of two: Failed naming that child; the other is cut; the guest is thawed", function()
+t.test("a VolumeSnapshot error on one disk of two: Failed naming that child, thawed at once; the other is never claimed consistent unless cut under the freeze", function()
   assert(c:create({ apiVersion = "storage.k8s.io/v1", kind = "StorageClass", metadata = { name = "local-b" },
     provisioner = "local.vmsnap.io" }))
   disk("root-f")
@@ -283,8 +284,16 @@ t.test("a VolumeSnapshot error on one disk of two: Failed naming that child; the
   local s = assert(wait("vmsnapshot", "m1f", phase_is("Failed")))
   local prefix = ('The virtual disk snapshot "data-f-%s" is failed: cannot take snapshot. '):format(ms.metadata.uid)
   t.eq(cond(s, "VirtualMachineSnapshotReady").message:sub(1, #prefix), prefix)
-  local good = assert(wait("vdsnapshot", "root-f-" .. ms.metadata.uid, function(o) return o and o.status and o.status.volumeSnapshotName and o end))
-  t.ok(good.status.phase ~= "Failed", "the other disk's snapshot did not fail")
+  -- the thaw came at once, maybe before the other disk's cut: that child is
+  -- Ready and consistent only if its cut was seen under the freeze
+  local good = assert(wait("vdsnapshot", "root-f-" .. ms.metadata.uid, function(o)
+    return o and o.status and (o.status.phase == "Ready" or o.status.phase == "Failed") and o end))
+  if good.status.phase == "Ready" then
+    t.eq(good.status.consistent, true)
+    t.eq(good.metadata.annotations["vmsnap.io/cut"], "consistent")
+  else
+    t.contains(cond(good, "VirtualDiskSnapshotReady").message, "The snapshot is not consistent")
+  end
   assert_thawed("vm-f")
   t.eq(events("m1f").VirtualMachineSnapshottingThawed, 1)
   assert(c:delete("vm", "vm-f"))

@@ -78,7 +78,11 @@ local function restore_vm(c, o, ns)
     local vmr = { apiVersion = "virtualization.deckhouse.io/v1alpha2", kind = "VirtualMachineRestore",
       metadata = { name = o.name or "dry-run", namespace = ns, uid = "dry-run" },
       spec = { virtualMachineSnapshotName = o.from, nameReplacements = rules } }
-    local ctx = { client = c, get = function(_, kind, cns, name) return c:get(kind, name, { namespace = cns }) end }
+    local ctx = { client = c, get = function(_, kind, cns, name)
+      local obj, err, code = c:get(kind, name, { namespace = cns })
+      if not obj and code == "NotFound" then return nil end
+      return obj, err, code
+    end }
     local okp, plan, why = pcall(w.plan, ctx, vmr, vms)
     if not okp or not plan then cli.fail("error: " .. tostring(okp and why or plan)) end
     local okv, ok, conflict = pcall(w.validate, ctx, vmr, plan)

@@ -44,7 +44,9 @@ M.older = older
 ---@param opts? {namespace?: string, all_namespaces?: boolean, label_selector?: string, field_selector?: string, indexes?: table<string, fun(obj: table): string[]>}
 function M.new(client, kind, opts)
   opts = opts or {}
-  return setmetatable({ client = client, kind = kind, opts = opts, store = {}, indexes = {},
+  local label = type(kind) == "table" and (kind.plural and (kind.plural .. (kind.group ~= "" and ("." .. kind.group) or "")))
+    or tostring(kind)
+  return setmetatable({ client = client, kind = kind, label = label, opts = opts, store = {}, indexes = {},
     idx = {}, handlers = {}, synced = false, sync_ch = task.channel(), log = log.new("informer") }, Informer)
     :add_indexes(opts.indexes)
 end
@@ -66,7 +68,7 @@ end
 local function index_values(self, name, fn, obj)
   local ok, vals = pcall(fn, obj)
   if not ok then
-    self.log:error("index function failed", { kind = tostring(self.kind), index = name, error = tostring(vals) })
+    self.log:error("index function failed", { kind = self.label, index = name, error = tostring(vals) })
     return nil
   end
   return type(vals) == "table" and vals or nil
@@ -111,7 +113,7 @@ end
 local function deliver(self, etype, obj, old)
   for _, h in ipairs(self.handlers) do
     local ok, err = pcall(h, etype, obj, old)
-    if not ok then self.log:error("handler failed", { kind = tostring(self.kind), error = tostring(err) }) end
+    if not ok then self.log:error("handler failed", { kind = self.label, error = tostring(err) }) end
   end
 end
 
@@ -165,14 +167,14 @@ function Informer:start()
     while not self.stopped do
       local w, err, code = self.client:watch(self.kind, o)
       if not w then
-        self.log:warn("cannot watch", { kind = tostring(self.kind), error = err, code = code })
+        self.log:warn("cannot watch", { kind = self.label, error = err, code = code })
         task.sleep(1)
       else
         self.watch = w
         while not self.stopped do
           local ev, e2, c2 = w:next()
           if not ev then
-            self.log:warn("watch failed; starting over", { kind = tostring(self.kind), error = e2, code = c2 })
+            self.log:warn("watch failed; starting over", { kind = self.label, error = e2, code = c2 })
             break
           end
           if ev.type == "SYNCED" then

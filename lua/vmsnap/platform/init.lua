@@ -48,6 +48,7 @@ function M.start(client, data, opts)
   local ctls = volumes.controllers(client, data)
   ctls[#ctls + 1] = disks.controller(client)
   ctls[#ctls + 1] = vms.controller(client, data, { agents = opts.agents })
+  vms.forget_freezes(client) -- the agents were torn down (thawed) above
   ctls[#ctls + 1] = require("vmsnap.platform.network").controller(client)
   ctls[#ctls + 1] = require("vmsnap.platform.attachments").controller(client)
   for _, c in ipairs(ctls) do

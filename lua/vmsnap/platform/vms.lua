@@ -267,6 +267,21 @@ local function reconcile_vm(P, ctx, vm)
   return { requeue_after = 1 }
 end
 
+--- After a start: the VMs' agents were torn down (thawed) with whatever
+--- froze them, so no freeze lease of before is true any more. Removing the
+--- leases tells the snapshots that held them (their cut is no longer under
+--- a freeze) before any controller acts on them.
+function M.forget_freezes(client)
+  local list = client:list_all("virtualmachines.virtualization.deckhouse.io", { all_namespaces = true }) or {}
+  for _, vm in ipairs(list) do
+    if (vm.metadata.annotations or {})["vmsnap.io/frozen-by"] then
+      client:patch("virtualmachines.virtualization.deckhouse.io", vm.metadata.name,
+        { metadata = { annotations = { ["vmsnap.io/frozen-by"] = json.null } } }, { namespace = vm.metadata.namespace })
+      vlog:info("a freeze lease of before the start is gone with the agent", { vm = vm.metadata.namespace .. "/" .. vm.metadata.name })
+    end
+  end
+end
+
 --- The VM controller (not started). opts.agents = false runs VMs without agents.
 function M.controller(client, data, opts)
   opts = opts or {}

@@ -148,6 +148,30 @@ function Context:flush()
   return nil, "status update kept conflicting", "Conflict"
 end
 
+--- An answer of a write of ours to the object of this pass (an annotation
+--- or finalizer patch): the copy takes its metadata, and when the status in
+--- it is still the one this pass started from, the status write at the end
+--- goes against the new version (nobody else wrote in between).
+function Context:own_write(res)
+  local obj = self.obj
+  obj.metadata.annotations = res.metadata.annotations
+  obj.metadata.finalizers = res.metadata.finalizers
+  obj.metadata.resourceVersion = res.metadata.resourceVersion
+  if equal(res.status, self.original_status) then self.base_rv = res.metadata.resourceVersion end
+end
+
+--- Write annotations of the object of this pass (a merge patch; json.null
+--- removes one). Returns true, or nil, message, code.
+---@param values table<string, string|userdata>
+function Context:annotate(values)
+  local obj = self.obj
+  local res, err, code = self.client:patch(obj, obj.metadata.name, { metadata = { annotations = values } },
+    { namespace = obj.metadata.namespace, field_manager = self.controller.name })
+  if not res then return nil, err, code end
+  self:own_write(res)
+  return true
+end
+
 -- ------------------------------------------------------------ finalizers
 
 function Context:has_finalizer(name)
@@ -167,8 +191,7 @@ local function set_finalizers(self, list)
     if reason == "NotFound" then return true end
     return nil, err, reason
   end
-  obj.metadata.finalizers = res.metadata.finalizers
-  obj.metadata.resourceVersion = res.metadata.resourceVersion
+  self:own_write(res)
   return true
 end
 

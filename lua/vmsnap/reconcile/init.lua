@@ -20,6 +20,7 @@
 local task = require("vmsnap.task")
 local log = require("vmsnap.log")
 local deep = require("vmsnap.deep")
+local errors = require("vmsnap.errors")
 local Queue = require("vmsnap.reconcile.queue")
 local Context = require("vmsnap.reconcile.context")
 local leader = require("vmsnap.reconcile.leader")
@@ -193,7 +194,9 @@ end
 function Controller:process(key)
   local ok, res, err, code = xpcall(self.reconcile_key, debug.traceback, self, key)
   if not ok then
-    self.log:error("reconcile raised", { key = key, error = tostring(res) })
+    if not self.stopping and errors.code_of(res) ~= "CANCELLED" then
+      self.log:error("reconcile raised", { key = key, error = tostring(res) })
+    end
     res, err = nil, tostring(res):match("^[^\n]*")
   end
   if res == nil then
@@ -237,7 +240,9 @@ function Controller:supervise(n)
     local ex = self.exits:recv()
     if not ex then break end
     alive = alive - 1
-    if not self.stopping then
+    if errors.code_of(ex.err) == "CANCELLED" or tostring(ex.err) == "cancelled" then
+      self:stop() -- the process is going down
+    elseif not self.stopping then
       self.log:error("a worker died; restarting it", { worker = ex.i, error = tostring(ex.err) })
       local now = task.now()
       crashes[#crashes + 1] = now

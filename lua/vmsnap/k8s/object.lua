@@ -1,6 +1,5 @@
---- vmsnap.objects: small helpers over Kubernetes objects and the messages of
---- the workflows (conditions of other objects, annotations, owners; the
---- spec's "capitalised, with a period" messages; a permanent-failure error).
+--- vmsnap.k8s.object: reading Kubernetes objects — conditions (metav1.Condition),
+--- annotations, owners.
 local M = {}
 
 --- The condition of type ctype of obj, or nil.
@@ -34,31 +33,18 @@ function M.owner(obj, kind)
   end
 end
 
---- "the disk ..." -> "The disk ..."
-function M.capitalize(s)
-  s = tostring(s)
-  return s:sub(1, 1):upper() .. s:sub(2)
+--- Is obj owned by the object `owner` (same uid)?
+function M.owned_by(obj, owner)
+  for _, r in ipairs(obj.metadata.ownerReferences or {}) do
+    if r.uid == owner.metadata.uid then return true end
+  end
+  return false
 end
 
---- Capitalised, with a final period (the spec's condition messages).
-function M.sentence(s)
-  s = M.capitalize(s)
-  if not s:find("%.$") then s = s .. "." end
-  return s
-end
-
--- a failure no retry fixes: raised with error(), caught by the workflow's reconcile
-local Permanent = {}
-Permanent.__tostring = function(e) return e.message end
-
---- A permanent failure (error value) with a message and an optional condition reason.
-function M.permanent(message, reason)
-  return setmetatable({ message = message, reason = reason }, Permanent)
-end
-
---- Is e a permanent failure?
-function M.is_permanent(e)
-  return getmetatable(e) == Permanent
+--- An owner reference to obj (controller, blocking its deletion).
+function M.owner_ref(obj, api_version, kind)
+  return { apiVersion = obj.apiVersion or api_version, kind = obj.kind or kind, name = obj.metadata.name,
+    uid = obj.metadata.uid, controller = true, blockOwnerDeletion = true }
 end
 
 return M
