@@ -18,6 +18,7 @@ M.commands = {
   { name = "controller", summary = "the snapshot controllers against any API server" },
   { name = "snapshot", summary = "snapshot disk|vm NAME: take a VirtualDiskSnapshot or VirtualMachineSnapshot (--wait)" },
   { name = "restore", summary = "restore disk NAME --from SNAPSHOT | restore vm --from SNAPSHOT [--rename] [--dry-run]" },
+  { name = "workflow", summary = "workflow list | show NAME: the workflows and their order of operations" },
   { name = "hook", summary = "hook test FILE --vm NAME [--point P]: run a hook against a VM and show what it did" },
   { name = "vm", summary = "vm start|stop NAME: power a VM of the local platform" },
   { name = "get", summary = "show Kubernetes objects (kubectl get, for vmsnap's kinds and more)" },

@@ -72,6 +72,21 @@ function M.resolve_class(client, storage_class)
     :format(storage_class, tostring(sc.provisioner), M.SC_ANNOTATION), "NotFound"
 end
 
+--- The name of a VirtualDisk's claim: `vd-<disk>-<uid>` (docs/behaviour.md
+--- a.4), as the platform names it.
+function M.claim_name(vd)
+  return ("vd-%s-%s"):format(vd.metadata.name, vd.metadata.uid):sub(1, 253)
+end
+
+--- The default StorageClass (annotated storageclass.kubernetes.io/is-default-class),
+--- from a list of StorageClasses, or nil.
+function M.default_storage_class(classes)
+  for _, sc in ipairs(classes or {}) do
+    local a = sc.metadata.annotations or {}
+    if a["storageclass.kubernetes.io/is-default-class"] == "true" then return sc end
+  end
+end
+
 --- Create (or find, when it exists for the same PVC) a VolumeSnapshot.
 --- o: namespace, name, pvc, class, owner (an object: its ownerReference is
 --- set), finalizers, labels, annotations. Returns the VolumeSnapshot.

@@ -170,13 +170,6 @@ function M.freeze_or_join(ctx, obj, vm)
     local r, terr, tcode = g:do_thaw()
     if r == nil then return nil, terr, tcode end
     g:drop_lease(true)
-  elseif M.vm_frozen(cur) then
-    -- frozen by something that left no lease: held as it is (no deadline of
-    -- ours applies); the last holder out thaws, as the reference does
-    local at = math.floor(vtime.now() * 1000)
-    local ok, merr, mcode = mark(ctx, obj, { [M.FROZEN_AT] = tostring(at) })
-    if not ok then return nil, merr, mcode end
-    return true, "foreign", { at = at, deadline = at / 1000 + budget, foreign = true }
   end
   local ok, lerr, lcode = g:take_lease(budget)
   if not ok then return nil, lerr, lcode end
@@ -191,8 +184,13 @@ function M.freeze_or_join(ctx, obj, vm)
   if r == nil then
     -- the freeze was refused (an answer, not a lost request): final
     if type(fstatus) == "table" then fcode = "FreezeFailed" end
-    g:do_thaw() -- a freeze that failed half-way may have frozen some filesystems
     g:drop_lease()
+    if M.vm_frozen(cur) then
+      -- frozen by something that left no lease (the freeze was refused for
+      -- that): held as it is; the last holder out thaws, as the reference does
+      return true, "foreign", { at = at, deadline = at / 1000 + budget, foreign = true }
+    end
+    g:do_thaw() -- a freeze that failed half-way may have frozen some filesystems
     mark(ctx, obj, { [M.FROZEN_AT] = json.null })
     return nil, ferr, fcode
   end

@@ -104,14 +104,15 @@ end
 
 --- May a snapshot join the freeze this lease records? Its deadline has not
 --- passed and (when the lease names its budget) at least `margin` seconds
---- (default 0.5) of the budget are left: past it a server-side
---- unfreezeTimeout may already have thawed the guest.
+--- (default 40% of the budget, at least 0.5) of the budget are left: a
+--- joiner's cut must come before the freeze's deadline.
 function M.lease_joinable(lease, now, margin)
   now = now or vtime.now()
   local dl = vtime.parse(lease.deadline)
   if not dl or dl <= now then return false end
   local since, budget = M.lease_since(lease), tonumber(lease.budget)
-  if since and budget then return now + (margin or 0.5) < since + budget end
+  -- a joiner needs time for its own cut: at least 0.5 s, and 40% of the budget
+  if since and budget then return now + (margin or math.max(0.5, 0.4 * budget)) < since + budget end
   return true
 end
 

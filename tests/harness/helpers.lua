@@ -140,7 +140,7 @@ function M.faultproxy(upstream_port)
   local dir = assert(fs.tempdir("vmsnap-fault"))
   local pf = dir.path .. "/port"
   local p = assert(proc.spawn({ M.build .. "/tests/faultproxy", "--upstream", tostring(upstream_port),
-    "--port-file", pf, "--max-seconds", "300" }, { stdout = "null" }))
+    "--port-file", pf, "--max-seconds", "300" }, { stdout = "null", stderr = "inherit" }))
   local port
   for _ = 1, 500 do
     local s = fs.read_file(pf)

@@ -9,7 +9,8 @@
 ** bodies) so that faults can be put in their place.  Control requests:
 **   POST   /_faults?match=PREFIX&do=A,B,...   the next requests whose path
 **          starts with PREFIX get actions A, B, ... in turn (PREFIX ending in
-**          '$': the path is exactly PREFIX, its query aside); rules are tried
+**          '$': the path is exactly PREFIX, its query aside; "METHOD PREFIX",
+**          e.g. "POST /apis/...": only requests of that method); rules are tried
 **          in the order they were added, and a rule ends with its actions
 **   GET    /_faults                            {"requests":N,"faulted":F,"proxied":P}
 **   DELETE /_faults                            forget the rules, zero the counters
@@ -23,6 +24,7 @@
 **   slow:MS      pass the request through after MS milliseconds
 **   cut:MS       pass it through, close the connection MS ms later (breaks a watch)
 **   gone         answer a watch with one ERROR event (410 Expired), then end
+** FAULTPROXY_LOG set in the environment: each request line goes to stderr.
 ** Exits after --max-seconds (default 300) so a broken test cannot leak it.
 */
 #define _GNU_SOURCE
@@ -216,20 +218,27 @@ static void slow_cb(uv_timer_t *t)
 
 /* does path match a rule's prefix? A prefix ending in '$' is a whole path:
    what follows it can only be the query */
-static int rule_matches(const Rule *r, const char *path)
+static int rule_matches(const Rule *r, const char *method, const char *path)
 {
-	size_t l = strlen(r->prefix);
-	if (l > 0 && r->prefix[l - 1] == '$')
-		return strncmp(path, r->prefix, l - 1) == 0 && (path[l - 1] == '\0' || path[l - 1] == '?');
-	return strncmp(path, r->prefix, l) == 0;
+	const char *prefix = r->prefix;
+	const char *sp = strchr(prefix, ' ');
+	if (sp) {
+		if (strncmp(prefix, method, (size_t)(sp - prefix)) != 0 || method[sp - prefix] != '\0')
+			return 0;
+		prefix = sp + 1;
+	}
+	size_t l = strlen(prefix);
+	if (l > 0 && prefix[l - 1] == '$')
+		return strncmp(path, prefix, l - 1) == 0 && (path[l - 1] == '\0' || path[l - 1] == '?');
+	return strncmp(path, prefix, l) == 0;
 }
 
-static const char *next_action(const char *path)
+static const char *next_action(const char *method, const char *path)
 {
 	int i;
 	for (i = 0; i < nrules; i++) {
 		Rule *r = &rules[i];
-		if (r->next < r->n && rule_matches(r, path))
+		if (r->next < r->n && rule_matches(r, method, path))
 			return r->actions[r->next++];
 	}
 	return NULL;
@@ -311,7 +320,9 @@ static int handle(Conn *c, const char *req, size_t n)
 		return 0;
 	}
 	n_requests++;
-	const char *a = next_action(path);
+	if (getenv("FAULTPROXY_LOG"))
+		fprintf(stderr, "faultproxy: %s %s\n", method, target);
+	const char *a = next_action(method, path);
 	if (!a || strcmp(a, "ok") == 0) {
 		forward(c, req, n);
 		return 0;
@@ -371,13 +382,24 @@ static int handle(Conn *c, const char *req, size_t n)
 	return 0;
 }
 
+/* the Content-Length of a request whose header is head[0, hlen) (hlen counts
+   the blank line); only the header's own bytes are looked at (the buffer
+   behind it holds what earlier requests left there, and is no C string) */
 static size_t content_length(const char *head, size_t hlen)
 {
-	const char *p = head;
-	while (p && p < head + hlen) {
-		if (strncasecmp(p, "\r\nContent-Length:", 17) == 0)
-			return (size_t)strtoul(p + 17, NULL, 10);
-		p = strstr(p + 1, "\r\n");
+	static const char key[] = "\r\ncontent-length:";
+	size_t kl = sizeof key - 1, i;
+	for (i = 0; i + kl <= hlen - 2; i++) {
+		if (strncasecmp(head + i, key, kl) == 0) {
+			char num[24];
+			size_t j = i + kl, k = 0;
+			while (j < hlen && head[j] == ' ')
+				j++;
+			while (j < hlen && k + 1 < sizeof num && head[j] >= '0' && head[j] <= '9')
+				num[k++] = head[j++];
+			num[k] = 0;
+			return (size_t)strtoul(num, NULL, 10);
+		}
 	}
 	return 0;
 }

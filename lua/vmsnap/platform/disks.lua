@@ -9,8 +9,10 @@
 --- replace it); everything after provisioning is the same for both.
 local json = require("vmsnap.json")
 local quantity = require("vmsnap.quantity")
+local csi = require("vmsnap.csi")
 local reconcile = require("vmsnap.reconcile")
 local workflow = require("vmsnap.workflow")
+local steps = require("vmsnap.reconcile.steps")
 
 local M = {}
 
@@ -21,21 +23,14 @@ local VM = "virtualmachines.virtualization.deckhouse.io"
 local SC = "storageclasses.storage.k8s.io"
 
 --- The claim name of a disk (a.4): vd-<name>-<uid>, at most 253 characters.
-function M.pvc_name(vd)
-  return ("vd-%s-%s"):format(vd.metadata.name, vd.metadata.uid):sub(1, 253)
-end
+M.pvc_name = csi.claim_name
 
 local function cond_true(ctx, t)
   local c = ctx:get_condition(t)
   return c and c.status == "True" and c.observedGeneration == ctx.obj.metadata.generation
 end
 
-function M.default_storage_class(ctx)
-  for _, sc in ipairs(ctx:list(SC)) do
-    local a = sc.metadata.annotations or {}
-    if a["storageclass.kubernetes.io/is-default-class"] == "true" then return sc end
-  end
-end
+function M.default_storage_class(ctx) return csi.default_storage_class(ctx:list(SC)) end
 
 -- VMs using this disk (spec.blockDeviceRefs)
 local function attached_vms(ctx, vd)
@@ -114,9 +109,7 @@ local function reconcile_disk(ctx, vd)
     if ds and ds.type == "ObjectRef" and ds.objectRef and ds.objectRef.kind == "VirtualDiskSnapshot" then
       local wf, err = workflow.load("disk-restore")
       if not wf then return nil, err end
-      local res, e2 = wf.provision(ctx, vd)
-      if res == nil then return nil, e2 end
-      return res
+      return steps.run(wf, ctx, vd)
     elseif ds then
       vd.status.phase = "Pending"
       ctx:condition("Ready", "False", "ProvisioningNotStarted",

@@ -12,6 +12,7 @@ local json = require("vmsnap.json")
 local task = require("vmsnap.task")
 local log = require("vmsnap.log")
 local api = require("vmsnap.apiserver")
+local deep = require("vmsnap.deep")
 
 local M = {}
 local plog = log.new("platform.freeze")
@@ -71,11 +72,13 @@ function M.register(S)
     if not ok then error(a, 0) end
     return a, b
   end
-  local function thaw(target, k)
+  local function thaw(target, k, call)
     local st = S.frozen[k]
     S.frozen[k] = nil
     if st and st.timer and task.current() ~= st.timer then task.cancel(st.timer) end
-    return agent_call(target, function(a) return a:fsfreeze_thaw() end)
+    local r = agent_call(target, function(a) return a:fsfreeze_thaw() end)
+    M.forget_lease(S, call or st.call)
+    return r
   end
   S:subresource("subresources.virtualization.deckhouse.io", "v1alpha2", "virtualmachines", "freeze", function(_, call)
     if call.method ~= "PUT" then api.fail(405, "MethodNotAllowed", "freeze takes PUT") end
@@ -85,11 +88,26 @@ function M.register(S)
     if call.method ~= "PUT" then api.fail(405, "MethodNotAllowed", "unfreeze takes PUT") end
     return locked(key(call), function()
       local target = agent_for(call.object)
-      thaw(target, key(call))
+      thaw(target, key(call), call)
       return 200, nil
     end)
   end)
   M.key = key
+end
+
+--- Whoever thaws a guest (an unfreeze by anyone, the unfreeze timeout), the
+--- freeze is over: vmsnap's freeze lease on the VM goes with it, so that no
+--- snapshot takes a later cut for one made under this freeze.
+function M.forget_lease(S, call)
+  if not call then return end
+  local r = S.reg:find("virtualization.deckhouse.io", "v1alpha2", "virtualmachines")
+  local raw = r and S.store:get_raw(r.key, call.namespace or "", call.name)
+  local old = raw and json.decode(raw)
+  if type(old) ~= "table" or not (old.metadata.annotations or {})["vmsnap.io/frozen-by"] then return end
+  local new = deep.copy(old)
+  new.metadata.annotations["vmsnap.io/frozen-by"] = nil
+  local ok, err = pcall(S.update_object, S, r, call.namespace, new, old, { manager = "vmsnap-platform" })
+  if not ok then plog:warn("cannot remove the freeze lease", { vm = call.namespace .. "/" .. call.name, error = tostring(err) }) end
 end
 
 function M.do_freeze(S, call, thaw)
@@ -108,7 +126,7 @@ function M.do_freeze(S, call, thaw)
       return a:fsfreeze_freeze()
     end)
     local k = key(call)
-    local st = { gen = (S.frozen[k] and S.frozen[k].gen or 0) + 1 }
+    local st = { gen = (S.frozen[k] and S.frozen[k].gen or 0) + 1, call = { namespace = call.namespace, name = call.name } }
     if S.frozen[k] and S.frozen[k].timer then task.cancel(S.frozen[k].timer) end
     S.frozen[k] = st
     if timeout > 0 then

@@ -170,11 +170,17 @@ function Controller:reconcile_key(key)
     local added, aerr = ctx:add_finalizer(fin)
     if not added then return nil, aerr end
   end
-  ok, res, err = pcall(self.opts.reconcile, ctx, obj)
+  local code
+  ok, res, err, code = pcall(self.opts.reconcile, ctx, obj)
   if not ok then
     return nil, type(res) == "table" and tostring(res.message or res) or tostring(res)
   end
-  if res == nil and err then return nil, err end
+  if res == nil and err then
+    -- a failed pass still shows what it found (a failure after a freeze says
+    -- so on the object): the status is written, then the pass is retried
+    ctx:flush()
+    return nil, err, code
+  end
   local wrote, werr, wcode = ctx:flush()
   if not wrote then
     -- computed from a stale copy: at once again, from the fresh one
