@@ -20,6 +20,8 @@
 local json = require("vmsnap.json")
 local guest = require("vmsnap.guest")
 local vtime = require("vmsnap.time")
+local steps = require("vmsnap.reconcile.steps")
+local object = require("vmsnap.k8s.object")
 
 local M = {}
 
@@ -32,6 +34,7 @@ M.CUT = "vmsnap.io/cut"                         -- a VM snapshot's verdict on it
 
 local VDS = "virtualdisksnapshots.virtualization.deckhouse.io"
 local VMS = "virtualmachinesnapshots.virtualization.deckhouse.io"
+local VM = "virtualmachines.virtualization.deckhouse.io"
 
 local function annotation(obj, key)
   return obj.metadata.annotations and obj.metadata.annotations[key]
@@ -44,6 +47,15 @@ function M.vm_frozen(vm)
     if c.type == "FilesystemFrozen" then return c.status == "True" and c.reason == "Frozen" end
   end
   return false
+end
+
+--- Can the guest of `vm` be frozen for a snapshot now: Running with its
+--- agent ready, or frozen already (a snapshot joins that freeze)? Also the
+--- VM's phase and whether its agent is ready.
+function M.can_freeze(vm)
+  local phase = vm.status and vm.status.phase or ""
+  local agent = object.is_true(vm, "AgentReady")
+  return (phase == "Running" and agent) or M.vm_frozen(vm), phase, agent
 end
 
 --- The freeze budget of a snapshot, in seconds (annotation, default 30).
@@ -77,6 +89,12 @@ local function disks_of(vm)
   return disks
 end
 
+--- The VM as this process sees it now: from the cache, which has this
+--- process's own writes (a lease taken earlier in the same pass), or `vm`.
+function M.current(ctx, vm)
+  return vm and (ctx:get(VM, vm.metadata.namespace, vm.metadata.name) or vm) or nil
+end
+
 local function in_progress(s)
   return s.status and s.status.phase == "InProgress" and not s.metadata.deletionTimestamp and not M.left(s)
 end
@@ -87,6 +105,7 @@ end
 --- else from the API.
 ---@param ctx vmsnap.reconcile.Context
 function M.holders(ctx, vm, skip)
+  vm = M.current(ctx, vm)
   local ns = vm.metadata.namespace
   local disks = disks_of(vm)
   local lease = guest.parse_lease(vm)
@@ -146,7 +165,7 @@ function M.freeze_or_join(ctx, obj, vm)
     if lease and tonumber(lease.at) == held then
       deadline = math.min(deadline, guest.lease_since(lease) + (tonumber(lease.budget) or budget))
     end
-    return true, "held", { at = held, deadline = deadline }
+    return true, "held", { at = held, deadline = deadline, since = vtime.now() }
   end
   if lease then
     local mine = lease.holder == guest.holder() or guest.holder_alive(lease.holder) == false
@@ -160,7 +179,7 @@ function M.freeze_or_join(ctx, obj, vm)
       local ok, merr, mcode = mark(ctx, obj, { [M.FROZEN_AT] = tostring(at) })
       if not ok then return nil, merr, mcode end
       return true, "joined", { at = at, deadline = math.min(since + (tonumber(lease.budget) or budget),
-        vtime.now() + budget) }
+        vtime.now() + budget), since = vtime.now() }
     end
     if not guest.lease_stale(lease) or (mine and (vtime.parse(lease.deadline) or 0) > vtime.now()) then
       return nil, ("the virtual machine %q is frozen by %s until %s: waiting for the thaw"):format(
@@ -180,6 +199,7 @@ function M.freeze_or_join(ctx, obj, vm)
     g:drop_lease()
     return nil, merr, mcode
   end
+  local t_freeze = vtime.now()
   local r, ferr, fcode, fstatus = g:do_freeze(budget)
   if r == nil then
     -- the freeze was refused (an answer, not a lost request): final
@@ -188,18 +208,40 @@ function M.freeze_or_join(ctx, obj, vm)
     if M.vm_frozen(cur) then
       -- frozen by something that left no lease (the freeze was refused for
       -- that): held as it is; the last holder out thaws, as the reference does
-      return true, "foreign", { at = at, deadline = at / 1000 + budget, foreign = true }
+      return true, "foreign", { at = at, deadline = at / 1000 + budget, foreign = true, since = t_freeze }
     end
     g:do_thaw() -- a freeze that failed half-way may have frozen some filesystems
     mark(ctx, obj, { [M.FROZEN_AT] = json.null })
     return nil, ferr, fcode
   end
-  return true, "frozen", { at = at, deadline = at / 1000 + budget }
+  return true, "frozen", { at = at, deadline = at / 1000 + budget, since = t_freeze }
+end
+
+--- Has the cut come for a snapshot whose VolumeSnapshots are `cut` (all
+--- have a creationTime) and `ready`: the cut, or Ready with thaw-at: Ready?
+--- Else false and the seconds left before the freeze's deadline (<= 0: the
+--- budget is spent).
+function M.reached(obj, cut, ready, freeze)
+  if (M.thaw_at_ready(obj) and ready) or (not M.thaw_at_ready(obj) and cut) then return true end
+  return false, (tonumber(freeze and freeze.deadline) or 0) - vtime.now()
+end
+
+--- The cut did not come within the budget (Decision 4): give the freeze
+--- back now (the undo of the step named `step`, outcome "Budget") and say
+--- so in a Warning Event. `what` names what was not cut ("the volume
+--- snapshot was"). Returns the message, or nil, message, code.
+function M.overrun(ctx, obj, step, what)
+  local ok, err, code = steps.release(ctx, step, "Budget")
+  if not ok then return nil, err, code end
+  local msg = ("%s not cut within the freeze budget of %gs"):format(what, M.budget(obj))
+  ctx:event("Warning", "FreezeBudgetExceeded", msg .. "; the guest was thawed")
+  return msg
 end
 
 --- Was the guest still frozen for `obj` when its cut was seen (now)?
 --- `freeze` is what freeze_or_join returned when the VolumeSnapshot was
---- issued ({at, deadline}). Returns true, or false and why not.
+--- issued ({at, deadline}); `vm` as it is now (M.current). Returns true, or
+--- false and why not.
 function M.still_held(obj, vm, freeze)
   local at = M.frozen_at(obj)
   if not at or not freeze or tonumber(freeze.at) ~= at then
@@ -220,35 +262,38 @@ end
 --- Leave the VM's freeze: thaw it when nobody else holds it (`opts.skip`
 --- leaves holders out of that count) or when `opts.force` (the budget is
 --- spent), drop the lease, remove the mark and record how long the guest
---- was frozen (`vmsnap.io/freeze-duration-ms`). Returns true, and whether
---- this call thawed; or nil, message, code.
+--- was frozen for this snapshot (`vmsnap.io/freeze-duration-ms`: from
+--- `opts.since`, when the freeze call went out or the snapshot joined, to
+--- the thaw). Returns true, and when this call thawed (seconds since the
+--- epoch; false when it did not); or nil, message, code.
 ---@param ctx vmsnap.reconcile.Context
 --- With `opts.thaw == false` it only leaves (a VM snapshot's child: its
 --- parent thaws).
----@param opts? {force?: boolean, skip?: fun(obj: table): boolean, thaw?: boolean}
+---@param opts? {force?: boolean, skip?: fun(obj: table): boolean, thaw?: boolean, since?: number}
 function M.leave(ctx, obj, vm, opts)
   opts = opts or {}
   local _ <close> = vm and guest.lock(vm) or nil
   local at = M.frozen_at(obj)
   local thawed = false
   if vm and opts.thaw ~= false and (at or opts.force) and (opts.force or M.can_unfreeze(ctx, obj, vm, opts.skip)) then
-    local g = guest.for_vm(ctx.client, vm, { transport = "api" })
-    local cur, err, code = g:refresh_vm()
-    if not cur then return nil, err, code end
-    -- a freeze with no lease any more was thawed already (by the VM
-    -- snapshot it belongs to, at the deadline), unless it was never ours
-    local lease = guest.parse_lease(cur)
-    if lease or opts.force or M.vm_frozen(cur) then
+    -- the VM as this process sees it now (the cache has its own lease
+    -- writes, also those of this pass): a freeze with no lease any more was
+    -- thawed already (by the VM snapshot it belongs to, at the deadline),
+    -- unless it was never ours
+    local cur = M.current(ctx, vm)
+    if guest.parse_lease(cur) or opts.force or M.vm_frozen(cur) then
+      local g = guest.for_vm(ctx.client, vm, { transport = "api" })
       local r, terr, tcode = g:do_thaw()
       if r == nil then return nil, terr, tcode end
+      thawed = vtime.now()
       g:drop_lease(true)
-      thawed = true
     end
   end
   if at then
-    local now = math.floor(vtime.now() * 1000)
+    local now = math.floor((thawed or vtime.now()) * 1000)
+    local from = opts.since and math.floor(opts.since * 1000) or at
     local ok, err, code = mark(ctx, obj, { [M.FROZEN_AT] = json.null,
-      [M.FREEZE_DURATION] = tostring(math.max(0, now - at)) })
+      [M.FREEZE_DURATION] = tostring(math.max(0, now - from)) })
     if not ok then return nil, err, code end
   end
   return true, thawed
@@ -259,6 +304,7 @@ end
 --- leaving and thawing). Returns true, or nil, message, code.
 function M.release_if_last(ctx, obj, vm)
   if not vm then return true end
+  vm = M.current(ctx, vm)
   local lease = guest.parse_lease(vm)
   if not lease then return true end
   if lease.holder ~= guest.holder() and guest.holder_alive(lease.holder) ~= false then return true end

@@ -3,7 +3,6 @@
 -- Running, or its agent is not ready) and consistency is required, the
 -- snapshot waits (docs/behaviour.md b.3.2 step 7a). A frozen VM counts as
 -- freezable: the snapshot joins its freeze.
-local object = require("vmsnap.k8s.object")
 local freezes = require("vmsnap.freezes")
 
 -- the reference's wording
@@ -19,10 +18,8 @@ return {
   check = function(ctx, vds, facts)
     local vm = facts.vm
     if not vm or vds.spec.requiredConsistency == false then return true end
-    local phase = vm.status and vm.status.phase or ""
-    if phase == "Stopped" or freezes.vm_frozen(vm) then return true end
-    local agent = object.is_true(vm, "AgentReady")
-    if phase == "Running" and agent then return true end
+    local ok, phase, agent = freezes.can_freeze(vm)
+    if ok or phase == "Stopped" then return true end
     local head = HEAD:format(vm.metadata.name, vds.spec.virtualDiskName, phase)
     return false, "PotentiallyInconsistent", head .. (agent and NOT_STOPPED or NO_AGENT)
   end,

@@ -3,7 +3,6 @@
 -- ready) and consistency is required, the snapshot waits
 -- (docs/behaviour.md b.4.2 steps 9-10). A frozen VM counts as freezable:
 -- the snapshot joins its freeze.
-local object = require("vmsnap.k8s.object")
 local freezes = require("vmsnap.freezes")
 
 -- the reference's wording
@@ -16,12 +15,10 @@ return {
   applies_to = { "vm-snapshot" },
   order = 50,
   check = function(ctx, vms, facts)
-    local vm = facts.vm
     if vms.spec.requiredConsistency == false then return true end
-    local phase = vm.status and vm.status.phase or ""
-    if phase == "Stopped" or freezes.vm_frozen(vm) then return true end
-    local agent = object.is_true(vm, "AgentReady")
-    if phase == "Running" and agent then return true end
+    local vm = facts.vm
+    local ok, phase, agent = freezes.can_freeze(vm)
+    if ok or phase == "Stopped" then return true end
     return false, "PotentiallyInconsistent", HEAD:format(vm.metadata.name) .. (agent and NOT_STOPPED or NO_AGENT)
   end,
 }

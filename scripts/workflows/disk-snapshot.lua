@@ -18,7 +18,6 @@ local freezes = require("vmsnap.freezes")
 local workflow = require("vmsnap.workflow")
 local steps = require("vmsnap.reconcile.steps")
 local errors = require("vmsnap.errors")
-local vtime = require("vmsnap.time")
 local object = require("vmsnap.k8s.object")
 
 local W = {}
@@ -51,14 +50,6 @@ W.MSG = {
 }
 local MSG = W.MSG
 
--- an object from the cache (or the API); an API failure raises (a transient
--- failure of the pass), absence is nil
-local function get(ctx, kind, ns, name)
-  local o, err, code = ctx:get(kind, ns, name)
-  if o == nil and err then error(errors.new(code or "ERROR", err), 0) end
-  return o
-end
-
 -- a child of a VM snapshot: its parent freezes, issues its VolumeSnapshot,
 -- judges its cut and thaws
 local function vm_snapshot_child(vds)
@@ -73,14 +64,14 @@ end
 function W.observe(ctx, vds)
   local ns = vds.metadata.namespace
   local f = {}
-  f.vs = get(ctx, VS, ns, vds.metadata.name)
-  f.vd = get(ctx, VD, ns, vds.spec.virtualDiskName)
+  f.vs = ctx:fetch(VS, ns, vds.metadata.name)
+  f.vd = ctx:fetch(VD, ns, vds.spec.virtualDiskName)
   local att = f.vd and f.vd.status and f.vd.status.attachedToVirtualMachines or {}
   if #att >= 2 then return nil, MSG.MULTI_ATTACHED:format(vds.spec.virtualDiskName), "MultipleAttachments" end
-  if #att == 1 then f.vm = get(ctx, VM, ns, att[1].name) end
+  if #att == 1 then f.vm = ctx:fetch(VM, ns, att[1].name) end
   local target = f.vd and f.vd.status and f.vd.status.target
   local pvcname = target and target.persistentVolumeClaimName
-  if pvcname and pvcname ~= "" then f.pvc = get(ctx, "persistentvolumeclaims", ns, pvcname) end
+  if pvcname and pvcname ~= "" then f.pvc = ctx:fetch("persistentvolumeclaims", ns, pvcname) end
   W.virtual_disk_ready(ctx, vds, f)
   return f
 end
@@ -137,14 +128,14 @@ end
 --- Freeze the guest, or join the freeze it is under (Decision 8).
 function W.freeze(ctx, vds, facts)
   local vm = facts.vm
-  local ready = (vm.status and vm.status.phase) == "Running" and object.is_true(vm, "AgentReady")
-  if not (ready or freezes.frozen_at(vds) or freezes.vm_frozen(vm)) then
+  local ok, phase, agent = freezes.can_freeze(vm)
+  if not (ok or freezes.frozen_at(vds)) then
     if vds.spec.requiredConsistency == false then return true end -- without a freeze: not consistent
     return steps.wait("PotentiallyInconsistent", ("The virtual machine %q cannot be frozen now (phase %s, agent %s): waiting for it."):format(
-      vm.metadata.name, tostring(vm.status and vm.status.phase), ready and "ready" or "not ready"), 2)
+      vm.metadata.name, phase, agent and "ready" or "not ready"), 2)
   end
-  local ok, how, freeze = freezes.freeze_or_join(ctx, vds, vm)
-  if not ok then
+  local fok, how, freeze = freezes.freeze_or_join(ctx, vds, vm)
+  if not fok then
     if freeze == "BUSY" then return steps.wait("Snapshotting", steps.sentence(how), 1) end
     if errors.is_transient(freeze) then return nil, how, freeze end
     return nil, MSG.FREEZE_FAILED:format(vds.metadata.namespace, vm.metadata.name, tostring(how)), freeze
@@ -155,7 +146,8 @@ end
 
 --- The freeze's undo: leave it (the last holder out thaws; the budget forces it).
 function W.leave(ctx, vds, outcome, facts)
-  return freezes.leave(ctx, vds, facts.vm, { force = outcome == "Budget", thaw = not vm_snapshot_child(vds) })
+  return freezes.leave(ctx, vds, facts.vm, { force = outcome == "Budget", thaw = not vm_snapshot_child(vds),
+    since = ctx.memo.freeze and ctx.memo.freeze.since })
 end
 
 --- b.3.2 step 7c: the VolumeSnapshot of `vds` for the disk in `facts`,
@@ -224,22 +216,14 @@ function W.cut(ctx, vds, facts)
     return judge(ctx, vds, offline, ctx.memo.offline and "the virtual machine started before the cut"
       or "the guest was not frozen")
   end
-  local reached = freezes.thaw_at_ready(vds) and state.ready or (not freezes.thaw_at_ready(vds) and state.cut)
-  if reached then
-    local ok, why = freezes.still_held(vds, facts.vm, freeze)
-    return judge(ctx, vds, ok, why)
-  end
-  local left = freeze.deadline - vtime.now()
+  local reached, left = freezes.reached(vds, state.cut, state.ready, freeze)
+  if reached then return judge(ctx, vds, freezes.still_held(vds, freezes.current(ctx, facts.vm), freeze)) end
   if left > 0 then
     return steps.wait(waiting.reason, waiting.message, math.min(0.2, math.max(0.01, left)))
   end
-  -- the cut did not come in time (Decision 4): thaw now, not consistent
-  local ok, err, code = steps.release(ctx, "freeze", "Budget")
-  if not ok then return nil, err, code end
-  local budget = freezes.budget(vds)
-  ctx:event("Warning", "FreezeBudgetExceeded",
-    ("the snapshot was not cut within the freeze budget of %gs; the guest was thawed"):format(budget))
-  return judge(ctx, vds, false, ("the volume snapshot was not cut within the freeze budget of %gs"):format(budget))
+  local why, err, code = freezes.overrun(ctx, vds, "freeze", "the volume snapshot was")
+  if not why then return nil, err, code end
+  return judge(ctx, vds, false, why)
 end
 
 --- Leave the freeze (the thaw when this was its last holder).

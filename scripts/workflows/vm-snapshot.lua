@@ -25,7 +25,6 @@ local json = require("vmsnap.json")
 local freezes = require("vmsnap.freezes")
 local hooks = require("vmsnap.hooks")
 local task = require("vmsnap.task")
-local vtime = require("vmsnap.time")
 local errors = require("vmsnap.errors")
 local workflow = require("vmsnap.workflow")
 local steps = require("vmsnap.reconcile.steps")
@@ -74,12 +73,6 @@ W.MSG = {
 }
 local MSG = W.MSG
 
-local function get(ctx, kind, ns, name)
-  local o, err, code = ctx:get(kind, ns, name)
-  if o == nil and err then error(errors.new(code or "ERROR", err), 0) end
-  return o
-end
-
 -- ------------------------------------------------------------ every pass
 
 --- The VM's disks (status.blockDeviceRefs of kind VirtualDisk, hot-plugged
@@ -89,10 +82,10 @@ function W.disks(ctx, vm)
   local out = {}
   for _, r in ipairs(vm.status and vm.status.blockDeviceRefs or {}) do
     if r.kind == "VirtualDisk" then
-      local d = { name = r.name, vd = get(ctx, VD, ns, r.name) }
+      local d = { name = r.name, vd = ctx:fetch(VD, ns, r.name) }
       local target = d.vd and d.vd.status and d.vd.status.target
       d.pvc_name = target and target.persistentVolumeClaimName or ""
-      if d.pvc_name ~= "" then d.pvc = get(ctx, "persistentvolumeclaims", ns, d.pvc_name) end
+      if d.pvc_name ~= "" then d.pvc = ctx:fetch("persistentvolumeclaims", ns, d.pvc_name) end
       out[#out + 1] = d
     end
   end
@@ -103,10 +96,10 @@ end
 --- VirtualMachineReady condition (b.4.1).
 function W.observe(ctx, vms)
   local ns = vms.metadata.namespace
-  local f = { vm = get(ctx, VM, ns, vms.spec.virtualMachineName) }
+  local f = { vm = ctx:fetch(VM, ns, vms.spec.virtualMachineName) }
   f.disks = f.vm and W.disks(ctx, f.vm) or {}
   f.children = {}
-  for i, n in ipairs(vms.status.virtualDiskSnapshotNames or {}) do f.children[i] = get(ctx, VDS, ns, n) or false end
+  for i, n in ipairs(vms.status.virtualDiskSnapshotNames or {}) do f.children[i] = ctx:fetch(VDS, ns, n) or false end
   W.virtual_machine_ready(ctx, vms, f.vm)
   return f
 end
@@ -171,7 +164,7 @@ end
 function W.stored_ip(ctx, vms, vm)
   local ipname = vm.status and vm.status.virtualMachineIPAddressName or ""
   if ipname == "" then return nil end -- no main network: nothing to keep
-  local ip = get(ctx, VMIP, vm.metadata.namespace, ipname)
+  local ip = ctx:fetch(VMIP, vm.metadata.namespace, ipname)
   if not ip then return nil, MSG.NO_VMIP:format(ipname), "NotFound" end
   ip = secret_format.stored(ip, G, "VirtualMachineIPAddress")
   local named = (vm.spec.virtualMachineIPAddressName or "") ~= ""
@@ -198,14 +191,14 @@ function W.secret_objects(ctx, vms, vm)
     local ref = prov.type == "SysprepRef" and prov.sysprepRef or prov.userDataRef
     if not ref then return nil, ("the virtual machine provisioning %s is empty"):format(tostring(prov.type)), "Invalid" end
     if ref.kind ~= "Secret" then return nil, ("unknown provisioning reference kind %q"):format(tostring(ref.kind)), "Invalid" end
-    local sec = get(ctx, "secrets", ns, ref.name)
+    local sec = ctx:fetch("secrets", ns, ref.name)
     if not sec then return nil, MSG.NO_PROVISIONING:format(ref.name), "NotFound" end
     objs.provisioner = secret_format.stored(sec, "v1", "Secret")
   end
   for _, r in ipairs(vm.status.blockDeviceRefs or {}) do
     if r.hotplugged then
       local name = r.virtualMachineBlockDeviceAttachmentName or ""
-      local b = name ~= "" and get(ctx, VMBDA, ns, name) or nil
+      local b = name ~= "" and ctx:fetch(VMBDA, ns, name) or nil
       if not b then return nil, MSG.NO_VMBDA:format(name), "NotFound" end
       objs.vmbdas[#objs.vmbdas + 1] = secret_format.stored(b, G, "VirtualMachineBlockDeviceAttachment")
     end
@@ -282,7 +275,7 @@ function W.store(ctx, vms, facts)
   local res, cerr, ccode = ctx.client:create(secret)
   if not res and ccode == "AlreadyExists" then
     -- ours, from a pass that was not recorded?
-    res = get(ctx, "secrets", ns, vms.metadata.name)
+    res = ctx:fetch("secrets", ns, vms.metadata.name)
     if not (res and object.owned_by(res, vms)) then return nil, MSG.SECRET_FAILED:format(cerr), "AlreadyExists" end
   elseif not res then
     return nil, MSG.SECRET_FAILED:format(cerr), ccode
@@ -308,9 +301,9 @@ end
 --- be frozen (Running with its agent, or frozen already)?
 function W.needs_freeze(ctx, vms, facts)
   local vm = facts.vm
-  local phase = vm and vm.status and vm.status.phase
-  if not vm or phase == "Stopped" or ctx.memo.issued ~= nil then return false end
-  return (phase == "Running" and object.is_true(vm, "AgentReady")) or freezes.vm_frozen(vm)
+  if not vm or ctx.memo.issued ~= nil then return false end
+  local ok, phase = freezes.can_freeze(vm)
+  return ok and phase ~= "Stopped"
 end
 
 --- b.4.2 step 12: one freeze for the whole VM (or the freeze it is under),
@@ -347,15 +340,15 @@ function W.thaw(ctx, vms, outcome, facts)
   local children = marked_children(vms, facts)
   local left_frozen = freezes.frozen_at(vms) ~= nil
   -- each child's verdict, before the thaw: its cut is seen, under this freeze
-  local held = vm and freezes.still_held(vms, vm, ctx.memo.freeze)
+  local held = vm and freezes.still_held(vms, freezes.current(ctx, vm), ctx.memo.freeze)
   local verdicts = {}
   for i, child in ipairs(children) do
-    local st = csi.state(get(ctx, VS, child.metadata.namespace, child.metadata.name))
+    local st = csi.state(ctx:fetch(VS, child.metadata.namespace, child.metadata.name))
     local cut = freezes.thaw_at_ready(vms) and st.ready or (not freezes.thaw_at_ready(vms) and st.cut)
     verdicts[i] = (held and cut and not st.error) and "consistent" or "inconsistent"
   end
   local ok, err, code = freezes.leave(ctx, vms, vm, { force = outcome == "Budget",
-    skip = function(s) return object.owned_by(s, vms) end })
+    skip = function(s) return object.owned_by(s, vms) end, since = ctx.memo.freeze and ctx.memo.freeze.since })
   if not ok then return nil, err, code end
   if left_frozen and vm then ctx:event("Normal", "VirtualMachineSnapshottingThawed", MSG.THAWED:format(vm.metadata.name)) end
   for i, child in ipairs(children) do
@@ -391,7 +384,7 @@ function W.children(ctx, vms, facts)
         facts.children[i] = res
         child = res
       end
-      if disk_wf and not get(ctx, VS, child.metadata.namespace, child.metadata.name) then
+      if disk_wf and not ctx:fetch(VS, child.metadata.namespace, child.metadata.name) then
         local vs, err, code = disk_wf.issue_volume_snapshot(ctx.client, child, { vd = d.vd, pvc = d.pvc },
           child.spec.volumeSnapshotClassName)
         if not vs then failure = failure or { err, code } end
@@ -408,7 +401,7 @@ end
 local function cuts(ctx, vms)
   local all_cut, all_ready = true, true
   for _, n in ipairs(vms.status.virtualDiskSnapshotNames or {}) do
-    local st = csi.state(get(ctx, VS, vms.metadata.namespace, n))
+    local st = csi.state(ctx:fetch(VS, vms.metadata.namespace, n))
     if st.error then return false, false, n, st.error end
     all_cut = all_cut and st.cut
     all_ready = all_ready and st.ready
@@ -441,24 +434,21 @@ function W.cut(ctx, vms, facts)
     return child_failed(bad, disk_wf.MSG.VS_ERROR:format(bad, why))
   end
   local freeze = ctx.memo.freeze
-  if (freezes.thaw_at_ready(vms) and all_ready) or (not freezes.thaw_at_ready(vms) and all_cut) then
-    local held, hwhy = freezes.still_held(vms, facts.vm, freeze)
+  local reached, left = freezes.reached(vms, all_cut, all_ready, freeze)
+  if reached then
+    local held, hwhy = freezes.still_held(vms, freezes.current(ctx, facts.vm), freeze)
     ctx.memo.why = not held and hwhy or nil -- the thaw tells each child
     return true
   end
-  local left = freeze.deadline - vtime.now()
   if left > 0 then
     local w = progress(vms, facts)
     return steps.wait(w.reason, w.message, math.min(0.05, math.max(0.01, left)))
   end
-  local ok, err, code = steps.release(ctx, "freeze", "Budget")
-  if not ok then return nil, err, code end
-  local budget = freezes.budget(vms)
-  ctx:event("Warning", "FreezeBudgetExceeded",
-    ("the disks were not cut within the freeze budget of %gs; the guest was thawed"):format(budget))
+  local why, err, code = freezes.overrun(ctx, vms, "freeze", "the volume snapshots were")
+  if not why then return nil, err, code end
+  ctx.memo.why = why
   if vms.spec.requiredConsistency ~= false then
-    return nil, ("the volume snapshots were not cut within the freeze budget of %gs: the snapshot is not consistent")
-      :format(budget), "Inconsistent"
+    return nil, why .. ": the snapshot is not consistent", "Inconsistent"
   end
   return true
 end
@@ -494,22 +484,22 @@ function W.resources(ctx, vms, vm)
   add(vm, G, "VirtualMachine")
   local ipname = vm.status.virtualMachineIPAddressName or ""
   if vms.spec.keepIPAddress == "Always" and ipname ~= "" then
-    local ip = get(ctx, VMIP, ns, ipname)
+    local ip = ctx:fetch(VMIP, ns, ipname)
     if not ip then return nil, MSG.NO_VMIP:format(ipname), "NotFound" end
     add(ip, G, "VirtualMachineIPAddress")
   end
   local prov = vm.spec.provisioning
   local ref = prov and (prov.type == "SysprepRef" and prov.sysprepRef or prov.type == "UserDataRef" and prov.userDataRef)
   if ref and ref.kind == "Secret" then
-    local sec = get(ctx, "secrets", ns, ref.name)
+    local sec = ctx:fetch("secrets", ns, ref.name)
     if sec then add(sec, "v1", "Secret") end
   end
   for _, r in ipairs(vm.status.blockDeviceRefs or {}) do
     if r.kind == "VirtualDisk" then
-      local vd = get(ctx, VD, ns, r.name)
+      local vd = ctx:fetch(VD, ns, r.name)
       if vd then add(vd, G, "VirtualDisk") end
       if (r.virtualMachineBlockDeviceAttachmentName or "") ~= "" then
-        local b = get(ctx, VMBDA, ns, r.virtualMachineBlockDeviceAttachmentName)
+        local b = ctx:fetch(VMBDA, ns, r.virtualMachineBlockDeviceAttachmentName)
         if b then add(b, G, "VirtualMachineBlockDeviceAttachment") end
       end
     end

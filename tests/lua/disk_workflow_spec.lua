@@ -1,5 +1,5 @@
 -- The disk workflows through the API of the local platform (`vmsnap up` as a
--- child process): the scenarios of spec/snapshots.md d.1 (disks not attached
+-- child process): the scenarios of docs/behaviour.md d.1 (disks not attached
 -- to a VM) and d.3, with the Decisions.
 local t = require("tap")
 local k8s = require("vmsnap.k8s")

@@ -1,5 +1,5 @@
 -- VirtualMachineRestores through the API of the local platform: the
--- scenarios of spec/snapshots.md d.4, Decision 6 (the documented checks in
+-- scenarios of docs/behaviour.md d.4, Decision 6 (the documented checks in
 -- full; validate everything first; undo a restore that fails midway), and
 -- the data: a restored disk holds exactly what the disk held at snapshot
 -- time. The platform runs without its snapshot controllers (`vmsnap up

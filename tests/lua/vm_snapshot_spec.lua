@@ -1,6 +1,6 @@
 -- VirtualMachineSnapshots through the API of the local platform (`vmsnap up`
 -- as a child), with a real qemu-ga on the running VMs' loop-mounted root
--- images: the scenarios of spec/snapshots.md d.2, the Decisions (one freeze,
+-- images: the scenarios of docs/behaviour.md d.2, the Decisions (one freeze,
 -- thaw at the cut, cleanup finalizer) and the failure paths that must never
 -- leave a guest frozen. Skipped without loop mounts.
 local t = require("tap")

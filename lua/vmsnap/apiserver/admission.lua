@@ -1,5 +1,5 @@
 --- vmsnap.apiserver.admission: the admission rules of the virtualization
---- API that the CRD schemas cannot express (spec/snapshots.md a.1-a.3, b.5):
+--- API that the CRD schemas cannot express (docs/behaviour.md a.1-a.3, b.5):
 --- snapshot and restore specs are immutable, a VirtualDisk's size must be
 --- positive, a disk restored from a snapshot smaller than the snapshot gets
 --- a warning, and a provisioned disk's data source cannot change.

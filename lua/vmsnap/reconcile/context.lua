@@ -13,6 +13,7 @@
 --- when the status changed (through the status subresource, re-applied on a
 --- conflict). Reads go to the controller's caches where it has one.
 local json = require("vmsnap.json")
+local errors = require("vmsnap.errors")
 local vtime = require("vmsnap.time")
 
 local M = {}
@@ -47,6 +48,15 @@ function Context:get(kind, ns, name)
   local obj, err, reason = self.client:get(kind, name, { namespace = ns })
   if not obj and reason == "NotFound" then return nil end
   return obj, err, reason
+end
+
+--- An object of a kind, as Context:get finds it, or nil when it does not
+--- exist; a failure of the API raises an error object with its code (the
+--- pass fails, transiently for a transport or server error).
+function Context:fetch(kind, ns, name)
+  local obj, err, code = self:get(kind, ns, name)
+  if obj == nil and err then error(errors.new(code or "ERROR", err), 0) end
+  return obj
 end
 
 --- Cached objects of a watched kind whose index `index` has value.
