@@ -144,6 +144,20 @@ local function mark(ctx, obj, values)
   return true
 end
 
+-- join the freeze a lease of this process (or of its dead predecessor) records
+local function join(ctx, obj, g, lease, budget)
+  if lease.holder ~= guest.holder() then
+    local ok, aerr, acode = g:adopt_lease()
+    if not ok then return nil, aerr, acode end
+  end
+  local since = guest.lease_since(lease) or vtime.now()
+  local at = tonumber(lease.at) or math.floor(since * 1000)
+  local ok, merr, mcode = mark(ctx, obj, { [M.FROZEN_AT] = tostring(at) })
+  if not ok then return nil, merr, mcode end
+  return true, "joined", { at = at, deadline = math.min(since + (tonumber(lease.budget) or budget),
+    vtime.now() + budget), since = vtime.now() }
+end
+
 --- Freeze the VM for `obj`, or join the freeze it is under. Returns true,
 --- how ("frozen", "joined", "foreign": frozen by something that left no
 --- lease, "held": obj holds it already) and the freeze {at = ms, deadline =
@@ -169,18 +183,7 @@ function M.freeze_or_join(ctx, obj, vm)
   end
   if lease then
     local mine = lease.holder == guest.holder() or guest.holder_alive(lease.holder) == false
-    if mine and guest.lease_joinable(lease) then
-      if lease.holder ~= guest.holder() then
-        local ok, aerr, acode = g:adopt_lease()
-        if not ok then return nil, aerr, acode end
-      end
-      local since = guest.lease_since(lease) or vtime.now()
-      local at = tonumber(lease.at) or math.floor(since * 1000)
-      local ok, merr, mcode = mark(ctx, obj, { [M.FROZEN_AT] = tostring(at) })
-      if not ok then return nil, merr, mcode end
-      return true, "joined", { at = at, deadline = math.min(since + (tonumber(lease.budget) or budget),
-        vtime.now() + budget), since = vtime.now() }
-    end
+    if mine and guest.lease_joinable(lease) then return join(ctx, obj, g, lease, budget) end
     if not guest.lease_stale(lease) or (mine and (vtime.parse(lease.deadline) or 0) > vtime.now()) then
       return nil, ("the virtual machine %q is frozen by %s until %s: waiting for the thaw"):format(
         vm.metadata.name, tostring(lease.holder), tostring(lease.deadline)), "BUSY"

@@ -417,14 +417,15 @@ Runner.__index = Runner
 
 --- A runner for one snapshot or restore (`o.object`) of a VM (`o.vm`):
 --- o.client, o.ctx (a reconcile context: Events), o.hooks (selected; default
---- for_vm(o.vm)). Raises when the hooks cannot be selected.
+--- for_vm(o.vm)). Returns the runner, or nil, message, "HookFailed" when
+--- the hooks cannot be selected (a bad annotation, a broken file).
 function M.runner(o)
   local raw = o.object.metadata.annotations and o.object.metadata.annotations[M.ANNOTATION]
   local now_selected
   if not o.hooks and not raw then
     local err
     now_selected, err = M.for_vm(o.vm)
-    if not now_selected then error(err, 0) end
+    if not now_selected then return nil, err, "HookFailed" end
   end
   local record = raw and json.decode(raw)
   if type(record) ~= "table" then record = { runs = json.array(), pending = {} } end
@@ -448,7 +449,7 @@ function M.runner(o)
       end
       if e then
         local spec, err = M.load(e)
-        if not spec then error(err, 0) end
+        if not spec then return nil, err, "HookFailed" end
         hooks[#hooks + 1] = { name = e.name, file = e.file, spec = spec, params = sel.params or {}, allow_os = e.allow_os,
           installed = sel.installed, point = e.point }
       end
@@ -458,7 +459,7 @@ function M.runner(o)
     if not now_selected then
       local err
       now_selected, err = M.for_vm(o.vm)
-      if not now_selected then error(err, 0) end
+      if not now_selected then return nil, err, "HookFailed" end
     end
     hooks = now_selected
   end

@@ -23,7 +23,6 @@
 -- workflows/vm-restore.d/ (docs/customizing.md).
 local json = require("vmsnap.json")
 local deep = require("vmsnap.deep")
-local errors = require("vmsnap.errors")
 local hooks = require("vmsnap.hooks")
 local steps = require("vmsnap.reconcile.steps")
 local object = require("vmsnap.k8s.object")
@@ -205,7 +204,8 @@ local function same_map(a, b)
   return true
 end
 
--- c.5 with Decision 6: the conflict of one planned item with what exists, or nil
+-- c.5 with Decision 6: the conflict of one planned item with what exists
+-- (a message), or nothing; nil, message, code when the API failed
 local function conflict_of(ctx, it, cur)
   local label = LABEL[it.kind]
   if it.kind == "VirtualMachineIPAddress" then
@@ -220,7 +220,7 @@ local function conflict_of(ctx, it, cur)
       it.action = "reuse"
     elseif want and want ~= "" then
       local all, lerr, lcode = ctx.client:list_all(VMIP, { namespace = it.object.metadata.namespace })
-      if not all then error(errors.new(lcode or "ERROR", lerr), 0) end
+      if not all then return nil, lerr, lcode end
       for _, other in ipairs(all) do
         if other.spec.staticIP == want or (other.status and other.status.address == want) then
           return ("the set address %q is already in use by the different %s %q and cannot be used for the restored virtual machine")
@@ -256,7 +256,9 @@ function W.validate(ctx, vmr, plan)
     if cur and ours(vmr, cur) then
       it.action = "done"
     else
-      it.conflict = conflict_of(ctx, it, cur)
+      local conflict, lerr, lcode = conflict_of(ctx, it, cur)
+      if lerr then return nil, lerr, lcode end
+      it.conflict = conflict
     end
   end
   for _, it in ipairs(plan.items) do
@@ -319,8 +321,8 @@ function W.hooks(ctx, vmr, vm)
       local name = type(rec) == "table" and rec.vm
       vm = name and ctx:get(RESOURCE.VirtualMachine, vmr.metadata.namespace, name) or nil
     end
-    local ok, r = pcall(hooks.runner, { client = ctx.client, ctx = ctx, vm = vm, object = vmr, kind = "restore" })
-    if not ok then return nil, tostring(r), "HookFailed" end
+    local r, err, code = hooks.runner({ client = ctx.client, ctx = ctx, vm = vm, object = vmr, kind = "restore" })
+    if not r then return nil, err, code end
     ctx.hook_runner = r
   end
   return ctx.hook_runner

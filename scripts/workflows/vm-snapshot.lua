@@ -136,8 +136,8 @@ end
 --- message, "HookFailed" when they cannot be selected.
 function W.hooks(ctx, vms, vm)
   if not ctx.hook_runner then
-    local ok, r = pcall(hooks.runner, { client = ctx.client, ctx = ctx, vm = vm, object = vms })
-    if not ok then return nil, tostring(r), "HookFailed" end
+    local r, err, code = hooks.runner({ client = ctx.client, ctx = ctx, vm = vm, object = vms })
+    if not r then return nil, err, code end
     ctx.hook_runner = r
   end
   return ctx.hook_runner

@@ -124,6 +124,24 @@ function Controller:start_informers()
   return m:wait_synced(60)
 end
 
+-- an object being deleted: the finalize function until it is done, then our finalizer goes
+function Controller:finalize_pass(ctx, obj)
+  local fin = self.opts.finalizer
+  if not (fin and ctx:has_finalizer(fin)) then return true end
+  local done = true
+  if self.opts.finalize then
+    local ok, d, err, code = pcall(self.opts.finalize, ctx, obj)
+    if not ok then return nil, tostring(d) end
+    if d == nil and err then return nil, err, code end
+    done = d
+  end
+  if done ~= true then return type(done) == "table" and done or { requeue_after = 1 } end
+  local removed, rerr, rcode = ctx:remove_finalizer(fin)
+  if not removed then return nil, rerr, rcode end
+  self.counters.finalized = self.counters.finalized + 1
+  return true
+end
+
 --- Reconcile one key now (what a worker calls for each queued key). Returns the
 --- reconcile's result (a table like {requeue_after = s}, or true) or nil, err.
 function Controller:reconcile_key(key)
@@ -145,33 +163,12 @@ function Controller:reconcile_key(key)
   local ctx = Context.new(self, obj)
   self.counters.reconciles = self.counters.reconciles + 1
   local fin = self.opts.finalizer
-  local ok, res, err
-  if obj.metadata.deletionTimestamp then
-    if fin and ctx:has_finalizer(fin) then
-      local done
-      if self.opts.finalize then
-        ok, done, err = pcall(self.opts.finalize, ctx, obj)
-        if not ok then return nil, tostring(done) end
-        if done == nil and err then return nil, err end
-      else
-        done = true
-      end
-      if done == true then
-        local removed, rerr = ctx:remove_finalizer(fin)
-        if not removed then return nil, rerr end
-        self.counters.finalized = self.counters.finalized + 1
-        return true
-      end
-      return type(done) == "table" and done or { requeue_after = 1 }
-    end
-    return true
-  end
+  if obj.metadata.deletionTimestamp then return self:finalize_pass(ctx, obj) end
   if fin and not ctx:has_finalizer(fin) then
     local added, aerr = ctx:add_finalizer(fin)
     if not added then return nil, aerr end
   end
-  local code
-  ok, res, err, code = pcall(self.opts.reconcile, ctx, obj)
+  local ok, res, err, code = pcall(self.opts.reconcile, ctx, obj)
   if not ok then
     return nil, type(res) == "table" and tostring(res.message or res) or tostring(res)
   end

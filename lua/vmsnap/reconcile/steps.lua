@@ -33,7 +33,7 @@
 --- idempotent: a step that ran but was not recorded (a crash) runs again.
 ---
 --- Undo works like `defer`: before a step with `undo` runs, the record says
---- its undo is owed; owed undos run in reverse order when the workflow ends
+--- its undo is owed; owed undos run in reverse step order when the workflow ends
 --- (Ready, Failed or deleted), with the outcome ("Ready", "Failed",
 --- "Deleted"). A step can end an undo early (`steps.release(ctx, "freeze")`,
 --- the thaw at the cut) or drop it (`steps.forget`). A `hold` step (the
@@ -404,7 +404,14 @@ local function run_steps(W, ctx, obj, facts)
         rec.done[step.name] = true
       else
         if step.undo and not is_owed(rec, step.name) then
-          rec.owed[#rec.owed + 1] = step.name -- write-ahead: owed before it starts
+          -- write-ahead: owed before it starts, in the order of the steps (a
+          -- step taken again after a give-back keeps its place)
+          local at = #rec.owed + 1
+          for i, n in ipairs(rec.owed) do
+            local oi = W.steps:index(n)
+            if oi and oi > W.steps:index(step.name) then at = i break end
+          end
+          table.insert(rec.owed, at, step.name)
           local ok, err, code = save(ctx)
           if not ok then return nil, err, code end
         end
