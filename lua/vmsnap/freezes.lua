@@ -213,7 +213,9 @@ function M.freeze_or_join(ctx, obj, vm)
       -- that): held as it is; the last holder out thaws, as the reference does
       return true, "foreign", { at = at, deadline = at / 1000 + budget, foreign = true, since = t_freeze }
     end
-    g:do_thaw() -- a freeze that failed half-way may have frozen some filesystems
+    -- an answer means the freeze did not happen (the agent undoes a freeze
+    -- that fails half-way); without one, it may have: thaw to be sure
+    if type(fstatus) ~= "table" then g:do_thaw() end
     mark(ctx, obj, { [M.FROZEN_AT] = json.null })
     return nil, ferr, fcode
   end

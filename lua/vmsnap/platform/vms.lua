@@ -105,6 +105,10 @@ function M.start_agent(P, vm, image)
   end
   if not P.agents[dir] or not P.agents[dir]:running() then
     fs.remove(dir .. "/qga.sock")
+    -- an agent killed while frozen leaves this mark, and its successor would
+    -- start "in frozen state" (refusing freezes) although the image was
+    -- thawed at the teardown: the VM booted afresh
+    fs.remove(dir .. "/qga.state.isfrozen")
     -- the agent dies with this process (setpriv --pdeathsig: no qemu-ga outlives a
     -- kill -9 of `vmsnap up`). KILL, as qemu-ga ignores SIGTERM while frozen; a
     -- freeze it leaves behind is thawed through its lease by the next agent.
