@@ -97,6 +97,8 @@ run "apply vm" 0 apply -f "$D/vm.yaml"
 run "hook list" 0 hook list --vm vg
 run "hook test" 1 hook test "$SRC/scripts/hooks/webhook.lua" --vm vg --point post_snapshot --param 'url="http://127.0.0.1:1/x"'
 run "restore vm dry-run of a missing snapshot" 1 restore vm --from nope --dry-run
+run "workflow show" 0 workflow show vm-snapshot
+run "workflow list" 0 workflow list
 unset KUBECONFIG
 kill -TERM $vpid
 wait $vpid
