@@ -28,6 +28,8 @@ local task = require("vmsnap.task")
 local log = require("vmsnap.log")
 local fs = require("vmsnap.fs")
 local vtime = require("vmsnap.time")
+local proc = require("vmsnap.proc")
+local rtcore = require("vmsnap.core.runtime")
 
 local M = {}
 
@@ -375,6 +377,7 @@ function Guest:freeze(opts)
   end
   guard.frozen_at = task.now()
   guard.count = type(r) == "number" and r or nil
+  guard.watchdog = self:watchdog(budget, opts.mountpoints or self.mountpoints)
   guard.timer = task.spawn(function()
     task.sleep(budget)
     if not guard.thawed then
@@ -384,6 +387,25 @@ function Guest:freeze(opts)
     end
   end)
   return guard
+end
+
+--- For a freeze through the agent's socket: a process apart from this one
+--- (`vmsnap-launcher thaw-after`) that thaws the guest when the budget has
+--- passed, or at once when this process dies, so that neither a stalled
+--- loop nor a killed process leaves the guest frozen. nil without a
+--- launcher, for other transports, or for agents not on a unix socket.
+function Guest:watchdog(budget, mountpoints)
+  if self.transport ~= "socket" or not tostring(self.socket):match("^unix:") then return nil end
+  local launcher
+  for _, p in ipairs(rtcore.launcher_paths()) do
+    if fs.exists(p) then launcher = p break end
+  end
+  if not launcher then return nil end
+  local argv = { launcher, "thaw-after", ("%g"):format(budget), self.socket:sub(6) }
+  for _, m in ipairs(mountpoints or {}) do argv[#argv + 1] = m end
+  local p, err = proc.spawn(argv, { stdout = "null", stderr = "inherit" })
+  if not p then glog:warn("cannot start the freeze watchdog", { vm = self.name, error = err }) end
+  return p
 end
 
 --- Thaw (once; a later or concurrent call waits for the first and returns its
@@ -408,6 +430,14 @@ function Freeze:thaw()
     task.sleep(0.2 * attempt)
   end
   self.duration = task.now() - self.frozen_at
+  if r ~= nil and self.watchdog then
+    -- thawed: the watchdog goes without thawing (SIGUSR1 while it waits; past
+    -- its deadline it is thawing already and ends by itself)
+    self.watchdog:kill("USR1")
+    if not self.watchdog:wait(6) then self.watchdog:kill("KILL") self.watchdog:wait(2) end
+    self.watchdog:close()
+    self.watchdog = nil
+  end
   if r ~= nil and g.lease then g:drop_lease() end
   if r == nil then
     -- the lease stays: thaw_orphans will retry after its deadline

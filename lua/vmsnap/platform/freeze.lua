@@ -5,8 +5,10 @@
 --- socket named by the annotation `vmsnap.io/agent`; the filesystems in
 --- `vmsnap.io/freeze-mountpoints` when the VM lists them, else all).
 ---
---- As KubeVirt does, a non-zero unfreezeTimeout makes the server thaw by itself
---- when nobody unfreezes in time, so a freeze outlives no orchestrator.
+--- As KubeVirt does, a non-zero unfreezeTimeout makes the platform thaw by
+--- itself when nobody unfreezes in time: the VM's vmsnap-launcher (apart from
+--- this process and its loop) is told the timeout with each freeze, and a
+--- timer here does the same for an agent without a launcher.
 local qga = require("vmsnap.qga")
 local json = require("vmsnap.json")
 local task = require("vmsnap.task")
@@ -122,6 +124,13 @@ function M.do_freeze(S, call, thaw)
       end
     end
     agent_call(target, function(a)
+      if timeout > 0 then
+        -- the VM's launcher thaws at the timeout by itself, whatever becomes
+        -- of this process (a bare agent does not know the command: then only
+        -- the timer below bounds the freeze)
+        local ok, err, class = a:call("vmsnap-unfreeze-timeout", { seconds = timeout })
+        if ok == nil and class ~= "CommandNotFound" then return nil, err end
+      end
       if mps and #mps > 0 then return a:fsfreeze_freeze_list(mps) end
       return a:fsfreeze_freeze()
     end)

@@ -17,12 +17,14 @@ local proc = require("vmsnap.proc")
 local task = require("vmsnap.task")
 local log = require("vmsnap.log")
 local qga = require("vmsnap.qga")
+local rtcore = require("vmsnap.core.runtime")
 local reconcile = require("vmsnap.reconcile")
 local volumes = require("vmsnap.platform.volumes")
 
 local M = {}
 
 M.POWER = "vmsnap.io/power"
+M.MAX_FREEZE = 300 -- seconds: the longest freeze a launcher lets through without an unfreeze timeout
 local VD = "virtualdisks.virtualization.deckhouse.io"
 local VMBDA = "virtualmachineblockdeviceattachments.virtualization.deckhouse.io"
 local VMS = "virtualmachinesnapshots.virtualization.deckhouse.io"
@@ -49,13 +51,28 @@ local function pid_alive(pid)
   return pid and fs.exists("/proc/" .. pid .. "/stat")
 end
 
+--- vmsnap-launcher (runtime/src/launcher/launcher.c), or nil when it is not
+--- there: the VM's agent then runs bare, and only the API server's timer
+--- bounds a freeze.
+function M.launcher()
+  if M.launcher_path == nil then
+    M.launcher_path = false
+    for _, p in ipairs(rtcore.launcher_paths()) do
+      if fs.exists(p) then M.launcher_path = p break end
+    end
+    if not M.launcher_path then vlog:warn("vmsnap-launcher not found: VM agents run without it") end
+  end
+  return M.launcher_path or nil
+end
+
 -- stop a VM's agent and unmount its root image (thawing first: never leave it frozen)
 function M.teardown(P, dir)
   local mnt = dir .. "/root"
-  local sock = "unix:" .. dir .. "/qga.sock"
-  if fs.exists(dir .. "/qga.sock") then
-    local a = qga.connect(sock, { timeout = 2 })
-    if a then a:fsfreeze_thaw() a:close() end
+  for _, s in ipairs({ "launcher.sock", "qga.sock" }) do
+    if fs.exists(dir .. "/" .. s) then
+      local a = qga.connect("unix:" .. dir .. "/" .. s, { timeout = 2 })
+      if a then a:fsfreeze_thaw() a:close() break end
+    end
   end
   run({ "fsfreeze", "-u", mnt }, 5)
   local pidtext = fs.read_file(dir .. "/qga.pid")
@@ -65,12 +82,17 @@ function M.teardown(P, dir)
     run({ "kill", "-9", tostring(pid) }, 5)
   end
   if P.agents[dir] then
-    P.agents[dir]:kill("KILL")
-    P.agents[dir]:wait(5)
+    -- the launcher thaws what is frozen and stops the agent; KILL if it hangs
+    P.agents[dir]:kill("TERM")
+    if not P.agents[dir]:wait(8) then
+      P.agents[dir]:kill("KILL")
+      P.agents[dir]:wait(5)
+    end
     P.agents[dir]:close()
     P.agents[dir] = nil
   end
   fs.remove(dir .. "/qga.sock")
+  fs.remove(dir .. "/launcher.sock")
   fs.remove(dir .. "/qga.pid")
   local m = run({ "findmnt", "-n", "-o", "TARGET", mnt }, 5)
   if m and m.status == 0 then
@@ -109,22 +131,37 @@ function M.start_agent(P, vm, image)
     -- start "in frozen state" (refusing freezes) although the image was
     -- thawed at the teardown: the VM booted afresh
     fs.remove(dir .. "/qga.state.isfrozen")
-    -- the agent dies with this process (setpriv --pdeathsig: no qemu-ga outlives a
-    -- kill -9 of `vmsnap up`). KILL, as qemu-ga ignores SIGTERM while frozen; a
-    -- freeze it leaves behind is thawed through its lease by the next agent.
-    -- The global freeze is always blocked.
-    local argv = { "qemu-ga", "-m", "unix-listen", "-p", dir .. "/qga.sock", "-t", dir,
+    -- The agent sits behind vmsnap-launcher, as a real guest's agent sits
+    -- behind the platform's launcher: the launcher is the agent's only
+    -- client, enforces each freeze's unfreeze timeout on its own, and thaws
+    -- when this process dies (a parent-death signal it catches) or stops
+    -- it. The agent dies with the launcher. Without the launcher: the bare
+    -- agent, under setpriv --pdeathsig KILL (qemu-ga ignores SIGTERM while
+    -- frozen). The global freeze is always blocked.
+    local agent = { "qemu-ga", "-m", "unix-listen", "-p", dir .. "/qga.sock", "-t", dir,
       "-f", dir .. "/qga.pid", "-b", "guest-fsfreeze-freeze" }
-    if has_setpriv() then argv = { "setpriv", "--pdeathsig", "KILL", table.unpack(argv) } end
-    local p, err = proc.spawn(argv, { stdout = "null", stderr = "null" })
-    if not p then return nil, "cannot start qemu-ga: " .. tostring(err) end
+    local launcher = M.launcher()
+    local argv, sock
+    if launcher then
+      argv = { launcher, "serve", "--socket", dir .. "/launcher.sock", "--agent-socket", dir .. "/qga.sock",
+        "--max-freeze", tostring(M.MAX_FREEZE), "--" }
+      for _, a in ipairs(agent) do argv[#argv + 1] = a end
+      sock = dir .. "/launcher.sock"
+    else
+      argv = has_setpriv() and { "setpriv", "--pdeathsig", "KILL", table.unpack(agent) } or agent
+      sock = dir .. "/qga.sock"
+    end
+    fs.remove(sock)
+    local p, err = proc.spawn(argv, { stdout = "null", stderr = "inherit" })
+    if not p then return nil, "cannot start the guest agent: " .. tostring(err) end
     P.agents[dir] = p
-    for _ = 1, 200 do
-      if fs.exists(dir .. "/qga.sock") then break end
+    P.sockets[dir] = sock
+    for _ = 1, 300 do
+      if fs.exists(sock) then break end
       task.sleep(0.01)
     end
   end
-  return "unix:" .. dir .. "/qga.sock", mnt
+  return "unix:" .. P.sockets[dir], mnt
 end
 
 local function set_cond(ctx, t, status, reason, msg)
@@ -289,7 +326,7 @@ end
 --- The VM controller (not started). opts.agents = false runs VMs without agents.
 function M.controller(client, data, opts)
   opts = opts or {}
-  local P = { data = data, agents = {}, agents_enabled = opts.agents ~= false }
+  local P = { data = data, agents = {}, sockets = {}, agents_enabled = opts.agents ~= false }
   assert(fs.mkdir_p(data .. "/vms"))
   -- agents and mounts left by an earlier run (a crash): thaw, stop, unmount
   for _, d in ipairs(fs.list(data .. "/vms") or {}) do M.teardown(P, data .. "/vms/" .. d) end

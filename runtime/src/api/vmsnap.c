@@ -302,6 +302,38 @@ static int rt_scripts_dirs(lua_State *L)
 	return 1;
 }
 
+/* Where vmsnap-launcher may be, first found wins: VMSNAP_LAUNCHER, next to
+** the running program (a build tree, or an install with bindir = libexec),
+** the installed libexec copy. */
+static int rt_launcher_paths(lua_State *L)
+{
+	const char *env = getenv("VMSNAP_LAUNCHER");
+	char exe[4096];
+	ssize_t n;
+	int k = 0;
+	lua_newtable(L);
+	if (env && *env) {
+		lua_pushstring(L, env);
+		lua_rawseti(L, -2, ++k);
+	}
+	n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+	if (n > 0) {
+		char *slash;
+		exe[n] = 0;
+		slash = strrchr(exe, '/');
+		if (slash) {
+			slash[1] = 0;
+			lua_pushfstring(L, "%svmsnap-launcher", exe);
+			lua_rawseti(L, -2, ++k);
+		}
+	}
+#ifdef VMSNAP_LAUNCHER_INSTALL
+	lua_pushstring(L, VMSNAP_LAUNCHER_INSTALL);
+	lua_rawseti(L, -2, ++k);
+#endif
+	return 1;
+}
+
 /* wall-clock seconds since the epoch, with the fraction (CLOCK_REALTIME) */
 static int rt_wallclock(lua_State *L)
 {
@@ -314,6 +346,7 @@ static int rt_wallclock(lua_State *L)
 static const luaL_Reg rt_funcs[] = {{"memory", rt_memory},
                                     {"wallclock", rt_wallclock},
                                     {"scripts_dirs", rt_scripts_dirs},
+                                    {"launcher_paths", rt_launcher_paths},
                                     {"fail_after", rt_fail_after},
                                     {"versions", rt_versions},
                                     {"params", rt_params},
@@ -340,6 +373,10 @@ static int init_p(lua_State *L)
 {
 	vmsnap_runtime *rt = Vmsnap_rt(L);
 	luaL_openlibs(L);
+	/* sandboxed tasks (hooks) get string patterns checked for cost */
+	lua_getglobal(L, "string");
+	Vmsnap_guard_patterns(L);
+	lua_pop(L, 1);
 	Vmsnap_errors_open(L);
 	Vmsnap_sched_open(L);
 	Vmsnap_loader_open(rt);
