@@ -137,6 +137,41 @@ function M.timeout(seconds, fn, ...)
   return unpack(r, 1, r.n)
 end
 
+--- Run `fn(...)` as a task with bounds and wait for it (a hook's handler):
+--- opts.timeout (seconds), opts.memory (bytes the Lua heap may grow by while
+--- it and the tasks it spawns run; growth past it is refused, whatever C
+--- function asks), opts.grace (seconds its cleanups get once a bound is hit;
+--- 0: every line raises at once), opts.sandbox (string patterns are checked
+--- for cost). A bound cannot be caught: once hit, the task is unwound even
+--- through pcall. Returns fn's results, or nil, message, code ("TIMEOUT",
+--- "NOMEM", "ERROR", "CANCELLED").
+---@param opts {timeout?: number, memory?: integer, grace?: number, sandbox?: boolean}
+---@param fn function
+function M.bounded(opts, fn, ...)
+  if type(opts) ~= "table" then error("bad argument #1 to 'bounded' (table expected, got " .. type(opts) .. ")", 2) end
+  if type(fn) ~= "function" then
+    error("bad argument #2 to 'bounded' (function expected, got " .. type(fn) .. ")", 2)
+  end
+  local child = core.spawn_bounded({ within = opts.timeout, memory = opts.memory, grace = opts.grace,
+    sandbox = opts.sandbox }, fn, ...)
+  local guard <close> = setmetatable({}, {
+    __close = function()
+      if not finished(child) then
+        core.cancel(child)
+        if coroutine.isyieldable() then pcall(core.wait, child) end
+      end
+    end,
+  })
+  local r = pack(core.wait(child))
+  if r[1] == nil and r[3] == "TIMEOUT" and opts.timeout then
+    return nil, ("timed out after %gs"):format(opts.timeout), "TIMEOUT"
+  end
+  if r[1] == nil and r[3] == "NOMEM" and opts.memory then
+    return nil, ("exceeded its memory limit of %g MiB"):format(opts.memory / 1048576), "NOMEM"
+  end
+  return unpack(r, 1, r.n)
+end
+
 -- ---------------------------------------------------------------- channels
 
 ---@class vmsnap.task.Channel

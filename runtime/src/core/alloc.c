@@ -9,6 +9,9 @@
 ** The scheduler's own bookkeeping (recording a finished task's outcome)
 ** runs with alloc_exempt set: a half-recorded outcome would strand the
 ** tasks waiting for it, and it is small and bounded.
+** A task may carry a memory account (a hook's handler): while it runs,
+** what the heap grows by is charged to it, and growth past its limit is
+** refused the same way (Lua raises "not enough memory" in the task).
 ** Delegates to the configured allocator or to realloc/free.
 */
 #include <stdlib.h>
@@ -24,6 +27,8 @@ void *Vmsnap_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 	if (nsize == 0) {
 		if (ptr) {
 			rt->mem_used -= old;
+			if (rt->acct)
+				rt->acct->used -= (long long)old;
 			if (rt->cfg.alloc)
 				rt->cfg.alloc(rt->cfg.alloc_ud, ptr, osize, 0);
 			else
@@ -34,6 +39,12 @@ void *Vmsnap_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 	if (nsize > old && !rt->alloc_exempt) {
 		if (rt->cfg.memory_limit && rt->mem_used + (nsize - old) > rt->cfg.memory_limit)
 			return NULL;
+		/* a task's own bound (a hook's memory limit): the heap growth
+		** while it runs, whatever C function asks for it */
+		if (rt->acct && rt->acct->used + (long long)(nsize - old) > rt->acct->limit) {
+			rt->acct->exceeded = 1;
+			return NULL;
+		}
 		if (rt->fail_after > 0 && --rt->fail_after == 0) {
 			rt->fail_after = 1; /* and every later one: Lua retries after a GC */
 			return NULL;
@@ -45,6 +56,8 @@ void *Vmsnap_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 		p = realloc(ptr, nsize);
 	if (p) {
 		rt->mem_used = rt->mem_used - old + nsize;
+		if (rt->acct)
+			rt->acct->used += (long long)nsize - (long long)old;
 		if (rt->mem_used > rt->mem_peak)
 			rt->mem_peak = rt->mem_used;
 	}

@@ -23,6 +23,16 @@
 
 typedef struct Vmsnap_task Vmsnap_task;
 
+/* A memory account: what a task (and the tasks it spawns) may grow the
+** Lua heap by.  The allocator charges the running task's account. */
+typedef struct Vmsnap_account {
+	long long used;  /* bytes allocated minus bytes freed while it ran */
+	long long limit; /* > 0 */
+	int refs;
+	int exceeded;    /* an allocation was refused */
+} Vmsnap_account;
+
+
 struct vmsnap_config {
 	vmsnap_alloc_fn alloc;
 	void *alloc_ud;
@@ -51,6 +61,7 @@ struct vmsnap_runtime {
 	size_t mem_peak;
 	long fail_after; /* >0: fail from the Nth next allocation on (tests) */
 	int alloc_exempt; /* >0: limits do not apply (scheduler bookkeeping) */
+	Vmsnap_account *acct; /* the running task's memory account, or NULL */
 
 	/* scheduler (sched.c) */
 	Vmsnap_task *current;    /* the task whose coroutine is running */
@@ -117,5 +128,9 @@ void Vmsnap_loader_open(vmsnap_runtime *rt);
 
 /* time */
 double Vmsnap_now(void); /* monotonic seconds */
+
+/* patguard.c: wrap string.find/match/gmatch/gsub of the table on top of
+** L's stack so that sandboxed tasks' patterns are checked for cost. */
+void Vmsnap_guard_patterns(lua_State *L);
 
 #endif

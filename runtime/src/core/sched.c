@@ -39,10 +39,18 @@ double Vmsnap_now(void)
 
 /* ------------------------------------------------------------ helpers */
 
+static void acct_unref(Vmsnap_account *a)
+{
+	if (a && --a->refs == 0)
+		free(a);
+}
+
 static void task_unref(Vmsnap_task *t)
 {
-	if (--t->refs == 0)
+	if (--t->refs == 0) {
+		acct_unref(t->acct);
 		free(t);
+	}
 }
 
 static void timer_closed(uv_handle_t *h)
@@ -208,6 +216,8 @@ static const char *kill_message(const char *code)
 		return "deadline exceeded";
 	if (strcmp(code, "DEADLOCK") == 0)
 		return "deadlock: every task is waiting and nothing can wake them";
+	if (strcmp(code, "NOMEM") == 0)
+		return "not enough memory: the task's memory limit is reached";
 	return "cancelled";
 }
 
@@ -224,7 +234,7 @@ static int raise_kill(lua_State *L, Vmsnap_task *t)
 	if (!t->kill_delivered) {
 		t->kill_delivered = 1;
 		t->slice_start = Vmsnap_now();
-		t->grace_until = t->slice_start + rt->cfg.cancel_grace;
+		t->grace_until = t->slice_start + (t->grace >= 0 ? t->grace : rt->cfg.cancel_grace);
 	}
 	return Vmsnap_raise(L, kill_public_code(t->kill_code), "%s", kill_message(t->kill_code));
 }
@@ -239,6 +249,8 @@ static int kill_due(vmsnap_runtime *rt, Vmsnap_task *t, int computing)
 		t->kill_code = "CANCELLED";
 	if (!t->kill_code && t->deadline > 0 && Vmsnap_now() >= t->deadline)
 		t->kill_code = "TIMEOUT";
+	if (!t->kill_code && t->acct && t->acct->exceeded)
+		t->kill_code = "NOMEM"; /* caught once in a pcall, it is raised again */
 	if (!t->kill_code)
 		return 0;
 	if (!t->kill_delivered || t->kill_hard)
@@ -380,11 +392,19 @@ Vmsnap_task *Vmsnap_sched_spawn(lua_State *L, int nargs, double deadline)
 	lua_xmove(L, co, nargs + 1); /* fn and args */
 	t->nargs = nargs + 1;
 
-	/* inherit the spawning task's deadline */
+	/* inherit the spawning task's deadline and bounds */
 	if (rt->current && rt->current->deadline > 0 &&
 	    (deadline <= 0 || rt->current->deadline < deadline))
 		deadline = rt->current->deadline;
 	t->deadline = deadline > 0 ? deadline : 0;
+	t->grace = -1;
+	if (rt->current) {
+		t->grace = rt->current->grace;
+		t->sandboxed = rt->current->sandboxed;
+		t->acct = rt->current->acct;
+		if (t->acct)
+			t->acct->refs++;
+	}
 
 	if (uv_timer_init(&rt->loop, &t->timer) == 0) {
 		t->timer.data = t;
@@ -551,9 +571,11 @@ static void resume(vmsnap_runtime *rt, Vmsnap_task *t)
 	}
 	t->state = TASK_RUNNING;
 	rt->current = t;
+	rt->acct = t->acct;
 	t->slice_start = Vmsnap_now();
 	st = lua_resume(co, rt->L, nargs, &nres);
 	rt->current = NULL;
+	rt->acct = NULL;
 	if (st == LUA_YIELD) {
 		if (t->state == TASK_RUNNING) { /* a bare coroutine.yield(): run again later */
 			lua_pop(co, nres);
@@ -695,6 +717,57 @@ static int task_spawn_within(lua_State *L)
 	lua_remove(L, 1);
 	Vmsnap_sched_spawn(L, lua_gettop(L) - 1, Vmsnap_now() + s);
 	return 1;
+}
+
+/* spawn_bounded(opts, fn, ...): a task with bounds, which the tasks it
+** spawns share: opts.within (seconds to its deadline), opts.memory (bytes the
+** heap may grow by while it runs), opts.grace (seconds its cleanups get once
+** cancelled; 0: every line raises at once), opts.sandbox (string patterns
+** are checked for cost). */
+static int task_spawn_bounded(lua_State *L)
+{
+	double within = -1, grace = -1, memory = 0;
+	int sandbox = 0;
+	luaL_checktype(L, 1, LUA_TTABLE);
+	luaL_checktype(L, 2, LUA_TFUNCTION);
+	if (lua_getfield(L, 1, "within") != LUA_TNIL)
+		within = luaL_checknumber(L, -1);
+	if (lua_getfield(L, 1, "memory") != LUA_TNIL)
+		memory = luaL_checknumber(L, -1);
+	if (lua_getfield(L, 1, "grace") != LUA_TNIL)
+		grace = luaL_checknumber(L, -1);
+	lua_getfield(L, 1, "sandbox");
+	sandbox = lua_toboolean(L, -1);
+	lua_pop(L, 4);
+	luaL_argcheck(L, memory >= 0, 1, "memory must not be negative");
+	lua_remove(L, 1);
+	Vmsnap_task *t = Vmsnap_sched_spawn(L, lua_gettop(L) - 1, within >= 0 ? Vmsnap_now() + within : 0);
+	if (grace >= 0 && (t->grace < 0 || grace < t->grace))
+		t->grace = grace;
+	if (sandbox)
+		t->sandboxed = 1;
+	if (memory > 0 && (!t->acct || memory < (double)(t->acct->limit - t->acct->used))) {
+		Vmsnap_account *a = (Vmsnap_account *)calloc(1, sizeof *a);
+		if (!a)
+			return Vmsnap_raise(L, "NOMEM", "not enough memory for a task's account");
+		a->limit = (long long)memory;
+		a->refs = 1;
+		acct_unref(t->acct);
+		t->acct = a;
+	}
+	return 1;
+}
+
+/* account(t): bytes t's account has grown the heap by, its limit, whether it refused */
+static int task_account(lua_State *L)
+{
+	Vmsnap_task *t = Vmsnap_sched_check(L, 1);
+	if (!t->acct)
+		return 0;
+	lua_pushinteger(L, (lua_Integer)t->acct->used);
+	lua_pushinteger(L, (lua_Integer)t->acct->limit);
+	lua_pushboolean(L, t->acct->exceeded);
+	return 3;
 }
 
 static int task_current(lua_State *L)
@@ -898,7 +971,8 @@ static const luaL_Reg task_funcs[] = {
     {"wait", task_wait},       {"cancel", task_cancel},
     {"status", task_status},   {"id", task_id},
     {"deadline", task_deadline}, {"now", task_now},
-    {"count", task_count},     {NULL, NULL}};
+    {"count", task_count},     {"spawn_bounded", task_spawn_bounded},
+    {"account", task_account}, {NULL, NULL}};
 
 static const luaL_Reg task_meth[] = {
     {"wait", task_wait}, {"cancel", task_cancel}, {"status", task_status}, {"id", task_id},

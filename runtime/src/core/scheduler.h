@@ -77,6 +77,11 @@ struct Vmsnap_task {
 	unsigned wait_seq;   /* numbers each wait, so stale wake-ups are ignored */
 	double wait_until;   /* the current wait's timeout, 0 = none */
 
+	/* bounds for a task and the tasks it spawns (a hook's handler) */
+	Vmsnap_account *acct; /* memory it may grow the heap by, NULL = none */
+	double grace;         /* cancel grace in seconds, < 0 = the runtime's */
+	int sandboxed;        /* string patterns are checked for cost */
+
 	int refs; /* 1 for the userdata, 1 for the open timer */
 	int boxed;
 	Vmsnap_task *next_ready;
