@@ -2,9 +2,8 @@
 --- Each returns the JSON text of the results, and, when the callee
 --- reported failure (`nil, message[, code]`), that message and code too.
 local json = require("vmsnap.json")
-local log = require("vmsnap.log")
 local runtime = require("vmsnap.core.runtime")
-local sandbox = require("vmsnap._sandbox")
+local hooks = require("vmsnap.hooks")
 
 local pack, unpack = table.pack, table.unpack
 
@@ -57,28 +56,15 @@ function M.call(name, args_json)
 end
 
 function M.call_hook(script, point, args_json)
-  local ctx, derr = json.decode(args_json)
+  local args, derr = json.decode(args_json)
   if derr then error("vmsnap_call_hook: arguments: " .. derr, 0) end
-  if type(ctx) ~= "table" then error("vmsnap_call_hook: arguments must be a JSON object", 0) end
-  ctx.log = log.new("hook", { hook = script:match("([^/]+)$"), point = point })
+  if type(args) ~= "table" then error("vmsnap_call_hook: arguments must be a JSON object", 0) end
+  -- the controllers' runner: the same sandbox, context, timeout and memory bound
   local flags = runtime.sandbox()
-  local chunk, err
-  if flags & runtime.SANDBOX_ON ~= 0 then
-    chunk, err = sandbox.loadfile(script, sandbox.env(flags))
-  else
-    chunk, err = loadfile(script, "t")
-  end
-  if not chunk then error(err, 0) end
-  local handlers = chunk()
-  if type(handlers) ~= "table" then
-    error(script .. ": a hook must return a table of handlers keyed by hook point", 0)
-  end
-  local h = handlers[point]
-  if h == nil then return results_json(pack()) end
-  if type(h) ~= "function" then
-    error(script .. ": handler '" .. point .. "' is not a function", 0)
-  end
-  return results_json(pack(h(ctx)))
+  local on = flags & runtime.SANDBOX_ON ~= 0
+  local r = hooks.call(script, point, args, { allow_os = not on or flags & runtime.SANDBOX_ALLOW_OS ~= 0,
+    require_any = not on or flags & runtime.SANDBOX_ALLOW_REQUIRE ~= 0 })
+  return results_json(r)
 end
 
 return M

@@ -3,14 +3,21 @@
 --- Hooks see an allow-listed set of globals plus what their caller gives
 --- them; assigning a global raises, and so does reading an unknown one (a
 --- typo should not silently be nil). os.execute, io.popen and io.open are
---- only there when the operator allows them.
+--- only there when the operator allows them. Nothing of the host is
+--- reachable for writing: `getmetatable` answers only for the hook's own
+--- tables (the string metatable, and the metatables of what the host hands
+--- over, stay hidden), the libraries are copies, and the modules a hook may
+--- require and the objects it is given are read-only views.
+---
+--- Time, memory and pattern cost are bounded by the task a handler runs in
+--- (vmsnap.task.bounded with sandbox = true); see vmsnap.hooks.
 local runtime = require("vmsnap.core.runtime")
 
 local M = {}
 
 local SAFE = {
   "assert", "error", "ipairs", "next", "pairs", "pcall", "print", "rawequal", "rawget",
-  "rawlen", "rawset", "select", "setmetatable", "getmetatable", "tonumber", "tostring",
+  "rawlen", "rawset", "select", "setmetatable", "tonumber", "tostring",
   "type", "xpcall", "_VERSION",
 }
 local SAFE_LIBS = {
@@ -24,12 +31,49 @@ local function copy(t)
   return r
 end
 
---- Build an environment table. flags: runtime.SANDBOX_* bits.
+--- getmetatable for the sandbox: only tables have a metatable to show (and
+--- a protected one shows its __metatable), never the string metatable.
+local function safe_getmetatable(v)
+  if type(v) ~= "table" then return nil end
+  return getmetatable(v)
+end
+
+local views = setmetatable({}, { __mode = "k" })
+
+--- A read-only view of a table (deep: the tables in it are views too; other
+--- values as they are). Writing raises; its metatable is hidden.
+---@param t table
+---@param what? string  named in the error ("the module vmsnap.json")
+function M.readonly(t, what)
+  if type(t) ~= "table" or getmetatable(t) == false then return t end -- a view already
+  local v = views[t]
+  if v then return v end
+  v = setmetatable({}, {
+    __index = function(_, k) return M.readonly(t[k], what) end,
+    __newindex = function() error((what or "this table") .. " is read-only in a hook", 2) end,
+    __pairs = function()
+      return function(_, k)
+        local nk, nv = next(t, k)
+        return nk, M.readonly(nv, what)
+      end, v, nil
+    end,
+    __len = function() return #t end,
+    __metatable = false,
+  })
+  views[t] = v
+  return v
+end
+
+--- Build an environment table. flags: runtime.SANDBOX_* bits; opts.require:
+--- the require the hook gets (default: none, unless the flags allow vmsnap.*);
+--- opts.extra: names added to the environment.
 ---@param flags integer
----@param extra? table  names added to the environment
-function M.env(flags, extra)
+---@param opts? {require?: function, extra?: table}
+function M.env(flags, opts)
+  opts = opts or {}
   local env = {}
   for _, name in ipairs(SAFE) do env[name] = _G[name] end
+  env.getmetatable = safe_getmetatable
   for name in pairs(SAFE_LIBS) do env[name] = copy(_G[name]) end
   env.os = {}
   for _, name in ipairs(SAFE_OS) do env.os[name] = os[name] end
@@ -39,12 +83,14 @@ function M.env(flags, extra)
   else
     env.io = {} -- so that io.popen says what is missing, not "undeclared global 'io'"
   end
-  if flags & runtime.SANDBOX_ALLOW_REQUIRE ~= 0 then
+  if opts.require then
+    env.require = opts.require
+  elseif flags & runtime.SANDBOX_ALLOW_REQUIRE ~= 0 then
     env.require = function(name)
-      if type(name) ~= "string" or not name:match("^vmsnap%.") or name:match("^vmsnap%.core") then
+      if type(name) ~= "string" or not name:match("^vmsnap%.") or name:match("^vmsnap%.core") or name:match("^vmsnap%._") then
         error("require of '" .. tostring(name) .. "' is not allowed in a hook", 2)
       end
-      return require(name)
+      return M.readonly(require(name), "the module " .. name)
     end
   end
   env.coroutine = { isyieldable = coroutine.isyieldable, running = coroutine.running }
@@ -52,12 +98,10 @@ function M.env(flags, extra)
     if env[lib] then
       setmetatable(env[lib], { __index = function(_, k)
         error(lib .. "." .. tostring(k) .. " is not available in the hook sandbox", 2)
-      end })
+      end, __metatable = false })
     end
   end
-  if extra then
-    for k, v in pairs(extra) do env[k] = v end
-  end
+  for k, v in pairs(opts.extra or {}) do env[k] = v end
   return setmetatable(env, {
     __newindex = function(_, k)
       error("assignment to undeclared global '" .. tostring(k) .. "' (hooks keep state in locals)", 2)
@@ -65,6 +109,7 @@ function M.env(flags, extra)
     __index = function(_, k)
       error("undeclared global '" .. tostring(k) .. "' (not available in the hook sandbox)", 2)
     end,
+    __metatable = false,
   })
 end
 

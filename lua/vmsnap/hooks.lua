@@ -41,6 +41,7 @@ local workflow = require("vmsnap.workflow")
 local select_ = require("vmsnap.apiserver.select")
 local sandbox = require("vmsnap._sandbox")
 local rtcore = require("vmsnap.core.runtime")
+local errors = require("vmsnap.errors")
 
 local M = {}
 
@@ -107,36 +108,33 @@ function M.discover()
   return { installed = installed, named = named }
 end
 
---- The sandbox a hook file is loaded in.
+--- The sandbox a hook file is loaded in (vmsnap._sandbox): the modules it
+--- may require are read-only views.
 function M.environment(entry)
   local flags = entry.allow_os and rtcore.SANDBOX_ALLOW_OS or 0
-  local env = sandbox.env(flags, {
+  return sandbox.env(flags, {
     require = function(name)
-      if not REQUIRABLE[name] then
+      if not REQUIRABLE[name] and not (entry.require_any and type(name) == "string" and name:match("^vmsnap%.[%w_.]+$")
+          and not name:match("^vmsnap%.core") and not name:match("^vmsnap%._")) then
         error(("require of '%s' is not allowed in a hook (allowed: vmsnap.json, vmsnap.http, vmsnap.time, "
           .. "vmsnap.base64, vmsnap.yaml, vmsnap.quantity)"):format(tostring(name)), 2)
       end
-      return require(name)
+      return sandbox.readonly(require(name), "the module " .. name)
     end,
   })
-  -- a string.rep that cannot ask for gigabytes in one call
-  local rep = string.rep
-  env.string.rep = function(s, n, sep)
-    if type(n) == "number" and #tostring(s) * n > M.MEMORY_LIMIT then
-      error("string.rep: the result would exceed the hook's memory limit", 2)
-    end
-    return rep(s, n, sep)
-  end
-  return env
 end
 
+M.LOAD_TIMEOUT = 5 -- seconds a hook file's top level may run for
+
 --- Load a hook file: its spec table (handlers by point, timeout, on_error,
---- selector, params). Errors name the file.
+--- selector, params, writes). Its top level runs bounded like a handler.
+--- Errors name the file.
 function M.load(entry)
   local chunk, err = sandbox.loadfile(entry.file, M.environment(entry))
   if not chunk then return nil, err end
-  local ok, spec = pcall(chunk)
-  if not ok then return nil, ("%s: %s"):format(entry.file, tostring(spec)) end
+  local ok, spec, code = task.bounded({ timeout = M.LOAD_TIMEOUT, memory = M.MEMORY_LIMIT, grace = 0, sandbox = true },
+    function() return true, chunk() end)
+  if not ok then return nil, ("%s: %s"):format(entry.file, tostring(spec):gsub("^[^:]*%.lua:%d+: ", "")), code end
   if type(spec) == "function" and entry.point then spec = { [entry.point] = spec } end
   if type(spec) ~= "table" then
     return nil, ("%s: a hook file must return a table of handlers keyed by hook point"):format(entry.file)
@@ -148,6 +146,9 @@ function M.load(entry)
   end
   if entry.point and type(spec[entry.point]) ~= "function" then
     return nil, ("%s: a hook in hooks.d/%s/ needs a %s handler"):format(entry.file, entry.point, entry.point)
+  end
+  if spec.writes ~= nil and type(spec.writes) ~= "table" then
+    return nil, ("%s: writes must be a list of the resources the hook may write (\"configmaps\", ...)"):format(entry.file)
   end
   return spec
 end
@@ -207,9 +208,89 @@ local function frozen(t)
       __newindex = function() error("the objects given to a hook are read-only", 2) end,
       __pairs = function() return function(_, k) local nk, v = next(x, k) return nk, lock(v) end, proxy, nil end,
       __len = function() return #x end,
+      __metatable = false,
     })
   end
   return lock(copy)
+end
+
+local WRITE_VERBS = { "create", "update", "update_status", "patch", "apply", "delete" }
+
+--- The Kubernetes client a hook gets (ctx.k8s): reads (get, list, list_all,
+--- watch, wait_for) of namespaced objects in `ns` only; writes only to the
+--- resources the hook's spec lists in `writes` (plurals, kinds or short
+--- names, resolved like kubectl's), in `ns`. No credentials, no
+--- configuration: the real client stays out of reach.
+function M.scoped_client(client, ns, writes)
+  local allowed = {}
+  for _, w in ipairs(writes or {}) do
+    local r = client:resource(w)
+    if r then allowed[r.group .. "/" .. r.plural] = true end
+  end
+  local function scope(kind, opts, verb)
+    local r, err, code = client:resource(kind)
+    if not r then return nil, err, code end
+    if not r.namespaced then
+      return nil, ("hooks cannot %s %s: only objects of the namespace %q"):format(verb, r.plural, ns), "Forbidden"
+    end
+    opts = opts and deep.copy(opts) or {}
+    if opts.namespace and opts.namespace ~= ns then
+      return nil, ("hooks cannot %s %s in the namespace %q: only in %q"):format(verb, r.plural, opts.namespace, ns), "Forbidden"
+    end
+    opts.namespace, opts.all_namespaces = ns, nil
+    return r, opts
+  end
+  local k = {}
+  for _, verb in ipairs({ "get", "list", "list_all" }) do
+    k[verb] = function(_, kind, a, b)
+      local opts = verb == "get" and b or a
+      local r, o, code = scope(kind, opts, verb)
+      if not r then return nil, o, code end
+      if verb == "get" then return client:get(r, a, o) end
+      return client[verb](client, r, o)
+    end
+  end
+  function k.wait_for(_, kind, name, pred, opts)
+    local r, o, code = scope(kind, opts, "watch")
+    if not r then return nil, o, code end
+    return client:wait_for(r, name, pred, o)
+  end
+  function k.watch(_, kind, opts)
+    local r, o, code = scope(kind, opts, "watch")
+    if not r then return nil, o, code end
+    local w, err, wcode = client:watch(r, o)
+    if not w then return nil, err, wcode end
+    -- the watch object knows its client: the hook gets its methods only
+    return { next = function(_, timeout) return w:next(timeout) end, events = function(_, timeout) return w:events(timeout) end,
+      close = function() return w:close() end }
+  end
+  for _, verb in ipairs(WRITE_VERBS) do
+    k[verb] = function(_, a, b, c, d)
+      local kind = (verb == "patch" or verb == "delete") and a or a
+      local r, err, code = client:resource(kind)
+      if not r then return nil, err, code end
+      if not allowed[r.group .. "/" .. r.plural] then
+        return nil, ("hooks may not %s %s: list it in the hook's writes"):format(verb, r.plural), "Forbidden"
+      end
+      local _, opts, ocode
+      if verb == "patch" then
+        _, opts, ocode = scope(r, d, verb)
+        if not _ then return nil, opts, ocode end
+        return client:patch(r, b, c, opts)
+      elseif verb == "delete" then
+        _, opts, ocode = scope(r, c, verb)
+        if not _ then return nil, opts, ocode end
+        return client:delete(r, b, opts)
+      end
+      _, opts, ocode = scope(r, b, verb)
+      if not _ then return nil, opts, ocode end
+      local obj = deep.copy(a)
+      obj.metadata = obj.metadata or {}
+      obj.metadata.namespace = ns
+      return client[verb](client, obj, opts)
+    end
+  end
+  return sandbox.readonly(k, "ctx.k8s")
 end
 
 local function first_lines(text, n)
@@ -322,21 +403,6 @@ function Run:output(text)
   for line in tostring(text):gmatch("[^\n]+") do self.lines[#self.lines + 1] = line end
 end
 
--- stop a busy handler: every 10,000 instructions, the deadline and the heap
-local function bound(co, run, base_kb)
-  debug.sethook(co, function()
-    if task.now() > run.deadline then
-      error(("hook %q exceeded its timeout of %gs at %s"):format(run.name, run.timeout, run.point), 2)
-    end
-    if (collectgarbage("count") - base_kb) * 1024 > M.MEMORY_LIMIT then
-      collectgarbage()
-      if (collectgarbage("count") - base_kb) * 1024 > M.MEMORY_LIMIT then
-        error(("hook %q exceeded its memory limit of %d MiB at %s"):format(run.name, M.MEMORY_LIMIT // 1048576, run.point), 2)
-      end
-    end
-  end, "", 10000)
-end
-
 local function setting(spec, key, point, default)
   local v = spec[key]
   if type(v) == "table" then v = v[point] end
@@ -353,10 +419,12 @@ function M.run_one(h, point, base)
   local run = setmetatable({ name = h.name, point = point, timeout = timeout, lines = {}, guest_pids = {},
     deadline = task.now() + timeout }, Run)
   local g = guest_for(run, base.client, base.vm)
+  local ns = base.namespace or (base.vm and type(base.vm) == "table" and base.vm.metadata and base.vm.metadata.namespace)
   local ctx = {
     point = point, params = frozen(h.params or {}), vm = base.vm and frozen(base.vm) or nil,
     snapshot = base.snapshot and frozen(base.snapshot) or nil, restore = base.restore and frozen(base.restore) or nil,
-    outcome = base.outcome, guest = g, k8s = base.client, deadline = vtime.now() + timeout,
+    outcome = base.outcome, guest = sandbox.readonly(g, "ctx.guest"), deadline = vtime.now() + timeout,
+    k8s = base.client and ns and M.scoped_client(base.client, ns, spec.writes) or nil,
     log = function(...)
       local parts = {}
       for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
@@ -364,35 +432,35 @@ function M.run_one(h, point, base)
       run:output(msg)
       hlog:info(msg, { hook = h.name, point = point })
     end,
+    --- Sleep for `seconds` (at most until the hook's deadline).
+    sleep = function(seconds)
+      if type(seconds) ~= "number" or seconds < 0 then error("ctx.sleep: seconds must be a non-negative number", 2) end
+      task.sleep(seconds)
+    end,
   }
+  ctx = sandbox.readonly(ctx, "ctx")
   local t0 = task.now()
-  local base_kb = collectgarbage("count")
-  local ok, a, b = true, nil, nil
-  local r = table.pack(task.timeout(timeout, function()
-    bound(coroutine.running(), run, base_kb)
-    return pcall(fn, ctx)
-  end))
+  -- the handler's task: its deadline, memory and pattern cost are bounds no
+  -- pcall of its own can hold back (vmsnap.task.bounded)
+  local r = table.pack(task.bounded({ timeout = timeout, memory = M.MEMORY_LIMIT, grace = 0, sandbox = true },
+    function() return true, fn(ctx) end))
   local rec = { hook = h.name, point = point, ms = math.floor((task.now() - t0) * 1000 + 0.5) }
-  if r[1] == nil and r[3] == "TIMEOUT" then
-    ok, a = false, ("exceeded its timeout of %gs"):format(timeout)
-    rec.outcome = "timeout"
-  elseif r[1] == false then
-    ok = false
-    rec.outcome = "error"
-    a = tostring(r[2]):gsub("^[^:]*%.lua:%d+: ", "")
-    if tostring(r[2]):find("exceeded its timeout", 1, true) then rec.outcome = "timeout" end
-  elseif r[1] == true then
-    a, b = r[2], r[3]
-    if a == nil and b ~= nil then
-      ok = false
-      rec.outcome = "failed"
-      a = tostring(b)
+  local msg
+  if r[1] == true then
+    if r[2] == nil and r[3] ~= nil then
+      rec.outcome, msg = "failed", tostring(r[3])
     else
       rec.outcome = "ok"
+      rec.results = table.pack(table.unpack(r, 2, r.n))
     end
+  elseif r[3] == "TIMEOUT" then
+    rec.outcome, msg = "timeout", ("hook %q exceeded its timeout of %gs at %s"):format(h.name, timeout, point)
   else
-    ok, a = false, tostring(r[2])
     rec.outcome = "error"
+    msg = tostring(r[2]):gsub("^[^:]*%.lua:%d+: ", "")
+    if r[3] == "NOMEM" then
+      msg = ("hook %q exceeded its memory limit of %d MiB at %s"):format(h.name, M.MEMORY_LIMIT // 1048576, point)
+    end
   end
   -- a handler that gave up because its deadline came (a guest command cut
   -- short at the hook's timeout) timed out too
@@ -400,14 +468,41 @@ function M.run_one(h, point, base)
     rec.outcome = "timeout"
   end
   if rec.outcome == "timeout" then g.kill_left() end
-  if not ok then
-    rec.message = a
-    run:output(a)
+  if msg then
+    rec.message = msg
+    run:output(msg)
   end
   rec.output = first_lines(table.concat(run.lines, "\n"), M.OUTPUT_LINES)
   rec.lines = run.lines -- all of it (not kept in the record)
   rec.on_error = setting(spec, "on_error", point, point:match("^pre_") and "fail" or "continue")
   return rec
+end
+
+--- Run the `point` handler of one hook file, as the controllers do (the
+--- same sandbox, context, timeout and memory bound): what vmsnap_call_hook
+--- runs. args: vm, snapshot, restore (objects, or anything), params,
+--- outcome, namespace; opts.allow_os, opts.require_any. Returns the
+--- handler's results, or nil, message (it failed); raises for an error, a
+--- timeout (code TIMEOUT) or the memory bound (NOMEM).
+function M.call(file, point, args, opts)
+  opts = opts or {}
+  if not IS_POINT[point] then
+    error(("%q is not a hook point (one of %s)"):format(tostring(point), table.concat(M.POINTS, ", ")), 0)
+  end
+  local entry = { name = file:match("([^/]+)%.lua$") or file, file = file, allow_os = opts.allow_os,
+    require_any = opts.require_any }
+  local spec, err = M.load(entry)
+  if not spec then error(err, 0) end
+  if type(spec[point]) ~= "function" then return table.pack() end
+  local params = deep.copy(spec.params or {})
+  for k, v in pairs(type(args.params) == "table" and args.params or {}) do params[k] = v end
+  local rec = M.run_one({ name = entry.name, spec = spec, params = params }, point,
+    { vm = args.vm, snapshot = args.snapshot, restore = args.restore, outcome = args.outcome,
+      namespace = args.namespace, client = opts.client })
+  if rec.outcome == "ok" then return rec.results end
+  if rec.outcome == "failed" then return table.pack(nil, rec.message) end
+  errors.raise(rec.outcome == "timeout" and "TIMEOUT" or (rec.message:find("memory limit", 1, true) and "NOMEM" or "ERROR"),
+    ("hook %s at %s: %s"):format(entry.name, point, rec.message), 0)
 end
 
 -- ------------------------------------------------------------ the runner

@@ -284,11 +284,20 @@ local function get(S, req, ctx, r, ns, name, accept)
   return respond(req, ctx, 200, body)
 end
 
+-- a JSON object (a YAML mapping): a table with string keys only, not a list
+local function is_object(v)
+  if type(v) ~= "table" or json.is_array(v) then return false end
+  for k in pairs(v) do
+    if type(k) ~= "string" then return false end
+  end
+  return true
+end
+
 local function check_identity(r, ns, name, obj)
-  if type(obj) ~= "table" or json.is_array(obj) then
+  if not is_object(obj) then
     fail(400, "BadRequest", "the body must be a JSON object")
   end
-  if obj.metadata ~= nil and (type(obj.metadata) ~= "table" or json.is_array(obj.metadata)) then
+  if obj.metadata ~= nil and not is_object(obj.metadata) then
     fail(400, "BadRequest", "metadata must be an object")
   end
   obj.metadata = obj.metadata or {}

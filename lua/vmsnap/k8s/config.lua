@@ -116,9 +116,12 @@ end
 
 -- ------------------------------------------------------------ kubeconfig
 
+-- the named entries of a list (whatever is not a mapping with a name is skipped:
+-- a kubeconfig is read as kubectl reads it, never raising on its shape)
 local function by_name(list)
   local m = {}
-  for _, e in ipairs(list or {}) do
+  if type(list) ~= "table" then return m end
+  for _, e in ipairs(list) do
     if type(e) == "table" and type(e.name) == "string" then m[e.name] = e end
   end
   return m
@@ -141,7 +144,8 @@ function M.load_kubeconfig(paths)
         for _, kind in ipairs({ "clusters", "users", "contexts" }) do
           for name, e in pairs(by_name(doc[kind])) do
             if not merged[kind][name] then
-              merged[kind][name] = { value = e[kind:sub(1, -2)] or {}, base = base }
+              local v = e[kind:sub(1, -2)]
+              merged[kind][name] = { value = type(v) == "table" and v or {}, base = base }
             end
           end
         end

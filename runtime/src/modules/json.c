@@ -95,6 +95,7 @@ static void fixup(lua_State *L, int depth)
 		return;
 	if (lua_type(L, t) != LUA_TTABLE)
 		return;
+	luaL_checkstack(L, 4, "json: nesting too deep"); /* two slots a level, and the next */
 	if (lua_rawlen(L, t) == 1) {
 		lua_rawgeti(L, t, 1);
 		if (lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), EMPTY_MARK) == 0) {
@@ -435,8 +436,9 @@ int luaopen_vmsnap_core_json(lua_State *L)
 	lua_pop(L, 1);
 	lua_newtable(L);
 	luaopen_cjson(L);
+	/* what decodes also encodes (and is fixed up): one depth limit for both */
 	lua_getfield(L, -1, "decode_max_depth");
-	lua_pushinteger(L, 1000);
+	lua_pushinteger(L, MAX_DEPTH);
 	lua_call(L, 1, 0);
 	lua_getfield(L, -1, "decode");
 	lua_pushcclosure(L, json_decode, 1);

@@ -42,6 +42,8 @@ typedef struct Parser {
 	int has_parser, has_event;
 	lua_State *L;
 	int anchors; /* stack index of the anchors table */
+	int sizes;   /* stack index of anchor -> the node count of its value (-1: not complete yet) */
+	long long literal, aliased; /* nodes written out, and nodes that aliases repeat */
 	char err[512];
 } Parser;
 
@@ -209,14 +211,35 @@ static int resolve_plain(lua_State *L, const char *s, size_t n)
 	return 0;
 }
 
-static int parse_node(Parser *p, int depth);
+static int parse_node(Parser *p, int depth, long long *size);
 
-static void save_anchor(Parser *p, const yaml_char_t *anchor)
+/* Aliases repeat a node without its text: an alias of an alias of ... of a
+** list is a document of billions of nodes in a few hundred bytes (every
+** reader of the value walks them all).  As Kubernetes' reader does, such a
+** document is refused: past ALIAS_FLOOR repeated nodes, aliases may repeat
+** at most ALIAS_RATIO times what the text holds. */
+#define ALIAS_FLOOR 100000
+#define ALIAS_RATIO 10
+
+static void save_anchor(Parser *p, const yaml_char_t *anchor, long long size)
 {
 	if (anchor) {
 		lua_pushstring(p->L, (const char *)anchor);
 		lua_pushvalue(p->L, -2);
 		lua_rawset(p->L, p->anchors);
+		lua_pushstring(p->L, (const char *)anchor);
+		lua_pushinteger(p->L, (lua_Integer)size);
+		lua_rawset(p->L, p->sizes);
+	}
+}
+
+/* the node count of a complete anchored collection */
+static void complete_anchor(Parser *p, const yaml_char_t *anchor, long long size)
+{
+	if (anchor) {
+		lua_pushstring(p->L, (const char *)anchor);
+		lua_pushinteger(p->L, (lua_Integer)size);
+		lua_rawset(p->L, p->sizes);
 	}
 }
 
@@ -238,7 +261,7 @@ static void merge_into(lua_State *L, int dst, int src)
 }
 
 /* The current event starts a node; push its value. */
-static int parse_node(Parser *p, int depth)
+static int parse_node(Parser *p, int depth, long long *size)
 {
 	lua_State *L = p->L;
 	yaml_event_t *ev = &p->event;
@@ -246,13 +269,25 @@ static int parse_node(Parser *p, int depth)
 		return set_err(p, "nesting too deep");
 	luaL_checkstack(L, 6, NULL);
 	switch (ev->type) {
-	case YAML_ALIAS_EVENT:
+	case YAML_ALIAS_EVENT: {
+		long long n;
+		lua_pushstring(L, (const char *)ev->data.alias.anchor);
+		lua_rawget(L, p->sizes);
+		n = (long long)lua_tointeger(L, -1);
+		lua_pop(L, 1);
+		if (n < 0)
+			return set_err(p, "an alias inside the node it names (a recursive document)");
+		p->aliased += n;
+		if (p->aliased > ALIAS_FLOOR && p->aliased > ALIAS_RATIO * p->literal)
+			return set_err(p, "document contains excessive aliasing");
 		lua_pushstring(L, (const char *)ev->data.alias.anchor);
 		if (lua_rawget(L, p->anchors) == LUA_TNIL) {
 			lua_pop(L, 1);
 			return set_err(p, "unknown alias");
 		}
+		*size = n;
 		return 0;
+	}
 	case YAML_SCALAR_EVENT: {
 		const char *s = (const char *)ev->data.scalar.value;
 		size_t n = ev->data.scalar.length;
@@ -266,35 +301,50 @@ static int parse_node(Parser *p, int depth)
 				return set_err(p, "value does not match its tag");
 		} else if (!(plain && !tag && strlen(s) == n && resolve_plain(L, s, n)))
 			lua_pushlstring(L, s, n);
-		save_anchor(p, ev->data.scalar.anchor);
+		save_anchor(p, ev->data.scalar.anchor, 1);
+		p->literal++;
+		*size = 1;
 		return 0;
 	}
 	case YAML_SEQUENCE_START_EVENT: {
 		lua_Integer i = 0;
+		long long total = 1, sub;
+		yaml_char_t *anchor = ev->data.sequence_start.anchor;
+		char *name = anchor ? strdup((const char *)anchor) : NULL;
 		lua_newtable(L);
 		int t = lua_gettop(L);
-		save_anchor(p, ev->data.sequence_start.anchor);
+		save_anchor(p, anchor, -1);
+		p->literal++;
 		for (;;) {
-			if (next_event(p))
+			if (next_event(p) || (p->event.type != YAML_SEQUENCE_END_EVENT && parse_node(p, depth + 1, &sub))) {
+				free(name);
 				return -1;
+			}
 			if (p->event.type == YAML_SEQUENCE_END_EVENT)
 				break;
-			if (parse_node(p, depth + 1))
-				return -1;
+			total += sub;
 			lua_rawseti(L, t, ++i);
 		}
 		if (i == 0)
 			luaL_setmetatable(L, ARRAY_MT);
+		complete_anchor(p, (const yaml_char_t *)name, total);
+		free(name);
+		*size = total;
 		return 0;
 	}
 	case YAML_MAPPING_START_EVENT: {
+		long long total = 1, sub;
+		yaml_char_t *anchor = ev->data.mapping_start.anchor;
+		char *name = anchor ? strdup((const char *)anchor) : NULL;
+		int rc = -1;
 		lua_newtable(L);
 		int t = lua_gettop(L);
-		save_anchor(p, ev->data.mapping_start.anchor);
+		save_anchor(p, anchor, -1);
+		p->literal++;
 		for (;;) {
 			int merge;
 			if (next_event(p))
-				return -1;
+				goto map_done;
 			if (p->event.type == YAML_MAPPING_END_EVENT)
 				break;
 			merge = p->event.type == YAML_SCALAR_EVENT &&
@@ -304,16 +354,20 @@ static int parse_node(Parser *p, int depth)
 				/* keys are text, as in the JSON form of an object */
 				lua_pushlstring(L, (const char *)p->event.data.scalar.value,
 				                p->event.data.scalar.length);
-				save_anchor(p, p->event.data.scalar.anchor);
-			} else if (parse_node(p, depth + 1)) {
-				return -1;
+				save_anchor(p, p->event.data.scalar.anchor, 1);
+				p->literal++;
+				sub = 1;
+			} else if (parse_node(p, depth + 1, &sub)) {
+				goto map_done;
 			}
-			if (lua_type(L, -1) != LUA_TSTRING)
-				return set_err(p, "mapping keys must be scalars");
-			if (next_event(p))
-				return -1;
-			if (parse_node(p, depth + 1))
-				return -1;
+			total += sub;
+			if (lua_type(L, -1) != LUA_TSTRING) {
+				set_err(p, "mapping keys must be scalars");
+				goto map_done;
+			}
+			if (next_event(p) || parse_node(p, depth + 1, &sub))
+				goto map_done;
+			total += sub;
 			if (merge && lua_istable(L, -1)) {
 				int src = lua_gettop(L);
 				if (lua_rawlen(L, src) > 0) { /* a list of maps */
@@ -332,7 +386,12 @@ static int parse_node(Parser *p, int depth)
 				lua_rawset(L, t);
 			}
 		}
-		return 0;
+		complete_anchor(p, (const yaml_char_t *)name, total);
+		*size = total;
+		rc = 0;
+	map_done:
+		free(name);
+		return rc;
 	}
 	default:
 		return set_err(p, "unexpected event");
@@ -363,10 +422,14 @@ static int load_docs(lua_State *L, int keep_empty)
 			break;
 		if (p->event.type != YAML_DOCUMENT_START_EVENT)
 			continue; /* STREAM_START, DOCUMENT_END */
+		long long size;
 		lua_newtable(L);
 		p->anchors = lua_gettop(L);
-		if (next_event(p) || parse_node(p, 0))
+		lua_newtable(L);
+		p->sizes = lua_gettop(L);
+		if (next_event(p) || parse_node(p, 0, &size))
 			goto fail;
+		lua_remove(L, p->sizes);
 		lua_remove(L, p->anchors);
 		if (lua_type(L, -1) == LUA_TLIGHTUSERDATA && !keep_empty)
 			lua_pop(L, 1);
