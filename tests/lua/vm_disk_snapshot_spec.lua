@@ -219,7 +219,7 @@ t.test("kill -9 of vmsnap up during 20 snapshots: all terminal, a Ready one is c
     local n = ("crash-%02d"):format(i)
     local o = wait("vdsnapshot", n, function(x)
       return x and x.status and (x.status.phase == "Ready" or x.status.phase == "Failed") and x end, 60)
-    t.ok(o, n .. " terminal")
+    t.ok(o, n .. " terminal, got " .. (o and "" or json.encode(c:get("vdsnapshot", n) or "absent")))
     if o and o.status.phase == "Ready" then
       ready = ready + 1
       t.eq(o.status.consistent, true, n .. " consistent")

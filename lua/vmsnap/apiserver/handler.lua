@@ -3,6 +3,7 @@
 --- patch, delete, deletecollection), answered with the API's Status errors.
 local json = require("vmsnap.json")
 local yaml = require("vmsnap.yaml")
+local errors = require("vmsnap.errors")
 local log = require("vmsnap.log")
 local api = require("vmsnap.apiserver")
 local patch = require("vmsnap.apiserver.patch")
@@ -611,7 +612,7 @@ function M.subresource(S, req, ctx, fn, version, ns, plural, name, sub)
   end)
 end
 
---- Answer one request (never raises).
+--- Answer one request (never raises, but for the cancellation of its task).
 function M.dispatch(S, req)
   local ctx = { warnings = {} }
   local seen = {}
@@ -628,6 +629,13 @@ function M.dispatch(S, req)
   if ok then return end
   if err.status then
     return respond_obj(req, ctx, err.status.code, err.status)
+  end
+  if errors.code_of(err.internal) == "CANCELLED" then
+    -- the server is going down under this request (Kubernetes answers 503 then)
+    local ok2 = pcall(respond_obj, req, ctx, 503, { kind = "Status", apiVersion = "v1", metadata = {}, status = "Failure",
+      message = "the server is shutting down", reason = "ServiceUnavailable", code = 503 })
+    if not ok2 then error(err.internal, 0) end
+    return
   end
   log.error("apiserver: internal error", { method = req:method(), path = req:path(), error = tostring(err.internal),
     trace = err.trace })

@@ -19,6 +19,7 @@
 --- compared as numbers when both are numbers, as etcd's and vmsnap's are),
 --- and the watch event for the same version later is not delivered twice.
 local task = require("vmsnap.task")
+local errors = require("vmsnap.errors")
 local log = require("vmsnap.log")
 
 local M = {}
@@ -113,7 +114,10 @@ end
 local function deliver(self, etype, obj, old)
   for _, h in ipairs(self.handlers) do
     local ok, err = pcall(h, etype, obj, old)
-    if not ok then self.log:error("handler failed", { kind = self.label, error = tostring(err) }) end
+    if not ok then
+      if errors.code_of(err) == "CANCELLED" then error(err, 0) end -- the informer is going down
+      self.log:error("handler failed", { kind = self.label, error = tostring(err) })
+    end
   end
 end
 

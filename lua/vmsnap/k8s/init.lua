@@ -23,6 +23,7 @@ local task = require("vmsnap.task")
 local log = require("vmsnap.log")
 local errors = require("vmsnap.errors")
 local config = require("vmsnap.k8s.config")
+local rtcore = require("vmsnap.core.runtime")
 
 local M = {}
 
@@ -213,7 +214,9 @@ function Client:request(o)
       end
     end
     attempt = attempt + 1
-    if attempt > self.retries or task.now() + wait >= deadline then
+    -- the process is going down: what a cleanup sends gets one try, not a
+    -- backoff that would hold the exit
+    if attempt > self.retries or task.now() + wait >= deadline or rtcore.cancel_requested() then
       return nil, ("%s (after %d attempts in %.1fs)"):format(err, attempt, task.now() - start), code
     end
     if wait > 0 then task.sleep(wait) end

@@ -21,6 +21,7 @@ local task = require("vmsnap.task")
 local log = require("vmsnap.log")
 local deep = require("vmsnap.deep")
 local errors = require("vmsnap.errors")
+local rtcore = require("vmsnap.core.runtime")
 local Queue = require("vmsnap.reconcile.queue")
 local Context = require("vmsnap.reconcile.context")
 local leader = require("vmsnap.reconcile.leader")
@@ -110,7 +111,9 @@ function Controller:start_informers()
     subscribe(inf, function(_, obj, old)
       for _, src in ipairs({ obj, old }) do
         local ok, keys = pcall(w.map, src, self)
-        if not ok then
+        if not ok and errors.code_of(keys) == "CANCELLED" then
+          error(keys, 0) -- shutting down: not the mapping's fault
+        elseif not ok then
           self.log:error("a watch's mapping failed", { kind = tostring(w.kind), error = tostring(keys),
             object = M.key_of(src) })
         elseif type(keys) == "table" then
@@ -200,9 +203,14 @@ function Controller:process(key)
     if not self.stopping and errors.code_of(res) ~= "CANCELLED" then
       self.log:error("reconcile raised", { key = key, error = tostring(res) })
     end
-    res, err = nil, tostring(res):match("^[^\n]*")
+    res, err, code = nil, tostring(res):match("^[^\n]*"), errors.code_of(res)
   end
-  if res == nil then
+  if res == nil and (self.stopping or rtcore.cancel_requested()) then
+    -- the process or the controller is going down: not a failure to retry;
+    -- the worker ends (waiting for the next key would hold the exit)
+    self.queue:done(key)
+    errors.raise("CANCELLED", "cancelled")
+  elseif res == nil then
     self.counters.errors = self.counters.errors + 1
     local delay = self.queue:retry(key)
     self.log:warn("reconcile failed; retrying", { key = key, error = tostring(err), code = code, after = delay })

@@ -196,6 +196,12 @@ static void on_timer(uv_timer_t *h)
 	if (t->deadline > 0 && !t->kill_code && now >= t->deadline) {
 		Vmsnap_sched_cancel(t, "TIMEOUT");
 	} else if (t->kill_delivered && !t->kill_hard && now >= t->grace_until) {
+		/* a cleanup that waited through the whole grace: say where (it
+		** held a shutdown or a cancel for that long) */
+		luaL_traceback(t->co, t->co, NULL, 0);
+		Vmsnap_log(t->rt, VMSNAP_LOG_WARN, "task", "task %u: its cleanup waited past the cancel grace; stopping it: %s",
+		           t->id, lua_tostring(t->co, -1));
+		lua_pop(t->co, 1);
 		t->kill_hard = 1;
 		abort_wait(t);
 		Vmsnap_sched_wake(t);
