@@ -132,8 +132,14 @@ M.LOAD_TIMEOUT = 5 -- seconds a hook file's top level may run for
 function M.load(entry)
   local chunk, err = sandbox.loadfile(entry.file, M.environment(entry))
   if not chunk then return nil, err end
+  -- the file's table is copied as plain data inside the bounded task: the
+  -- host reads the copy (a hook's __index would otherwise run in the host)
   local ok, spec, code = task.bounded({ timeout = M.LOAD_TIMEOUT, memory = M.MEMORY_LIMIT, grace = 0, sandbox = true },
-    function() return true, chunk() end)
+    function()
+      local s = chunk()
+      if type(s) == "function" then return true, s end
+      return true, type(s) == "table" and sandbox.plain(s, true) or s
+    end)
   if not ok then return nil, ("%s: %s"):format(entry.file, tostring(spec):gsub("^[^:]*%.lua:%d+: ", "")), code end
   if type(spec) == "function" and entry.point then spec = { [entry.point] = spec } end
   if type(spec) ~= "table" then
@@ -243,7 +249,8 @@ function M.scoped_client(client, ns, writes)
   local k = {}
   for _, verb in ipairs({ "get", "list", "list_all" }) do
     k[verb] = function(_, kind, a, b)
-      local opts = verb == "get" and b or a
+      local opts = a
+      if verb == "get" then opts = b end
       local r, o, code = scope(kind, opts, verb)
       if not r then return nil, o, code end
       if verb == "get" then return client:get(r, a, o) end
@@ -442,8 +449,20 @@ function M.run_one(h, point, base)
   local t0 = task.now()
   -- the handler's task: its deadline, memory and pattern cost are bounds no
   -- pcall of its own can hold back (vmsnap.task.bounded)
+  -- What the handler returns or raises reaches the host as plain data
+  -- (copied inside the task): a value of the hook's with metamethods would
+  -- run hook code outside its bounds when the host looked at it.
   local r = table.pack(task.bounded({ timeout = timeout, memory = M.MEMORY_LIMIT, grace = 0, sandbox = true },
-    function() return true, fn(ctx) end))
+    function()
+      local res = table.pack(xpcall(fn, function(e)
+        if type(e) == "string" or errors.is_error(e) then return e end
+        return tostring(e)
+      end, ctx))
+      if not res[1] then error(res[2], 0) end
+      if res[2] == nil and res.n >= 3 and type(res[3]) ~= "string" and res[3] ~= nil then res[3] = tostring(res[3]) end
+      for i = 2, res.n do res[i] = sandbox.plain(res[i]) end
+      return true, table.unpack(res, 2, res.n)
+    end))
   local rec = { hook = h.name, point = point, ms = math.floor((task.now() - t0) * 1000 + 0.5) }
   local msg
   if r[1] == true then

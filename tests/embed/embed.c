@@ -4,12 +4,17 @@
 ** the exit status is the number of failures.
 */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <poll.h>
+#include <signal.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <lauxlib.h>
@@ -108,7 +113,236 @@ static void *cancel_later(void *arg)
 	return NULL;
 }
 
-int main(void)
+
+/* ------------------------------------ the shipped hooks through the C API */
+
+/* a one-shot HTTP server on 127.0.0.1: it keeps the request it got and
+** answers 204 (what the webhook hook posts to) */
+struct http_once {
+	int fd, port;
+	char request[8192];
+};
+
+static void *http_once_serve(void *arg)
+{
+	struct http_once *h = arg;
+	struct pollfd p = {h->fd, POLLIN, 0};
+	size_t n = 0;
+	int c;
+	if (poll(&p, 1, 10000) != 1)
+		return NULL;
+	c = accept(h->fd, NULL, NULL);
+	if (c < 0)
+		return NULL;
+	for (;;) {
+		struct pollfd q = {c, POLLIN, 0};
+		ssize_t r;
+		char *end, *cl;
+		if (poll(&q, 1, 5000) != 1 || n >= sizeof h->request - 1)
+			break;
+		r = read(c, h->request + n, sizeof h->request - 1 - n);
+		if (r <= 0)
+			break;
+		n += (size_t)r;
+		h->request[n] = 0;
+		end = strstr(h->request, "\r\n\r\n");
+		cl = strcasestr(h->request, "content-length:");
+		if (end && (!cl || n >= (size_t)(end + 4 - h->request) + (size_t)atoi(cl + 15)))
+			break;
+	}
+	static const char answer[] = "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+	if (write(c, answer, sizeof answer - 1) < 0)
+		perror("write");
+	close(c);
+	return NULL;
+}
+
+static int http_once_start(struct http_once *h, pthread_t *th)
+{
+	struct sockaddr_in a;
+	socklen_t len = sizeof a;
+	memset(h, 0, sizeof *h);
+	memset(&a, 0, sizeof a);
+	a.sin_family = AF_INET;
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	h->fd = socket(AF_INET, SOCK_STREAM, 0);
+	if (h->fd < 0 || bind(h->fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(h->fd, 1) != 0 ||
+	    getsockname(h->fd, (struct sockaddr *)&a, &len) != 0)
+		return -1;
+	h->port = ntohs(a.sin_port);
+	return pthread_create(th, NULL, http_once_serve, h);
+}
+
+/* a real qemu-ga on a unix socket in dir (the global freeze blocked; these
+** checks only run commands); its pid, or -1 when qemu-ga is not installed */
+static pid_t start_agent(const char *dir, char *sock, size_t socklen)
+{
+	pid_t pid;
+	int i;
+	snprintf(sock, socklen, "%s/qga.sock", dir);
+	pid = fork();
+	if (pid == 0) {
+		execlp("qemu-ga", "qemu-ga", "-m", "unix-listen", "-p", sock, "-t", dir, "-b", "guest-fsfreeze-freeze",
+		       (char *)NULL);
+		_exit(127);
+	}
+	for (i = 0; pid > 0 && i < 500; i++) {
+		struct timespec ts = {0, 10 * 1000 * 1000};
+		int status;
+		if (access(sock, F_OK) == 0)
+			return pid;
+		if (waitpid(pid, &status, WNOHANG) == pid)
+			return -1;
+		nanosleep(&ts, NULL);
+	}
+	if (pid > 0) {
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+	}
+	return -1;
+}
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* a hook's failure is a message of its own, never a Lua error of the runner */
+static int clean_failure(vmsnap_runtime *rt, vmsnap_status st)
+{
+	const char *m = vmsnap_errmsg(rt);
+	return st == VMSNAP_ERR_WORKFLOW && m && *m && !strstr(m, "attempt to") && !strstr(m, "stack traceback");
+}
+
+static void shipped_hooks(vmsnap_runtime *rt, const char *source)
+{
+	char dir[] = "/tmp/vmsnap-embed-agentXXXXXX", sock[256], path[512], args[2048];
+	struct http_once web;
+	pthread_t th;
+	char *res = NULL;
+	vmsnap_status st;
+	pid_t agent;
+
+	/* webhook: a real POST to a local server, and its ctx.log line */
+	CHECK(http_once_start(&web, &th) == 0, "a local HTTP server for the webhook hook");
+	snprintf(path, sizeof path, "%s/scripts/hooks/webhook.lua", source);
+	snprintf(args, sizeof args,
+	         "{\"params\":{\"url\":\"http://127.0.0.1:%d/vmsnap\"},\"outcome\":\"Ready\","
+	         "\"vm\":{\"metadata\":{\"name\":\"linux-vm\",\"namespace\":\"default\"}},"
+	         "\"snapshot\":{\"metadata\":{\"name\":\"s1\",\"namespace\":\"default\"},\"status\":{\"consistent\":true}}}",
+	         web.port);
+	log_records = 0;
+	st = vmsnap_call_hook(rt, path, "post_snapshot", args, &res);
+	pthread_join(th, NULL);
+	close(web.fd);
+	CHECK(st == VMSNAP_OK, "webhook post_snapshot through vmsnap_call_hook");
+	if (st != VMSNAP_OK)
+		printf("  # %s\n", vmsnap_errmsg(rt));
+	CHECK(strstr(web.request, "POST /vmsnap ") && strstr(web.request, "\"event\":\"post_snapshot\"") &&
+	          strstr(web.request, "\"outcome\":\"Ready\"") && strstr(web.request, "\"snapshot\":\"s1\""),
+	      "webhook: the server got the event");
+	CHECK(strstr(last_log, "notified (204)") != NULL, "webhook: ctx.log reaches the host's log sink");
+	vmsnap_free(res);
+	res = NULL;
+	st = vmsnap_call_hook(rt, path, "snapshot_failed", "{\"params\":{}}", &res);
+	CHECK(clean_failure(rt, st) && strstr(vmsnap_errmsg(rt), "params.url is required"),
+	      "webhook without a url: its own message");
+	vmsnap_free(res);
+	res = NULL;
+
+	/* the guest hooks, through a real qemu-ga */
+	if (!mkdtemp(dir) || (agent = start_agent(dir, sock, sizeof sock)) < 0) {
+		printf("ok %d - # SKIP qemu-ga is not available: the guest hooks were not run\n", ++count);
+		if (dir[0])
+			rmdir(dir);
+		return;
+	}
+#define VM_WITH_AGENT "\"vm\":{\"metadata\":{\"name\":\"linux-vm\",\"namespace\":\"default\"," \
+	                   "\"annotations\":{\"vmsnap.io/agent\":\"unix:%s\"}}}"
+	snprintf(path, sizeof path, "%s/scripts/hooks/guest-command.lua", source);
+	snprintf(args, sizeof args, "{\"params\":{\"pre_freeze\":\"echo quiesced\",\"post_thaw\":[\"/bin/sh\",\"-c\",\"exit 3\"]}," VM_WITH_AGENT "}", sock);
+	st = vmsnap_call_hook(rt, path, "pre_freeze", args, &res);
+	CHECK(st == VMSNAP_OK, "guest-command pre_freeze runs its command in the guest");
+	if (st != VMSNAP_OK)
+		printf("  # %s\n", vmsnap_errmsg(rt));
+	vmsnap_free(res);
+	res = NULL;
+	st = vmsnap_call_hook(rt, path, "post_thaw", args, &res);
+	CHECK(clean_failure(rt, st) && strstr(vmsnap_errmsg(rt), "exited with 3"),
+	      "guest-command: a failing command is the hook's failure");
+	vmsnap_free(res);
+	res = NULL;
+
+	/* the database hooks with a client that is not there: they fail with
+	** their own message (the databases themselves are tested in hooks_spec) */
+	snprintf(path, sizeof path, "%s/scripts/hooks/mysql.lua", source);
+	snprintf(args, sizeof args, "{\"params\":{\"client\":\"/nonexistent/mariadb\",\"hold\":1}," VM_WITH_AGENT "}", sock);
+	st = vmsnap_call_hook(rt, path, "pre_freeze", args, &res);
+	CHECK(clean_failure(rt, st), "mysql pre_freeze without a client: its own message");
+	printf("  # %s\n", vmsnap_errmsg(rt));
+	vmsnap_free(res);
+	res = NULL;
+	st = vmsnap_call_hook(rt, path, "post_thaw", args, &res);
+	CHECK(st == VMSNAP_OK || clean_failure(rt, st), "mysql post_thaw: done or its own message");
+	vmsnap_free(res);
+	res = NULL;
+	snprintf(path, sizeof path, "%s/scripts/hooks/postgresql.lua", source);
+	snprintf(args, sizeof args, "{\"params\":{\"psql\":\"/nonexistent/psql\"}," VM_WITH_AGENT "}", sock);
+	st = vmsnap_call_hook(rt, path, "pre_freeze", args, &res);
+	CHECK(clean_failure(rt, st), "postgresql pre_freeze without a client: its own message");
+	printf("  # %s\n", vmsnap_errmsg(rt));
+	vmsnap_free(res);
+	res = NULL;
+#undef VM_WITH_AGENT
+	kill(agent, SIGKILL);
+	waitpid(agent, NULL, 0);
+	unlink(sock);
+	snprintf(path, sizeof path, "rm -rf '%s'", dir);
+	if (system(path) != 0)
+		perror("rm");
+}
+
+/* the bounds of the controllers' runner hold through the C API */
+static void hook_bounds(vmsnap_runtime *rt)
+{
+	char path[] = "/tmp/vmsnap-embed-boundXXXXXX";
+	int fd = mkstemp(path);
+	char *res = NULL;
+	double t0;
+	vmsnap_status st;
+	static const char hook[] =
+	    "return {\n"
+	    "  timeout = 0.3,\n"
+	    "  pre_freeze = function() while true do pcall(function() while true do end end) end end,\n"
+	    "  post_thaw = function() local s = ('x'):rep(1 << 20) return #s:rep(1536) end,\n"
+	    "  post_freeze = function(ctx) ctx.sleep(0.05) ctx.log('slept') return getmetatable('') == nil end,\n"
+	    "}\n";
+	CHECK(fd >= 0 && write(fd, hook, sizeof hook - 1) == (ssize_t)(sizeof hook - 1), "write the bounds hook");
+	close(fd);
+	t0 = now_s();
+	st = vmsnap_call_hook(rt, path, "pre_freeze", "{}", &res);
+	CHECK(st == VMSNAP_ERR_TIMEOUT && strstr(vmsnap_errmsg(rt), "exceeded its timeout of 0.3s") && now_s() - t0 < 2,
+	      "a hook looping in pcall is stopped at its timeout");
+	vmsnap_free(res);
+	res = NULL;
+	st = vmsnap_call_hook(rt, path, "post_thaw", "{}", &res);
+	CHECK(st == VMSNAP_ERR_NOMEM && strstr(vmsnap_errmsg(rt), "memory limit of 64 MiB"),
+	      "a 1.5 GiB string is refused at the hook's memory bound");
+	if (st != VMSNAP_ERR_NOMEM)
+		printf("  # %d %s\n", st, vmsnap_errmsg(rt));
+	vmsnap_free(res);
+	res = NULL;
+	log_records = 0;
+	st = vmsnap_call_hook(rt, path, "post_freeze", "{}", &res);
+	CHECK(st == VMSNAP_OK && res && strcmp(res, "[true]") == 0 && strstr(last_log, "slept"),
+	      "ctx.sleep and ctx.log work, and the string metatable is hidden");
+	vmsnap_free(res);
+	unlink(path);
+}
+
+int main(int argc, char **argv)
 {
 	vmsnap_runtime *rt;
 	vmsnap_status st;
@@ -200,6 +434,11 @@ int main(void)
 		res = NULL;
 		unlink(path);
 	}
+	hook_bounds(rt);
+	if (argc > 1)
+		shipped_hooks(rt, argv[1]);
+	else
+		printf("ok %d - # SKIP no source directory given: the shipped hooks were not run\n", ++count);
 
 	/* non-blocking mode: the host drives the loop with its own poll() */
 	{

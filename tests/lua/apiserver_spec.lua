@@ -75,6 +75,33 @@ t.test("bad input: malformed JSON and YAML are 400, unknown resource 404, wrong 
   t.eq(r.status, 400)
 end)
 
+t.test("hostile bodies are refused at once: nesting past 200 levels, a YAML alias bomb, a recursive alias, a body that is not an object", function()
+  local deep = '{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"deep"},"data":' ..
+    ("["):rep(300) .. ("]"):rep(300) .. "}"
+  local r = req("POST", "/api/v1/namespaces/default/configmaps", deep)
+  t.eq(r.status, 400)
+  t.contains(r.obj.message, "too many nested data structures (201)")
+  -- 10^9 leaves in a few hundred bytes
+  local lines = { 'a0: &a0 ["x","x","x","x","x","x","x","x","x","x"]' }
+  for i = 1, 8 do lines[#lines + 1] = ("a%d: &a%d [%s]"):format(i, i, ("*a" .. (i - 1) .. ","):rep(10):sub(1, -2)) end
+  local bomb = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: bomb}\ndata:\n" ..
+    table.concat(lines, "\n"):gsub("[^\n]+", "  %0") .. "\n"
+  local t0 = task.now()
+  r = req("POST", "/api/v1/namespaces/default/configmaps", bomb, { ["Content-Type"] = "application/yaml" })
+  local took = task.now() - t0
+  t.eq(r.status, 400)
+  t.contains(r.obj.message, "excessive aliasing")
+  t.ok(took < 0.5, ("refused in %.3f s"):format(took))
+  r = req("POST", "/api/v1/namespaces/default/configmaps", "a: &a [*a]", { ["Content-Type"] = "application/yaml" })
+  t.eq(r.status, 400)
+  for _, body in ipairs({ "[]", '"x"', "12", "null" }) do
+    r = req("POST", "/api/v1/namespaces/default/configmaps", body)
+    t.eq(r.status, 400, body)
+  end
+  -- the server is still answering others
+  t.eq(req("GET", "/api/v1/namespaces/default/configmaps").status, 200)
+end)
+
 t.test("create: generateName, uid, creationTimestamp, generation; dryRun stores nothing", function()
   local r = req("POST", VDS, json.encode({ apiVersion = "virtualization.deckhouse.io/v1alpha2",
     kind = "VirtualDiskSnapshot", metadata = { generateName = "gen-" }, spec = { virtualDiskName = "d" } }))

@@ -71,4 +71,21 @@ t.test("strings that look like the empty-array marker's brackets are left alone"
   t.eq(v.t, "[ ]")
 end)
 
+t.test("nesting: 200 levels decode and encode (a stack overflow at 200 before), 201 is a clear error", function()
+  local text = ("["):rep(200) .. ("]"):rep(200)
+  local v = assert(json.decode(text))
+  t.eq(json.encode(v), text)
+  local obj = ('{"a":'):rep(200) .. "1" .. ("}"):rep(200)
+  t.eq(json.encode(assert(json.decode(obj))), obj)
+  local r, err = json.decode(("["):rep(201) .. ("]"):rep(201))
+  t.eq(r, nil)
+  t.contains(err, "too many nested data structures (201)")
+  local deep = {}
+  local x = deep
+  for _ = 1, 250 do x[1] = {} x = x[1] end
+  local e, eerr = json.encode(deep)
+  t.eq(e, nil)
+  t.contains(eerr, "nesting deeper than 200")
+end)
+
 return t.done()

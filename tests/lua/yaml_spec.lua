@@ -137,4 +137,24 @@ t.test("dump failures return YAML_EMIT", function()
   t.eq(select(3, yaml.dump({ f = print })), "YAML_EMIT")
 end)
 
+t.test("aliases: a bomb is refused before it is expanded, a recursive alias is an error, ordinary aliases work", function()
+  local lines = { 'a0: &a0 ["x","x","x","x","x","x","x","x","x","x"]' }
+  for i = 1, 9 do lines[#lines + 1] = ("a%d: &a%d [%s]"):format(i, i, ("*a" .. (i - 1) .. ","):rep(10):sub(1, -2)) end
+  local t0 = os.clock()
+  local v, err = yaml.load(table.concat(lines, "\n"))
+  t.eq(v, nil)
+  t.contains(err, "document contains excessive aliasing")
+  t.ok(os.clock() - t0 < 0.5, "refused without expanding 10^10 leaves")
+  v, err = yaml.load("a: &a [*a]")
+  t.eq(v, nil)
+  t.contains(err, "recursive")
+  v = assert(yaml.load("base: &b {x: 1}\none: *b\ntwo: *b\n"))
+  t.eq(v.one.x, 1)
+  t.eq(v.two.x, 1)
+  -- many small aliases (a real manifest's anchors) stay under the bound
+  local many = { "base: &b [1, 2, 3]" }
+  for i = 1, 2000 do many[#many + 1] = ("k%d: *b"):format(i) end
+  t.eq(#assert(yaml.load(table.concat(many, "\n"))).k2000, 3)
+end)
+
 return t.done()
