@@ -138,6 +138,8 @@ t.test("kill -9 of `vmsnap up` during the freeze: the launcher thaws within 1 s 
   task.sleep(2)
   local gap, after = w:stop()
   report("kill -9", gap)
+  figures[#figures + 1] = ("kill -9: thawed %.3f s after the death"):format(after and after - killed or -1)
+  print("# " .. figures[#figures])
   t.ok(after and after - killed <= 1, ("thawed %.2f s after the death"):format(after and after - killed or -1))
   t.ok(gap <= BUDGET + 1, ("stall %.2f s"):format(gap))
   srv:start()
