@@ -51,3 +51,102 @@ void Vmsnap_fmt_double(char *buf, size_t n, double d)
 			break;
 	}
 }
+
+/* the length of the well-formed sequence at s (at most n bytes), 0 if none */
+static size_t utf8_seq(const unsigned char *s, size_t n)
+{
+	unsigned char c = s[0];
+	unsigned char lo = 0x80, hi = 0xBF;
+	size_t len, i;
+	if (c < 0x80)
+		return 1;
+	if (c >= 0xC2 && c <= 0xDF)
+		len = 2;
+	else if (c >= 0xE0 && c <= 0xEF) {
+		len = 3;
+		if (c == 0xE0)
+			lo = 0xA0; /* no overlong forms */
+		else if (c == 0xED)
+			hi = 0x9F; /* no surrogates */
+	} else if (c >= 0xF0 && c <= 0xF4) {
+		len = 4;
+		if (c == 0xF0)
+			lo = 0x90;
+		else if (c == 0xF4)
+			hi = 0x8F; /* nothing past U+10FFFF */
+	} else
+		return 0;
+	if (n < len)
+		return 0;
+	if (s[1] < lo || s[1] > hi)
+		return 0;
+	for (i = 2; i < len; i++)
+		if (s[i] < 0x80 || s[i] > 0xBF)
+			return 0;
+	return len;
+}
+
+int Vmsnap_utf8_valid(const char *s, size_t n)
+{
+	const unsigned char *p = (const unsigned char *)s;
+	size_t i = 0, k;
+	while (i < n) {
+		if (p[i] < 0x80) {
+			i++;
+			continue;
+		}
+		k = utf8_seq(p + i, n - i);
+		if (!k)
+			return 0;
+		i += k;
+	}
+	return 1;
+}
+
+/* how many bytes of an ill-formed sequence at s form one maximal subpart */
+static size_t utf8_bad_len(const unsigned char *s, size_t n)
+{
+	size_t len, i;
+	unsigned char c = s[0], lo = 0x80, hi = 0xBF;
+	if (c >= 0xC2 && c <= 0xDF)
+		len = 2;
+	else if (c >= 0xE0 && c <= 0xEF) {
+		len = 3;
+		if (c == 0xE0)
+			lo = 0xA0;
+		else if (c == 0xED)
+			hi = 0x9F;
+	} else if (c >= 0xF0 && c <= 0xF4) {
+		len = 4;
+		if (c == 0xF0)
+			lo = 0x90;
+		else if (c == 0xF4)
+			hi = 0x8F;
+	} else
+		return 1;
+	for (i = 1; i < len && i < n; i++) {
+		unsigned char b = s[i];
+		if (i == 1 ? (b < lo || b > hi) : (b < 0x80 || b > 0xBF))
+			return i;
+	}
+	return i;
+}
+
+void Vmsnap_utf8_push_fixed(lua_State *L, const char *s, size_t n)
+{
+	const unsigned char *p = (const unsigned char *)s;
+	luaL_Buffer b;
+	size_t i = 0, k;
+	luaL_buffinit(L, &b);
+	while (i < n) {
+		k = p[i] < 0x80 ? 1 : utf8_seq(p + i, n - i);
+		if (k) {
+			luaL_addlstring(&b, s + i, k);
+			i += k;
+		} else {
+			luaL_addstring(&b, "\xEF\xBF\xBD");
+			i += utf8_bad_len(p + i, n - i);
+		}
+	}
+	luaL_pushresult(&b);
+}

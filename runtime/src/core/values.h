@@ -19,5 +19,11 @@ lua_Integer Vmsnap_seq_len(lua_State *L, int idx);
 int Vmsnap_strcmp_p(const void *a, const void *b);
 /* The shortest %g text of a finite d that reads back as d. */
 void Vmsnap_fmt_double(char *buf, size_t n, double d);
+/* Is s[0..n) well-formed UTF-8 (no overlong forms, surrogates or code
+** points past U+10FFFF)? */
+int Vmsnap_utf8_valid(const char *s, size_t n);
+/* Push s[0..n) with every ill-formed sequence replaced by U+FFFD (one per
+** maximal invalid subpart, as Unicode recommends and Go's decoders do). */
+void Vmsnap_utf8_push_fixed(lua_State *L, const char *s, size_t n);
 
 #endif

@@ -17,6 +17,7 @@
 ** whose __gc releases them, so a Lua error cannot leak them.
 */
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -174,7 +175,7 @@ static int resolve_plain(lua_State *L, const char *s, size_t n)
 		return 1;
 	}
 	if (strcmp(s, ".nan") == 0 || strcmp(s, ".NaN") == 0 || strcmp(s, ".NAN") == 0) {
-		lua_pushnumber(L, NAN);
+		lua_pushnumber(L, (lua_Number)NAN);
 		return 1;
 	}
 	{
@@ -507,9 +508,30 @@ static int emit(Emitter *e)
 static int emit_scalar(Emitter *e, const char *s, size_t n, yaml_scalar_style_t style,
                        int plain_implicit)
 {
-	yaml_scalar_event_initialize(&e->ev, NULL, NULL, (yaml_char_t *)s, (int)n, plain_implicit,
-	                             !plain_implicit, style);
-	return emit(e);
+	int r, fixed = 0;
+	if (!Vmsnap_utf8_valid(s, n)) {
+		/* libyaml refuses ill-formed UTF-8 (and its emitter then frees an
+		** event twice): write U+FFFD for each bad sequence, as Go's
+		** encoders do; the text is copied into the event */
+		Vmsnap_utf8_push_fixed(e->L, s, n);
+		s = lua_tolstring(e->L, -1, &n);
+		fixed = 1;
+		if (style == YAML_ANY_SCALAR_STYLE || style == YAML_PLAIN_SCALAR_STYLE) {
+			style = YAML_DOUBLE_QUOTED_SCALAR_STYLE;
+			plain_implicit = 0;
+		}
+	}
+	if (n > INT_MAX) {
+		snprintf(e->err, sizeof e->err, "yaml: a scalar of %zu bytes is too long", n);
+		r = -1;
+	} else {
+		yaml_scalar_event_initialize(&e->ev, NULL, NULL, (yaml_char_t *)s, (int)n, plain_implicit,
+		                             !plain_implicit, style);
+		r = emit(e);
+	}
+	if (fixed)
+		lua_pop(e->L, 1);
+	return r;
 }
 
 static int needs_quotes(lua_State *L, const char *s, size_t n)
@@ -626,6 +648,8 @@ static int dump_value(Emitter *e, int idx, int depth)
 				strcpy(tmp, ".nan");
 			else if (isinf(d))
 				strcpy(tmp, d > 0 ? ".inf" : "-.inf");
+			else if (d == 0 && signbit(d))
+				strcpy(tmp, "-0.0"); /* "-0" would read back as the integer 0 */
 			else
 				Vmsnap_fmt_double(tmp, sizeof tmp, d);
 		}
