@@ -161,6 +161,8 @@ function M.faultproxy(upstream_port)
   end
   function fp:stats() return json.decode(assert(http.get(self.url .. "/_faults")).body) end
   function fp:clear() assert(http.delete(self.url .. "/_faults")) end
+  --- Close every proxied connection now (open watches included).
+  function fp:reset() assert(http.post(self.url .. "/_faults/reset", "")) end
   function fp:stop()
     if self.proc then
       self.proc:kill("KILL")

@@ -10,10 +10,14 @@
 **   POST   /_faults?match=PREFIX&do=A,B,...   the next requests whose path
 **          starts with PREFIX get actions A, B, ... in turn (PREFIX ending in
 **          '$': the path is exactly PREFIX, its query aside; "METHOD PREFIX",
-**          e.g. "POST /apis/...": only requests of that method); rules are tried
+**          e.g. "POST /apis/...": only requests of that method; "WATCH /...":
+**          only watches, GETs with watch=1|true); rules are tried
 **          in the order they were added, and a rule ends with its actions
-**   GET    /_faults                            {"requests":N,"faulted":F,"proxied":P}
+**   GET    /_faults                            {"requests":N,"faulted":F,"proxied":P,
+**                                               "pending":actions not used yet}
 **   DELETE /_faults                            forget the rules, zero the counters
+**   POST   /_faults/reset                      close every proxied connection now
+**          (open watches included: a network blip)
 ** Actions:
 **   ok           pass the request through
 **   429[:S]      answer 429 TooManyRequests with Retry-After: S (default 1)
@@ -218,13 +222,27 @@ static void slow_cb(uv_timer_t *t)
 
 /* does path match a rule's prefix? A prefix ending in '$' is a whole path:
    what follows it can only be the query */
-static int rule_matches(const Rule *r, const char *method, const char *path)
+static int query_value(const char *q, const char *key, char *out, size_t cap);
+
+/* a GET with watch=1 or watch=true in its query */
+static int is_watch(const char *method, const char *query)
+{
+	char v[16];
+	return strcmp(method, "GET") == 0 && query_value(query, "watch", v, sizeof v) &&
+	       (strcmp(v, "1") == 0 || strcmp(v, "true") == 0);
+}
+
+static int rule_matches(const Rule *r, const char *method, const char *path, const char *query)
 {
 	const char *prefix = r->prefix;
 	const char *sp = strchr(prefix, ' ');
 	if (sp) {
-		if (strncmp(prefix, method, (size_t)(sp - prefix)) != 0 || method[sp - prefix] != '\0')
+		if ((size_t)(sp - prefix) == 5 && strncmp(prefix, "WATCH", 5) == 0) {
+			if (!is_watch(method, query))
+				return 0;
+		} else if (strncmp(prefix, method, (size_t)(sp - prefix)) != 0 || method[sp - prefix] != '\0') {
 			return 0;
+		}
 		prefix = sp + 1;
 	}
 	size_t l = strlen(prefix);
@@ -233,12 +251,12 @@ static int rule_matches(const Rule *r, const char *method, const char *path)
 	return strncmp(path, prefix, l) == 0;
 }
 
-static const char *next_action(const char *method, const char *path)
+static const char *next_action(const char *method, const char *path, const char *query)
 {
 	int i;
 	for (i = 0; i < nrules; i++) {
 		Rule *r = &rules[i];
-		if (r->next < r->n && rule_matches(r, method, path))
+		if (r->next < r->n && rule_matches(r, method, path, query))
 			return r->actions[r->next++];
 	}
 	return NULL;
@@ -270,12 +288,28 @@ static int query_value(const char *q, const char *key, char *out, size_t cap)
 	return 0;
 }
 
+/* uv_walk: close every proxied connection but the control one */
+static void reset_one(uv_handle_t *h, void *arg)
+{
+	Conn *c = (Conn *)h->data;
+	if (h->type == UV_TCP && c && h == (uv_handle_t *)&c->client && c != (Conn *)arg && !c->closing)
+		conn_close(c);
+}
+
 static void control(Conn *c, const char *method, const char *path, const char *query)
 {
 	char buf[256];
-	(void)path;
-	if (strcmp(method, "POST") == 0) {
+	if (strcmp(method, "POST") == 0 && strcmp(path, "/_faults/reset") == 0) {
+		uv_walk(loop, reset_one, c);
+	} else if (strcmp(method, "POST") == 0) {
 		char acts[2048];
+		if (nrules >= MAX_RULES) { /* make room: forget the rules that are used up */
+			int i, k = 0;
+			for (i = 0; i < nrules; i++)
+				if (rules[i].next < rules[i].n)
+					rules[k++] = rules[i];
+			nrules = k;
+		}
 		if (nrules >= MAX_RULES || !query_value(query, "match", buf, sizeof buf) ||
 		    !query_value(query, "do", acts, sizeof acts)) {
 			answer(c, 400, "BadRequest", NULL);
@@ -294,8 +328,12 @@ static void control(Conn *c, const char *method, const char *path, const char *q
 		n_requests = n_faulted = n_proxied = 0;
 	}
 	char body[256], head[256];
-	int bl = snprintf(body, sizeof body, "{\"requests\":%ld,\"faulted\":%ld,\"proxied\":%ld}", n_requests,
-	                  n_faulted, n_proxied);
+	long pending = 0;
+	int i;
+	for (i = 0; i < nrules; i++)
+		pending += rules[i].n - rules[i].next;
+	int bl = snprintf(body, sizeof body, "{\"requests\":%ld,\"faulted\":%ld,\"proxied\":%ld,\"pending\":%ld}",
+	                  n_requests, n_faulted, n_proxied, pending);
 	int hl = snprintf(head, sizeof head,
 	                  "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", bl);
 	send_client(c, head, (size_t)hl);
@@ -322,7 +360,7 @@ static int handle(Conn *c, const char *req, size_t n)
 	n_requests++;
 	if (getenv("FAULTPROXY_LOG"))
 		fprintf(stderr, "faultproxy: %s %s\n", method, target);
-	const char *a = next_action(method, path);
+	const char *a = next_action(method, path, query);
 	if (!a || strcmp(a, "ok") == 0) {
 		forward(c, req, n);
 		return 0;
@@ -504,6 +542,7 @@ int main(int argc, char **argv)
 	}
 	loop = uv_default_loop();
 	uv_tcp_t server;
+	memset(&server, 0, sizeof server); /* data NULL: not a Conn (reset_one) */
 	struct sockaddr_in addr;
 	uv_tcp_init(loop, &server);
 	uv_ip4_addr("127.0.0.1", 0, &addr);

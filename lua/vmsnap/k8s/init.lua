@@ -122,14 +122,24 @@ local function backoff(attempt)
   return d / 2 + math.random() * d / 2 -- jitter: between half and all of it
 end
 
+-- the Status reason Kubernetes gives an HTTP status (client-go's table; a
+-- 502 from a gateway in front of the server is the server being unavailable)
+local REASON_OF = { [400] = "BadRequest", [401] = "Unauthorized", [403] = "Forbidden", [404] = "NotFound",
+  [405] = "MethodNotAllowed", [409] = "Conflict", [410] = "Gone", [415] = "UnsupportedMediaType",
+  [422] = "Invalid", [429] = "TooManyRequests", [500] = "InternalError", [502] = "ServiceUnavailable",
+  [503] = "ServiceUnavailable", [504] = "Timeout" }
+
 local function decode_status(res)
   local st = json.decode(res.body or "")
-  if type(st) == "table" and st.kind == "Status" then return st end
+  if type(st) == "table" and st.kind == "Status" then
+    -- a reason of a gateway's own for 429 or 5xx ("BadGateway"): the one
+    -- Kubernetes would give, so that a retry is tried where one may help
+    local r = REASON_OF[res.status]
+    if r and (res.status == 429 or res.status >= 500) and not errors.TRANSIENT[st.reason or ""] then st.reason = r end
+    return st
+  end
   return { kind = "Status", status = "Failure", code = res.status,
-    reason = ({ [400] = "BadRequest", [401] = "Unauthorized", [403] = "Forbidden", [404] = "NotFound",
-      [405] = "MethodNotAllowed", [409] = "Conflict", [410] = "Gone", [415] = "UnsupportedMediaType",
-      [422] = "Invalid", [429] = "TooManyRequests", [500] = "InternalError", [503] = "ServiceUnavailable",
-      [504] = "Timeout" })[res.status] or "Unknown",
+    reason = REASON_OF[res.status] or "Unknown",
     message = ("the server answered %d%s"):format(res.status,
       (res.body and #res.body > 0 and #res.body < 200 and not res.body:find("[\0-\8]")) and (": " .. res.body) or "") }
 end

@@ -1,0 +1,230 @@
+-- Convergence under API faults (docs/behaviour.md, the controllers): the
+-- platform is `vmsnap up --no-controllers`; `vmsnap controller` runs the
+-- snapshot and restore workflows through the fault proxy. Per fault mode —
+-- connections dropped or cut, bursts of 429 and 5xx on every path, watches
+-- answered 410 Gone or cut — 20 snapshots (disk snapshots of a running VM's
+-- disk, which freeze it, of a detached disk, and VM snapshots) and 5 VM
+-- restores are created while the faults run for a while. Once the faults
+-- stop, every one reaches a terminal phase within 60 s, no VolumeSnapshot
+-- is made twice or left without its snapshot, no restore leaves objects
+-- behind when it failed, and the guest is not frozen. Skipped without loop
+-- mounts (no agent to freeze through).
+local t = require("tap")
+local k8s = require("vmsnap.k8s")
+local json = require("vmsnap.json")
+local task = require("vmsnap.task")
+local proc = require("vmsnap.proc")
+local fs = require("vmsnap.fs")
+local h = require("helpers")
+
+local probe <close>, why = h.qga_env()
+if not probe then
+  t.skip("convergence under API faults", why)
+  return t.done()
+end
+probe:cleanup()
+
+local G = "virtualization.deckhouse.io/v1alpha2"
+local cond = require("vmsnap.k8s.object").condition
+local srv <close> = h.platform({ args = { "--no-controllers" } })
+local c = assert(k8s.client({ kubeconfig = srv.kubeconfig }))
+local fp <close> = h.faultproxy(srv.port)
+local kc = srv.data .. "/kubeconfig-proxied"
+assert(fs.write_atomic(kc, (assert(fs.read_file(srv.kubeconfig)):gsub("server: %S+", "server: " .. fp.url))))
+local ctl = assert(proc.spawn({ h.vmsnap, "controller", "--kubeconfig", kc }, { stdout = "null", stderr = "inherit" }))
+local _ <close> = setmetatable({}, { __close = function()
+  ctl:kill("TERM")
+  if not ctl:wait(10) then ctl:kill("KILL") ctl:wait(5) end
+  ctl:close()
+end })
+
+local function terminal(o) return o and o.status and (o.status.phase == "Ready" or o.status.phase == "Failed") and o end
+local function create(o) return assert(c:create(o)) end
+local function lease_of(vm) return vm and (vm.metadata.annotations or {})["vmsnap.io/frozen-by"] end
+local function disk(name, size)
+  create({ apiVersion = G, kind = "VirtualDisk", metadata = { name = name }, spec = { persistentVolumeClaim = { size = size or "16Mi" } } })
+end
+
+-- a running VM with an agent (its disk snapshots freeze it), a detached
+-- disk, and a stopped VM with a snapshot to restore from
+assert(c:create({ apiVersion = "snapshot.storage.k8s.io/v1", kind = "VolumeSnapshotClass", metadata = { name = "slow" },
+  driver = "local.vmsnap.io", deletionPolicy = "Delete", parameters = { cutLatency = "100ms", readyLatency = "200ms" } }))
+disk("root-f", "32Mi")
+disk("free")
+disk("root-src")
+create({ apiVersion = G, kind = "VirtualMachine", metadata = { name = "vm-f" },
+  spec = { runPolicy = "AlwaysOn", blockDeviceRefs = { { kind = "VirtualDisk", name = "root-f" } } } })
+create({ apiVersion = G, kind = "VirtualMachine", metadata = { name = "vm-src" },
+  spec = { runPolicy = "AlwaysOff", blockDeviceRefs = { { kind = "VirtualDisk", name = "root-src" } } } })
+assert(c:wait_for("vm", "vm-f", function(o)
+  local a = o and cond(o, "AgentReady")
+  return a and a.status == "True" and o
+end, { timeout = 30 }))
+assert(c:wait_for("vd", "free", h.phase_is("Ready"), { timeout = 20 }))
+create({ apiVersion = G, kind = "VirtualMachineSnapshot", metadata = { name = "ms-src" },
+  spec = { virtualMachineName = "vm-src", keepIPAddress = "Never" } })
+assert(c:wait_for("vmsnapshot", "ms-src", h.phase_is("Ready"), { timeout = 30 }))
+
+-- the proxy's rules, topped up while the faults run (each rule is at most 64 actions)
+local function faulting(rules, seconds)
+  local stop = task.now() + seconds
+  local function plan_all()
+    for _, r in ipairs(rules) do
+      local acts = {}
+      while #acts < 60 do
+        for a in r[2]:gmatch("[^,]+") do acts[#acts + 1] = a end
+      end
+      fp:plan(r[1], table.concat(acts, ",", 1, 60))
+    end
+  end
+  plan_all()
+  -- a blip now and then: every open connection (the watches) goes, so what
+  -- comes back meets the rules
+  fp:reset()
+  return task.spawn(function()
+    local blip = task.now() + 2
+    while task.now() < stop do
+      task.sleep(0.2)
+      if fp:stats().pending < 40 * #rules then plan_all() end
+      if task.now() >= blip then fp:reset() blip = task.now() + 2 end
+    end
+    local st = fp:stats()
+    fp:clear()
+    return st
+  end)
+end
+
+local function events_of(name)
+  local out = {}
+  for _, e in ipairs(assert(c:list_all("events", { field_selector = "involvedObject.name=" .. name }))) do
+    out[#out + 1] = e.reason .. ": " .. (e.message or "")
+  end
+  return table.concat(out, " | ")
+end
+
+local figures = {}
+
+local function scenario(mode, rules)
+  local names = { vds = {}, vms = {}, vmr = {} }
+  local faults = faulting(rules, 10)
+  local t0 = task.now()
+  for i = 1, 12 do
+    local n = ("%s-root-%02d"):format(mode, i)
+    names.vds[#names.vds + 1] = n
+    create({ apiVersion = G, kind = "VirtualDiskSnapshot", metadata = { name = n,
+      annotations = { ["vmsnap.io/freeze-budget"] = "10" } },
+      spec = { virtualDiskName = "root-f", volumeSnapshotClassName = "slow" } })
+    if i % 3 == 0 then task.sleep(0.3) end
+  end
+  for i = 1, 4 do
+    local n = ("%s-free-%02d"):format(mode, i)
+    names.vds[#names.vds + 1] = n
+    create({ apiVersion = G, kind = "VirtualDiskSnapshot", metadata = { name = n },
+      spec = { virtualDiskName = "free", volumeSnapshotClassName = "slow" } })
+  end
+  for i = 1, 4 do
+    local n = ("%s-vm-%02d"):format(mode, i)
+    names.vms[#names.vms + 1] = n
+    create({ apiVersion = G, kind = "VirtualMachineSnapshot", metadata = { name = n },
+      spec = { virtualMachineName = "vm-f", volumeSnapshotClasses = {
+        { storageClassName = "local", volumeSnapshotClassName = "slow" } } } })
+  end
+  for i = 1, 5 do
+    local n = ("%s-r-%d"):format(mode, i)
+    names.vmr[#names.vmr + 1] = n
+    create({ apiVersion = G, kind = "VirtualMachineRestore", metadata = { name = n },
+      spec = { virtualMachineSnapshotName = "ms-src", nameReplacements = {
+        { from = { kind = "VirtualMachine", name = "vm-src" }, to = "vm-" .. n },
+        { from = { kind = "VirtualDisk", name = "root-src" }, to = "root-" .. n } } } })
+  end
+  local faulted = assert(task.wait(faults, 30))
+  local quiet_at = task.now()
+  -- every one terminal within 60 s of the end of the faults
+  local pending = {}
+  for kind, list in pairs({ vdsnapshot = names.vds, vmsnapshot = names.vms, vmrestore = names.vmr }) do
+    for _, n in ipairs(list) do pending[#pending + 1] = { kind, n } end
+  end
+  local results, late = {}, {}
+  for _, p in ipairs(pending) do
+    local left = math.max(0.1, quiet_at + 60 - task.now())
+    local o = c:wait_for(p[1], p[2], terminal, { timeout = left })
+    if o then results[p[2]] = o else late[#late + 1] = p end
+  end
+  local took = task.now() - quiet_at
+  for _, p in ipairs(late) do
+    local o = c:get(p[1], p[2])
+    t.ok(false, ("%s %s terminal within 60 s after the faults: %s; events: %s"):format(p[1], p[2],
+      json.encode(o and o.status or "absent"), events_of(p[2])))
+  end
+  t.eq(#late, 0, "all 25 terminal")
+  -- no VolumeSnapshot twice, none without its disk snapshot
+  local vds_names = {}
+  for _, o in ipairs(assert(c:list_all("vdsnapshot"))) do vds_names[o.metadata.name] = o end
+  local count = {}
+  for _, vs in ipairs(assert(c:list_all("volumesnapshot"))) do
+    local n = vs.metadata.name
+    count[n] = (count[n] or 0) + 1
+    if n:sub(1, #mode + 1) == mode .. "-" then
+      t.ok(vds_names[n], "the VolumeSnapshot " .. n .. " has its disk snapshot")
+    end
+  end
+  local dup = 0
+  for n, k in pairs(count) do if k > 1 then dup = dup + 1 t.ok(false, n .. " has " .. k .. " VolumeSnapshots") end end
+  t.eq(dup, 0, "no duplicate VolumeSnapshots")
+  -- what the snapshots say is true
+  local ready, failed = 0, 0
+  for _, n in ipairs(names.vds) do
+    local o = results[n]
+    if o and o.status.phase == "Ready" then
+      ready = ready + 1
+      t.eq(count[n], 1, n .. ": one VolumeSnapshot")
+    elseif o then
+      failed = failed + 1
+      t.eq(o.status.consistent, nil, n .. " claims nothing")
+      local r = cond(o, "VirtualDiskSnapshotReady")
+      print(("# %s Failed: %s"):format(n, r and r.message or json.encode(o.status)))
+    end
+  end
+  -- a failed restore leaves nothing behind; a Ready one made its VM
+  local restored = 0
+  for _, n in ipairs(names.vmr) do
+    local o = results[n]
+    if o and o.status.phase == "Ready" then
+      restored = restored + 1
+      t.ok(c:get("vm", "vm-" .. n), n .. " made its VM")
+    elseif o then
+      local r = cond(o, "VirtualMachineRestoreReady")
+      print(("# %s Failed: %s"):format(n, r and r.message or json.encode(o.status)))
+      for _, kind in ipairs({ "vm", "vd" }) do
+        for _, x in ipairs(assert(c:list_all(kind))) do
+          t.ok((x.metadata.annotations or {})["virtualization.deckhouse.io/vmrestore"] ~= o.metadata.uid,
+            ("the failed restore %s left %s %s"):format(n, kind, x.metadata.name))
+        end
+      end
+    end
+  end
+  -- the guest is thawed and no lease remains
+  local vm = assert(c:wait_for("vm", "vm-f", function(o) return o and not lease_of(o) and o end, { timeout = 15 }))
+  t.ok(vm, "no freeze lease on the VM")
+  local a <close> = assert(require("vmsnap.qga").connect(vm.metadata.annotations["vmsnap.io/agent"], { timeout = 5 }))
+  t.eq(a:fsfreeze_status(), "thawed", "the guest is not frozen")
+  figures[#figures + 1] = ("%s: %d requests faulted of %d; all terminal %.1f s after the faults; disk snapshots %d Ready, %d Failed; restores %d Ready")
+    :format(mode, faulted.faulted, faulted.requests, took, ready, failed, restored)
+  print("# " .. figures[#figures])
+  local _ = t0
+end
+
+t.timeout = 240
+t.test("dropped and cut connections on every path: all terminal once they stop, no duplicates, nothing frozen", function()
+  scenario("drop", { { "/", "ok,close,ok,ok,drop,ok,cut:150,ok,close,ok" } })
+end)
+
+t.test("bursts of 429 and 5xx on every path: all terminal once they stop, no duplicates, nothing frozen", function()
+  scenario("burst", { { "/", "429:0,503,ok,500,502,ok,504,ok,429:1,500,ok,ok" } })
+end)
+
+t.test("watches answered 410 Gone or cut: all terminal once they stop, no duplicates, nothing frozen", function()
+  scenario("gone", { { "WATCH /", "gone,ok,gone,cut:300,gone,cut:50" } })
+end)
+
+t.done()
