@@ -502,4 +502,30 @@ t.test("TLS with client certificates (openssl-made CA, server and client certifi
   t.ok(bad == nil, "the server certificate is not trusted without the CA")
 end)
 
+t.test("a stop with requests in flight (watches, creates, a request arriving while it closes) exits cleanly", function()
+  for round = 1, 3 do
+    local s = h.apiserver()
+    local tasks = {}
+    for i = 1, 20 do
+      tasks[#tasks + 1] = task.spawn(function()
+        if i % 2 == 0 then
+          local r = http.request({ url = s.url .. "/api/v1/namespaces/default/configmaps?watch=1", stream = true, timeout = 5 })
+          if r then r:read_all(3) r:close() end
+        else
+          http.request({ method = "POST", url = s.url .. "/api/v1/namespaces/default/configmaps", timeout = 5,
+            headers = { ["Content-Type"] = "application/json" },
+            body = '{"apiVersion":"v1","kind":"ConfigMap","metadata":{"generateName":"x-"}}' })
+        end
+      end)
+    end
+    task.sleep(0.02 * round)
+    local ok, err = pcall(s.stop, s) -- exit 130, or it raises with what happened
+    t.ok(ok, ("round %d: %s"):format(round, tostring(err)))
+    for _, x in ipairs(tasks) do task.wait(x, 10) end
+    h.unmount_under(s.data)
+    fs.remove_tree(s.data)
+    fs.remove_tree(s.cache)
+  end
+end)
+
 t.done()

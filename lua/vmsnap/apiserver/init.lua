@@ -591,6 +591,7 @@ function Server:listen()
 end
 
 function Server:serve()
+  if self.closed then return true end -- closed before this task first ran
   if not self.http then
     local ok, err, code = self:listen()
     if not ok then return nil, err, code end
@@ -629,6 +630,9 @@ function Server:close()
   for _, t in ipairs(self.tasks or {}) do task.cancel(t) end
   if self.controller_wake then self.controller_wake() end
   if self.http then self.http:close() end
+  -- the controllers end before their store closes (a cancelled task runs on
+  -- to its next wait, and one that reached the store then found it closed)
+  for _, t in ipairs(self.tasks or {}) do pcall(task.wait, t, 5) end
   self.store:close()
 end
 

@@ -46,7 +46,8 @@ function M.main(args)
   if not port then return nil, perr end
   local server_task = task.spawn(function() return srv:serve() end)
   local client = platform.client_for(srv)
-  local ctls = platform.start(client, o.data)
+  local ctls, perr2 = platform.start(client, o.data)
+  if not ctls then return nil, "up: " .. tostring(perr2) end
   local sweeper = not no_controllers and controllers.sweep_orphans(client, 10) or nil
   local snaps, cerr = {}, nil
   if not no_controllers then

@@ -5,6 +5,7 @@
 --- VMs' freeze subresources (platform/freeze.lua).
 local k8s = require("vmsnap.k8s")
 local task = require("vmsnap.task")
+local fs = require("vmsnap.fs")
 local volumes = require("vmsnap.platform.volumes")
 local disks = require("vmsnap.platform.disks")
 local vms = require("vmsnap.platform.vms")
@@ -41,9 +42,14 @@ function M.ensure_defaults(client)
 end
 
 --- Start the platform's controllers (tasks) against client; data is the
---- directory for volume and snapshot files. Returns the controllers.
+--- directory for volume and snapshot files. Returns the controllers, or
+--- nil, message when the data directory cannot hold them.
 function M.start(client, data, opts)
   opts = opts or {}
+  for _, d in ipairs({ "volumes", "snapshots", "vms" }) do
+    local ok, err = fs.mkdir_p(data .. "/" .. d)
+    if not ok then return nil, ("the data directory %s: %s"):format(data, tostring(err)) end
+  end
   if opts.defaults ~= false then M.ensure_defaults(client) end
   local ctls = volumes.controllers(client, data)
   ctls[#ctls + 1] = disks.controller(client)

@@ -246,6 +246,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 	Server *s = (Server *)cls;
 	Hreq *r = (Hreq *)*con_cls;
 	(void)version;
+	if (s->closed)
+		return MHD_NO; /* closing: a request now would be suspended past MHD_stop_daemon */
 	if (!r) {
 		r = (Hreq *)calloc(1, sizeof *r);
 		if (!r)
