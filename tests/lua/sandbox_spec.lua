@@ -137,7 +137,10 @@ t.test("memory: string.rep, .., table.concat, a table bomb and a YAML alias bomb
   collectgarbage()
   local after = rss_mib()
   print(("# RSS %.0f MiB before, %.0f MiB after"):format(before, after))
-  t.ok(after - before < 200, ("the process grew by %.0f MiB"):format(after - before))
+  -- a sanitizer build keeps freed memory in quarantine (256 MiB) on top
+  local sanitized = (require("vmsnap.core.runtime").versions().build or ""):find("sanitize")
+  local bound = sanitized and 600 or 200
+  t.ok(after - before < bound, ("the process grew by %.0f MiB (bound %d)"):format(after - before, bound))
   host_ok()
 end)
 

@@ -240,7 +240,7 @@ static int rt_fail_after(lua_State *L)
 static int rt_versions(lua_State *L)
 {
 	const vmsnap_build_info *b = vmsnap_get_build_info();
-	lua_createtable(L, 0, 6);
+	lua_createtable(L, 0, 7);
 	lua_pushstring(L, b->version);
 	lua_setfield(L, -2, "vmsnap");
 	lua_pushstring(L, b->lua);
@@ -253,6 +253,8 @@ static int rt_versions(lua_State *L)
 	lua_setfield(L, -2, "libyaml");
 	lua_pushstring(L, b->cjson);
 	lua_setfield(L, -2, "cjson");
+	lua_pushstring(L, b->options ? b->options : "");
+	lua_setfield(L, -2, "build"); /* "sanitize Debug", ... */
 	return 1;
 }
 
