@@ -32,6 +32,15 @@ function M.stat(path) return core.stat(path) end
 
 function M.exists(path) return core.exists(path) end
 
+--- Set a file's or directory's permission bits (`fs.chmod(path, 384)` for 0600).
+---@param path string
+---@param mode integer
+function M.chmod(path, mode) return core.chmod(path, mode) end
+
+--- Set the process's file mode creation mask; returns the previous one.
+---@param mask integer
+function M.umask(mask) return core.umask(mask) end
+
 --- Sorted entry names of a directory.
 function M.list(path) return core.list(path) end
 

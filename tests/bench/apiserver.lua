@@ -2,7 +2,6 @@
 -- keep-alive connections, watch delivery latency to many watchers, and the
 -- server's RSS with many small objects stored. Prints its figures.
 --   vmsnap --path tests/harness tests/bench/apiserver.lua [objects] [watchers]
-local http = require("vmsnap.http")
 local json = require("vmsnap.json")
 local task = require("vmsnap.task")
 local fs = require("vmsnap.fs")
@@ -32,7 +31,7 @@ local function run(n, make, want)
         next_i = next_i + 1
         local i = next_i
         if i > n then return end
-        local res = http.request(make(i))
+        local res = srv:request(make(i))
         if not res or res.status ~= want then errors = errors + 1 end
       end
     end)
@@ -64,7 +63,7 @@ print(("gets:     %7.0f /s  (%d errors)"):format(rate, err))
 -- watchers stamp each delivery on the same monotonic clock.
 local PROCS = 4
 local EVENTS = 200
-local rv = json.decode(assert(http.get(C .. "?limit=1")).body).metadata.resourceVersion
+local rv = json.decode(assert(srv:request({ url = C .. "?limit=1" })).body).metadata.resourceVersion
 local proc = require("vmsnap.proc")
 local children = {}
 for p = 1, PROCS do
@@ -73,9 +72,10 @@ for p = 1, PROCS do
     local http = require("vmsnap.http")
     local task = require("vmsnap.task")
     local url, n, events = arg[1], tonumber(arg[2]), tonumber(arg[3])
+    local auth = { Authorization = "Bearer " .. arg[4] }
     local out, ts = {}, {}
     for w = 1, n do
-      local res = assert(http.request({ url = url, stream = true }))
+      local res = assert(http.request({ url = url, stream = true, headers = auth, tls = { ca_data = arg[5] } }))
       ts[w] = task.spawn(function()
         local it = res:lines()
         for _ = 1, events do
@@ -91,15 +91,16 @@ for p = 1, PROCS do
     task.wait_all(ts, 60)
     io.stdout:write(table.concat(out, "\n"), "\n")
     os.exit(0)
-  ]], C .. "?watch=true&fieldSelector=metadata.name%3Dwatched&resourceVersion=" .. rv, tostring(n), tostring(EVENTS) },
+  ]], C .. "?watch=true&fieldSelector=metadata.name%3Dwatched&resourceVersion=" .. rv, tostring(n), tostring(EVENTS),
+    srv.token, srv.ca_data },
     { stdout = "capture", stderr = "null" }))
 end
 task.sleep(1.5)
 local sent = {}
-http.request({ method = "POST", url = C, body = body("watched"), headers = JSONH })
+srv:request({ method = "POST", url = C, body = body("watched"), headers = JSONH })
 for i = 2, EVENTS do
   sent[i] = task.now()
-  http.request({ method = "PATCH", url = C .. "/watched", body = '{"metadata":{"annotations":{"seq":"' .. i .. '"}}}',
+  srv:request({ method = "PATCH", url = C .. "/watched", body = '{"metadata":{"annotations":{"seq":"' .. i .. '"}}}',
     headers = { ["Content-Type"] = "application/merge-patch+json" } })
   task.sleep(0.01)
 end
@@ -124,7 +125,7 @@ if OBJECTS > have then
 end
 -- a list with a selector touches every object once
 local t0 = task.now()
-local res = assert(http.get(C .. "?labelSelector=bench%3Dno&limit=500"))
+local res = assert(srv:request({ url = C .. "?labelSelector=bench%3Dno&limit=500" }))
 local list_ms = (task.now() - t0) * 1000
 assert(res.status == 200)
 task.sleep(1)

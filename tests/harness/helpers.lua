@@ -64,6 +64,9 @@ function M.apiserver(opts)
       if s then
         self.port = tonumber(s:match(":(%d+)\n"))
         self.url = s:match("server: (%S+)")
+        self.token = s:match("\n%s+token: (%S+)")
+        local ca = s:match("certificate%-authority%-data: (%S+)")
+        self.ca_data = ca and require("vmsnap.base64").decode(ca) or nil
         return self
       end
       if not self.proc:running() then break end
@@ -91,6 +94,27 @@ function M.apiserver(opts)
     end
   end
   function srv:kill9() self:stop("KILL") end
+  --- An HTTP request to this server with its credentials (the CA and the
+  --- token of its kubeconfig): opts as vmsnap.http.request's, with
+  --- opts.path instead of a url (opts.auth = false: no token).
+  function srv:request(o2)
+    local http = require("vmsnap.http")
+    local r = {}
+    for k, v in pairs(o2) do r[k] = v end
+    r.url = r.url or (self.url .. (r.path or "/"))
+    r.path, r.auth = nil, nil
+    r.headers = {}
+    for k, v in pairs(o2.headers or {}) do r.headers[k] = v end
+    if o2.auth ~= false and self.token and not r.headers.Authorization then r.headers.Authorization = "Bearer " .. self.token end
+    r.tls = r.tls or { ca_data = self.ca_data }
+    r.timeout = r.timeout or 30
+    return http.request(r)
+  end
+  function srv:get(path, o2)
+    local r = { method = "GET", path = path }
+    for k, v in pairs(o2 or {}) do r[k] = v end
+    return self:request(r)
+  end
   --- Run kubectl against this server; returns the proc result.
   function srv:kubectl(args, o)
     local argv = { "kubectl", "--kubeconfig", self.kubeconfig, "--cache-dir", self.cache }
@@ -134,13 +158,16 @@ end
 --- Start tests/tools/faultproxy in front of 127.0.0.1:upstream_port; returns
 --- an object with .url, :plan(prefix, actions), :stats(), :clear(), :stop()
 --- and <close>.
-function M.faultproxy(upstream_port)
+function M.faultproxy(upstream_port, opts)
   local http = require("vmsnap.http")
   local json = require("vmsnap.json")
   local dir = assert(fs.tempdir("vmsnap-fault"))
   local pf = dir.path .. "/port"
-  local p = assert(proc.spawn({ M.build .. "/tests/faultproxy", "--upstream", tostring(upstream_port),
-    "--port-file", pf, "--max-seconds", "300" }, { stdout = "null", stderr = "inherit" }))
+  local argv = { M.build .. "/tests/faultproxy", "--upstream", tostring(upstream_port),
+    "--port-file", pf, "--max-seconds", "300" }
+  -- vmsnap serve speaks HTTPS only: the proxy is its TLS client
+  if not (opts and opts.plain) then argv[#argv + 1] = "--upstream-tls" end
+  local p = assert(proc.spawn(argv, { stdout = "null", stderr = "inherit" }))
   local port
   for _ = 1, 500 do
     local s = fs.read_file(pf)

@@ -13,7 +13,7 @@ local G = "/apis/virtualization.deckhouse.io/v1alpha2"
 local VDS = G .. "/namespaces/default/virtualdisksnapshots"
 
 local function req(method, path, body, headers)
-  local res = assert(http.request({ method = method, url = srv.url .. path, body = body,
+  local res = assert(srv:request({ method = method, path = path, body = body,
     headers = headers or { ["Content-Type"] = "application/json" }, timeout = 10 }))
   res.obj = json.decode(res.body)
   return res
@@ -194,7 +194,7 @@ t.test("deletecollection with a label selector; preconditions on delete", functi
 end)
 
 local function watch(path)
-  local res = assert(http.request({ url = srv.url .. path, stream = true, timeout = 10 }))
+  local res = assert(srv:request({ path = path, stream = true, timeout = 10 }))
   local it = res:lines()
   return res, function()
     local line = it()
@@ -234,7 +234,7 @@ t.test("watch: sendInitialEvents replays existing objects, then the initial-even
 end)
 
 t.test("watch: a Table watch sends column definitions once", function()
-  local res = assert(http.request({ url = srv.url .. VDS .. "?watch=true&timeoutSeconds=2&resourceVersion=0",
+  local res = assert(srv:request({ path = VDS .. "?watch=true&timeoutSeconds=2&resourceVersion=0",
     stream = true, headers = { Accept = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json" } }))
   local _ <close> = res
   t.eq(res.headers["content-type"], "application/json;as=Table;v=v1;g=meta.k8s.io")
@@ -264,17 +264,17 @@ end)
 
 t.test("events older than --event-ttl are deleted", function()
   local s <close> = h.apiserver({ args = { "--event-ttl", "2" } })
-  local EV = s.url .. "/api/v1/namespaces/default/events"
+  local EV = "/api/v1/namespaces/default/events"
   local function post(name, ts)
-    return assert(http.post(EV, json.encode({ apiVersion = "v1", kind = "Event", metadata = { name = name },
+    return assert(s:request({ method = "POST", path = EV, body = json.encode({ apiVersion = "v1", kind = "Event", metadata = { name = name },
       involvedObject = { kind = "VirtualDisk", name = "d", namespace = "default" }, reason = "R", message = "m",
-      type = "Normal", lastTimestamp = ts }), { headers = { ["Content-Type"] = "application/json" } })).status
+      type = "Normal", lastTimestamp = ts }), headers = { ["Content-Type"] = "application/json" } })).status
   end
   t.eq(post("old", "2020-01-01T00:00:00Z"), 201)
   t.eq(post("fresh", os.date("!%Y-%m-%dT%H:%M:%SZ", os.time() + 3600)), 201)
   local names
   for _ = 1, 40 do
-    local list = json.decode(assert(http.get(EV)).body)
+    local list = json.decode(assert(s:get(EV)).body)
     names = {}
     for _, e in ipairs(list.items) do names[#names + 1] = e.metadata.name end
     if #names == 1 then break end
@@ -413,44 +413,80 @@ t.test("a watch resumes from its resourceVersion after a restart; an old one get
   t.eq(next_ev().object.metadata.name, "after-restart")
 end)
 
+t.timeout = 90 -- 1,100 creates, each a commit over TLS
 t.test("history compaction: watch and continue from before it are 410 Expired", function()
   local small <close> = h.apiserver({ args = { "--history", "100" } })
-  local url = small.url .. VDS
+  local url = VDS
   for i = 1, 3 do
-    http.request({ method = "POST", url = url, body = vds("early" .. i), headers = { ["Content-Type"] = "application/json" } })
+    small:request({ method = "POST", path = url, body = vds("early" .. i), headers = { ["Content-Type"] = "application/json" } })
   end
-  local token = json.decode(assert(http.get(url .. "?limit=1")).body).metadata.continue
+  local token = json.decode(assert(small:get(url .. "?limit=1")).body).metadata.continue
   t.ok(token, "a continue token")
   for i = 1, 1100 do
-    http.request({ method = "POST", url = url, body = vds("c" .. i), headers = { ["Content-Type"] = "application/json" } })
+    small:request({ method = "POST", path = url, body = vds("c" .. i), headers = { ["Content-Type"] = "application/json" } })
   end
-  local res = assert(http.request({ url = url .. "?watch=true&resourceVersion=5", stream = true, timeout = 10 }))
+  local res = assert(small:request({ path = url .. "?watch=true&resourceVersion=5", stream = true, timeout = 10 }))
   local _ <close> = res
   local ev = json.decode(res:lines()())
   t.eq(ev.type, "ERROR")
   t.eq(ev.object.code, 410)
   t.eq(ev.object.reason, "Expired")
   t.contains(ev.object.message, "too old resource version: 5")
-  local r = json.decode(assert(http.get(url .. "?limit=1&continue=" .. token)).body)
+  local r = json.decode(assert(small:get(url .. "?limit=1&continue=" .. token)).body)
   t.eq(r.code, 410)
   t.eq(r.reason, "Expired")
   t.contains(r.message, "The provided continue parameter is too old")
 end)
 
-t.test("serve refuses a non-loopback address without a token, and checks its arguments", function()
-  local r = h.run_vmsnap({ "serve", "--data", "/nonexistent-never", "--listen", "0.0.0.0:0" })
-  t.eq(r.status, 2)
-  t.contains(r.stderr, "refusing to listen on 0.0.0.0 without --token or --client-ca")
-  r = h.run_vmsnap({ "serve", "--data", "/nonexistent-never", "--listen", "0.0.0.0:0", "--token", "x" })
-  t.eq(r.status, 2)
-  t.contains(r.stderr, "without --tls-cert")
-  r = h.run_vmsnap({ "serve" })
+t.test("serve checks its arguments", function()
+  local r = h.run_vmsnap({ "serve" })
   t.eq(r.status, 2)
   t.contains(r.stderr, "--data DIR is required")
   r = h.run_vmsnap({ "serve", "--data", "/tmp/x", "--tls-cert", "a" })
   t.eq(r.status, 2)
   t.contains(r.stderr, "--tls-cert and --tls-key go together")
+  r = h.run_vmsnap({ "serve", "--data", "/tmp/x", "--token", "two words" })
+  t.eq(r.status, 2)
+  t.contains(r.stderr, "--token must be printable ASCII without spaces")
   t.contains(h.run_vmsnap({ "help", "serve" }).stdout, "usage: vmsnap serve --data DIR")
+end)
+
+t.test("authentication always: HTTPS with its own CA, a token on every request (loopback too), the state the owner's alone; kept across a restart", function()
+  local s <close> = h.apiserver()
+  t.ok(s.url:match("^https://127%.0%.0%.1:"), s.url)
+  t.ok(s.token and #s.token == 64, "a generated 256-bit token in the kubeconfig")
+  local r = assert(s:get("/api/v1/namespaces/default/secrets", { auth = false }))
+  t.eq(r.status, 401, "no token, from loopback")
+  t.eq(json.decode(r.body).reason, "Unauthorized")
+  r = assert(s:get("/version", { auth = false }))
+  t.eq(r.status, 401, "not even /version")
+  r = assert(s:get("/api/v1/namespaces/default/secrets", { headers = { Authorization = "Bearer " .. ("0"):rep(64) } }))
+  t.eq(r.status, 401, "a wrong token")
+  r = assert(s:get("/healthz", { auth = false }))
+  t.eq(r.status, 200, "health answers anyone")
+  r = assert(s:get("/api/v1/namespaces/default/secrets"))
+  t.eq(r.status, 200, "the kubeconfig's token")
+  t.eq(http.get(s.url .. "/healthz", { timeout = 5 }), nil, "the certificate is the server's own CA's, not trusted without it")
+  local plain = http.get((s.url:gsub("^https", "http")) .. "/healthz", { timeout = 5 })
+  t.ok(plain == nil or plain.status >= 400, "no plain HTTP")
+  -- the files: the directory 0700, every file 0600
+  local function mode(p) return (assert(fs.stat(p)).mode or 0) & 511 end
+  t.eq(mode(s.data), 448, "the data directory is 0700")
+  for _, f in ipairs({ "kubeconfig", "state.db", "pki/ca.key", "pki/server.key", "pki/token" }) do
+    t.eq(mode(s.data .. "/" .. f), 384, f .. " is 0600")
+  end
+  for _, f in ipairs(fs.list(s.data) or {}) do
+    local st = fs.stat(s.data .. "/" .. f)
+    if st.type == "file" then t.eq(st.mode & 511, 384, f .. " is 0600") end
+  end
+  local kc = fs.read_file(s.kubeconfig)
+  s:stop()
+  s:start()
+  t.eq(fs.read_file(s.kubeconfig), kc, "the same CA, token and port after a restart")
+  t.eq(assert(s:get("/api/v1/namespaces")).status, 200)
+  local k = s:kubectl({ "get", "ns", "default", "-o", "name" })
+  t.eq(k.status, 0, k.stderr)
+  t.eq(k.stdout, "namespace/default\n")
 end)
 
 local function openssl(dir, cmd)
@@ -509,10 +545,10 @@ t.test("a stop with requests in flight (watches, creates, a request arriving whi
     for i = 1, 20 do
       tasks[#tasks + 1] = task.spawn(function()
         if i % 2 == 0 then
-          local r = http.request({ url = s.url .. "/api/v1/namespaces/default/configmaps?watch=1", stream = true, timeout = 5 })
+          local r = s:request({ path = "/api/v1/namespaces/default/configmaps?watch=1", stream = true, timeout = 5 })
           if r then r:read_all(3) r:close() end
         else
-          http.request({ method = "POST", url = s.url .. "/api/v1/namespaces/default/configmaps", timeout = 5,
+          s:request({ method = "POST", path = "/api/v1/namespaces/default/configmaps", timeout = 5,
             headers = { ["Content-Type"] = "application/json" },
             body = '{"apiVersion":"v1","kind":"ConfigMap","metadata":{"generateName":"x-"}}' })
         end

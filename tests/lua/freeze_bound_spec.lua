@@ -11,7 +11,6 @@ local json = require("vmsnap.json")
 local task = require("vmsnap.task")
 local proc = require("vmsnap.proc")
 local fs = require("vmsnap.fs")
-local http = require("vmsnap.http")
 local wallclock = require("vmsnap.core.runtime").wallclock
 local h = require("helpers")
 
@@ -205,7 +204,7 @@ t.test("a YAML alias bomb POSTed 1 s into the freeze is refused at once (400) an
   local frozen_at = snapshot(c, "s-bomb", "cut3s")
   task.sleep(1)
   local t0 = task.now()
-  local r = assert(http.request({ method = "POST", url = srv.url .. "/api/v1/namespaces/default/configmaps",
+  local r = assert(srv:request({ method = "POST", path = "/api/v1/namespaces/default/configmaps",
     headers = { ["Content-Type"] = "application/yaml" }, body = bomb, timeout = 20 }))
   local took = task.now() - t0
   figures[#figures + 1] = ("alias bomb (%d bytes): answered %d in %.3f s"):format(#bomb, r.status, took)

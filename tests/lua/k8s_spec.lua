@@ -233,6 +233,7 @@ t.test("configuration: KUBECONFIG with several files merged, explicit context, e
   local real = assert(fs.read_file(srv.kubeconfig))
   -- file 1 names the current context and a second context; file 2 has the cluster and user
   local server = real:match("server: (%S+)")
+  local ca = real:match("certificate%-authority%-data: (%S+)")
   assert(fs.write_atomic(d.path .. "/a", ([[
 apiVersion: v1
 kind: Config
@@ -249,11 +250,11 @@ kind: Config
 current-context: ignored-because-a-sets-it
 clusters:
 - name: local
-  cluster: {server: "%s"}
+  cluster: {server: "%s", certificate-authority-data: "%s"}
 users:
 - name: me
-  user: {}
-]]):format(server)))
+  user: {token: "%s"}
+]]):format(server, ca, srv.token)))
   -- KUBECONFIG is read from the environment: run a child with it set
   local r = h.run_vmsnap({ "-e", [[
     local k8s = require("vmsnap.k8s")
@@ -315,7 +316,7 @@ end)
 -- ------------------------------------------------------------ faults
 
 local fp <close> = h.faultproxy(srv.port)
-local fc = assert(k8s.client({ server = fp.url, deadline = 20 }))
+local fc = assert(k8s.client({ server = fp.url, token = srv.token, deadline = 20 }))
 local CM = "/api/v1/namespaces/default/configmaps"
 
 t.test("faults: 429 (Retry-After honoured) and 5xx bursts are retried for reads", function()
@@ -332,7 +333,7 @@ end)
 
 t.test("faults: retries end with the last answer when they run out", function()
   fp:clear()
-  local quick = assert(k8s.client({ server = fp.url, retries = 2, deadline = 10 }))
+  local quick = assert(k8s.client({ server = fp.url, token = srv.token, retries = 2, deadline = 10 }))
   fp:plan(CM .. "/page-0002", "503,503,503,503")
   local r, msg, reason, st = quick:get("configmap", "page-0002")
   t.eq(r, nil)
@@ -367,7 +368,7 @@ end)
 
 t.test("faults: a slow answer times out per attempt; a read tries again", function()
   fp:clear()
-  local impatient = assert(k8s.client({ server = fp.url, timeout = 0.5, deadline = 10 }))
+  local impatient = assert(k8s.client({ server = fp.url, token = srv.token, timeout = 0.5, deadline = 10 }))
   fp:plan(CM .. "/page-0004", "slow:1500")
   local t0 = task.now()
   t.eq(assert(impatient:get("configmap", "page-0004")).metadata.name, "page-0004")

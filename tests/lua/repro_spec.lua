@@ -1,6 +1,6 @@
 -- The inputs that crashed or 5xx'd earlier code (../shared/repro, beside the
 -- clone; test data, not shipped), replayed as they were found: raw HTTP
--- requests over TCP against `vmsnap serve` (socat sends the bytes), a
+-- requests over TLS against `vmsnap serve` (socat sends the bytes), a
 -- kubeconfig through the loader and the CLI. The same files seed the fuzzer
 -- (tests/fuzz/run.sh). Skipped when the directory is not there.
 local t = require("tap")
@@ -19,9 +19,12 @@ table.sort(files)
 
 local srv <close> = h.apiserver()
 
--- send raw bytes, return the status code of the answer (or nil) and the answer
+-- send raw bytes over TLS (the server's credential added after the
+-- request line, as a client that has it would), return the status code of
+-- the answer (or nil) and the answer
 local function raw(bytes)
-  local r = assert(proc.run({ "socat", "-t", "5", "-T", "10", "-", "TCP:127.0.0.1:" .. srv.port },
+  bytes = bytes:gsub("^([^\r\n]*\r\n)", "%1Authorization: Bearer " .. srv.token .. "\r\n", 1)
+  local r = assert(proc.run({ "socat", "-t", "5", "-T", "10", "-", "OPENSSL:127.0.0.1:" .. srv.port .. ",verify=0" },
     { stdin = bytes, timeout = 20 }))
   return tonumber((r.stdout or ""):match("^HTTP/1%.%d (%d%d%d)")), r.stdout or ""
 end

@@ -142,8 +142,8 @@ W.steps:wrap("finish", function(run, ctx, obj, facts)
 end)
 W.cleanup = function() say("cleanup") return true end
 
-local function controller(name)
-  return reconcile.controller({ client = c, name = name or "steps-test", kind = W.kind, finalizer = "test.vmsnap.io/steps",
+local function controller(name, client)
+  return reconcile.controller({ client = client or c, name = name or "steps-test", kind = W.kind, finalizer = "test.vmsnap.io/steps",
     reconcile = function(ctx, obj) return steps.run(W, ctx, obj) end,
     finalize = function(ctx, obj) return steps.finalize(W, ctx, obj) end })
 end
@@ -285,6 +285,30 @@ t.test("deletion runs the owed undos with outcome Deleted, then the cleanup, the
   assert(eventually(function() return c:get("vdsnapshot", "s6") == nil end))
   local joined = table.concat(log, ",")
   t.contains(joined, "undo work Deleted,undo freeze Deleted,cleanup")
+end)
+
+t.test("the record never runs ahead of the status: status writes lost after the last step (the connection closed) still end Ready", function()
+  local fp <close> = h.faultproxy(srv.port)
+  local pc = assert(k8s.client({ server = fp.url, token = srv.token }))
+  fp:plan("PUT /apis/" .. G .. "/namespaces/default/virtualdisksnapshots/s-lost/status$",
+    "close,close,close,close,close,close,close,close")
+  local _ <close> = run(controller("lost-test", pc))
+  create("s-lost")
+  local o = eventually(function()
+    local x = c:get("vdsnapshot", "s-lost")
+    return x and x.status and x.status.phase == "Ready" and x
+  end, 20)
+  t.ok(o, "Ready once the status writes go through: " .. json.encode((c:get("vdsnapshot", "s-lost") or {}).status or "absent"))
+  t.eq(fp:stats().faulted, 8, "eight status writes lost")
+  -- the record catches up (the pass whose record write was lost is retried)
+  o = eventually(function()
+    local x = c:get("vdsnapshot", "s-lost")
+    local rec = x and record(x)
+    return rec and #rec.owed == 0 and #rec.done == 6 and x
+  end, 10)
+  t.ok(o, "the record completes: " .. tostring(((c:get("vdsnapshot", "s-lost") or {}).metadata or {}).annotations
+    and c:get("vdsnapshot", "s-lost").metadata.annotations["vmsnap.io/steps"]))
+  t.contains(table.concat(log, ","), "undo work Ready,undo freeze Ready")
 end)
 
 t.done()

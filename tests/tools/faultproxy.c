@@ -2,7 +2,12 @@
 ** faultproxy.c -- an HTTP/1.1 proxy in front of a real API server that
 ** injects the faults a real server will not produce on demand.  127.0.0.1 only.
 **
-** usage: faultproxy --upstream PORT --port-file FILE [--max-seconds N]
+** usage: faultproxy --upstream PORT --port-file FILE [--max-seconds N] [--upstream-tls]
+**
+** --upstream-tls: the upstream speaks HTTPS (vmsnap serve always does); the
+** proxy is its TLS client (OpenSSL with memory BIOs on the libuv loop; the
+** certificate is not verified: a test tool on loopback) and speaks plain
+** HTTP to its own clients, so that faults can be put in plain requests.
 **
 ** Each client connection gets its own upstream connection, and everything the
 ** upstream sends is passed through.  Requests are parsed (Content-Length
@@ -37,6 +42,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <uv.h>
 
 #define MAX_RULES 64
@@ -53,6 +60,7 @@ static int nrules;
 static long n_requests, n_faulted, n_proxied;
 static uv_loop_t *loop;
 static int upstream_port;
+static SSL_CTX *up_tls; /* --upstream-tls */
 
 typedef struct Conn {
 	uv_tcp_t client;
@@ -68,6 +76,8 @@ typedef struct Conn {
 	int closing;
 	int delayed; /* a slow: request is waiting on the timer */
 	char *delayed_req;
+	SSL *ssl; /* --upstream-tls: the upstream session (memory BIOs) */
+	BIO *rbio, *wbio;
 	size_t delayed_len;
 } Conn;
 
@@ -78,6 +88,8 @@ static void on_handle_closed(uv_handle_t *h)
 		free(c->buf);
 		free(c->pending);
 		free(c->delayed_req);
+		if (c->ssl)
+			SSL_free(c->ssl); /* frees its BIOs */
 		free(c);
 	}
 }
@@ -137,11 +149,55 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b)
 
 /* ------------------------------------------------------------ upstream */
 
+/* TLS: send what the session wrote to its output BIO */
+static void tls_flush(Conn *c)
+{
+	char buf[16384];
+	int n;
+	while ((n = BIO_read(c->wbio, buf, sizeof buf)) > 0)
+		send_to((uv_stream_t *)&c->up, buf, (size_t)n);
+}
+
+/* TLS: go on with the handshake; once it is done, encrypt what waits */
+static void tls_pump(Conn *c)
+{
+	if (!SSL_is_init_finished(c->ssl)) {
+		int r = SSL_do_handshake(c->ssl);
+		tls_flush(c);
+		if (r != 1) {
+			int e = SSL_get_error(c->ssl, r);
+			if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+				fprintf(stderr, "faultproxy: TLS handshake with the upstream failed\n");
+				conn_close(c);
+			}
+			return;
+		}
+	}
+	if (c->plen) {
+		if (SSL_write(c->ssl, c->pending, (int)c->plen) <= 0) {
+			conn_close(c);
+			return;
+		}
+		c->plen = 0;
+		tls_flush(c);
+	}
+}
+
 static void up_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 {
 	Conn *c = (Conn *)s->data;
-	if (n > 0)
+	if (n > 0 && c->ssl) {
+		char plain[16384];
+		int k;
+		BIO_write(c->rbio, b->base, (int)n);
+		tls_pump(c);
+		while (!c->closing && (k = SSL_read(c->ssl, plain, sizeof plain)) > 0)
+			send_client(c, plain, (size_t)k);
+		if (!c->closing)
+			tls_flush(c); /* what the session answers (tickets, key updates) */
+	} else if (n > 0) {
 		send_client(c, b->base, (size_t)n);
+	}
 	free(b->base);
 	if (n < 0)
 		conn_close(c); /* the upstream went away: so does the client */
@@ -158,6 +214,19 @@ static void up_connected(uv_connect_t *r, int status)
 	}
 	c->up_state = 2;
 	uv_read_start((uv_stream_t *)&c->up, alloc_cb, up_read);
+	if (up_tls) {
+		c->ssl = SSL_new(up_tls);
+		c->rbio = BIO_new(BIO_s_mem());
+		c->wbio = BIO_new(BIO_s_mem());
+		if (!c->ssl || !c->rbio || !c->wbio) {
+			conn_close(c);
+			return;
+		}
+		SSL_set_bio(c->ssl, c->rbio, c->wbio);
+		SSL_set_connect_state(c->ssl);
+		tls_pump(c);
+		return;
+	}
 	if (c->plen) {
 		send_to((uv_stream_t *)&c->up, c->pending, c->plen);
 		c->plen = 0;
@@ -167,7 +236,7 @@ static void up_connected(uv_connect_t *r, int status)
 static void forward(Conn *c, const char *req, size_t n)
 {
 	n_proxied++;
-	if (c->up_state == 2) {
+	if (c->up_state == 2 && !c->ssl) {
 		send_to((uv_stream_t *)&c->up, req, n);
 		return;
 	}
@@ -177,6 +246,10 @@ static void forward(Conn *c, const char *req, size_t n)
 	c->pending = p;
 	memcpy(c->pending + c->plen, req, n);
 	c->plen += n;
+	if (c->ssl) {
+		tls_pump(c);
+		return;
+	}
 	if (c->up_state == 0) {
 		struct sockaddr_in a;
 		uv_ip4_addr("127.0.0.1", upstream_port, &a);
@@ -531,13 +604,19 @@ int main(int argc, char **argv)
 			port_file = argv[++i];
 		else if (strcmp(argv[i], "--max-seconds") == 0 && i + 1 < argc)
 			max_seconds = atol(argv[++i]);
+		else if (strcmp(argv[i], "--upstream-tls") == 0) {
+			up_tls = SSL_CTX_new(TLS_client_method());
+			if (!up_tls)
+				return 1;
+			SSL_CTX_set_verify(up_tls, SSL_VERIFY_NONE, NULL);
+		}
 		else {
-			fprintf(stderr, "usage: faultproxy --upstream PORT --port-file FILE [--max-seconds N]\n");
+			fprintf(stderr, "usage: faultproxy --upstream PORT --port-file FILE [--max-seconds N] [--upstream-tls]\n");
 			return 2;
 		}
 	}
 	if (!port_file || upstream_port <= 0) {
-		fprintf(stderr, "usage: faultproxy --upstream PORT --port-file FILE [--max-seconds N]\n");
+		fprintf(stderr, "usage: faultproxy --upstream PORT --port-file FILE [--max-seconds N] [--upstream-tls]\n");
 		return 2;
 	}
 	loop = uv_default_loop();

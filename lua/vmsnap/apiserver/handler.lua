@@ -470,6 +470,17 @@ local function split(path)
   return segs
 end
 
+-- equal strings, in a time that does not depend on where they differ
+local function same(a, b)
+  if #a ~= #b then return false end
+  local d = 0
+  for i = 1, #a do d = d | (a:byte(i) ~ b:byte(i)) end
+  return d == 0
+end
+
+-- The request's credential: the bearer token or a client certificate signed
+-- by --client-ca. A server with neither configured (an embedding's own
+-- choice; `vmsnap serve` always has one) lets everyone in.
 local function authorized(S, req)
   local token = S.opts.token
   local ca = S.tls.ca
@@ -480,18 +491,21 @@ local function authorized(S, req)
   end
   if token then
     local h = req:header("Authorization") or ""
-    local t = h:match("^[Bb]earer%s+(.+)$")
-    if t and t == token then return true end
+    local t = h:match("^[Bb]earer%s+(%S+)%s*$")
+    if t and same(t, token) then return true end
   end
   return false
 end
+
+-- what anyone may ask: is the server up (no data)
+local PUBLIC = { ["/healthz"] = true, ["/livez"] = true, ["/readyz"] = true }
 
 local function handle(S, req, ctx)
   local method = req:method()
   local path = req:path()
   local accept = req:header("Accept")
   local segs = split(path)
-  if not authorized(S, req) then
+  if not (method == "GET" and PUBLIC[path]) and not authorized(S, req) then
     fail(401, "Unauthorized", "Unauthorized")
   end
   if #segs == 0 then

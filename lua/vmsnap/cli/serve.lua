@@ -2,6 +2,7 @@
 local apiserver = require("vmsnap.apiserver")
 local cli = require("vmsnap.cli")
 local fs = require("vmsnap.fs")
+local pki = require("vmsnap.apiserver.pki")
 local rtcore = require("vmsnap.core.runtime")
 
 local M = {}
@@ -19,10 +20,11 @@ options:
   --data DIR              state directory (created if needed)            [required]
   --listen HOST:PORT      address to listen on (default 127.0.0.1:0; port 0 picks a
                           free port, or the one DIR/kubeconfig names when it is free)
-  --token TOKEN           require "Authorization: Bearer TOKEN"
-  --tls-cert FILE         serve HTTPS with this certificate (PEM) ...
-  --tls-key FILE          ... and this key (PEM)
-  --client-ca FILE        accept client certificates signed by this CA (PEM)
+  --token TOKEN           the bearer token to require (default: one made at the first
+                          start and kept in DIR/pki/token)
+  --tls-cert FILE         serve HTTPS with this certificate (PEM) ... (default: one
+  --tls-key FILE          ... and this key (PEM)       made by a CA of its own, DIR/pki)
+  --client-ca FILE        also accept client certificates signed by this CA (PEM)
   --tls-ca FILE           the CA that signed --tls-cert, for the kubeconfig (default:
                           --tls-cert itself, right for a self-signed certificate)
   --tls-server-name NAME  the name in --tls-cert, for the kubeconfig when the
@@ -31,8 +33,11 @@ options:
   --event-ttl SECONDS     how long Events are kept (default 3600)
   --history N             revisions of watch history kept (default 100000)
 
-A listen address other than loopback needs TLS and --token or --client-ca
-(kubectl sends a token only over HTTPS).
+The server speaks HTTPS only, and every request, from loopback too, must
+carry the token (or a client certificate signed by --client-ca): the
+kubeconfig carries both the CA and the token and is readable by its owner
+alone. DIR is made the owner's alone (0700, files 0600). /healthz, /livez
+and /readyz answer anyone.
 SIGINT or SIGTERM stops the server (exit status 130).
 ]]
 
@@ -83,20 +88,32 @@ function M.parse(args)
     if o.port > 65535 then cli.usage("serve: --listen port must be at most 65535") end
   end
   if (o.tls_cert == nil) ~= (o.tls_key == nil) then cli.usage("serve: --tls-cert and --tls-key go together") end
-  if o.client_ca and not o.tls_cert then cli.usage("serve: --client-ca needs --tls-cert and --tls-key") end
   if o.tls_ca and not o.tls_cert then cli.usage("serve: --tls-ca needs --tls-cert and --tls-key") end
-  local loopback = o.host == "127.0.0.1" or o.host:match("^127%.") or o.host == "localhost"
+  if o.token ~= nil and not o.token:match("^[%w%-%._~+/=]+$") then
+    cli.usage("serve: --token must be printable ASCII without spaces (it goes into an HTTP header)")
+  end
   if o.host == "localhost" then o.host = "127.0.0.1" end
-  if not loopback and not o.token and not o.client_ca then
-    cli.usage(("serve: refusing to listen on %s without --token or --client-ca: anyone who can reach it could change the state"):format(o.host))
-  end
-  if not loopback and not o.tls_cert then
-    cli.usage(("serve: refusing to listen on %s without --tls-cert: credentials would cross the network in clear text"):format(o.host))
-  end
-  if o.token and not o.tls_cert then
-    io.stderr:write("vmsnap serve: warning: kubectl sends bearer tokens only over HTTPS; add --tls-cert/--tls-key for kubectl to use --token\n")
-  end
   return o
+end
+
+--- Before the server opens its store: the process's umask 077, the data
+--- directory the owner's alone, and the credentials it lacks (a serving
+--- certificate from its own CA, a token) made in DIR/pki. Fills o.
+function M.prepare(o)
+  fs.umask(63) -- 077: whatever the server and the platform create is private
+  local ok, err = pki.lock_down(o.data)
+  if not ok then return nil, ("the data directory %s: %s"):format(o.data, tostring(err)) end
+  if not o.tls_cert then
+    local p, perr = pki.ensure(o.data, o.host)
+    if not p then return nil, perr end
+    o.tls_cert, o.tls_key, o.tls_ca = p.cert, p.key, p.ca
+  end
+  if not o.token and not o.client_ca then
+    local tok, terr = pki.token(o.data)
+    if not tok then return nil, terr end
+    o.token = tok
+  end
+  return true
 end
 
 --- The built-in CRD directory (scripts/crds on the scripts path).
@@ -144,14 +161,16 @@ function M.listen(srv, o)
 end
 
 function M.announce(srv, o, port, what)
-  io.stdout:write(("%s listening on %s://%s:%d (state in %s)\n")
-    :format(what or "vmsnap API server", o.tls_cert and "https" or "http", o.host, port, o.data))
+  io.stdout:write(("%s listening on https://%s:%d (state in %s)\n")
+    :format(what or "vmsnap API server", o.host, port, o.data))
   io.stdout:write(("  export KUBECONFIG=%s/kubeconfig\n  kubectl get virtualization\n"):format(o.data))
   io.stdout:flush()
 end
 
 function M.main(args)
   local o = M.parse(args)
+  local pok, perr0 = M.prepare(o)
+  if not pok then return nil, "serve: " .. tostring(perr0) end
   local srv, err = apiserver.new(M.server_options(o))
   if not srv then return nil, "serve: " .. tostring(err) end
   local _ <close> = setmetatable({}, { __close = function() srv:close() end })

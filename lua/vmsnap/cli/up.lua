@@ -38,6 +38,8 @@ function M.main(args)
     if a == "--no-controllers" then no_controllers = true else rest[#rest + 1] = a end
   end
   local o = serve.parse(rest)
+  local pok, perr0 = serve.prepare(o)
+  if not pok then return nil, "up: " .. tostring(perr0) end
   local srv, err = apiserver.new(serve.server_options(o))
   if not srv then return nil, "up: " .. tostring(err) end
   local stop_all

@@ -14,9 +14,10 @@ local M = {}
 
 --- A client of an in-process server (its own address and credentials).
 function M.client_for(server)
-  local scheme = server.tls.cert and "https" or "http"
-  return assert(k8s.client({ server = ("%s://127.0.0.1:%d"):format(scheme, server.port), token = server.opts.token,
-    insecure = server.tls.cert ~= nil, field_manager = "vmsnap-platform" }))
+  local tls = server.tls.cert ~= nil
+  return assert(k8s.client({ server = ("%s://127.0.0.1:%d"):format(tls and "https" or "http", server.port),
+    token = server.opts.token, ca_data = tls and (server.tls.server_ca or server.tls.cert) or nil,
+    field_manager = "vmsnap-platform" }))
 end
 
 --- Create the default StorageClass and VolumeSnapshotClass "local" when no

@@ -222,11 +222,18 @@ local function encode_record(W, rec)
 end
 
 -- write the record when it changed; true, or nil, message, code
+-- The record is written after the status the steps made: the two are
+-- separate writes (an annotation, the status subresource), and a record
+-- that ran ahead of its status — a kill between the two — would say
+-- "finish done" over a status still InProgress, forever. Behind it, the
+-- steps of the lost record run again, which they must bear anyway.
 local function save(ctx)
   local st = ctx.steps
   local text = encode_record(st.W, st.rec)
   if text == st.rec.raw then return true end
-  local ok, err, code = ctx:annotate({ [M.ANNOTATION] = text })
+  local ok, err, code = ctx:flush()
+  if not ok then return nil, err, code end
+  ok, err, code = ctx:annotate({ [M.ANNOTATION] = text })
   if not ok then return nil, err, code end
   st.rec.raw = text
   return true
@@ -479,6 +486,12 @@ function M.run(W, ctx, obj)
     set_failed(W, ctx, obj, ferr, fcode)
     res, err, code = save(ctx)
   elseif st.phase == "Ready" then
+    -- a record left behind its status (the status went out in a failed
+    -- pass, the record's own write did not): every step is done, and the
+    -- undos still owed run now
+    local rec = ctx.steps.rec
+    for _, step in ipairs(W.steps) do rec.done[step.name] = true end
+    if #rec.owed > 0 then unwind(ctx, "Ready") end
     if W.ready then
       local ok, rerr, rcode = call(W.ready, "ready", ctx, obj, facts)
       if not ok then

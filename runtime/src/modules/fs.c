@@ -173,6 +173,27 @@ static int fs_exists(lua_State *L)
 	return 1;
 }
 
+/* fs.chmod(path, mode) -> true | fail (symbolic links are not followed) */
+static int fs_chmod(lua_State *L)
+{
+	const char *path = luaL_checkstring(L, 1);
+	lua_Integer mode = luaL_checkinteger(L, 2);
+	luaL_argcheck(L, mode >= 0 && mode <= 07777, 2, "mode must be 0..07777");
+	if (fchmodat(AT_FDCWD, path, (mode_t)mode, 0) != 0)
+		return Vmsnap_pusherrno(L, errno, path);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+/* fs.umask(mask) -> the previous mask (the process's: files created from now on) */
+static int fs_umask(lua_State *L)
+{
+	lua_Integer mask = luaL_checkinteger(L, 1);
+	luaL_argcheck(L, mask >= 0 && mask <= 0777, 1, "mask must be 0..0777");
+	lua_pushinteger(L, (lua_Integer)umask((mode_t)mask));
+	return 1;
+}
+
 /* fs.list(dir) -> sorted names | fail */
 static int fs_list(lua_State *L)
 {
@@ -552,6 +573,8 @@ static const luaL_Reg fs_funcs[] = {{"mkdir_p", fs_mkdir_p},
                                     {"read_file", fs_read_file},
                                     {"write_atomic", fs_write_atomic},
                                     {"copy", fs_copy},
+                                    {"chmod", fs_chmod},
+                                    {"umask", fs_umask},
                                     {NULL, NULL}};
 
 int luaopen_vmsnap_core_fs(lua_State *L)

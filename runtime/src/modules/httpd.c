@@ -74,6 +74,7 @@ typedef struct Hreq {
 struct Server {
 	struct MHD_Daemon *d;
 	vmsnap_runtime *rt;
+	unsigned zero_streak; /* MHD's timeouts of 0 in a row (server_run) */
 	uv_poll_t poll;
 	uv_timer_t timer;
 	int handles; /* open uv handles; the struct is freed when 0 and closed */
@@ -138,30 +139,48 @@ static void req_free(Hreq *r)
 
 /* ----------------------------------------------------------- the loop */
 
-static void server_run(Server *s);
+static void server_run(Server *s, int from_io);
 
 static void timer_cb(uv_timer_t *t)
 {
-	server_run((Server *)t->data);
+	server_run((Server *)t->data, 0);
 }
 
 static void poll_cb(uv_poll_t *p, int status, int events)
 {
 	(void)status;
 	(void)events;
-	server_run((Server *)p->data);
+	server_run((Server *)p->data, 1);
 }
 
-static void server_run(Server *s)
+/* MHD_run, then the timer for its next run.  MHD asks to run again at once
+** (a timeout of 0) for as long as a TLS connection has not seen a read end
+** in EAGAIN at MHD's own level, and with GnuTLS doing the reads that is the
+** whole life of a keep-alive connection (and of a connection that never
+** sends its ClientHello).  Taken at its word that would be a busy loop, so
+** a 0 is honoured once after I/O and then backed off: 1, 2, 4 ... 20 ms.
+** Real I/O wakes the epoll descriptor and runs MHD at once anyway.  (Never
+** 0 from the timer's own callback: libuv would run it again in the same
+** pass, before any I/O.) */
+static void server_run(Server *s, int from_io)
 {
 	MHD_UNSIGNED_LONG_LONG ms = 0;
 	if (s->closed)
 		return;
 	MHD_run(s->d);
-	if (MHD_get_timeout(s->d, &ms) == MHD_YES)
-		uv_timer_start(&s->timer, timer_cb, ms > 60000 ? 60000 : ms, 0);
-	else
+	if (from_io)
+		s->zero_streak = 0;
+	if (MHD_get_timeout(s->d, &ms) != MHD_YES) {
 		uv_timer_start(&s->timer, timer_cb, 60000, 0);
+		return;
+	}
+	if (ms == 0) {
+		unsigned n = s->zero_streak++;
+		ms = (from_io && n == 0) ? 0 : (n >= 5 ? 20 : (1u << n));
+	} else {
+		s->zero_streak = 0;
+	}
+	uv_timer_start(&s->timer, timer_cb, ms > 60000 ? 60000 : ms, 0);
 }
 
 static void resume(Hreq *r)
