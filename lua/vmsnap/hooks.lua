@@ -51,7 +51,7 @@ M.PARTNER = { pre_snapshot = "post_snapshot", pre_freeze = "post_thaw", pre_rest
 M.ANNOTATION = "vmsnap.io/hooks"
 M.DEFAULT_TIMEOUT = 30
 M.MEMORY_LIMIT = 64 * 1024 * 1024 -- bytes a handler may grow the heap by
-M.OUTPUT_LINES = 5
+M.OUTPUT_LINES = 6 -- lines of output kept in the record: the first two, the last three
 M.MAX_RUNS = 40                   -- runs kept in the record
 
 local IS_POINT = {}
@@ -300,12 +300,14 @@ function M.scoped_client(client, ns, writes)
   return sandbox.readonly(k, "ctx.k8s")
 end
 
-local function first_lines(text, n)
-  local out = {}
-  for line in tostring(text):gmatch("[^\n]+") do
-    out[#out + 1] = line
-    if #out >= n then break end
-  end
+-- at most n lines of a handler's output: all of them, or the first two and
+-- the last n - 2 (where the outcome is) around a count of what was left out
+local function some_lines(text, n)
+  local all = {}
+  for line in tostring(text):gmatch("[^\n]+") do all[#all + 1] = line end
+  if #all <= n then return table.concat(all, "\n") end
+  local out = { all[1], all[2], ("... (%d lines left out)"):format(#all - n) }
+  for i = #all - (n - 3), #all do out[#out + 1] = all[i] end
   return table.concat(out, "\n")
 end
 
@@ -491,7 +493,7 @@ function M.run_one(h, point, base)
     rec.message = msg
     run:output(msg)
   end
-  rec.output = first_lines(table.concat(run.lines, "\n"), M.OUTPUT_LINES)
+  rec.output = some_lines(table.concat(run.lines, "\n"), M.OUTPUT_LINES)
   rec.lines = run.lines -- all of it (not kept in the record)
   rec.on_error = setting(spec, "on_error", point, point:match("^pre_") and "fail" or "continue")
   return rec
