@@ -126,11 +126,12 @@
 
 ---@class vmsnap.core.httpd.Server
 ---@field port fun(self): integer
+---@field stats fun(self): {connections: integer, max_connections: integer, header_timeouts: integer}
 ---@field accept fun(self, timeout?: number): vmsnap.core.httpd.Request?, string?, string?
 ---@field close fun(self)
 
 ---@class vmsnap.core.httpd
----@field listen fun(opts: {host?: string, port?: integer, tls_cert?: string, tls_key?: string, client_ca?: string, max_body?: integer, connection_timeout?: integer}): vmsnap.core.httpd.Server?, string?, string?
+---@field listen fun(opts: {host?: string, port?: integer, tls_cert?: string, tls_key?: string, client_ca?: string, max_body?: integer, idle_timeout?: integer, header_timeout?: integer, max_connections?: integer, max_connections_per_ip?: integer}): vmsnap.core.httpd.Server?, string?, string?
 ---@field version fun(): string
 
 ---@class vmsnap.core.sock.Conn

@@ -41,4 +41,25 @@ function M.format(t)
   return os.date("!%Y-%m-%dT%H:%M:%SZ", t) --[[@as string]]
 end
 
+local UNIT = { ms = 0.001, s = 1, m = 60, h = 3600 }
+
+--- Seconds of a duration written as Go and kubectl write them ("90s", "2m",
+--- "1h30m", "500ms", "1.5s") or as a plain number of seconds ("30"); nil
+--- for anything else (a negative duration, "abc", "5 s", "1d").
+---@param s any
+---@return number?
+function M.duration(s)
+  if type(s) == "number" then return s >= 0 and s or nil end
+  if type(s) ~= "string" or s == "" then return nil end
+  if s:match("^%d+%.?%d*$") then return tonumber(s) end
+  local total, pos = 0, 1
+  while pos <= #s do
+    local num, unit, e = s:match("^(%d+%.?%d*)(%a+)()", pos)
+    if not num or not UNIT[unit] then return nil end
+    total = total + tonumber(num) * UNIT[unit]
+    pos = e
+  end
+  return total
+end
+
 return M

@@ -122,7 +122,9 @@ end
 --- Create a server. opts: data (directory, required), host ("127.0.0.1"),
 --- port (0 = any free port), token, tls_cert/tls_key/client_ca/tls_ca (PEM
 --- file paths; tls_ca is the server certificate's CA, for kubeconfigs), crds (directories of CRD YAML to install), history (revisions of
---- watch history kept), event_ttl (seconds, default 3600), max_body.
+--- watch history kept), event_ttl (seconds, default 3600), max_body, and the
+--- connection limits of vmsnap.core.httpd: idle_timeout, header_timeout,
+--- max_connections, max_connections_per_ip (docs/apiserver.md, "Limits").
 function M.new(opts)
   assert(type(opts) == "table" and type(opts.data) == "string", "apiserver.new: opts.data is required")
   local ok, err, code = fs.mkdir_p(opts.data)
@@ -583,7 +585,9 @@ function Server:listen()
   local o = self.opts
   local srv, err, code = httpd.listen{ host = o.host or "127.0.0.1", port = o.port or 0,
     tls_cert = self.tls.cert, tls_key = self.tls.key, client_ca = self.tls.ca,
-    max_body = o.max_body or (3 * 1024 * 1024) }
+    max_body = o.max_body or (3 * 1024 * 1024), idle_timeout = o.idle_timeout,
+    header_timeout = o.header_timeout, max_connections = o.max_connections,
+    max_connections_per_ip = o.max_connections_per_ip }
   if not srv then return nil, err, code end
   self.http = srv
   self.port = srv:port()

@@ -32,6 +32,12 @@ options:
   --crds DIR              also install the CustomResourceDefinitions in DIR (repeatable)
   --event-ttl SECONDS     how long Events are kept (default 3600)
   --history N             revisions of watch history kept (default 100000)
+  --max-connections N     open connections at most (default 4096); past it, and past
+  --max-connections-per-ip N  this many from one address (default 2048; loopback
+                          clients all share 127.0.0.1), a connection is closed at once
+  --idle-timeout D        close a connection idle this long (default 90s)
+  --request-header-timeout D  close a connection whose request header (TLS
+                          handshake included) is not in within D (default 32s)
 
 The server speaks HTTPS only, and every request, from loopback too, must
 carry the token (or a client certificate signed by --client-ca): the
@@ -72,6 +78,19 @@ function M.parse(args)
     elseif a == "--history" then
       o.history = math.tointeger(tonumber(value(a)))
       if not o.history or o.history < 100 then cli.usage("--history must be an integer of at least 100") end
+    elseif a == "--max-connections" or a == "--max-connections-per-ip" then
+      local n = math.tointeger(tonumber(value(a)))
+      if not n or n < (a == "--max-connections" and 1 or 0) then
+        cli.usage(("serve: %s must be a whole number%s"):format(a, a == "--max-connections" and " of at least 1" or ""))
+      end
+      o[a == "--max-connections" and "max_connections" or "max_connections_per_ip"] = n
+    elseif a == "--idle-timeout" or a == "--request-header-timeout" then
+      local v = value(a)
+      local d = require("vmsnap.time").duration(v)
+      if not d or d < 1 or d ~= math.floor(d) then
+        cli.usage(("serve: %s must be a duration of whole seconds, at least 1s (30s, 2m), got '%s'"):format(a, v))
+      end
+      o[a == "--idle-timeout" and "idle_timeout" or "header_timeout"] = math.tointeger(d)
     elseif a == "-h" or a == "--help" then
       io.stdout:write(M.help)
       os.exit(0)
@@ -136,7 +155,9 @@ function M.server_options(o)
   for _, d in ipairs(o.crds) do crds[#crds + 1] = d end
   return { data = o.data, host = o.host, port = o.port, token = o.token,
     tls_cert = o.tls_cert, tls_key = o.tls_key, client_ca = o.client_ca, tls_ca = o.tls_ca, crds = crds,
-    event_ttl = o.event_ttl, history = o.history }
+    event_ttl = o.event_ttl, history = o.history, idle_timeout = o.idle_timeout,
+    header_timeout = o.header_timeout, max_connections = o.max_connections,
+    max_connections_per_ip = o.max_connections_per_ip }
 end
 
 --- Listen (on the previous port when possible) and write DIR/kubeconfig.

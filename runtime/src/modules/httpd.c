@@ -11,11 +11,28 @@
 **
 ** Lua:
 **   srv = httpd.listen{host=, port=, tls_cert=, tls_key=, client_ca=,
-**                      max_body=, connection_timeout=}     -> srv | nil, msg, code
+**                      max_body=, idle_timeout=, header_timeout=,
+**                      max_connections=, max_connections_per_ip=}
+**                                    -> srv | nil, msg, code
+**
+** Limits (the defaults are kube-apiserver's where it has one):
+**   max_connections (4096) and max_connections_per_ip (2048): MHD closes a
+**   connection past either at once.  The process's descriptor limit is
+**   raised to fit, or the limit lowered to what fits.
+**   idle_timeout (90 s): a connection with no traffic either way is closed
+**   (MHD's connection timeout; a suspended connection, such as a watch
+**   waiting for events, is not idle).
+**   header_timeout (32 s): a request's header (the TLS handshake included)
+**   must be complete within this of the connection's start, and within
+**   idle_timeout + header_timeout of the previous answer, or the connection
+**   is shut down: a client trickling a byte a second is not idle.
 **   srv:port()                       the bound port (useful with port 0)
+**   srv:stats()                      {connections=, max_connections=,
+**                                    header_timeouts=}
 **   srv:accept([timeout])            -> req | nil, msg, "TIMEOUT" | "CLOSED"
 **   srv:close()
-**   req:method(), req:path()         path is percent-decoded by MHD
+**   req:method(), req:path()         path is percent-decoded (but %00 is kept
+**                                    as written: a C string cannot hold it)
 **   req:args()                       query arguments, decoded ('+' is a space)
 **   req:header(name), req:headers()  header names lower-cased in headers()
 **   req:body()                       -> string | nil, msg, "TOO_LARGE"
@@ -32,6 +49,7 @@
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 
 #include "mhdsym.h"
@@ -69,7 +87,16 @@ typedef struct Hreq {
 	/* TLS client certificate */
 	int cert_checked, cert_ok;
 	char *cert_dn;
+	struct Conn *c; /* its connection (NULL once closed) */
 } Hreq;
+
+/* A connection, from MHD's accept to its close (header deadlines). */
+typedef struct Conn {
+	struct Conn *prev, *next;
+	int fd;
+	uint64_t deadline; /* loop ms by which a request's header must be in; 0: none */
+	Hreq *r;           /* the request being served on it */
+} Conn;
 
 struct Server {
 	struct MHD_Daemon *d;
@@ -86,6 +113,12 @@ struct Server {
 	Vmsnap_task *waiter;
 	Hreq *all; /* requests MHD still holds */
 	char *cert, *key, *ca;
+	Conn *conns; /* open connections */
+	uv_timer_t sweep;
+	uint64_t header_ms, idle_ms;
+	unsigned cut;       /* connections shut down for a late header (srv:stats) */
+	unsigned max_conns; /* the connection limit in force */
+	int rerun;          /* a connection closed during MHD_run */
 };
 
 typedef struct Box {
@@ -168,6 +201,13 @@ static void server_run(Server *s, int from_io)
 	if (s->closed)
 		return;
 	MHD_run(s->d);
+	if (s->rerun) {
+		/* a connection closed: MHD takes its listening socket back into
+		** its epoll set (dropped at the connection limit) only at the
+		** start of a run, and the backlog would wait for the next I/O */
+		s->rerun = 0;
+		MHD_run(s->d);
+	}
 	if (from_io)
 		s->zero_streak = 0;
 	if (MHD_get_timeout(s->d, &ms) != MHD_YES) {
@@ -280,6 +320,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 			return MHD_NO;
 		}
 		*con_cls = r;
+		{
+			const union MHD_ConnectionInfo *ci =
+			    MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+			Conn *c = ci ? (Conn *)ci->socket_context : NULL;
+			if (c) {
+				c->deadline = 0; /* the header is in */
+				c->r = r;
+				r->c = c;
+			}
+		}
 		r->anext = s->all;
 		if (s->all)
 			s->all->aprev = r;
@@ -330,6 +380,14 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	if (!r)
 		return;
 	*con_cls = NULL;
+	if (r->c) {
+		/* the next request on this connection: its header is due after
+		** the idle time and the header time */
+		if (r->srv)
+			r->c->deadline = uv_now(&r->srv->rt->loop) + r->srv->idle_ms + r->srv->header_ms;
+		r->c->r = NULL;
+		r->c = NULL;
+	}
 	if (r->srv) {
 		if (r->aprev)
 			r->aprev->anext = r->anext;
@@ -347,6 +405,95 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	/* still in the accept queue: accept() drops it */
 	if (!r->boxed && r->state != R_QUEUED)
 		req_free(r);
+}
+
+/* MHD_OPTION_NOTIFY_CONNECTION: keep the list of open connections */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+	Server *s = (Server *)cls;
+	Conn *c = (Conn *)*socket_context;
+	if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+		const union MHD_ConnectionInfo *ci =
+		    MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+		c = (Conn *)calloc(1, sizeof *c);
+		if (!c)
+			return; /* untracked: only the idle timeout applies */
+		c->fd = ci ? ci->connect_fd : -1;
+		c->deadline = s->header_ms ? uv_now(&s->rt->loop) + s->header_ms : 0;
+		c->next = s->conns;
+		if (s->conns)
+			s->conns->prev = c;
+		s->conns = c;
+		*socket_context = c;
+	} else if (toe == MHD_CONNECTION_NOTIFY_CLOSED && c) {
+		if (c->prev)
+			c->prev->next = c->next;
+		else
+			s->conns = c->next;
+		if (c->next)
+			c->next->prev = c->prev;
+		if (c->r)
+			c->r->c = NULL;
+		free(c);
+		s->rerun = 1;
+		*socket_context = NULL;
+	}
+}
+
+/* Shut down the connections whose request header is late; MHD sees the
+** end of the stream and closes them. */
+static void sweep_cb(uv_timer_t *t)
+{
+	Server *s = (Server *)t->data;
+	uint64_t now = uv_now(&s->rt->loop);
+	Conn *c;
+	int any = 0;
+	if (s->closed || !s->header_ms)
+		return;
+	for (c = s->conns; c; c = c->next) {
+		if (c->deadline && c->deadline <= now && c->fd >= 0) {
+			shutdown(c->fd, SHUT_RDWR);
+			c->deadline = 0;
+			s->cut++;
+			any = 1;
+		}
+	}
+	if (any)
+		server_run(s, 1);
+}
+
+static int hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* MHD_OPTION_UNESCAPE_CALLBACK: %HH decoding in place, but %00 is kept as
+** written (the path reaches the handler as a C string; a NUL would cut it,
+** and /x%00y would be read as /x) */
+static size_t unescape(void *cls, struct MHD_Connection *conn, char *str)
+{
+	char *r = str, *w = str;
+	(void)cls;
+	(void)conn;
+	while (*r) {
+		int hi, lo;
+		if (r[0] == '%' && (hi = hexval(r[1])) >= 0 && (lo = hexval(r[2])) >= 0 &&
+		    (hi | lo) != 0) {
+			*w++ = (char)(hi * 16 + lo);
+			r += 3;
+		} else {
+			*w++ = *r++;
+		}
+	}
+	*w = 0;
+	return (size_t)(w - str);
 }
 
 static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
@@ -429,8 +576,10 @@ static void server_close(Server *s)
 	}
 	uv_poll_stop(&s->poll);
 	uv_timer_stop(&s->timer);
+	uv_timer_stop(&s->sweep);
 	uv_close((uv_handle_t *)&s->poll, srv_handle_closed);
 	uv_close((uv_handle_t *)&s->timer, srv_handle_closed);
+	uv_close((uv_handle_t *)&s->sweep, srv_handle_closed);
 	free(s->cert);
 	free(s->key);
 	free(s->ca);
@@ -450,12 +599,47 @@ static char *opt_string(lua_State *L, const char *name)
 	return v;
 }
 
+static lua_Integer opt_int(lua_State *L, const char *name, lua_Integer dflt, lua_Integer lo)
+{
+	lua_Integer v = dflt;
+	if (lua_getfield(L, 1, name) != LUA_TNIL) {
+		int ok;
+		v = lua_tointegerx(L, -1, &ok);
+		if (!ok)
+			luaL_error(L, "httpd: %s must be an integer", name);
+		if (v < lo)
+			luaL_error(L, "httpd: %s must be at least %d", name, (int)lo);
+	}
+	lua_pop(L, 1);
+	return v;
+}
+
+/* Room for n connections: raise the soft descriptor limit if it is lower
+** (up to the hard limit); returns how many connections fit, keeping 256
+** descriptors for everything else. */
+static lua_Integer fit_connections(lua_Integer n)
+{
+	struct rlimit rl;
+	rlim_t want = (rlim_t)n + 256;
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+		return n;
+	if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want) {
+		rlim_t to = (rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want) ? want : rl.rlim_max;
+		struct rlimit nr = {to, rl.rlim_max};
+		if (to > rl.rlim_cur && setrlimit(RLIMIT_NOFILE, &nr) == 0)
+			rl.rlim_cur = to;
+	}
+	if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want)
+		n = rl.rlim_cur > 512 ? (lua_Integer)rl.rlim_cur - 256 : (lua_Integer)rl.rlim_cur / 2;
+	return n;
+}
+
 static int l_listen(lua_State *L)
 {
 	vmsnap_runtime *rt = Vmsnap_rt(L);
 	struct sockaddr_in sin;
 	const char *host = "127.0.0.1";
-	lua_Integer port = 0, max_body = 3 << 20, timeout = 300;
+	lua_Integer port = 0, max_body, idle, header, maxconn, perip;
 	unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO;
 	const char *why = NULL;
 	luaL_checktype(L, 1, LUA_TTABLE);
@@ -463,14 +647,16 @@ static int l_listen(lua_State *L)
 		return Vmsnap_pushfail(L, "ENOENT", "httpd: cannot load libmicrohttpd: %s", why ? why : "?");
 	if (lua_getfield(L, 1, "host") != LUA_TNIL)
 		host = luaL_checkstring(L, -1);
-	if (lua_getfield(L, 1, "port") != LUA_TNIL)
-		port = luaL_checkinteger(L, -1);
-	if (lua_getfield(L, 1, "max_body") != LUA_TNIL)
-		max_body = luaL_checkinteger(L, -1);
-	if (lua_getfield(L, 1, "connection_timeout") != LUA_TNIL)
-		timeout = luaL_checkinteger(L, -1);
-	luaL_argcheck(L, port >= 0 && port <= 65535, 1, "port must be 0..65535");
-	luaL_argcheck(L, max_body > 0, 1, "max_body must be positive");
+	port = opt_int(L, "port", 0, 0);
+	max_body = opt_int(L, "max_body", 3 << 20, 1);
+	idle = opt_int(L, "idle_timeout", opt_int(L, "connection_timeout", 90, 1), 1);
+	header = opt_int(L, "header_timeout", 32, 0);
+	maxconn = opt_int(L, "max_connections", 4096, 1);
+	perip = opt_int(L, "max_connections_per_ip", 2048, 0);
+	luaL_argcheck(L, port <= 65535, 1, "port must be 0..65535");
+	maxconn = fit_connections(maxconn);
+	if (perip > maxconn)
+		perip = maxconn;
 	lua_settop(L, 1);
 	memset(&sin, 0, sizeof sin);
 	sin.sin_family = AF_INET;
@@ -487,6 +673,8 @@ static int l_listen(lua_State *L)
 	box->s = s;
 	s->rt = rt;
 	s->max_body = (size_t)max_body;
+	s->header_ms = (uint64_t)header * 1000;
+	s->idle_ms = (uint64_t)idle * 1000;
 	s->closed = 1; /* until started */
 	s->cert = opt_string(L, "tls_cert");
 	s->key = opt_string(L, "tls_key");
@@ -499,11 +687,16 @@ static int l_listen(lua_State *L)
 		flags |= MHD_USE_TLS;
 	s->tls_client = s->ca != NULL;
 
-	struct MHD_OptionItem opts[8];
+	struct MHD_OptionItem opts[12];
 	int n = 0;
 	opts[n++] = (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, &sin};
 	opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, NULL};
-	opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT, (intptr_t)timeout, NULL};
+	opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)on_connection, s};
+	opts[n++] = (struct MHD_OptionItem){MHD_OPTION_UNESCAPE_CALLBACK, (intptr_t)unescape, NULL};
+	opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT, (intptr_t)idle, NULL};
+	opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT, (intptr_t)maxconn, NULL};
+	if (perip > 0)
+		opts[n++] = (struct MHD_OptionItem){MHD_OPTION_PER_IP_CONNECTION_LIMIT, (intptr_t)perip, NULL};
 	if (s->cert) {
 		opts[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, s->cert};
 		opts[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, s->key};
@@ -535,8 +728,14 @@ static int l_listen(lua_State *L)
 	s->poll.data = s;
 	s->handles++;
 	s->closed = 0;
+	uv_timer_init(&rt->loop, &s->sweep);
+	s->sweep.data = s;
+	s->handles++;
 	uv_poll_start(&s->poll, UV_READABLE, poll_cb);
 	uv_timer_start(&s->timer, timer_cb, 0, 0);
+	if (s->header_ms)
+		uv_timer_start(&s->sweep, sweep_cb, 500, 500);
+	s->max_conns = (unsigned)maxconn;
 	lua_pushvalue(L, 2);
 	return 1;
 }
@@ -547,6 +746,24 @@ static Server *check_srv(lua_State *L)
 	if (!b->s || b->s->closed)
 		luaL_error(L, "httpd server is closed");
 	return b->s;
+}
+
+/* srv:stats() -> {connections=, max_connections=, header_timeouts=} */
+static int srv_stats(lua_State *L)
+{
+	Server *s = check_srv(L);
+	lua_Integer n = 0;
+	Conn *c;
+	for (c = s->conns; c; c = c->next)
+		n++;
+	lua_createtable(L, 0, 3);
+	lua_pushinteger(L, n);
+	lua_setfield(L, -2, "connections");
+	lua_pushinteger(L, s->max_conns);
+	lua_setfield(L, -2, "max_connections");
+	lua_pushinteger(L, s->cut);
+	lua_setfield(L, -2, "header_timeouts");
+	return 1;
 }
 
 static int srv_port(lua_State *L)
@@ -944,7 +1161,7 @@ static int srv_gc(lua_State *L)
 }
 
 static const luaL_Reg srv_meth[] = {
-    {"port", srv_port}, {"accept", srv_accept}, {"close", srv_close}, {NULL, NULL}};
+    {"port", srv_port}, {"stats", srv_stats}, {"accept", srv_accept}, {"close", srv_close}, {NULL, NULL}};
 
 static const luaL_Reg req_meth[] = {
     {"method", req_method},   {"path", req_path},       {"args", req_args},

@@ -87,14 +87,15 @@ static void push_marked(lua_State *L, const char *s, size_t n)
 	lua_remove(L, -2);
 }
 
-/* Fix up the decoded value at the top of the stack (see the header). */
-static void fixup(lua_State *L, int depth)
+/* Fix up the decoded value at the top of the stack (see the header).
+** Returns -1 when a number is out of a double's range (1e999). */
+static int fixup(lua_State *L, int depth)
 {
 	int t = lua_gettop(L);
 	if (depth > MAX_DEPTH)
-		return;
+		return 0;
 	if (lua_type(L, t) != LUA_TTABLE)
-		return;
+		return 0;
 	luaL_checkstack(L, 4, "json: nesting too deep"); /* two slots a level, and the next */
 	if (lua_rawlen(L, t) == 1) {
 		lua_rawgeti(L, t, 1);
@@ -103,7 +104,7 @@ static void fixup(lua_State *L, int depth)
 			lua_pushnil(L);
 			lua_rawseti(L, t, 1);
 			luaL_setmetatable(L, ARRAY_MT);
-			return;
+			return 0;
 		}
 		lua_pop(L, 1);
 	}
@@ -112,16 +113,24 @@ static void fixup(lua_State *L, int depth)
 		int vt = lua_type(L, -1);
 		if (vt == LUA_TNUMBER && !lua_isinteger(L, -1)) {
 			lua_Number d = lua_tonumber(L, -1);
+			if (!isfinite(d)) {
+				lua_settop(L, t);
+				return -1;
+			}
 			if (d == floor(d) && fabs(d) < 9223372036854775808.0) {
 				lua_pushvalue(L, -2);
 				lua_pushinteger(L, (lua_Integer)d);
 				lua_rawset(L, t);
 			}
 		} else if (vt == LUA_TTABLE) {
-			fixup(L, depth + 1);
+			if (fixup(L, depth + 1)) {
+				lua_settop(L, t);
+				return -1;
+			}
 		}
 		lua_pop(L, 1);
 	}
+	return 0;
 }
 
 /* cjson reports "... at character N"; turn N into line and column */
@@ -151,6 +160,14 @@ static int json_decode(lua_State *L)
 	size_t n;
 	const char *s = luaL_checklstring(L, 1, &n);
 	lua_settop(L, 1);
+	if (!Vmsnap_utf8_valid(s, n)) {
+		/* as Kubernetes (Go's encoding/json) does: every ill-formed
+		** sequence becomes U+FFFD; outside a string it is a syntax
+		** error either way */
+		Vmsnap_utf8_push_fixed(L, s, n);
+		lua_replace(L, 1);
+		s = lua_tolstring(L, 1, &n);
+	}
 	lua_pushvalue(L, lua_upvalueindex(1)); /* cjson.decode */
 	if (has_empty_array(s, n)) {
 		push_marked(L, s, n);
@@ -179,12 +196,15 @@ static int json_decode(lua_State *L)
 	}
 	if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1)) {
 		lua_Number d = lua_tonumber(L, -1);
+		if (!isfinite(d))
+			return Vmsnap_pushfail(L, "JSON_DECODE", "json: a number is out of range");
 		if (d == floor(d) && fabs(d) < 9223372036854775808.0) {
 			lua_pop(L, 1);
 			lua_pushinteger(L, (lua_Integer)d);
 		}
 	}
-	fixup(L, 0);
+	if (fixup(L, 0))
+		return Vmsnap_pushfail(L, "JSON_DECODE", "json: a number is out of range");
 	return 1;
 }
 
@@ -203,6 +223,13 @@ static void enc_string(Enc *e, const char *s, size_t n)
 {
 	size_t i, start = 0;
 	Vmsnap_buf *b = e->b;
+	int fixed = 0;
+	if (!Vmsnap_utf8_valid(s, n)) {
+		/* JSON is UTF-8: an ill-formed sequence is written as U+FFFD */
+		Vmsnap_utf8_push_fixed(e->L, s, n);
+		s = lua_tolstring(e->L, -1, &n);
+		fixed = 1;
+	}
 	Vmsnap_buf_addc(b, '"');
 	for (i = 0; i < n; i++) {
 		unsigned char c = (unsigned char)s[i];
@@ -234,6 +261,8 @@ static void enc_string(Enc *e, const char *s, size_t n)
 	}
 	Vmsnap_buf_add(b, s + start, n - start);
 	Vmsnap_buf_addc(b, '"');
+	if (fixed)
+		lua_pop(e->L, 1);
 }
 
 static int enc_number(Enc *e, int idx)
@@ -439,6 +468,11 @@ int luaopen_vmsnap_core_json(lua_State *L)
 	/* what decodes also encodes (and is fixed up): one depth limit for both */
 	lua_getfield(L, -1, "decode_max_depth");
 	lua_pushinteger(L, MAX_DEPTH);
+	lua_call(L, 1, 0);
+	/* JSON has no NaN, Infinity or hex numbers (cjson accepts them by
+	** default; they would then fail to encode) */
+	lua_getfield(L, -1, "decode_invalid_numbers");
+	lua_pushboolean(L, 0);
 	lua_call(L, 1, 0);
 	lua_getfield(L, -1, "decode");
 	lua_pushcclosure(L, json_decode, 1);
