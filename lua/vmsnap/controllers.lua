@@ -80,7 +80,8 @@ end
 function M.sweep_orphans(client, every, stopped)
   return require("vmsnap.task").spawn(function()
     while not (stopped and stopped()) do
-      M.thaw_orphans(client)
+      -- a cancel seen by a request ends the sweep (it is not raised there)
+      if M.thaw_orphans(client) == "CANCELLED" then return end
       require("vmsnap.task").sleep(every or 10)
     end
   end)
@@ -90,10 +91,11 @@ end
 --- lease whose holder died before its deadline is left to the snapshots that
 --- hold it: a restarted controller adopts it, and thaws when the last is cut.
 function M.thaw_orphans(client)
-  local done, err = guest.thaw_orphans(client, { expired_only = true })
+  local done, err, code = guest.thaw_orphans(client, { expired_only = true })
   if not done then
+    if code == "CANCELLED" then return code end
     log.warn("cannot look for orphaned freezes", { error = err })
-    return
+    return code
   end
   for _, d in ipairs(done) do
     log.info("thawed an expired freeze", { vm = d.namespace .. "/" .. d.name, ok = d.ok })

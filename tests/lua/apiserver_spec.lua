@@ -102,6 +102,77 @@ t.test("hostile bodies are refused at once: nesting past 200 levels, a YAML alia
   t.eq(req("GET", "/api/v1/namespaces/default/configmaps").status, 200)
 end)
 
+t.test("what once was a 500 is the right 4xx: media types, NaN, huge limits, mixed YAML keys, ill-typed metadata, %00", function()
+  local CM = "/api/v1/namespaces/default/configmaps"
+  local cm = '{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"mt"}}'
+  local r = req("POST", CM, cm, { ["Content-Type"] = "text/plain" })
+  t.eq(r.status, 415)
+  t.eq(r.obj.reason, "UnsupportedMediaType")
+  t.contains(r.obj.message, "accepted media types include: application/json, application/yaml")
+  r = req("POST", CM, cm, {})
+  t.eq(r.status, 415, "no Content-Type at all")
+  r = req("POST", CM, cm, { ["Content-Type"] = "Application/JSON; charset=utf-8" })
+  t.eq(r.status, 201, "media type names are case-insensitive, parameters ignored")
+  for _, v in ipairs({ "NaN", "Infinity", "-Infinity", "0x10", "1e999" }) do
+    r = req("POST", CM, '{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"n","generation":' .. v .. '}}')
+    t.eq(r.status, 400, v)
+  end
+  for _, v in ipairs({ "99999999999999999999", "abc", "1.5", "-99999999999999999999" }) do
+    r = req("GET", CM .. "?limit=" .. v)
+    t.eq(r.status, 400, "limit=" .. v)
+    t.contains(r.obj.message, "limit")
+  end
+  t.eq(req("GET", CM .. "?limit=-5").status, 200, "a negative limit is no limit, as in Kubernetes")
+  -- YAML: keys of several types in one mapping are read as their text
+  r = req("POST", CM, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: keys}\ndata: {1: one, b: bee, true: \"yes\"}\n",
+    { ["Content-Type"] = "application/yaml" })
+  t.eq(r.status, 201)
+  t.eq(r.obj.data["1"], "one")
+  t.eq(r.obj.data["true"], "yes")
+  r = req("POST", VDS, "apiVersion: virtualization.deckhouse.io/v1alpha2\nkind: VirtualDiskSnapshot\nmetadata: {name: mixed}\nspec: {virtualDiskName: d, 1: x, 2.5: y}\n",
+    { ["Content-Type"] = "application/yaml" })
+  t.ok(r.status >= 200 and r.status < 500, "mixed spec keys: " .. r.status)
+  -- metadata fields of the wrong type: the decoder's 400, on create and update
+  for _, md in ipairs({ '{"name":"f1","finalizers":[{"a":1}]}', '{"name":"f2","finalizers":"x"}',
+      '{"name":["f3"]}', '{"name":"f4","ownerReferences":["x"]}', '{"name":"f5","resourceVersion":5}',
+      '{"name":"f6","generation":"1"}' }) do
+    r = req("POST", CM, '{"apiVersion":"v1","kind":"ConfigMap","metadata":' .. md .. '}')
+    t.eq(r.status, 400, md)
+    t.contains(r.obj.message, "ObjectMeta.metadata.", md)
+  end
+  local fin = req("POST", CM, '{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"fin","finalizers":["a/b"]}}').obj
+  t.eq(req("DELETE", CM .. "/fin").status, 200)
+  fin = req("GET", CM .. "/fin").obj
+  fin.metadata.finalizers = { { x = 1 } }
+  r = req("PUT", CM .. "/fin", json.encode(fin))
+  t.eq(r.status, 400, "a table as a finalizer of an object being deleted")
+  fin.metadata.finalizers = json.array()
+  t.eq(req("PUT", CM .. "/fin", json.encode(fin)).status, 200)
+  -- %00 is not the end of the path
+  req("POST", CM, '{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x"}}')
+  r = req("GET", CM .. "/x%00junk")
+  t.eq(r.status, 404, "/x%00junk is not /x")
+  r = req("GET", CM .. "?labelSelector=a%00b")
+  t.eq(r.status, 400)
+end)
+
+t.test("invalid UTF-8 is stored as U+FFFD, as Kubernetes does; every output of it is well-formed", function()
+  local CM = "/api/v1/namespaces/default/configmaps"
+  local r = req("POST", CM, '{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"bad-utf8"},"data":{"k":"a\xff\xfeb\xc3","k\x80":"v"}}')
+  t.eq(r.status, 201)
+  t.eq(r.obj.data.k, "a\u{FFFD}\u{FFFD}b\u{FFFD}")
+  t.eq(r.obj.data["k\u{FFFD}"], "v")
+  r = req("POST", CM, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: bad-utf8-yaml}\ndata: {k: \"a\xffb\"}\n",
+    { ["Content-Type"] = "application/yaml" })
+  t.ok(r.status == 201 or r.status == 400, "YAML with invalid UTF-8: " .. r.status)
+  local out = h.run_vmsnap({ "get", "cm", "bad-utf8", "-o", "yaml", "--kubeconfig", srv.kubeconfig }, { timeout = 20 })
+  t.eq(out.status, 0, out.stderr)
+  t.contains(out.stdout, "a\u{FFFD}\u{FFFD}b\u{FFFD}")
+  out = srv:kubectl({ "get", "cm", "bad-utf8", "-o", "json" })
+  t.eq(out.status, 0, out.stderr)
+  t.ok(utf8.len(out.stdout) ~= nil, "kubectl's output is well-formed UTF-8")
+end)
+
 t.test("create: generateName, uid, creationTimestamp, generation; dryRun stores nothing", function()
   local r = req("POST", VDS, json.encode({ apiVersion = "virtualization.deckhouse.io/v1alpha2",
     kind = "VirtualDiskSnapshot", metadata = { generateName = "gen-" }, spec = { virtualDiskName = "d" } }))

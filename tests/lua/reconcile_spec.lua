@@ -104,6 +104,8 @@ t.test("a controller: status and conditions written once, finalizer, events, req
   assert(c:delete("vdsnapshot", "one"))
   t.ok(eventually(function() return select(3, c:get("vdsnapshot", "one")) == "NotFound" end), "deleted")
   t.ok(seen["finalized:one"])
+  -- the counter moves once the finalizer's removal is answered (the object may be gone a moment before)
+  eventually(function() return ctl:metrics().finalized == 1 end, 5)
   local m = ctl:metrics()
   t.ok(m.reconciles >= 5 and m.finalized == 1 and m.events >= 1, require("vmsnap.json").encode(m))
   ctl:stop()
@@ -159,6 +161,33 @@ t.test("leader election: one of two controllers works; the other takes over afte
   t.eq(lease.spec.leaseTransitions, 1)
   b:stop()
   task.wait(rb, 10)
+end)
+
+t.test("a leader that loses its lease stops working and is a candidate again: it leads again once the lease is free", function()
+  local seen = {}
+  local a = reconcile.controller({ client = c, name = "le-again", kind = "VirtualDiskSnapshot",
+    leader_election = { name = "vmsnap-test-again", identity = "again", duration = 1 },
+    reconcile = function(_, obj) seen[obj.metadata.name] = (seen[obj.metadata.name] or 0) + 1 end })
+  local ra = task.spawn(function() return a:run() end)
+  assert(c:create(vds("again-1")))
+  t.ok(eventually(function() return seen["again-1"] end, 5), "leads and works")
+  -- another holder takes the lease (as after a renewal this one missed)
+  local lease = assert(c:get("leases.coordination.k8s.io", "vmsnap-test-again"))
+  lease.spec.holderIdentity = "intruder"
+  lease.spec.renewTime = os.date("!%Y-%m-%dT%H:%M:%S.000000Z")
+  assert(c:update(lease))
+  task.sleep(0.8) -- a renewal period: the loss is seen
+  assert(c:create(vds("again-2")))
+  task.sleep(0.3)
+  t.eq(seen["again-2"], nil, "no work while another holds the lease")
+  -- the intruder does not renew: the lease expires, and the controller leads again
+  t.ok(eventually(function() return seen["again-2"] end, 8), "leads again and catches up")
+  t.ok(not task.is_finished(ra), "run() did not end")
+  lease = assert(c:get("leases.coordination.k8s.io", "vmsnap-test-again"))
+  t.eq(lease.spec.holderIdentity, "again")
+  t.eq(a:metrics().lease_losses, 1)
+  a:stop()
+  t.eq(task.wait(ra, 10), true)
 end)
 
 t.test("graceful shutdown: the reconcile in hand finishes", function()

@@ -33,6 +33,11 @@
 **   slow:MS      pass the request through after MS milliseconds
 **   cut:MS       pass it through, close the connection MS ms later (breaks a watch)
 **   gone         answer a watch with one ERROR event (410 Expired), then end
+**   empty200     answer 200 with `{}`                 (none of these is the
+**   event200     answer 200 with a watch ERROR event   object asked for, and
+**   nometa200    answer 200 with a VirtualDiskSnapshot a client must not
+**                without metadata                      take it for one)
+**   junk200      answer 200 with an HTML page
 ** FAULTPROXY_LOG set in the environment: each request line goes to stderr.
 ** Exits after --max-seconds (default 300) so a broken test cannot leak it.
 */
@@ -279,6 +284,15 @@ static void answer(Conn *c, int code, const char *reason, const char *extra)
 	send_client(c, body, (size_t)bl);
 }
 
+static void answer_200(Conn *c, const char *ctype, const char *body)
+{
+	char head[256];
+	int hl = snprintf(head, sizeof head, "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %zu\r\n\r\n",
+	                  ctype, strlen(body));
+	send_client(c, head, (size_t)hl);
+	send_client(c, body, strlen(body));
+}
+
 static void cut_cb(uv_timer_t *t)
 {
 	conn_close((Conn *)t->data);
@@ -487,6 +501,16 @@ static int handle(Conn *c, const char *req, size_t n)
 		send_client(c, chunk, (size_t)hl);
 		send_client(c, ev, sizeof ev - 1);
 		send_client(c, "\r\n0\r\n\r\n", 7);
+	} else if (strcmp(a, "empty200") == 0) {
+		answer_200(c, "application/json", "{}");
+	} else if (strcmp(a, "event200") == 0) {
+		answer_200(c, "application/json",
+		           "{\"type\":\"ERROR\",\"object\":{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},"
+		           "\"status\":\"Failure\",\"message\":\"injected\",\"reason\":\"InternalError\",\"code\":500}}");
+	} else if (strcmp(a, "nometa200") == 0) {
+		answer_200(c, "application/json", "{\"kind\":\"VirtualDiskSnapshot\",\"apiVersion\":\"virtualization.deckhouse.io/v1alpha2\"}");
+	} else if (strcmp(a, "junk200") == 0) {
+		answer_200(c, "text/html", "<html><body>502 Bad Gateway</body></html>");
 	} else {
 		answer(c, 400, "BadRequest", NULL);
 	}

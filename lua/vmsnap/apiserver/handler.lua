@@ -42,16 +42,51 @@ end
 
 -- ------------------------------------------------------------ request parsing
 
-local function decode_body(req, ctype)
+local BODY_TYPES = "application/json, application/yaml, application/vnd.kubernetes.protobuf"
+
+--- YAML allows keys of any type; Kubernetes (sigs.k8s.io/yaml) reads a
+--- mapping's non-string keys as their text. A table whose keys are not all
+--- strings or all integers (a sequence) gets them as strings.
+local function string_keys(v, depth)
+  if type(v) ~= "table" or depth > 200 then return v end
+  local strings, others = false, false
+  for k in pairs(v) do
+    if type(k) == "string" then strings = true
+    elseif math.type(k) ~= "integer" then others = true end
+  end
+  if others or strings then
+    local fix = {}
+    for k in pairs(v) do
+      if type(k) ~= "string" then fix[#fix + 1] = k end
+    end
+    for _, k in ipairs(fix) do
+      local text = k == true and "true" or k == false and "false" or tostring(k)
+      if v[text] == nil then v[text] = v[k] end
+      v[k] = nil
+    end
+  end
+  for _, x in pairs(v) do string_keys(x, depth + 1) end
+  return v
+end
+
+--- The body decoded as its Content-Type says (415 for a type that is not a
+--- body type: text/plain, none at all). `as` is the patch's own media type,
+--- when the body is a patch.
+local function decode_body(req, ctype, as)
+  ctype = ((ctype or ""):match("^[^;]*") or ""):gsub("%s", ""):lower()
+  if not as and ctype ~= "application/json" and ctype ~= "application/yaml" and
+      ctype ~= "application/vnd.kubernetes.protobuf" then
+    fail(415, "UnsupportedMediaType", ("the body of the request was in an unknown format - accepted media types include: %s"):format(BODY_TYPES))
+  end
   local body, err = req:body()
   if not body then
     fail(413, "RequestEntityTooLarge", "the request body is too large: " .. err)
   end
   if body == "" then fail(400, "BadRequest", "the request body is empty") end
-  ctype = (ctype or JSON):match("^[^;]+") or JSON
   local obj
   if ctype == "application/yaml" or ctype == "application/apply-patch+yaml" then
     obj, err = yaml.load(body)
+    if obj ~= nil then obj = string_keys(obj, 0) end
   elseif ctype == "application/vnd.kubernetes.protobuf" then
     obj, err = require("vmsnap.apiserver.protobuf").decode(body, api.base64)
     if not obj then fail(415, "UnsupportedMediaType", err) end
@@ -180,8 +215,14 @@ end
 
 local function list(S, req, ctx, r, ns, args, accept)
   local labels, fields = selectors(r, args)
-  local limit = tonumber(args.limit) or 0
-  if limit < 0 then limit = 0 end
+  local limit = 0
+  if args.limit ~= nil and args.limit ~= "" then
+    limit = math.tointeger(tonumber(args.limit))
+    if not limit or not args.limit:match("^[+-]?%d+$") then
+      fail(400, "BadRequest", ('invalid value for limit: "%s": must be an integer from -9223372036854775808 to 9223372036854775807'):format(args.limit))
+    end
+    if limit < 0 then limit = 0 end
+  end
   local rv = S.store.rv
   local after_ns, after_name = "", ""
   if args.continue and args.continue ~= "" then
@@ -363,7 +404,7 @@ local function do_patch(S, req, ctx, r, ns, name, sub, args)
     end
     fail(415, "UnsupportedMediaType", ("the body of the request was in an unknown format - accepted media types include: %s"):format(PATCH_TYPES))
   end
-  local p = decode_body(req, ctype)
+  local p = decode_body(req, ctype, kind)
   local dry = check_dry_run(args)
   ctx.field_validation = field_validation(args)
   local mgr = manager(args, req)

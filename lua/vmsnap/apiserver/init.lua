@@ -322,6 +322,40 @@ local function check_meta_maps(obj, causes)
   if md.finalizers == null then md.finalizers = nil end
 end
 
+-- The types ObjectMeta's fields decode to in Kubernetes: a value of another
+-- type is the decoder's 400, before anything reads it.
+local META_STRINGS = { "name", "generateName", "namespace", "uid", "resourceVersion",
+  "creationTimestamp", "deletionTimestamp", "selfLink" }
+
+local function check_meta_types(r, md)
+  local function refuse(field, v, want)
+    fail(400, "BadRequest", ('%s in version "%s" cannot be handled as a %s: json: cannot unmarshal %s into Go struct field ObjectMeta.metadata.%s of type %s')
+      :format(r.kind, r.version, r.kind, type(v) == "table" and "object" or type(v), field, want))
+  end
+  for _, f in ipairs(META_STRINGS) do
+    local v = md[f]
+    if v ~= nil and v ~= null and type(v) ~= "string" then refuse(f, v, "string") end
+  end
+  local fins = md.finalizers
+  if fins ~= nil and fins ~= null then
+    if type(fins) ~= "table" then refuse("finalizers", fins, "[]string") end
+    for _, f in pairs(fins) do
+      if type(f) ~= "string" then refuse("finalizers", f, "string") end
+    end
+  end
+  local refs = md.ownerReferences
+  if refs ~= nil and refs ~= null then
+    if type(refs) ~= "table" then refuse("ownerReferences", refs, "[]v1.OwnerReference") end
+    for _, ref in pairs(refs) do
+      if type(ref) ~= "table" then refuse("ownerReferences", ref, "v1.OwnerReference") end
+    end
+  end
+  for _, f in ipairs({ "generation", "deletionGracePeriodSeconds" }) do
+    local v = md[f]
+    if v ~= nil and v ~= null and math.type(v) ~= "integer" then refuse(f, v, "int64") end
+  end
+end
+
 -- type-specific defaulting of built-ins
 local function builtin_defaults(r, obj, old)
   if r.key == "/secrets" then
@@ -404,6 +438,7 @@ end
 function Server:create_object(r, ns, obj, o)
   o = o or {}
   if type(obj.metadata) ~= "table" then obj.metadata = {} end
+  check_meta_types(r, obj.metadata)
   local md = obj.metadata
   obj.apiVersion = r.api_version
   obj.kind = r.kind
@@ -457,6 +492,7 @@ end
 function Server:update_object(r, ns, new, old, o)
   o = o or {}
   local md = new.metadata
+  check_meta_types(r, md)
   local omd = old.metadata
   new.apiVersion = r.api_version
   new.kind = r.kind

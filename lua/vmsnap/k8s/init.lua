@@ -239,6 +239,47 @@ local function decode_body(res)
   return obj
 end
 
+local function bad_answer(r, what, why)
+  return nil, ("the server's answer to %s of %s is not the object asked for: %s"):format(what,
+    r.plural or r.kind or "?", why), "BAD_RESPONSE"
+end
+
+--- The decoded answer when it is an object of the kind asked for (named
+--- name, when given); else nil, message, "BAD_RESPONSE" (transient: a
+--- proxy's error page, a watch event, `{}` taken for the object would be
+--- worse than a retry).
+local function decode_object(res, r, what, name)
+  local obj, err, code = decode_body(res)
+  if obj == nil then return nil, err, code end
+  if type(obj) ~= "table" or json.is_array(obj) then return bad_answer(r, what, "not a JSON object") end
+  if r.kind and obj.kind ~= r.kind then
+    return bad_answer(r, what, ("its kind is %s"):format(obj.kind == nil and "missing" or tostring(obj.kind)))
+  end
+  local md = obj.metadata
+  if type(md) ~= "table" then return bad_answer(r, what, "it has no metadata") end
+  if type(md.name) ~= "string" or (name and md.name ~= name) then
+    return bad_answer(r, what, ("its name is %s"):format(type(md.name) == "string" and ('"' .. md.name .. '"') or "missing"))
+  end
+  return obj
+end
+
+--- The decoded answer when it is a list: items an array of objects with
+--- metadata.
+local function decode_list(res, r)
+  local obj, err, code = decode_body(res)
+  if obj == nil then return nil, err, code end
+  if type(obj) ~= "table" or type(obj.items) ~= "table" then return bad_answer(r, "a list", "it has no items") end
+  if type(obj.kind) == "string" and not obj.kind:match("List$") then
+    return bad_answer(r, "a list", ("its kind is %s"):format(obj.kind))
+  end
+  for i, it in ipairs(obj.items) do
+    if type(it) ~= "table" or type(it.metadata) ~= "table" or type(it.metadata.name) ~= "string" then
+      return bad_answer(r, "a list", ("item %d has no metadata.name"):format(i))
+    end
+  end
+  return obj
+end
+
 -- ------------------------------------------------------------ discovery
 
 local function add_resource(idx, list, r)
@@ -410,7 +451,7 @@ function Client:get(kind, name, opts)
   if not r then return nil, err, reason end
   local res, e2, reason2, st = self:request({ path = path_for(r, self:ns_of(r, opts), name) })
   if not res then return nil, e2, reason2, st end
-  return decode_body(res)
+  return decode_object(res, r, "a GET", name)
 end
 
 ---@class vmsnap.k8s.ListOpts: vmsnap.k8s.Opts
@@ -435,7 +476,7 @@ function Client:list(kind, opts)
   if not r then return nil, err, reason end
   local res, e2, reason2, st = self:request({ path = path_for(r, self:ns_of(r, opts)), query = list_query(opts) })
   if not res then return nil, e2, reason2, st end
-  return decode_body(res)
+  return decode_list(res, r)
 end
 
 --- Every object, page by page (limit per page, default 500): an iterator.
@@ -511,7 +552,7 @@ function Client:create(obj, opts)
   local res, e2, reason2, st = self:request({ method = "POST", path = path_for(r, self:ns_of(r, opts, obj)),
     query = write_query(self, opts), body = obj, idempotent = false })
   if not res then return nil, e2, reason2, st end
-  return written(self, opts, decode_body(res))
+  return written(self, opts, decode_object(res, r, "a create"))
 end
 
 local function put(self, obj, opts, sub)
@@ -523,7 +564,7 @@ local function put(self, obj, opts, sub)
     path = path_for(r, self:ns_of(r, opts, obj), obj.metadata.name, sub),
     query = write_query(self, opts), body = obj })
   if not res then return nil, e2, reason2, st end
-  return written(self, opts, decode_body(res))
+  return written(self, opts, decode_object(res, r, sub and "a status update" or "an update", obj.metadata.name))
 end
 
 --- Replace an object (optimistic concurrency through metadata.resourceVersion).
@@ -559,7 +600,7 @@ function Client:patch(kind, name, p, opts)
     path = path_for(r, self:ns_of(r, opts), name, opts.subresource), query = q, body = p,
     content_type = ct, idempotent = ptype ~= "json" })
   if not res then return nil, e2, reason2, st end
-  return written(self, opts, decode_body(res))
+  return written(self, opts, decode_object(res, r, "a patch", name))
 end
 
 --- Server-side apply of one object (field manager: opts.field_manager or
@@ -794,6 +835,13 @@ function Watch:next(timeout)
             else
               return nil, obj.message or "watch error", obj.reason or "ERROR", obj
             end
+          elseif t ~= "BOOKMARK" and (type(obj.metadata) ~= "table" or type(obj.metadata.name) ~= "string"
+              or (self.r.kind and obj.kind ~= nil and obj.kind ~= self.r.kind)) then
+            -- not an object of this watch: the stream is garbled, and what
+            -- it should have said is unknown; list again
+            self:drop_stream()
+            self.need_list = true
+            self.relists = self.relists + 1
           else
             local rv = obj.metadata and obj.metadata.resourceVersion
             if rv and rv ~= "" then self.rv = rv end

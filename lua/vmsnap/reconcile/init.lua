@@ -272,9 +272,9 @@ function Controller:supervise(n)
   end
 end
 
---- Run until stop(): informers, workers, and (if configured) leader election.
---- Returns true after a stop, or nil, message.
-function Controller:run()
+-- one term: (with leader election) wait to lead, then work until stop() or
+-- until the lease is lost
+function Controller:term()
   local le = self.opts.leader_election
   if le then
     self.elector = leader.new(self.client, le)
@@ -305,10 +305,10 @@ function Controller:run()
     helpers[#helpers + 1] = task.spawn(function()
       self.elector:keep(function() return self.stopping end)
       if not self.stopping then
-        self.log:warn("lost the leader lease; stopping")
+        self.log:warn("lost the leader lease; stopping work")
         self.lost = true
       end
-      self:stop()
+      self:halt()
     end)
   end
   self:supervise(n)
@@ -318,12 +318,34 @@ function Controller:run()
   return not self.lost or nil, self.lost and "lost the leader lease" or nil
 end
 
---- Stop: no new work; workers finish the reconcile in hand.
-function Controller:stop()
+--- Run until stop(): informers, workers, and (if configured) leader
+--- election. A controller that loses its lease stops working and is a
+--- candidate again (it does not end: a replica that could not renew for a
+--- while must be able to lead again). Returns true after a stop, or nil,
+--- message.
+function Controller:run()
+  while true do
+    local ok, err = self:term()
+    if not self.lost or self.stop_requested or self.gave_up then return ok, err end
+    self.lost, self.stopping = false, false
+    self.queue = Queue.new({ max_backoff = self.opts.max_backoff })
+    self.counters.lease_losses = (self.counters.lease_losses or 0) + 1
+    self.log:warn("a candidate for the leader lease again", { lease = self.opts.leader_election.name })
+  end
+end
+
+-- no new work; workers finish the reconcile in hand
+function Controller:halt()
   if self.stopping then return end
   self.stopping = true
   self.queue:shutdown()
   if self.elector then self.elector:stop() end
+end
+
+--- Stop for good: no new work; workers finish the reconcile in hand.
+function Controller:stop()
+  self.stop_requested = true
+  self:halt()
 end
 
 function Controller:shutdown()

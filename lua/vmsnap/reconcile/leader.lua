@@ -43,11 +43,12 @@ function Elector:try(again)
   local now = micro_time(vtime.now())
   if not lease then
     if reason ~= "NotFound" then return nil, err end
-    local created = c:create({ apiVersion = "coordination.k8s.io/v1", kind = "Lease",
+    local created, cerr, cerr_reason = c:create({ apiVersion = "coordination.k8s.io/v1", kind = "Lease",
       metadata = { name = self.name, namespace = self.namespace },
       spec = { holderIdentity = self.identity, leaseDurationSeconds = math.ceil(self.duration),
         acquireTime = now, renewTime = now, leaseTransitions = 0 } })
     if created then return true end
+    if cerr_reason ~= "AlreadyExists" then return nil, cerr end
     -- created meanwhile (the other controllers of this process start at once): look again now
     if not again then return self:try(true) end
     return false
@@ -71,10 +72,16 @@ function Elector:try(again)
   end
   lease.spec.renewTime = now
   lease.spec.leaseDurationSeconds = math.ceil(self.duration)
-  local res, _, ureason = c:update(lease)
+  local res, uerr, ureason = c:update(lease)
+  if res then return true end
   -- another controller of this process got there first: look again now
-  if not res and ureason == "Conflict" and not again then return self:try(true) end
-  return res ~= nil
+  if ureason == "Conflict" then
+    if not again then return self:try(true) end
+    return false
+  end
+  -- the write's fate is unknown (a dropped connection, an answer that is
+  -- not the Lease): not a loss; keep() gives up only after the duration
+  return nil, uerr
 end
 
 --- Wait until this candidate leads (or stop() returns true). Returns true, or nil, message.
