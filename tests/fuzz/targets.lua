@@ -64,6 +64,41 @@ function T.json(s)
   must_not_raise("yaml.dump of JSON", yaml.dump, v)
 end
 
+-- the emitters on any bytes: the input, cut at NUL and newline bytes, as
+-- keys and values (nested every third piece); json.encode and yaml.dump
+-- must answer with well-formed UTF-8 that reads back (ill-formed input
+-- becomes U+FFFD), or refuse with a message
+function T.emit(s)
+  local root, cur, i = {}, nil, 0
+  cur = root
+  for piece in (s .. "\0"):gmatch("([^%z\n]*)[%z\n]") do
+    i = i + 1
+    if i % 3 == 0 then
+      local sub = {}
+      cur[piece] = sub
+      cur = sub
+    elseif i % 3 == 1 then
+      cur[#cur + 1] = piece
+    else
+      cur["k" .. i .. piece] = piece
+    end
+    if i > 300 then break end
+  end
+  local j, jerr = must_not_raise("json.encode", json.encode, { root, s })
+  check(j or type(jerr) == "string", "json.encode failed without a message")
+  if j then
+    check(utf8.len(j) ~= nil, "json.encode wrote ill-formed UTF-8")
+    check(json.decode(j) ~= nil, "json.encode wrote what json.decode refuses")
+  end
+  local y, yerr = must_not_raise("yaml.dump", yaml.dump, { root, s })
+  check(y or type(yerr) == "string", "yaml.dump failed without a message")
+  if y then
+    check(utf8.len(y) ~= nil, "yaml.dump wrote ill-formed UTF-8")
+    local back, berr = must_not_raise("yaml.load of yaml.dump", yaml.load, y)
+    check(back ~= nil, "yaml.dump wrote what yaml.load refuses: %s", tostring(berr))
+  end
+end
+
 local kc_dir
 function T.kubeconfig(s)
   kc_dir = kc_dir or assert(fs.tempdir("vmsnap-fuzz-kc"))

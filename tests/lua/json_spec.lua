@@ -63,6 +63,20 @@ t.test("encode failures return JSON_ENCODE", function()
   cyc.self = cyc
   t.eq(select(3, json.encode(cyc)), "JSON_ENCODE")
   t.eq(select(3, json.encode(0 / 0)), "JSON_ENCODE")
+  -- two keys with one name (the fuzzer: uninitialised sort entries, a SEGV)
+  v, err, code = json.encode({ [1] = "a", ["1"] = "b", x = true })
+  t.eq(code, "JSON_ENCODE")
+  t.contains(err, 'two keys written "1"')
+  t.eq(select(3, require("vmsnap.yaml").dump({ [true] = 1, ["true"] = 2 })), "YAML_EMIT")
+end)
+
+t.test("ill-formed UTF-8 and NULs: U+FFFD on decode and encode, NULs in keys kept apart", function()
+  t.eq(json.decode('["a\xffb\xe2\x82"]')[1], "a\u{FFFD}b\u{FFFD}")
+  t.eq(json.encode({ "x\xc3" }), '["x\u{FFFD}"]')
+  t.eq(json.encode({ ["a\0b"] = 1, ["a\0c"] = 2, a = 0 }), '{"a":0,"a\\u0000b":1,"a\\u0000c":2}')
+  for _, bad in ipairs({ "[NaN]", "[Infinity]", "[-Infinity]", "[0x1F]", "[1e999]", "1e999", '{"a":[-1e400]}' }) do
+    t.eq(select(3, json.decode(bad)), "JSON_DECODE", bad)
+  end
 end)
 
 t.test("strings that look like the empty-array marker's brackets are left alone", function()

@@ -88,6 +88,18 @@ stringData:
   t.contains(out, 'note: "yes"')
 end)
 
+t.test("sequences of sequences (a nested sequence's end is not its parent's)", function()
+  for text, want in pairs({ ["[[a], b]"] = '[["a"],"b"]', ["[[a]]"] = '[["a"]]', ["[a, [b], c]"] = '["a",["b"],"c"]',
+      ["x: [[a], [b, [c]]]"] = '{"x":[["a"],["b",["c"]]]}', ["- - a\n  - b\n- c\n"] = '[["a","b"],"c"]',
+      ["[[], [[]], {}]"] = "[[],[[]],{}]" }) do
+    local v, err = yaml.load(text)
+    t.eq(v and json.encode(v), want, text .. " " .. tostring(err))
+  end
+  -- and what dump writes of them reads back
+  local v = { { "a", { "b" } }, "c" }
+  t.eq(json.encode(yaml.load(assert(yaml.dump(v)))), json.encode(v))
+end)
+
 t.test("plain scalars resolve like Kubernetes' reader", function()
   local v = assert(yaml.load("a: yes\nb: off\nc: ~\nd: 0x1f\ne: 0o17\nf: -12\ng: .inf\nh: 2026-11-24\ni: '12'\nj: !!str 12\nk:\n"))
   t.eq(v.a, true)

@@ -44,31 +44,6 @@ end
 
 local BODY_TYPES = "application/json, application/yaml, application/vnd.kubernetes.protobuf"
 
---- YAML allows keys of any type; Kubernetes (sigs.k8s.io/yaml) reads a
---- mapping's non-string keys as their text. A table whose keys are not all
---- strings or all integers (a sequence) gets them as strings.
-local function string_keys(v, depth)
-  if type(v) ~= "table" or depth > 200 then return v end
-  local strings, others = false, false
-  for k in pairs(v) do
-    if type(k) == "string" then strings = true
-    elseif math.type(k) ~= "integer" then others = true end
-  end
-  if others or strings then
-    local fix = {}
-    for k in pairs(v) do
-      if type(k) ~= "string" then fix[#fix + 1] = k end
-    end
-    for _, k in ipairs(fix) do
-      local text = k == true and "true" or k == false and "false" or tostring(k)
-      if v[text] == nil then v[text] = v[k] end
-      v[k] = nil
-    end
-  end
-  for _, x in pairs(v) do string_keys(x, depth + 1) end
-  return v
-end
-
 --- The body decoded as its Content-Type says (415 for a type that is not a
 --- body type: text/plain, none at all). `as` is the patch's own media type,
 --- when the body is a patch.
@@ -85,8 +60,7 @@ local function decode_body(req, ctype, as)
   if body == "" then fail(400, "BadRequest", "the request body is empty") end
   local obj
   if ctype == "application/yaml" or ctype == "application/apply-patch+yaml" then
-    obj, err = yaml.load(body)
-    if obj ~= nil then obj = string_keys(obj, 0) end
+    obj, err = yaml.load(body) -- mapping keys are read as text, as Kubernetes reads them
   elseif ctype == "application/vnd.kubernetes.protobuf" then
     obj, err = require("vmsnap.apiserver.protobuf").decode(body, api.base64)
     if not obj then fail(415, "UnsupportedMediaType", err) end

@@ -184,7 +184,11 @@ function M.apply(schema, obj, opts)
   end
   local keys = {}
   for k in pairs(obj) do keys[#keys + 1] = k end
-  table.sort(keys)
+  -- keys of several types (an array where an object belongs) sort by their text
+  table.sort(keys, function(a, b)
+    if type(a) == type(b) and type(a) ~= "boolean" then return a < b end
+    return tostring(a) < tostring(b)
+  end)
   for _, k in ipairs(keys) do
     if k ~= "metadata" and k ~= "apiVersion" and k ~= "kind" then
       local ps = props[k]

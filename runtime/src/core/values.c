@@ -42,6 +42,59 @@ int Vmsnap_strcmp_p(const void *a, const void *b)
 	return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
+static int key_cmp(const void *a, const void *b)
+{
+	const Vmsnap_key *x = (const Vmsnap_key *)a, *y = (const Vmsnap_key *)b;
+	int c = memcmp(x->s, y->s, x->n < y->n ? x->n : y->n);
+	return c ? c : (x->n > y->n) - (x->n < y->n);
+}
+
+Vmsnap_key *Vmsnap_sorted_keys(lua_State *L, int idx, int allow_bool, size_t *count, char *err,
+                               size_t errlen)
+{
+	size_t nk = 0, j = 0;
+	idx = lua_absindex(L, idx);
+	luaL_checkstack(L, 6, NULL);
+	lua_newtable(L); /* text -> original key */
+	int keys = lua_gettop(L);
+	lua_pushnil(L);
+	while (lua_next(L, idx)) {
+		lua_pop(L, 1);
+		int kt = lua_type(L, -1);
+		if (kt != LUA_TSTRING && kt != LUA_TNUMBER && !(allow_bool && kt == LUA_TBOOLEAN)) {
+			snprintf(err, errlen, "cannot encode a table key of type %s", luaL_typename(L, -1));
+			lua_pop(L, 1);
+			lua_pushnil(L);
+			return NULL;
+		}
+		lua_pushvalue(L, -1);
+		luaL_tolstring(L, -1, NULL);
+		lua_remove(L, -2);
+		lua_pushvalue(L, -1);
+		if (lua_rawget(L, keys) != LUA_TNIL) {
+			/* 1 and "1": one name for two keys */
+			snprintf(err, errlen, "a table has two keys written \"%.64s\"", lua_tostring(L, -2));
+			lua_pop(L, 3);
+			lua_pushnil(L);
+			return NULL;
+		}
+		lua_pop(L, 1);
+		lua_pushvalue(L, -2);
+		lua_rawset(L, keys);
+		nk++;
+	}
+	Vmsnap_key *ks = (Vmsnap_key *)lua_newuserdatauv(L, sizeof(Vmsnap_key) * (nk ? nk : 1), 0);
+	lua_pushnil(L);
+	while (lua_next(L, keys)) {
+		lua_pop(L, 1);
+		ks[j].s = lua_tolstring(L, -1, &ks[j].n); /* anchored in `keys` */
+		j++;
+	}
+	qsort(ks, nk, sizeof *ks, key_cmp);
+	*count = nk;
+	return ks;
+}
+
 void Vmsnap_fmt_double(char *buf, size_t n, double d)
 {
 	int prec;

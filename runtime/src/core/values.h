@@ -17,6 +17,21 @@ int Vmsnap_is_array_mt(lua_State *L, int idx);
 lua_Integer Vmsnap_seq_len(lua_State *L, int idx);
 /* qsort comparator for an array of C strings. */
 int Vmsnap_strcmp_p(const void *a, const void *b);
+
+/* A table key as text (numbers written as Lua writes them). */
+typedef struct Vmsnap_key {
+	const char *s;
+	size_t n;
+} Vmsnap_key;
+
+/* The keys of the table at idx as text, sorted bytewise (NULs included).
+** Pushes two values: a table from each text to its original key, and the
+** array returned (a userdata; *count entries).  Keys must be strings or
+** numbers (or booleans with allow_bool); two keys of one text (1 and "1")
+** are refused: NULL, a message in err, and the two values pushed are
+** whatever was reached (the caller is failing anyway). */
+Vmsnap_key *Vmsnap_sorted_keys(lua_State *L, int idx, int allow_bool, size_t *count, char *err,
+                               size_t errlen);
 /* The shortest %g text of a finite d that reads back as d. */
 void Vmsnap_fmt_double(char *buf, size_t n, double d);
 /* Is s[0..n) well-formed UTF-8 (no overlong forms, surrogates or code

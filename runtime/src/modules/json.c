@@ -327,51 +327,26 @@ static int enc_table(Enc *e, int idx, int depth)
 		Vmsnap_buf_addc(e->b, ']');
 		return 0;
 	}
-	/* object: collect keys as strings, sorted */
-	lua_Integer nk = 0;
-	lua_newtable(L); /* key strings -> original keys */
-	int keys = lua_gettop(L);
-	lua_pushnil(L);
-	while (lua_next(L, idx)) {
-		lua_pop(L, 1);
-		int kt = lua_type(L, -1);
-		if (kt == LUA_TSTRING) {
-			lua_pushvalue(L, -1);
-			lua_pushvalue(L, -1);
-			lua_rawset(L, keys);
-		} else if (kt == LUA_TNUMBER) {
-			lua_pushvalue(L, -1);
-			lua_tostring(L, -1); /* the copy becomes the key's text */
-			lua_pushvalue(L, -2);
-			lua_rawset(L, keys);
-		} else {
-			snprintf(e->err, sizeof e->err, "cannot encode a table key of type %s",
-			         luaL_typename(L, -1));
-			return -1;
-		}
-		nk++;
-	}
+	/* object: keys as text, sorted */
+	size_t nk, j;
+	Vmsnap_key *ks = Vmsnap_sorted_keys(L, idx, 0, &nk, e->err, sizeof e->err);
+	if (!ks)
+		return -1;
+	int keys = lua_gettop(L) - 1;
 	if (nk == 0) {
-		lua_pop(L, 1);
+		lua_pop(L, 2);
 		Vmsnap_buf_adds(e->b, "{}");
 		return 0;
 	}
-	const char **names = (const char **)lua_newuserdatauv(L, sizeof(char *) * (size_t)nk, 0);
-	lua_Integer j = 0;
-	lua_pushnil(L);
-	while (lua_next(L, keys)) {
-		lua_pop(L, 1);
-		names[j++] = lua_tostring(L, -1); /* anchored in `keys` */
-	}
-	qsort(names, (size_t)nk, sizeof(char *), Vmsnap_strcmp_p);
 	Vmsnap_buf_addc(e->b, '{');
 	for (j = 0; j < nk; j++) {
 		if (j > 0)
 			Vmsnap_buf_addc(e->b, ',');
 		newline(e, depth + 1);
-		enc_string(e, names[j], strlen(names[j]));
+		enc_string(e, ks[j].s, ks[j].n);
 		Vmsnap_buf_adds(e->b, e->indent ? ": " : ":");
-		lua_getfield(L, keys, names[j]); /* original key */
+		lua_pushlstring(L, ks[j].s, ks[j].n);
+		lua_rawget(L, keys); /* original key */
 		lua_rawget(L, idx);
 		if (enc_value(e, lua_gettop(L), depth + 1))
 			return -1;
@@ -379,7 +354,7 @@ static int enc_table(Enc *e, int idx, int depth)
 	}
 	newline(e, depth);
 	Vmsnap_buf_addc(e->b, '}');
-	lua_pop(L, 2); /* names, keys */
+	lua_pop(L, 2); /* the key array, keys */
 	return 0;
 }
 

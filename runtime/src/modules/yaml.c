@@ -317,12 +317,18 @@ static int parse_node(Parser *p, int depth, long long *size)
 		save_anchor(p, anchor, -1);
 		p->literal++;
 		for (;;) {
-			if (next_event(p) || (p->event.type != YAML_SEQUENCE_END_EVENT && parse_node(p, depth + 1, &sub))) {
+			if (next_event(p)) {
 				free(name);
 				return -1;
 			}
+			/* looked at before the item is parsed: after a nested
+			** sequence, the current event is that sequence's end */
 			if (p->event.type == YAML_SEQUENCE_END_EVENT)
 				break;
+			if (parse_node(p, depth + 1, &sub)) {
+				free(name);
+				return -1;
+			}
 			total += sub;
 			lua_rawseti(L, t, ++i);
 		}
@@ -574,51 +580,30 @@ static int dump_table(Emitter *e, int idx, int depth)
 		return emit(e);
 	}
 	/* mapping; keys as text, sorted */
-	lua_newtable(L);
-	int keys = lua_gettop(L);
-	lua_Integer nk = 0;
-	lua_pushnil(L);
-	while (lua_next(L, idx)) {
-		lua_pop(L, 1);
-		int kt = lua_type(L, -1);
-		if (kt != LUA_TSTRING && kt != LUA_TNUMBER && kt != LUA_TBOOLEAN) {
-			snprintf(e->err, sizeof e->err, "yaml: cannot dump a key of type %s",
-			         luaL_typename(L, -1));
-			return -1;
-		}
-		lua_pushvalue(L, -1);
-		luaL_tolstring(L, -1, NULL);
-		lua_remove(L, -2);
-		lua_pushvalue(L, -2);
-		lua_rawset(L, keys);
-		nk++;
+	size_t nk, j;
+	char kerr[200];
+	Vmsnap_key *ks = Vmsnap_sorted_keys(L, idx, 1, &nk, kerr, sizeof kerr);
+	if (!ks) {
+		snprintf(e->err, sizeof e->err, "yaml: %s", kerr);
+		return -1;
 	}
+	int keys = lua_gettop(L) - 1;
 	yaml_mapping_start_event_initialize(&e->ev, NULL, NULL, 1,
 	                                    nk == 0 ? YAML_FLOW_MAPPING_STYLE
 	                                            : YAML_BLOCK_MAPPING_STYLE);
 	if (emit(e))
 		return -1;
-	if (nk > 0) {
-		const char **names = (const char **)lua_newuserdatauv(L, sizeof(char *) * (size_t)nk, 0);
-		lua_Integer j = 0;
-		lua_pushnil(L);
-		while (lua_next(L, keys)) {
-			lua_pop(L, 1);
-			names[j++] = lua_tostring(L, -1);
-		}
-		qsort(names, (size_t)nk, sizeof(char *), Vmsnap_strcmp_p);
-		for (j = 0; j < nk; j++) {
-			lua_getfield(L, keys, names[j]); /* original key */
-			if (dump_value(e, lua_gettop(L), depth + 1))
-				return -1;
-			lua_rawget(L, idx);
-			if (dump_value(e, lua_gettop(L), depth + 1))
-				return -1;
-			lua_pop(L, 1);
-		}
+	for (j = 0; j < nk; j++) {
+		lua_pushlstring(L, ks[j].s, ks[j].n);
+		lua_rawget(L, keys); /* original key */
+		if (dump_value(e, lua_gettop(L), depth + 1))
+			return -1;
+		lua_rawget(L, idx);
+		if (dump_value(e, lua_gettop(L), depth + 1))
+			return -1;
 		lua_pop(L, 1);
 	}
-	lua_pop(L, 1);
+	lua_pop(L, 2); /* the key array, keys */
 	yaml_mapping_end_event_initialize(&e->ev);
 	return emit(e);
 }
