@@ -402,4 +402,34 @@ t.test("faults: a cut watch reconnects; answered with 410 it relists and reports
   t.eq(assert(w:next(5)).object.data.v, "2")
 end)
 
+t.test("faults: an informer whose watch and lists fail for a while forgets what was deleted meanwhile; garbled events are not objects", function()
+  fp:clear()
+  for _, n in ipairs({ "keep-a", "gone-b" }) do
+    assert(c:create({ apiVersion = "v1", kind = "ConfigMap", metadata = { name = n, labels = { inf = "ghost" } } }))
+  end
+  local qc = assert(k8s.client({ server = fp.url, token = srv.token, retries = 0, deadline = 5 }))
+  local inf <close> = qc:informer("configmap", { label_selector = "inf=ghost" })
+  inf:start()
+  assert(inf:wait_synced(10))
+  t.ok(inf:get("default", "gone-b"))
+  -- the watch is cut; reconnects and lists fail (a 500, garbage, an event as the answer) while gone-b is deleted
+  fp:plan(CM, "cut:100,500,empty200,event200,junk200,503")
+  fp:reset()
+  task.sleep(0.3)
+  assert(c:delete("configmap", "gone-b"))
+  assert(c:patch("configmap", "keep-a", { data = { v = "after" } }))
+  local ok = false
+  for _ = 1, 100 do
+    local a = inf:get("default", "keep-a")
+    if not inf:get("default", "gone-b") and a and a.data and a.data.v == "after" then ok = true break end
+    task.sleep(0.1)
+  end
+  t.ok(ok, "the deletion and the change are seen once the answers are good again")
+  t.eq(fp:stats().faulted, 6, "every bad answer was given")
+  for _, o in ipairs(inf:list()) do
+    t.ok(type(o.metadata) == "table" and o.metadata.name, "only objects in the cache")
+  end
+  fp:clear()
+end)
+
 t.done()

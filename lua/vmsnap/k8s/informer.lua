@@ -175,16 +175,22 @@ function Informer:start()
         task.sleep(1)
       else
         self.watch = w
+        local fails = 0
         while not self.stopped do
           local ev, e2, c2 = w:next()
           if not ev then
-            self.log:warn("watch failed; starting over", { kind = self.label, error = e2, code = c2 })
-            break
-          end
-          if ev.type == "SYNCED" then
+            -- the same watch again: it reconnects or lists again itself,
+            -- and remembers what it reported (a new watch would not know
+            -- what was deleted meanwhile, and the cache would keep it)
+            fails = fails + 1
+            self.log:warn("watch failed; retrying", { kind = self.label, error = e2, code = c2 })
+            task.sleep(math.min(5, 0.2 * 2 ^ math.min(fails - 1, 5)))
+          elseif ev.type == "SYNCED" then
+            fails = 0
             self.synced = true
             self.sync_ch:close() -- wakes every wait_synced
           else
+            fails = 0
             self:apply(ev)
           end
         end

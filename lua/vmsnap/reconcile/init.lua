@@ -64,7 +64,7 @@ Controller.__index = Controller
 ---@field workers? integer            (default 4)
 ---@field fresh? boolean               read the object from the API at each pass, not from the
 ---                                    cache (for reconciles whose actions must not come from a stale copy)
----@field max_backoff? number         seconds (default 60)
+---@field max_backoff? number         seconds (default 20: a failing object is tried again at least this often, so that everything converges soon after an outage)
 ---@field resync? number              seconds between looks at every object even without a change
 ---                                    (default 300; 0 = never)
 ---@field leader_election? {name: string, namespace?: string, identity?: string, duration?: number}

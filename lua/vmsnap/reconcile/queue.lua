@@ -16,7 +16,7 @@ Queue.__index = Queue
 function M.new(opts)
   opts = opts or {}
   return setmetatable({ items = {}, head = 1, tail = 0, queued = {}, processing = {}, dirty = {}, failures = {},
-    timers = {}, max_backoff = opts.max_backoff or 60, closed = false, ch = task.channel(1 << 30) }, Queue)
+    timers = {}, max_backoff = opts.max_backoff or 20, closed = false, ch = task.channel(1 << 30) }, Queue)
 end
 
 function Queue:len()
