@@ -56,7 +56,8 @@ local Result = {}
 Result.__index = Result
 
 --- Not done yet: the object shows `reason` and `message`; look again after
---- `after` seconds (nil: when a watched object changes).
+--- `after` seconds (nil: when a watched object changes, and after
+--- M.RECHECK seconds at the latest — an event lost on the way costs no more).
 ---@param reason string
 ---@param message string
 ---@param after? number
@@ -72,6 +73,9 @@ function M.pause(after)
 end
 
 function M.is_result(v) return getmetatable(v) == Result end
+
+--- The longest a waiting object goes unlooked at (seconds).
+M.RECHECK = 30
 
 -- ------------------------------------------------------------ step lists
 
@@ -390,7 +394,7 @@ local function show_wait(W, ctx, obj, step, r)
   local ev = W.events and W.events.wait
   if type(ev) == "table" then ev = ev[obj.status.phase] end
   if changed and ev then ctx:event("Normal", ev, r.message) end
-  if r.after then ctx:requeue_after(r.after) end
+  ctx:requeue_after(r.after or M.RECHECK)
 end
 
 
