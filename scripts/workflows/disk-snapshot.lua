@@ -19,8 +19,13 @@ local workflow = require("vmsnap.workflow")
 local steps = require("vmsnap.reconcile.steps")
 local errors = require("vmsnap.errors")
 local object = require("vmsnap.k8s.object")
+local vtime = require("vmsnap.time")
 
 local W = {}
+
+--- Seconds past its freeze's deadline that a VM snapshot's child waits for
+--- the VM snapshot's verdict on its cut before it judges it unproven.
+W.VERDICT_GRACE = 10
 
 W.kind = "VirtualDiskSnapshot"
 W.finalizer = "virtualization.deckhouse.io/vdsnapshot-cleanup"
@@ -204,7 +209,17 @@ function W.cut(ctx, vds, facts)
   if vm_snapshot_child(vds) then
     -- the VM snapshot judged the cut when it thawed
     local verdict = object.annotation(vds, freezes.CUT)
-    if verdict == nil then return waiting end
+    if verdict == nil then
+      -- it thaws by the freeze's deadline at the latest: a verdict that has
+      -- not come W.VERDICT_GRACE seconds after it will not come
+      local f = ctx.memo.freeze
+      local at = freezes.frozen_at(vds)
+      local deadline = f and f.deadline or (at and at / 1000 + freezes.budget(vds))
+      if not deadline then return waiting end
+      local late = vtime.now() - (deadline + W.VERDICT_GRACE)
+      if late < 0 then return steps.wait(waiting.reason, waiting.message, math.max(0.2, -late)) end
+      return judge(ctx, vds, false, "the virtual machine snapshot gave no verdict on the cut by its freeze's deadline")
+    end
     return judge(ctx, vds, verdict == "consistent", "the virtual machine snapshot's freeze did not cover the cut")
   end
   local freeze = ctx.memo.freeze

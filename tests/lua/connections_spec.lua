@@ -10,6 +10,10 @@ local fs = require("vmsnap.fs")
 local h = require("helpers")
 
 local FLOOD = h.build .. "/tests/connflood"
+-- the sanitizers make every TLS handshake several times slower: the
+-- 100 ms bound is the release build's
+local SANITIZED = (require("vmsnap.core.runtime").versions().build or ""):find("sanitize") ~= nil
+local PROMPT = SANITIZED and 0.5 or 0.1
 
 
 --- Start connflood; returns it once every connection is open.
@@ -66,7 +70,7 @@ t.test("1,100 idle and 20 trickling connections: a normal client is served at on
   task.sleep(0.5) -- they are connected; let the server take them from its backlog
   local worst = slowest_get(srv, 10)
   print(("# with 1,120 hostile connections open: the slowest of 10 GETs (each a new TLS connection) took %.1f ms"):format(worst * 1000))
-  t.ok(worst < 0.1, "served in < 100 ms")
+  t.ok(worst < PROMPT, ("served in < %d ms"):format(PROMPT * 1000))
   local r = report(f, 20)
   print("# " .. ("closed by the server: %d idle at %.2f s, %d trickling at %.2f s (header timeout 3 s)"):format(
     r.idle[1], r.idle[2], r.trickle[1], r.trickle[2]))
@@ -75,7 +79,7 @@ t.test("1,100 idle and 20 trickling connections: a normal client is served at on
   t.ok(r.idle[2] >= 2.5 and r.idle[2] < 6, "at the header timeout")
   t.ok(r.trickle[2] >= 2.5 and r.trickle[2] < 6, "at the header timeout")
   t.eq(r.refused, 0, "none refused under the default limits")
-  t.ok(slowest_get(srv, 3) < 0.1)
+  t.ok(slowest_get(srv, 3) < PROMPT)
 end)
 
 t.test("past the per-address limit a connection is closed at once; other addresses are still served", function()
@@ -83,7 +87,7 @@ t.test("past the per-address limit a connection is closed at once; other address
   -- one hostile address: 80 connections, 30 past its limit
   local f <close> = flood(srv.port, { "--source", "127.0.0.2", "--idle", 80, "--seconds", 3 })
   -- the test's own address is another one and is served meanwhile
-  t.ok(slowest_get(srv, 3) < 0.1)
+  t.ok(slowest_get(srv, 3) < PROMPT)
   local r = report(f, 10)
   t.eq(r.refused, 30, "30 past the per-address limit of 50 refused")
   t.eq(r.idle[1], 0, "the 50 within the limit were held open for the 3 s")
@@ -109,7 +113,7 @@ t.test("past the total limit connections wait for a free slot; the header timeou
   -- then and were still open when the floods ended
   t.ok(closed >= 90 and closed <= 110, ("%d of 135 closed by the server within 5 s"):format(closed))
   t.ok(task.now() - t0 < 10)
-  t.ok(slowest_get(srv, 3) < 0.1, "served at once when the flood is gone")
+  t.ok(slowest_get(srv, 3) < PROMPT, "served at once when the flood is gone")
 end)
 
 t.test("a watch waiting for events outlives the idle and header timeouts", function()
