@@ -41,25 +41,39 @@ function M.format(t)
   return os.date("!%Y-%m-%dT%H:%M:%SZ", t) --[[@as string]]
 end
 
-local UNIT = { ms = 0.001, s = 1, m = 60, h = 3600 }
+local UNIT = { h = 3600, m = 60, s = 1, ms = 0.001, us = 1e-6, ["µs"] = 1e-6, ns = 1e-9 }
 
---- Seconds of a duration written as Go and kubectl write them ("90s", "2m",
---- "1h30m", "500ms", "1.5s") or as a plain number of seconds ("30"); nil
---- for anything else (a negative duration, "abc", "5 s", "1d").
+--- Seconds of a Go duration ("30s", "1m30s", "500ms", "2h", "0"), as the
+--- Kubernetes API writes them (unfreezeTimeout, latencies); nil otherwise.
 ---@param s any
 ---@return number?
-function M.duration(s)
-  if type(s) == "number" then return s >= 0 and s or nil end
+function M.go_duration(s)
   if type(s) ~= "string" or s == "" then return nil end
-  if s:match("^%d+%.?%d*$") then return tonumber(s) end
+  if s == "0" then return 0 end
   local total, pos = 0, 1
   while pos <= #s do
     local num, unit, e = s:match("^(%d+%.?%d*)(%a+)()", pos)
-    if not num or not UNIT[unit] then return nil end
+    if not num or not UNIT[unit] then
+      -- "µ" is two bytes, not %a
+      num, e = s:match("^(%d+%.?%d*)µs()", pos)
+      if not num then return nil end
+      unit = "µs"
+    end
     total = total + tonumber(num) * UNIT[unit]
     pos = e
   end
   return total
+end
+
+--- Seconds of a duration on a command line: a Go duration ("90s", "2m",
+--- "1h30m", "500ms") or a plain number of seconds ("30"); nil for anything
+--- else (a negative duration, "abc", "5 s", "1d").
+---@param s any
+---@return number?
+function M.duration(s)
+  if type(s) == "number" then return s >= 0 and s or nil end
+  if type(s) == "string" and s:match("^%d+%.?%d*$") then return tonumber(s) end
+  return M.go_duration(s)
 end
 
 return M

@@ -20,19 +20,7 @@ local M = {}
 local plog = log.new("platform.freeze")
 
 --- Seconds of a Go-style duration ("30s", "1m30s", "500ms", "2h"), or nil.
-function M.parse_duration(s)
-  if type(s) ~= "string" or s == "" then return nil end
-  if s == "0" then return 0 end
-  local total, rest = 0, s
-  local units = { h = 3600, m = 60, s = 1, ms = 0.001, us = 1e-6, ["µs"] = 1e-6, ns = 1e-9 }
-  while rest ~= "" do
-    local num, unit, tail = rest:match("^(%d+%.?%d*)(%a+)(.*)$")
-    if not num or not units[unit] then return nil end
-    total = total + tonumber(num) * units[unit]
-    rest = tail
-  end
-  return total
-end
+M.parse_duration = require("vmsnap.time").go_duration
 
 local function agent_for(vm)
   local a = vm.metadata.annotations or {}
