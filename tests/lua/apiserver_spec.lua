@@ -156,6 +156,37 @@ t.test("what once was a 500 is the right 4xx: media types, NaN, huge limits, mix
   t.eq(r.status, 400)
 end)
 
+t.test("query booleans as Kubernetes reads them (watch=True is a watch); a merge patch that is not an object is 400", function()
+  local CM = "/api/v1/namespaces/default/configmaps"
+  req("POST", CM, '{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"qb"},"data":{"a":"1"}}')
+  for _, v in ipairs({ "True", "TRUE", "1", "t", "yes" }) do
+    local res = assert(srv:request({ path = CM .. "?watch=" .. v .. "&fieldSelector=metadata.name%3Dqb", stream = true, timeout = 10 }))
+    local line = res:read(5)
+    res:close()
+    t.contains(line or "", '"type":"ADDED"', "watch=" .. v .. " is a watch")
+  end
+  for _, v in ipairs({ "false", "FALSE", "0" }) do
+    t.eq(req("GET", CM .. "?watch=" .. v).obj.kind, "ConfigMapList", "watch=" .. v .. " is a list")
+  end
+  -- server-side apply with force=True takes the field over
+  local ap = { ["Content-Type"] = "application/apply-patch+yaml" }
+  local doc = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: qb}\ndata: {a: mine}\n"
+  t.eq(req("PATCH", CM .. "/qb?fieldManager=other", doc, ap).status, 409)
+  local r = req("PATCH", CM .. "/qb?fieldManager=other&force=True", doc, ap)
+  t.eq(r.status, 200)
+  t.eq(r.obj.data.a, "mine")
+  req("POST", VDS, vds("mp"))
+  for _, body in ipairs({ "[1,2]", '"x"', "12", "[]" }) do
+    for _, path in ipairs({ CM .. "/qb", VDS .. "/mp" }) do
+      r = req("PATCH", path, body, { ["Content-Type"] = "application/merge-patch+json" })
+      t.eq(r.status, 400, path .. " " .. body)
+      t.contains(r.obj.message or "", "must be a JSON object")
+    end
+  end
+  t.eq(req("GET", CM .. "/qb").obj.data.a, "mine", "nothing stored")
+  t.eq(req("GET", CM .. "/qb").obj["1"], nil)
+end)
+
 t.test("invalid UTF-8 is stored as U+FFFD, as Kubernetes does; every output of it is well-formed", function()
   local CM = "/api/v1/namespaces/default/configmaps"
   local r = req("POST", CM, '{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"bad-utf8"},"data":{"k":"a\xff\xfeb\xc3","k\x80":"v"}}')

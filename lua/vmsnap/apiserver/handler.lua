@@ -42,6 +42,13 @@ end
 
 -- ------------------------------------------------------------ request parsing
 
+--- A boolean query parameter as Kubernetes reads one: absent is false, "0"
+--- and "false" (any case) are false, anything else is true ("True", "1", "").
+local function query_bool(v)
+  if v == nil then return false end
+  return not (v == "0" or v:lower() == "false")
+end
+
 local BODY_TYPES = "application/json, application/yaml, application/vnd.kubernetes.protobuf"
 
 --- The body decoded as its Content-Type says (415 for a type that is not a
@@ -251,10 +258,10 @@ local function watch_stream(S, req, ctx, r, ns, args, accept)
   local timeout = tonumber(args.timeoutSeconds)
   if not timeout or timeout <= 0 then timeout = 1800 + math.random(0, 1800) end
   local w = { req = req, res = r, ns = ns, labels = labels, fields = fields,
-    table = wants_table(accept), bookmarks = args.allowWatchBookmarks == "true",
+    table = wants_table(accept), bookmarks = query_bool(args.allowWatchBookmarks),
     deadline = os.time() + timeout }
   local rv = args.resourceVersion
-  local send_initial = args.sendInitialEvents == "true"
+  local send_initial = query_bool(args.sendInitialEvents)
   if send_initial or rv == nil or rv == "" or rv == "0" then
     local initial = {}
     S.store:each(r.key, ns, function(_, _, _, o)
@@ -392,7 +399,7 @@ local function do_patch(S, req, ctx, r, ns, name, sub, args)
     if p.kind == nil or p.apiVersion == nil then
       fail(400, "BadRequest", "apply patch must carry apiVersion and kind")
     end
-    local force = args.force == "true"
+    local force = query_bool(args.force)
     local function apply(live)
       local res, conflicts = patch.apply(live, p, mgr, force, r.api_version, now, sub)
       if not res then
@@ -418,10 +425,10 @@ local function do_patch(S, req, ctx, r, ns, name, sub, args)
   if not old then api.not_found(r, name) end
   local new, err
   if kind == "merge" then
-    if type(p) ~= "table" or json.is_array(p) then fail(400, "BadRequest", "a merge patch must be a JSON object") end
+    if not is_object(p) then fail(400, "BadRequest", "the body of the request is not a merge patch: a merge patch must be a JSON object") end
     new = patch.merge(old, p)
   elseif kind == "strategic" then
-    if type(p) ~= "table" or json.is_array(p) then fail(400, "BadRequest", "a strategic merge patch must be a JSON object") end
+    if not is_object(p) then fail(400, "BadRequest", "the body of the request is not a strategic merge patch: it must be a JSON object") end
     new = patch.strategic(old, p)
   else
     new, err = patch.json_patch(old, p)
@@ -446,7 +453,7 @@ local function delete_opts(req, ctx, args)
     o = d
   end
   if args.propagationPolicy then o.propagationPolicy = args.propagationPolicy end
-  if args.orphanDependents then o.orphanDependents = args.orphanDependents == "true" end
+  if args.orphanDependents then o.orphanDependents = query_bool(args.orphanDependents) end
   local pp = o.propagationPolicy
   if pp ~= nil and pp ~= "Background" and pp ~= "Foreground" and pp ~= "Orphan" then
     fail(422, "Invalid", ('DeleteOptions.meta.k8s.io "" is invalid: propagationPolicy: Unsupported value: "%s": supported values: "Background", "Foreground", "Orphan"'):format(tostring(pp)))
@@ -573,7 +580,7 @@ local function handle(S, req, ctx)
   if r.deprecated then
     ctx.warn(r.deprecation_warning or (("%s %s is deprecated"):format(r.api_version, r.kind)))
   end
-  if args.watch == "true" or args.watch == "1" then is_watch = true end
+  if query_bool(args.watch) then is_watch = true end
   if not name then
     if method == "GET" then
       if is_watch then return watch_stream(S, req, ctx, r, ns, args, accept) end
