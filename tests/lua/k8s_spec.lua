@@ -19,7 +19,11 @@ t.test("kinds resolve through discovery: short names, kinds, plural.group, objec
   t.eq(assert(c:resource("vdsnapshot")).plural, "virtualdisksnapshots")
   t.eq(assert(c:resource("VirtualDiskSnapshot")).plural, "virtualdisksnapshots")
   t.eq(assert(c:resource("virtualdisksnapshots.virtualization.deckhouse.io")).kind, "VirtualDiskSnapshot")
-  t.eq(assert(c:resource("vds")).plural, "virtualdisks", "vds is VirtualDisk's short name, as upstream")
+  -- upstream's short names: vds and vms are the snapshots, not the disks and VMs
+  t.eq(assert(c:resource("vds")).plural, "virtualdisksnapshots")
+  t.eq(assert(c:resource("vms")).plural, "virtualmachinesnapshots")
+  t.eq(assert(c:resource("vd")).plural, "virtualdisks")
+  t.eq(assert(c:resource("vm")).plural, "virtualmachines")
   t.eq(assert(c:resource({ apiVersion = "v1", kind = "Secret" })).plural, "secrets")
   local r, err, reason = c:resource("nosuchthing")
   t.eq(r, nil)

@@ -38,7 +38,7 @@ t.test("api-resources lists the virtualization kinds with short names", function
   local out = ok({ "api-resources" })
   t.contains(out, "virtualdisksnapshots")
   local line = out:match("\n(virtualdisksnapshots[^\n]*)")
-  t.contains(line, "vdsnapshot,vdsnapshots")
+  t.contains(line, "vdsnapshot,vds")
   t.contains(line, "virtualization.deckhouse.io/v1alpha2")
   t.contains(line, "VirtualDiskSnapshot")
   t.contains(out, "volumesnapshotclasses")
@@ -90,6 +90,31 @@ t.test("categories and explain", function()
   out = ok({ "explain", "vdsnapshot.spec" })
   t.contains(out, "virtualDiskName")
   t.contains(out, "-required-")
+end)
+
+t.test("short names and categories are upstream's: delete vms deletes VM snapshots, not VMs; all holds only VMs of ours", function()
+  local G = "apiVersion: virtualization.deckhouse.io/v1alpha2\n"
+  local N = { "-n", "shortnames" }
+  local function okn(args, o)
+    local a = { table.unpack(args) }
+    for _, x in ipairs(N) do a[#a + 1] = x end
+    return ok(a, o)
+  end
+  ok({ "create", "namespace", "shortnames" })
+  okn({ "apply", "-f", "-" }, { stdin = G .. "kind: VirtualMachine\nmetadata: {name: sn-vm}\nspec: {runPolicy: AlwaysOff, blockDeviceRefs: [{kind: VirtualDisk, name: sn-d}]}\n---\n" ..
+    G .. "kind: VirtualMachineSnapshot\nmetadata: {name: sn-vms}\nspec: {virtualMachineName: sn-vm}\n---\n" ..
+    G .. "kind: VirtualDisk\nmetadata: {name: sn-d}\nspec: {persistentVolumeClaim: {size: 1Mi}}\n---\n" ..
+    G .. "kind: VirtualDiskSnapshot\nmetadata: {name: sn-vds}\nspec: {virtualDiskName: sn-d}\n" })
+  local out = okn({ "get", "all", "-o", "name" })
+  t.contains(out, "virtualmachine.virtualization.deckhouse.io/sn-vm")
+  t.eq(out:find("virtualdisk", 1, true), nil, "no disks or disk snapshots in all")
+  t.eq(out:find("virtualmachinesnapshot", 1, true), nil, "no VM snapshots in all")
+  t.contains(okn({ "get", "vds", "-o", "name" }), "virtualdisksnapshot.virtualization.deckhouse.io/sn-vds")
+  t.contains(okn({ "delete", "vms", "--all" }), 'virtualmachinesnapshot.virtualization.deckhouse.io "sn-vms" deleted')
+  t.contains(okn({ "get", "vm", "-o", "name" }), "sn-vm", "the VM is still there")
+  t.contains(okn({ "delete", "vds", "--all" }), '"sn-vds" deleted')
+  t.contains(okn({ "get", "vd", "-o", "name" }), "sn-d", "the disk is still there")
+  ok({ "delete", "namespace", "shortnames" })
 end)
 
 t.test("get vdsnapshot prints NAME PHASE CONSISTENT AGE; status shows after a status patch", function()
