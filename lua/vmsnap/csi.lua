@@ -73,9 +73,10 @@ function M.resolve_class(client, storage_class)
 end
 
 --- The name of a VirtualDisk's claim: `vd-<disk>-<uid>` (docs/behaviour.md
---- a.4), as the platform names it.
+--- a.4), as the platform names it; for a disk name too long for that, the
+--- name is cut and a hash keeps it unique (object.bounded_name).
 function M.claim_name(vd)
-  return ("vd-%s-%s"):format(vd.metadata.name, vd.metadata.uid):sub(1, 253)
+  return require("vmsnap.k8s.object").bounded_name("vd-" .. vd.metadata.name, vd.metadata.uid)
 end
 
 --- The default StorageClass (annotated storageclass.kubernetes.io/is-default-class),

@@ -209,7 +209,7 @@ end
 -- ------------------------------------------------------------ children
 
 --- The name of the child of a disk: `<disk>-<snapshot uid>` (b.4.2 step 14).
-function W.child_name(vms, disk) return ("%s-%s"):format(disk, vms.metadata.uid) end
+function W.child_name(vms, disk) return object.bounded_name(disk, vms.metadata.uid) end
 
 --- The child VirtualDiskSnapshot of one disk, as it is created.
 function W.child_of(ctx, vms, d, marks)

@@ -187,6 +187,23 @@ t.test("query booleans as Kubernetes reads them (watch=True is a watch); a merge
   t.eq(req("GET", CM .. "/qb").obj["1"], nil)
 end)
 
+t.test("names: a DNS subdomain of up to 253 characters (no 63 limit per label); namespaces are labels of 63", function()
+  local CM = "/api/v1/namespaces/default/configmaps"
+  local function cm(name) return json.encode({ apiVersion = "v1", kind = "ConfigMap", metadata = { name = name } }) end
+  t.eq(req("POST", CM, cm(("a"):rep(100))).status, 201, "100 characters, no dots")
+  t.eq(req("POST", CM, cm(("b"):rep(253))).status, 201, "253 characters")
+  local r = req("POST", CM, cm(("c"):rep(254)))
+  t.eq(r.status, 422)
+  t.contains(r.obj.message, "must be no more than 253 characters")
+  t.eq(r.obj.message:find("RFC 1123", 1, true), nil, "the length alone is said")
+  r = req("POST", CM, cm("Bad_Name"))
+  t.eq(r.status, 422)
+  t.contains(r.obj.message, "a lowercase RFC 1123 subdomain")
+  r = req("POST", "/api/v1/namespaces", json.encode({ apiVersion = "v1", kind = "Namespace", metadata = { name = ("n"):rep(64) } }))
+  t.eq(r.status, 422)
+  t.contains(r.obj.message, "must be no more than 63 characters")
+end)
+
 t.test("invalid UTF-8 is stored as U+FFFD, as Kubernetes does; every output of it is well-formed", function()
   local CM = "/api/v1/namespaces/default/configmaps"
   local r = req("POST", CM, '{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"bad-utf8"},"data":{"k":"a\xff\xfeb\xc3","k\x80":"v"}}')

@@ -75,6 +75,30 @@ t.test("d.1 #1-3: an unattached disk, happy path; the VolumeSnapshot's shape; tw
   _ = d1; _ = seen_vs_before_inprogress
 end)
 
+t.test("long names: a disk of any valid name is provisioned (its claim name cut with a hash) and snapshotted", function()
+  local names = { "vd-attached-after-vm-snapshotting-0", ("long-"):rep(40) .. "disk", ("x"):rep(253) }
+  for _, n in ipairs(names) do disk(n) end
+  for i, n in ipairs(names) do
+    local vd = wait("vd", n, phase_is("Ready"), 30)
+    t.ok(vd, ("disk %d (%d characters) Ready: %s"):format(i, #n, json.encode((c:get("vd", n) or {}).status)))
+    local claim = vd and vd.status.target.persistentVolumeClaimName
+    t.ok(claim and #claim <= 253 and claim:match("^[a-z0-9][-a-z0-9.]*[a-z0-9]$"), tostring(claim))
+    if #n < 200 then t.eq(claim, "vd-" .. n .. "-" .. vd.metadata.uid, "short enough: the platform's name as is") end
+  end
+  -- two long names that differ only past the cut get different claims
+  local a, b = ("y"):rep(250) .. "a", ("y"):rep(250) .. "b"
+  disk(a) disk(b)
+  local va, vb = wait("vd", a, phase_is("Ready"), 30), wait("vd", b, phase_is("Ready"), 30)
+  t.ok(va and vb and va.status.target.persistentVolumeClaimName ~= vb.status.target.persistentVolumeClaimName)
+  snapshot("long-name-snap", names[3])
+  t.ok(wait("vdsnapshot", "long-name-snap", phase_is("Ready"), 30), "a snapshot of the 253-character disk")
+  local bn = require("vmsnap.k8s.object").bounded_name
+  t.eq(bn("short", "uid"), "short-uid")
+  local long = bn(("z"):rep(300) .. "-.", "0123", 63)
+  t.eq(#long, 63)
+  t.ok(long:match("^z+%-%x%x%x%x%x%x%x%x%-0123$"), long)
+end)
+
 t.test("Decision 5: without a class, the storage class's is used; no match is a clear failure", function()
   disk("d-auto")
   assert(wait("vd", "d-auto", phase_is("Ready")))

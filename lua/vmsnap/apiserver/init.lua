@@ -58,16 +58,27 @@ M.base64 = base64
 local SUBDOMAIN_MSG = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
 local LABEL_MSG = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
 
+-- the shape of an RFC 1123 label, whatever its length
+local function label_shape(s)
+  return s:match("^[a-z0-9]$") ~= nil or s:match("^[a-z0-9][-a-z0-9]*[a-z0-9]$") ~= nil
+end
+
 local function is_label(s)
-  return #s <= 63 and s:match("^[a-z0-9]$") ~= nil or (#s <= 63 and s:match("^[a-z0-9][-a-z0-9]*[a-z0-9]$") ~= nil)
+  return #s <= 63 and label_shape(s)
+end
+
+-- a DNS subdomain as Kubernetes checks one: at most 253 characters, labels
+-- of the label shape joined by dots (no per-label length limit)
+local function subdomain_shape(s)
+  if #s == 0 then return false end
+  for part in (s .. "."):gmatch("(.-)%.") do
+    if not label_shape(part) then return false end
+  end
+  return true
 end
 
 local function is_subdomain(s)
-  if #s == 0 or #s > 253 then return false end
-  for part in (s .. "."):gmatch("(.-)%.") do
-    if not is_label(part) then return false end
-  end
-  return true
+  return #s <= 253 and subdomain_shape(s)
 end
 M.is_subdomain = is_subdomain
 
@@ -291,12 +302,14 @@ local function check_meta_name(r, obj, causes)
       message = "Required value: name or generateName is required" }
     return
   end
-  if r.plural == "namespaces" then
-    if not is_label(name) then
-      causes[#causes + 1] = { field = "metadata.name", message = ('Invalid value: "%s": %s'):format(name, LABEL_MSG) }
-    end
-  elseif not is_subdomain(name) then
-    causes[#causes + 1] = { field = "metadata.name", message = ('Invalid value: "%s": %s'):format(name, SUBDOMAIN_MSG) }
+  local max, shape_ok, shape_msg = 253, subdomain_shape(name), SUBDOMAIN_MSG
+  if r.plural == "namespaces" then max, shape_ok, shape_msg = 63, label_shape(name), LABEL_MSG end
+  if #name > max then
+    causes[#causes + 1] = { field = "metadata.name",
+      message = ('Invalid value: "%s": must be no more than %d characters'):format(name, max) }
+  end
+  if not shape_ok then
+    causes[#causes + 1] = { field = "metadata.name", message = ('Invalid value: "%s": %s'):format(name, shape_msg) }
   end
 end
 

@@ -348,14 +348,7 @@ end
 
 -- ------------------------------------------------------------ OpenAPI v3
 
-local function fnv(s)
-  local h = 0xcbf29ce484222325
-  for i = 1, #s do
-    h = h ~ s:byte(i)
-    h = h * 0x100000001b3
-  end
-  return ("%016X"):format(h)
-end
+local fnv = require("vmsnap.k8s.object").fnv64
 
 local OBJECT_META = {
   type = "object",

@@ -47,4 +47,34 @@ function M.owner_ref(obj, api_version, kind)
     uid = obj.metadata.uid, controller = true, blockOwnerDeletion = true }
 end
 
+--- FNV-1a, 64 bits, as 16 upper-case hex digits (names, cache keys: not
+--- for security).
+function M.fnv64(s)
+  local h = 0xcbf29ce484222325
+  for i = 1, #s do
+    h = h ~ s:byte(i)
+    h = h * 0x100000001b3
+  end
+  return ("%016X"):format(h)
+end
+
+--- A generated name `<head>-<tail>` that is a valid object name for any
+--- valid head: when it would pass `max` characters (default 253, a DNS
+--- subdomain), the head is cut and a hash of the whole name keeps it unique
+--- (`<cut head>-<8 hex>-<tail>`). The tail (a uid) is kept whole.
+---@param head string
+---@param tail string
+---@param max? integer
+---@return string
+function M.bounded_name(head, tail, max)
+  max = max or 253
+  local name = head .. "-" .. tail
+  if #name <= max then return name end
+  local hash = M.fnv64(name):sub(1, 8):lower()
+  local keep = max - #tail - #hash - 2
+  local cut = head:sub(1, math.max(0, keep)):gsub("[-.]+$", "")
+  if cut == "" then return (hash .. "-" .. tail):sub(1, max) end
+  return cut .. "-" .. hash .. "-" .. tail
+end
+
 return M
