@@ -195,6 +195,36 @@ function M.check_crd(crd)
   if type(spec.versions) ~= "table" or #spec.versions == 0 then
     causes[#causes + 1] = { reason = "FieldValueRequired", field = "spec.versions", message = "Required value" }
   end
+  -- every pattern must be one the server can check (a schema is never
+  -- half enforced)
+  local schema_mod = require("vmsnap.apiserver.schema")
+  local function patterns(sch, path, depth)
+    if type(sch) ~= "table" or depth > 64 then return end
+    if sch.pattern ~= nil then
+      local ok, why = false, "not a string"
+      if type(sch.pattern) == "string" then ok, why = schema_mod.regex(sch.pattern) end
+      if not ok then
+        causes[#causes + 1] = { reason = "FieldValueInvalid", field = path .. ".pattern",
+          message = ('Invalid value: %s: must be a valid regular expression, but isn\'t: error parsing regexp: %s')
+            :format(json.encode(sch.pattern), tostring(why)) }
+      end
+    end
+    for k, sub in pairs(sch.properties or {}) do patterns(sub, ("%s.properties[%s]"):format(path, k), depth + 1) end
+    if type(sch.items) == "table" then patterns(sch.items, path .. ".items", depth + 1) end
+    if type(sch.additionalProperties) == "table" then
+      patterns(sch.additionalProperties, path .. ".additionalProperties", depth + 1)
+    end
+    for _, kw in ipairs({ "anyOf", "oneOf", "allOf" }) do
+      for i, sub in ipairs(type(sch[kw]) == "table" and sch[kw] or {}) do
+        patterns(sub, ("%s.%s[%d]"):format(path, kw, i - 1), depth + 1)
+      end
+    end
+    if type(sch["not"]) == "table" then patterns(sch["not"], path .. ".not", depth + 1) end
+  end
+  for i, v in ipairs(type(spec.versions) == "table" and spec.versions or {}) do
+    local sch = type(v) == "table" and type(v.schema) == "table" and v.schema.openAPIV3Schema
+    if sch then patterns(sch, ("spec.versions[%d].schema.openAPIV3Schema"):format(i - 1), 0) end
+  end
   if #causes == 0 and crd.metadata.name ~= names.plural .. "." .. spec.group then
     causes[#causes + 1] = { reason = "FieldValueInvalid", field = "metadata.name",
       message = ('Invalid value: "%s": must be spec.names.plural+"."+spec.group'):format(crd.metadata.name) }

@@ -37,6 +37,32 @@ local function type_of(v)
   return t
 end
 
+local regex = require("vmsnap.apiserver.regex")
+local compiled = setmetatable({}, { __mode = "v" }) -- pattern text -> regex
+M.compiled = compiled
+
+--- The compiled `pattern`, or nil and why it is not one vmsnap can check.
+function M.regex(pattern)
+  local re = compiled[pattern]
+  if re then return re end
+  local r, err = regex.compile(pattern)
+  if r then compiled[pattern] = r end
+  return r, err
+end
+
+local B64 = "^[A-Za-z0-9+/]*=?=?$"
+
+-- the formats Kubernetes checks (the others are accepted as they are)
+local FORMATS = {
+  ["date-time"] = function(v) return require("vmsnap.time").parse(v) ~= nil and v:match("^%d%d%d%d%-%d%d%-%d%d[Tt ]%d%d:%d%d:%d%d") ~= nil end,
+  date = function(v)
+    local y, m, d = v:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)$")
+    return y ~= nil and tonumber(m) >= 1 and tonumber(m) <= 12 and tonumber(d) >= 1 and tonumber(d) <= 31
+  end,
+  byte = function(v) return #v % 4 == 0 and v:match(B64) ~= nil end,
+  uuid = function(v) return v:match("^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$") ~= nil end,
+}
+
 local function join(path, key)
   if path == "" then return key end
   return path .. "." .. key
@@ -90,6 +116,19 @@ local function v_schema(s, v, path, out)
       out.causes[#out.causes + 1] = { reason = "FieldValueTooLong", field = path,
         message = ('Too long: may not be more than %d bytes'):format(s.maxLength) }
     end
+    if type(s.pattern) == "string" then
+      local re = M.regex(s.pattern)
+      -- a pattern vmsnap cannot compile was refused with its CRD
+      if re and not re:find(v) then
+        out.causes[#out.causes + 1] = { reason = "FieldValueInvalid", field = path,
+          message = ("Invalid value: %s: %s in body should match '%s'"):format(quote(v), path, s.pattern) }
+      end
+    end
+    local fmt = s.format and FORMATS[s.format]
+    if fmt and not fmt(v) then
+      out.causes[#out.causes + 1] = { reason = "FieldValueInvalid", field = path,
+        message = ('Invalid value: %s: %s in body must be of type %s: %s'):format(quote(v), path, s.format, quote(v)) }
+    end
   elseif (vt == "integer" or vt == "number") and type(v) == "number" then
     if s.minimum and v < s.minimum then
       out.causes[#out.causes + 1] = { reason = "FieldValueInvalid", field = path,
@@ -98,6 +137,10 @@ local function v_schema(s, v, path, out)
     if s.maximum and v > s.maximum then
       out.causes[#out.causes + 1] = { reason = "FieldValueInvalid", field = path,
         message = ('Invalid value: %s: %s in body should be less than or equal to %s'):format(v, path, s.maximum) }
+    end
+    if s.format == "int32" and (v < -2147483648 or v > 2147483647) then
+      out.causes[#out.causes + 1] = { reason = "FieldValueInvalid", field = path,
+        message = ('Invalid value: %s: %s in body must be of type int32: "%s"'):format(v, path, v) }
     end
   elseif vt == "array" and type(v) == "table" then
     if s.minItems and #v < s.minItems then
@@ -111,6 +154,33 @@ local function v_schema(s, v, path, out)
     if s.items then
       for i = 1, #v do
         M.walk(s.items, v, i, ("%s[%d]"):format(path, i - 1), out)
+      end
+    end
+    local lt = s["x-kubernetes-list-type"]
+    if lt == "set" or lt == "map" then
+      local seen = {}
+      local keys = s["x-kubernetes-list-map-keys"] or {}
+      for i = 1, #v do
+        local id, shown
+        if lt == "set" then
+          id = json.encode(v[i]) or ""
+          shown = type(v[i]) == "string" and quote(v[i]) or tostring(id)
+        elseif type(v[i]) == "table" then
+          local parts, kv = {}, {}
+          for j, k in ipairs(keys) do
+            parts[j] = json.encode(v[i][k] == nil and null or v[i][k]) or ""
+            kv[j] = ('"%s":%s'):format(k, parts[j])
+          end
+          id = table.concat(parts, "\0")
+          shown = ("map[string]interface {}{%s}"):format(table.concat(kv, ", "))
+        end
+        if id then
+          if seen[id] then
+            out.causes[#out.causes + 1] = { reason = "FieldValueDuplicate", field = ("%s[%d]"):format(path, i - 1),
+              message = ("Duplicate value: %s"):format(shown) }
+          end
+          seen[id] = true
+        end
       end
     end
   elseif vt == "object" and type(v) == "table" then
@@ -151,6 +221,33 @@ local function v_schema(s, v, path, out)
           if not out.keep_unknown then v[k] = nil end
         end
       end
+    end
+  end
+  if s.anyOf or s.oneOf or s["not"] then
+    local function valid(sub)
+      local o = { causes = {}, unknown = {}, keep_unknown = true }
+      v_schema(sub, copy(v), path, o)
+      return #o.causes == 0
+    end
+    if type(s.anyOf) == "table" then
+      local any = false
+      for _, sub in ipairs(s.anyOf) do if valid(sub) then any = true break end end
+      if not any then
+        out.causes[#out.causes + 1] = { reason = "FieldValueInvalid", field = path,
+          message = ("Invalid value: %s: %s in body must validate at least one schema (anyOf)"):format(quote(v), path) }
+      end
+    end
+    if type(s.oneOf) == "table" then
+      local n = 0
+      for _, sub in ipairs(s.oneOf) do if valid(sub) then n = n + 1 end end
+      if n ~= 1 then
+        out.causes[#out.causes + 1] = { reason = "FieldValueInvalid", field = path,
+          message = ("Invalid value: %s: %s in body must validate one and only one schema (oneOf)"):format(quote(v), path) }
+      end
+    end
+    if type(s["not"]) == "table" and valid(s["not"]) then
+      out.causes[#out.causes + 1] = { reason = "FieldValueInvalid", field = path,
+        message = ("Invalid value: %s: %s in body must not validate the schema (not)"):format(quote(v), path) }
     end
   end
 end

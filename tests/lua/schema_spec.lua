@@ -1,0 +1,134 @@
+-- Structural schema validation as the real API server does it: pattern,
+-- format, x-kubernetes-list-type map/set, anyOf/oneOf/not, with its
+-- messages; CRDs whose patterns cannot be checked are refused; the upstream
+-- platform's CRDs (beside the clone) install and reject what they forbid.
+local t = require("tap")
+local json = require("vmsnap.json")
+local yaml = require("vmsnap.yaml")
+local fs = require("vmsnap.fs")
+local h = require("helpers")
+
+local srv <close> = h.apiserver()
+local CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+
+local function req(method, path, body, ctype)
+  local r = assert(srv:request({ method = method, path = path, body = body,
+    headers = { ["Content-Type"] = ctype or "application/json" }, timeout = 20 }))
+  r.obj = json.decode(r.body)
+  return r
+end
+
+local function crd(name, spec_schema)
+  return json.encode({ apiVersion = "apiextensions.k8s.io/v1", kind = "CustomResourceDefinition",
+    metadata = { name = name .. "s.test.vmsnap.io" },
+    spec = { group = "test.vmsnap.io", scope = "Namespaced",
+      names = { plural = name .. "s", singular = name, kind = name:sub(1, 1):upper() .. name:sub(2), listKind = name .. "List" },
+      versions = { { name = "v1", served = true, storage = true, schema = { openAPIV3Schema = {
+        type = "object", properties = { spec = spec_schema } } } } } } })
+end
+
+local W = "/apis/test.vmsnap.io/v1/namespaces/default/widgets"
+local function widget(name, spec)
+  return req("POST", W, json.encode({ apiVersion = "test.vmsnap.io/v1", kind = "Widget", metadata = { name = name }, spec = spec }))
+end
+
+t.test("pattern, format, list-type map and set, anyOf/oneOf/not: enforced with the API server's messages", function()
+  local r = req("POST", CRDS, crd("widget", { type = "object", properties = {
+    code = { type = "string", pattern = "^[a-z]+(-[0-9]{2})?$" },
+    when = { type = "string", format = "date-time" },
+    blob = { type = "string", format = "byte" },
+    small = { type = "integer", format = "int32" },
+    ports = { type = "array", ["x-kubernetes-list-type"] = "map", ["x-kubernetes-list-map-keys"] = { "port", "protocol" },
+      items = { type = "object", required = { "port" }, properties = { port = { type = "integer" }, protocol = { type = "string" } } } },
+    tags = { type = "array", ["x-kubernetes-list-type"] = "set", items = { type = "string" } },
+    either = { type = "string", anyOf = { { pattern = "^x" }, { pattern = "^y" } } },
+    one = { type = "object", properties = { a = { type = "string" }, b = { type = "string" } },
+      oneOf = { { required = { "a" } }, { required = { "b" } } } },
+    notbad = { type = "string", ["not"] = { enum = { "bad" } } },
+  } }))
+  t.eq(r.status, 201, r.body)
+  require("vmsnap.task").sleep(0.2)
+  local ok = widget("w-ok", { code = "abc-12", when = "2026-12-01T10:00:00Z", blob = "aGVsbG8=", small = 5,
+    ports = { { port = 80, protocol = "TCP" }, { port = 80, protocol = "UDP" } }, tags = { "a", "b" },
+    either = "yes", one = { a = "1" }, notbad = "good" })
+  t.eq(ok.status, 201, ok.body)
+  local cases = {
+    { { code = "ABC" }, "spec.code", [[Invalid value: "ABC": spec.code in body should match '^[a-z]+(-[0-9]{2})?$']] },
+    { { code = "abc-1" }, "spec.code", "should match" },
+    { { when = "yesterday" }, "spec.when", 'Invalid value: "yesterday": spec.when in body must be of type date-time: "yesterday"' },
+    { { blob = "not base64!" }, "spec.blob", "must be of type byte" },
+    { { small = 3000000000 }, "spec.small", "must be of type int32" },
+    { { ports = { { port = 80, protocol = "TCP" }, { port = 80, protocol = "TCP" } } }, "spec.ports[1]",
+      'Duplicate value: map[string]interface {}{"port":80, "protocol":"TCP"}' },
+    { { tags = { "a", "b", "a" } }, "spec.tags[2]", 'Duplicate value: "a"' },
+    { { either = "zzz" }, "spec.either", "must validate at least one schema (anyOf)" },
+    { { one = { a = "1", b = "2" } }, "spec.one", "must validate one and only one schema (oneOf)" },
+    { { one = {} }, "spec.one", "must validate one and only one schema (oneOf)" },
+    { { notbad = "bad" }, "spec.notbad", "must not validate the schema (not)" },
+  }
+  for i, c in ipairs(cases) do
+    r = widget("w-bad-" .. i, c[1])
+    t.eq(r.status, 422, json.encode(c[1]))
+    local cause = r.obj.details and r.obj.details.causes and r.obj.details.causes[1] or {}
+    t.eq(cause.field, c[2], json.encode(c[1]))
+    t.contains(r.obj.message or "", c[3])
+  end
+end)
+
+t.test("a CRD whose pattern cannot be checked is refused, naming the pattern", function()
+  for _, p in ipairs({ "[a-z", "(?=x)y", "a\\1" }) do
+    local r = req("POST", CRDS, crd("gadget", { type = "object", properties = { x = { type = "string", pattern = p } } }))
+    t.eq(r.status, 422, p)
+    t.contains(r.obj.message or "", "must be a valid regular expression", p)
+    t.contains(r.obj.message or "", "spec.versions[0].schema.openAPIV3Schema.properties[spec].properties[x].pattern", p)
+  end
+end)
+
+t.test("a pathological pattern against a long value answers in bounded time", function()
+  t.eq(req("POST", CRDS, crd("slow", { type = "object", properties = { x = { type = "string", pattern = "^(a+)+$" } } })).status, 201)
+  require("vmsnap.task").sleep(0.2)
+  local t0 = require("vmsnap.task").now()
+  local r = req("POST", "/apis/test.vmsnap.io/v1/namespaces/default/slows", json.encode({ apiVersion = "test.vmsnap.io/v1",
+    kind = "Slow", metadata = { name = "s" }, spec = { x = ("a"):rep(3000) .. "!" } }))
+  t.eq(r.status, 422)
+  t.ok(require("vmsnap.task").now() - t0 < 3, "answered in < 3 s")
+end)
+
+local UP = h.source .. "/../shared/upstream/dvp-crds"
+if not fs.exists(UP) then
+  t.skip("the upstream platform's CRDs", "not beside the clone: " .. UP)
+  return t.done()
+end
+
+t.test("the upstream platform's CRDs install, and their schemas reject what they forbid", function()
+  local n = 0
+  for _, f in ipairs(assert(fs.list(UP))) do
+    if f:match("%.yaml$") then
+      local doc = assert(yaml.load(assert(fs.read_file(UP .. "/" .. f))))
+      local name = doc.metadata.name
+      local cur = req("GET", CRDS .. "/" .. name)
+      local r
+      if cur.status == 200 then
+        doc.metadata.resourceVersion = cur.obj.metadata.resourceVersion
+        r = req("PUT", CRDS .. "/" .. name, json.encode(doc))
+      else
+        r = req("POST", CRDS, json.encode(doc))
+      end
+      t.ok(r.status == 200 or r.status == 201, f .. ": " .. (r.obj and r.obj.message or r.body))
+      n = n + 1
+    end
+  end
+  t.ok(n >= 15, n .. " CRDs")
+  require("vmsnap.task").sleep(0.3)
+  local MAC = "/apis/virtualization.deckhouse.io/v1alpha2/namespaces/default/virtualmachinemacaddresses"
+  local function mac(name, address)
+    return req("POST", MAC, json.encode({ apiVersion = "virtualization.deckhouse.io/v1alpha2", kind = "VirtualMachineMACAddress",
+      metadata = { name = name }, spec = { address = address } }))
+  end
+  t.eq(mac("mac-ok", "aa:bb:cc:dd:ee:ff").status, 201)
+  local r = mac("mac-bad", "aa:bb:cc")
+  t.eq(r.status, 422)
+  t.contains(r.obj.message, [[spec.address in body should match '^([0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2}$']])
+end)
+
+t.done()
