@@ -1,6 +1,8 @@
 -- preconditions/disk-snapshot-class.lua: the VolumeSnapshotClass is known
--- before anything is done: given in spec.volumeSnapshotClassName, or
--- resolved from the disk's StorageClass (docs/behaviour.md, Decision 5).
+-- before anything is done: given in spec.volumeSnapshotClassName (or, for
+-- a VM snapshot's child on a server whose schema lacks that field, in the
+-- annotation vmsnap.io/volume-snapshot-class), or resolved from the disk's
+-- StorageClass (docs/behaviour.md, Decision 5).
 -- No class, or several that fit, fails the snapshot naming the storage class.
 local csi = require("vmsnap.csi")
 
@@ -9,6 +11,7 @@ return {
   order = 40,
   check = function(ctx, vds, facts)
     local given = vds.spec.volumeSnapshotClassName
+      or (vds.metadata.annotations or {})["vmsnap.io/volume-snapshot-class"]
     if given and given ~= "" then
       ctx.memo.class = given
       return true

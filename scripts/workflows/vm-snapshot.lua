@@ -211,12 +211,26 @@ end
 --- The name of the child of a disk: `<disk>-<snapshot uid>` (b.4.2 step 14).
 function W.child_name(vms, disk) return object.bounded_name(disk, vms.metadata.uid) end
 
---- The child VirtualDiskSnapshot of one disk, as it is created.
+--- Where a child's class goes when the served VirtualDiskSnapshot has no
+--- spec.volumeSnapshotClassName (the current upstream CRD dropped it).
+W.CLASS_ANNOTATION = "vmsnap.io/volume-snapshot-class"
+
+--- The child VirtualDiskSnapshot of one disk, as it is created. The class is
+--- in spec.volumeSnapshotClassName, or — on a server whose schema lacks it
+--- (ctx.memo.no_class_field, learnt by the dry run) — in an annotation: a
+--- field the served schema lacks is never sent.
 function W.child_of(ctx, vms, d, marks)
+  local class = ctx.memo.classes[d.name]
+  local ann = marks
+  if ctx.memo.no_class_field and class then
+    ann = {}
+    for k, v in pairs(marks or {}) do ann[k] = v end
+    ann[W.CLASS_ANNOTATION] = class
+  end
   return { apiVersion = G, kind = "VirtualDiskSnapshot",
-    metadata = { name = W.child_name(vms, d.name), namespace = vms.metadata.namespace, annotations = marks,
+    metadata = { name = W.child_name(vms, d.name), namespace = vms.metadata.namespace, annotations = ann,
       ownerReferences = json.array({ object.owner_ref(vms, G, W.kind) }) },
-    spec = { virtualDiskName = d.name, volumeSnapshotClassName = ctx.memo.classes[d.name],
+    spec = { virtualDiskName = d.name, volumeSnapshotClassName = not ctx.memo.no_class_field and class or nil,
       requiredConsistency = vms.spec.requiredConsistency ~= false } }
 end
 
@@ -290,6 +304,14 @@ function W.prove(ctx, vms, facts)
   for _, d in ipairs(facts.disks) do
     local child = W.child_of(ctx, vms, d, nil)
     local res, err, code = ctx.client:create(child, { dry_run = true })
+    if not res and not ctx.memo.no_class_field and child.spec.volumeSnapshotClassName
+        and tostring(err):find('unknown field "spec.volumeSnapshotClassName"', 1, true) then
+      -- the served schema has no such field (the upstream CRD): the class goes
+      -- in an annotation, and the dry run is made again
+      ctx.memo.no_class_field = true
+      child = W.child_of(ctx, vms, d, nil)
+      res, err, code = ctx.client:create(child, { dry_run = true })
+    end
     if not res and code ~= "AlreadyExists" then
       return nil, ("the virtual disk snapshot %q would be refused: %s"):format(child.metadata.name, tostring(err)), code
     end
@@ -386,7 +408,7 @@ function W.children(ctx, vms, facts)
       end
       if disk_wf and not ctx:fetch(VS, child.metadata.namespace, child.metadata.name) then
         local vs, err, code = disk_wf.issue_volume_snapshot(ctx.client, child, { vd = d.vd, pvc = d.pvc },
-          child.spec.volumeSnapshotClassName)
+          child.spec.volumeSnapshotClassName or ctx.memo.classes[d.name])
         if not vs then failure = failure or { err, code } end
       end
     end)
