@@ -117,6 +117,37 @@ t.test("short names and categories are upstream's: delete vms deletes VM snapsho
   ok({ "delete", "namespace", "shortnames" })
 end)
 
+t.test("--sort-by on a spec field, apply --prune with the default allowlist, cluster-info, auth whoami and can-i", function()
+  local G = "apiVersion: virtualization.deckhouse.io/v1alpha2\nkind: VirtualDiskSnapshot\n"
+  local two = G .. "metadata: {name: sort-b, namespace: sorting, labels: {set: p}}\nspec: {virtualDiskName: zz}\n---\n" ..
+    G .. "metadata: {name: sort-a, namespace: sorting, labels: {set: p}}\nspec: {virtualDiskName: yy}\n"
+  ok({ "create", "namespace", "sorting" })
+  ok({ "apply", "-f", "-" }, { stdin = two })
+  local out = lines(ok({ "get", "vdsnapshot", "-n", "sorting", "--sort-by=.spec.virtualDiskName", "-o", "name" }))
+  t.eq(table.concat(out, ","), "virtualdisksnapshot.virtualization.deckhouse.io/sort-a,virtualdisksnapshot.virtualization.deckhouse.io/sort-b")
+  out = lines(ok({ "get", "vdsnapshot", "-n", "sorting", "--sort-by=.metadata.name" }))
+  t.ok(out[2]:match("^sort%-a") and out[3]:match("^sort%-b"), table.concat(out, " | "))
+  -- prune: the default allowlist (Endpoints, Pods, Deployments, ...) resolves; what left the manifest goes
+  local CMX = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: %s, namespace: sorting, labels: {set: p}}\n"
+  ok({ "apply", "-f", "-" }, { stdin = CMX:format("keep") .. "---\n" .. CMX:format("drop") })
+  local r = k({ "apply", "--prune", "-l", "set=p", "-n", "sorting", "-f", "-" }, { stdin = CMX:format("keep") })
+  t.eq(r.status, 0, r.stderr)
+  t.contains(r.stdout, "configmap/drop pruned")
+  t.eq(k({ "get", "configmap", "drop", "-n", "sorting" }).status, 1, "gone")
+  -- a custom resource is pruned when the allowlist names it
+  r = k({ "apply", "--prune", "-l", "set=p", "-n", "sorting", "--prune-allowlist=virtualization.deckhouse.io/v1alpha2/VirtualDiskSnapshot",
+    "-f", "-" }, { stdin = G .. "metadata: {name: sort-a, namespace: sorting, labels: {set: p}}\nspec: {virtualDiskName: yy}\n" })
+  t.eq(r.status, 0, r.stderr)
+  t.contains(r.stdout, "virtualdisksnapshot.virtualization.deckhouse.io/sort-b pruned")
+  t.contains(ok({ "cluster-info" }), "Kubernetes control plane is running at " .. srv.url)
+  out = ok({ "auth", "whoami" })
+  t.contains(out, "vmsnap-admin")
+  t.contains(out, "system:masters")
+  t.eq(k({ "auth", "can-i", "delete", "virtualdisksnapshots", "-n", "sorting" }).stdout, "yes\n")
+  t.contains(ok({ "auth", "can-i", "--list" }), "*.*")
+  ok({ "delete", "namespace", "sorting" })
+end)
+
 t.test("get vdsnapshot prints NAME PHASE CONSISTENT AGE; status shows after a status patch", function()
   local out = lines(ok({ "get", "vdsnapshot" }))
   t.ok(out[1]:match("^NAME%s+PHASE%s+CONSISTENT%s+AGE$"), out[1])

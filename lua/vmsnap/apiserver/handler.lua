@@ -245,7 +245,7 @@ local function list(S, req, ctx, r, ns, args, accept)
   end
   local meta = { resourceVersion = tostring(rv), continue = cont }
   if want_table then
-    return respond(req, ctx, 200, json.encode(tbl.table(r, objs, meta, os.time())), TABLE_CT)
+    return respond(req, ctx, 200, json.encode(tbl.table(r, objs, meta, os.time(), false, args.includeObject)), TABLE_CT)
   end
   local head = json.encode({ apiVersion = r.api_version, kind = r.list_kind, metadata = meta })
   -- splice the stored JSON texts in without decoding them
@@ -258,7 +258,7 @@ local function watch_stream(S, req, ctx, r, ns, args, accept)
   local timeout = tonumber(args.timeoutSeconds)
   if not timeout or timeout <= 0 then timeout = 1800 + math.random(0, 1800) end
   local w = { req = req, res = r, ns = ns, labels = labels, fields = fields,
-    table = wants_table(accept), bookmarks = query_bool(args.allowWatchBookmarks),
+    table = wants_table(accept), include = args.includeObject, bookmarks = query_bool(args.allowWatchBookmarks),
     deadline = os.time() + timeout }
   local rv = args.resourceVersion
   local send_initial = query_bool(args.sendInitialEvents)
@@ -294,15 +294,53 @@ local function watch_stream(S, req, ctx, r, ns, args, accept)
   return S.watchers:start(w, nil, history, S.store.rv)
 end
 
+-- ------------------------------------------------------------ reviews
+
+--- Who the request is from: the client certificate's CN, else the token's
+--- user (vmsnap serve has one credential: its administrator).
+local function user_of(S, req)
+  local verified, dn = req:client_cert()
+  local cn = verified and dn and dn:match("CN=([^,/]+)")
+  if cn then return { username = cn, groups = json.array({ "system:authenticated" }) } end
+  return { username = S.opts and S.opts.admin_user or "vmsnap-admin",
+    groups = json.array({ "system:masters", "system:authenticated" }) }
+end
+
+--- SelfSubjectReview, SelfSubjectAccessReview, SelfSubjectRulesReview:
+--- answered from the request, never stored. Until RBAC (#17) every
+--- authenticated request may do everything, and the answers say so.
+local function review(S, req, ctx, r)
+  local obj = decode_body(req, req:header("Content-Type"))
+  if type(obj) ~= "table" or json.is_array(obj) or #obj > 0 then fail(400, "BadRequest", "the body must be a JSON object") end
+  obj.apiVersion, obj.kind = r.api_version, r.kind
+  obj.metadata = type(obj.metadata) == "table" and obj.metadata or {}
+  obj.metadata.creationTimestamp = obj.metadata.creationTimestamp or json.null
+  if r.kind == "SelfSubjectReview" then
+    obj.status = { userInfo = user_of(S, req) }
+  elseif r.kind == "SelfSubjectAccessReview" then
+    if type(obj.spec) ~= "table" or (obj.spec.resourceAttributes == nil and obj.spec.nonResourceAttributes == nil) then
+      api.invalid(r, "", { { field = "spec.resourceAttributes",
+        message = "Required value: exactly one of nonResourceAttributes or resourceAttributes must be specified" } })
+    end
+    obj.status = { allowed = true, reason = "vmsnap serve authorizes every authenticated request" }
+  else
+    obj.status = { incomplete = false,
+      resourceRules = json.array({ { verbs = json.array({ "*" }), apiGroups = json.array({ "*" }),
+        resources = json.array({ "*" }) } }),
+      nonResourceRules = json.array({ { verbs = json.array({ "*" }), nonResourceURLs = json.array({ "*" }) } }) }
+  end
+  return respond_obj(req, ctx, 201, obj)
+end
+
 -- ------------------------------------------------------------ object verbs
 
-local function get(S, req, ctx, r, ns, name, accept)
+local function get(S, req, ctx, r, ns, name, accept, args)
   local body = S.store:get_raw(r.key, ns or "", name)
   if not body then api.not_found(r, name) end
   if wants_table(accept) then
     local o = json.decode(body)
     return respond(req, ctx, 200, json.encode(tbl.table(r, { o },
-      { resourceVersion = o.metadata.resourceVersion }, os.time())), TABLE_CT)
+      { resourceVersion = o.metadata.resourceVersion }, os.time(), false, args and args.includeObject)), TABLE_CT)
   end
   return respond(req, ctx, 200, body)
 end
@@ -581,6 +619,12 @@ local function handle(S, req, ctx)
     ctx.warn(r.deprecation_warning or (("%s %s is deprecated"):format(r.api_version, r.kind)))
   end
   if query_bool(args.watch) then is_watch = true end
+  if r.review then
+    if method ~= "POST" or name then
+      fail(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+    end
+    return review(S, req, ctx, r)
+  end
   if not name then
     if method == "GET" then
       if is_watch then return watch_stream(S, req, ctx, r, ns, args, accept) end
@@ -601,7 +645,7 @@ local function handle(S, req, ctx)
       args.fieldSelector = "metadata.name=" .. name
       return watch_stream(S, req, ctx, r, ns, args, accept)
     end
-    return get(S, req, ctx, r, ns, name, accept)
+    return get(S, req, ctx, r, ns, name, accept, args)
   elseif method == "PUT" then
     return update(S, req, ctx, r, ns, name, sub, args)
   elseif method == "PATCH" then

@@ -1,6 +1,6 @@
 --- vmsnap.apiserver.protobuf: decoding of the Kubernetes protobuf envelope
 --- for the kinds kubectl's generator commands send that way (`kubectl create
---- namespace|secret|configmap`). Field numbers are those of k8s.io/api's
+--- namespace|secret|configmap`, `kubectl auth whoami|can-i`). Field numbers are those of k8s.io/api's
 --- generated.proto. Answers are always JSON, which kubectl accepts.
 local json = require("vmsnap.json")
 
@@ -78,7 +78,29 @@ local function object_meta(buf)
   }
 end
 
+local function sub(f, num)
+  return f[num] and fields(f[num][1]) or nil
+end
+
+-- authorization.k8s.io/v1 ResourceAttributes and NonResourceAttributes
+local function resource_attributes(f)
+  if not f then return nil end
+  return { namespace = str(f, 1), verb = str(f, 2), group = str(f, 3), version = str(f, 4),
+    resource = str(f, 5), subresource = str(f, 6), name = str(f, 7) }
+end
+
 local KINDS = {
+  SelfSubjectReview = function() return {} end,
+  SelfSubjectAccessReview = function(f)
+    local spec = sub(f, 2) or {}
+    local na = sub(spec, 2)
+    return { spec = { resourceAttributes = resource_attributes(sub(spec, 1)),
+      nonResourceAttributes = na and { path = str(na, 1), verb = str(na, 2) } or nil } }
+  end,
+  SelfSubjectRulesReview = function(f)
+    local spec = sub(f, 2) or {}
+    return { spec = { namespace = str(spec, 1) } }
+  end,
   Namespace = function(f)
     local spec = f[2] and fields(f[2][1]) or {}
     return { spec = spec[1] and { finalizers = strings(spec, 1) } or nil }
@@ -114,7 +136,7 @@ function M.decode(body, base64)
   end)
   if not ok then return nil, "malformed protobuf body: " .. tostring(res) end
   if res.unsupported then
-    return nil, ("protobuf bodies are accepted for Namespace, Secret and ConfigMap only, not %s; send JSON"):format(res.unsupported)
+    return nil, ("protobuf bodies are accepted for Namespace, Secret, ConfigMap and the self-subject reviews only, not %s; send JSON"):format(res.unsupported)
   end
   return res
 end

@@ -108,6 +108,40 @@ local BUILTINS = {
   { group = "coordination.k8s.io", version = "v1", kind = "Lease", plural = "leases", singular = "lease",
     namespaced = true,
     columns = { name_col(), { name = "Holder", type = "string", jsonPath = ".spec.holderIdentity" }, age() } },
+  -- stored and served, nothing more (no controller runs them): what kubectl
+  -- looks up for `apply --prune` (its default allowlist) and `cluster-info`
+  { group = "", version = "v1", kind = "Pod", plural = "pods", singular = "pod", namespaced = true,
+    short = { "po" }, status = true, categories = { "all" }, columns = { name_col(), age() } },
+  { group = "", version = "v1", kind = "Service", plural = "services", singular = "service", namespaced = true,
+    short = { "svc" }, status = true, categories = { "all" }, columns = { name_col(), age() } },
+  { group = "", version = "v1", kind = "Endpoints", plural = "endpoints", singular = "endpoints", namespaced = true,
+    short = { "ep" }, columns = { name_col(), age() } },
+  { group = "", version = "v1", kind = "ReplicationController", plural = "replicationcontrollers",
+    singular = "replicationcontroller", namespaced = true, short = { "rc" }, status = true, categories = { "all" },
+    columns = { name_col(), age() } },
+  { group = "apps", version = "v1", kind = "Deployment", plural = "deployments", singular = "deployment",
+    namespaced = true, short = { "deploy" }, status = true, categories = { "all" }, columns = { name_col(), age() } },
+  { group = "apps", version = "v1", kind = "ReplicaSet", plural = "replicasets", singular = "replicaset",
+    namespaced = true, short = { "rs" }, status = true, categories = { "all" }, columns = { name_col(), age() } },
+  { group = "apps", version = "v1", kind = "StatefulSet", plural = "statefulsets", singular = "statefulset",
+    namespaced = true, short = { "sts" }, status = true, categories = { "all" }, columns = { name_col(), age() } },
+  { group = "apps", version = "v1", kind = "DaemonSet", plural = "daemonsets", singular = "daemonset",
+    namespaced = true, short = { "ds" }, status = true, categories = { "all" }, columns = { name_col(), age() } },
+  { group = "batch", version = "v1", kind = "Job", plural = "jobs", singular = "job", namespaced = true,
+    status = true, categories = { "all" }, columns = { name_col(), age() } },
+  { group = "batch", version = "v1", kind = "CronJob", plural = "cronjobs", singular = "cronjob", namespaced = true,
+    short = { "cj" }, status = true, categories = { "all" }, columns = { name_col(), age() } },
+  { group = "networking.k8s.io", version = "v1", kind = "Ingress", plural = "ingresses", singular = "ingress",
+    namespaced = true, short = { "ing" }, status = true, columns = { name_col(), age() } },
+  -- reviews: created and answered, never stored (`kubectl auth whoami|can-i`)
+  { group = "authentication.k8s.io", version = "v1", kind = "SelfSubjectReview", plural = "selfsubjectreviews",
+    singular = "selfsubjectreview", namespaced = false, review = true, verbs = { "create" }, columns = {} },
+  { group = "authorization.k8s.io", version = "v1", kind = "SelfSubjectAccessReview",
+    plural = "selfsubjectaccessreviews", singular = "selfsubjectaccessreview", namespaced = false, review = true,
+    verbs = { "create" }, columns = {} },
+  { group = "authorization.k8s.io", version = "v1", kind = "SelfSubjectRulesReview",
+    plural = "selfsubjectrulesreviews", singular = "selfsubjectrulesreview", namespaced = false, review = true,
+    verbs = { "create" }, columns = {} },
   { group = "apiextensions.k8s.io", version = "v1", kind = "CustomResourceDefinition",
     plural = "customresourcedefinitions", singular = "customresourcedefinition", namespaced = false,
     short = { "crd", "crds" }, status = true, categories = { "api-extensions" },
@@ -318,7 +352,7 @@ function Registry:resource_list(group, version)
   local res = json.array()
   for _, r in ipairs(self:resources_of(group, version)) do
     res[#res + 1] = { name = r.plural, singularName = r.singular, namespaced = r.namespaced,
-      kind = r.kind, verbs = arr(VERBS), shortNames = #r.short > 0 and arr(r.short) or nil,
+      kind = r.kind, verbs = arr(r.verbs or VERBS), shortNames = #r.short > 0 and arr(r.short) or nil,
       categories = #r.categories > 0 and arr(r.categories) or nil }
     if r.status then
       res[#res + 1] = { name = r.plural .. "/status", singularName = "", namespaced = r.namespaced,
@@ -352,7 +386,7 @@ local function aggregated_group(self, name, versions)
       resources[#resources + 1] = {
         resource = r.plural, singularResource = r.singular,
         scope = r.namespaced and "Namespaced" or "Cluster", responseKind = rk,
-        verbs = arr(VERBS), shortNames = #r.short > 0 and arr(r.short) or nil,
+        verbs = arr(r.verbs or VERBS), shortNames = #r.short > 0 and arr(r.short) or nil,
         categories = #r.categories > 0 and arr(r.categories) or nil,
         subresources = r.status and arr({ { subresource = "status", responseKind = rk,
           verbs = arr({ "get", "patch", "update" }) } }) or nil,

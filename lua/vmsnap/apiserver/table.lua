@@ -197,19 +197,24 @@ local function partial(obj)
   return { kind = "PartialObjectMetadata", apiVersion = "meta.k8s.io/v1", metadata = m }
 end
 
---- One Table row for obj.
-function M.row(res, obj, now)
+--- One Table row for obj; `include` is the request's includeObject:
+--- "Object" (the whole object: kubectl --sort-by), "None", or the default
+--- "Metadata" (PartialObjectMetadata).
+function M.row(res, obj, now, include)
   local cells = json.array()
   for i, col in ipairs(res.columns) do
     cells[i] = cell_value(col, obj, now)
   end
-  return { cells = cells, object = partial(obj) }
+  local object
+  if include == "Object" then object = obj
+  elseif include ~= "None" then object = partial(obj) end
+  return { cells = cells, object = object }
 end
 
 --- A Table of objs (decoded objects).
-function M.table(res, objs, meta, now, no_headers)
+function M.table(res, objs, meta, now, no_headers, include)
   local rows = json.array()
-  for i, o in ipairs(objs) do rows[i] = M.row(res, o, now) end
+  for i, o in ipairs(objs) do rows[i] = M.row(res, o, now, include) end
   return {
     kind = "Table",
     apiVersion = "meta.k8s.io/v1",

@@ -25,7 +25,7 @@ end
 local function frame(w, typ, obj, body)
   if w.table then
     local t = tbl.table(w.res, { obj }, { resourceVersion = obj.metadata.resourceVersion },
-      os.time(), w.headers_sent)
+      os.time(), w.headers_sent, w.include)
     w.headers_sent = true
     return json.encode({ type = typ, object = t }) .. "\n"
   end
