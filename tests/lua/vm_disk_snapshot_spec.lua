@@ -62,6 +62,18 @@ t.test("d.1 #10: a running VM with an agent: frozen, snapshot issued, thawed at 
   t.eq(v.metadata.annotations["vmsnap.io/frozen-by"], nil, "the lease is gone")
 end)
 
+t.test("kubectl columns as upstream's: the disk's VIRTUALMACHINE (mounted by a running VM) and the VM's UPTIME", function()
+  local r = srv:kubectl({ "get", "vd", "root1" })
+  t.eq(r.status, 0, r.stderr)
+  local head, row = r.stdout:match("^([^\n]+)\n([^\n]+)")
+  t.ok(head:match("^NAME%s+PHASE%s+CAPACITY%s+VIRTUALMACHINE%s+AGE$"), head)
+  t.ok(row:match("^root1%s+Ready%s+%S+%s+vm1%s+%S+$"), row)
+  r = srv:kubectl({ "get", "vm", "vm1" })
+  head, row = r.stdout:match("^([^\n]+)\n([^\n]+)")
+  t.ok(head:match("^NAME%s+PHASE%s+UPTIME%s+NODE%s+IPADDRESS%s+AGE$"), head)
+  t.ok(row:match("^vm1%s+Running%s+%d+[smh]"), row)
+end)
+
 t.test("Decision 3: thaw at the cut vs thaw at Ready (1 s ready latency)", function()
   assert(c:create({ apiVersion = "snapshot.storage.k8s.io/v1", kind = "VolumeSnapshotClass",
     metadata = { name = "ready-1s" }, driver = "local.vmsnap.io", deletionPolicy = "Delete",

@@ -49,7 +49,8 @@ M.parse_time = require("vmsnap.time").parse
 
 -- ------------------------------------------------------------ JSONPath
 
--- Compile ".a.b", ".a[0]", ".a[*].b", ".a[?(@.type=='X')].status" into steps.
+-- Compile ".a.b", ".a[0]", ".a[*].b", ".a[?(@.type=='X')].status",
+-- ".a[?(@.mounted==true)].name" into steps.
 local function compile(path)
   local steps, i = {}, 1
   path = path:gsub("^{", ""):gsub("}$", "")
@@ -71,6 +72,9 @@ local function compile(path)
         steps[#steps + 1] = { "index", tonumber(inner) }
       else
         local fpath, op, lit = inner:match("^%?%(@%.([%w_.]+)%s*([=!]=)%s*['\"](.-)['\"]%)$")
+        if not fpath then -- an unquoted literal: true, false, a number
+          fpath, op, lit = inner:match("^%?%(@%.([%w_.]+)%s*([=!]=)%s*([%w.%-]+)%)$")
+        end
         if fpath then
           steps[#steps + 1] = { "filter", fpath, op, lit }
         else

@@ -279,6 +279,11 @@ local function reconcile_vm(P, ctx, vm)
       P.agents_enabled = not tostring(why):find("loop mounts", 1, true)
     end
   end
+  if st.phase ~= "Running" or not (st.stats and st.stats.lastStartTime) then
+    -- the platform's status.stats.lastStartTime: kubectl's UPTIME column
+    st.stats = st.stats or {}
+    st.stats.lastStartTime = require("vmsnap.time").format()
+  end
   st.phase = "Running"
   st.nodeName = "local"
   if target then
