@@ -84,6 +84,29 @@ t.test("a CRD whose pattern cannot be checked is refused, naming the pattern", f
   end
 end)
 
+t.test("CRD definitions are checked as the real server checks them: structural, one storage version, valid defaults", function()
+  local function refused(body, want)
+    local r = req("POST", CRDS, body)
+    t.eq(r.status, 422, want)
+    t.contains(r.obj.message or "", want)
+  end
+  refused(crd("thing", { type = "object", properties = { x = { description = "no type" } } }),
+    "spec.versions[0].schema.openAPIV3Schema.properties[spec].properties[x].type: Required value: must not be empty for specified object fields")
+  refused(crd("thing", { type = "object", properties = { n = { type = "integer", default = "seven" } } }),
+    "spec.versions[0].schema.openAPIV3Schema.properties[spec].properties[n].default")
+  refused(crd("thing", { type = "object", properties = { s = { type = "string", enum = { "a", "b" }, default = "c" } } }),
+    "Unsupported value")
+  local two = json.decode(crd("thing", { type = "object" }))
+  two.spec.versions[2] = { name = "v2", served = true, storage = true, schema = two.spec.versions[1].schema }
+  refused(json.encode(two), "must have exactly one version marked as storage version")
+  two.spec.versions[1].storage, two.spec.versions[2].storage = false, false
+  refused(json.encode(two), "must have exactly one version marked as storage version")
+  -- value-only schemas (inside anyOf) need no type, and a good default is kept
+  local r = req("POST", CRDS, crd("thing", { type = "object", properties = {
+    n = { type = "integer", default = 7 }, v = { type = "string", anyOf = { { pattern = "^a" }, { maxLength = 2 } } } } }))
+  t.eq(r.status, 201, r.body)
+end)
+
 t.test("a pathological pattern against a long value answers in bounded time", function()
   t.eq(req("POST", CRDS, crd("slow", { type = "object", properties = { x = { type = "string", pattern = "^(a+)+$" } } })).status, 201)
   require("vmsnap.task").sleep(0.2)

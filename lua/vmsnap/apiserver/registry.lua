@@ -229,11 +229,19 @@ function M.check_crd(crd)
   if type(spec.versions) ~= "table" or #spec.versions == 0 then
     causes[#causes + 1] = { reason = "FieldValueRequired", field = "spec.versions", message = "Required value" }
   end
-  -- every pattern must be one the server can check (a schema is never
-  -- half enforced)
+  -- the schemas as the real server checks them: structural (every field has
+  -- a type), every pattern one the server can check (a schema is never half
+  -- enforced), every default valid for its own schema
   local schema_mod = require("vmsnap.apiserver.schema")
-  local function patterns(sch, path, depth)
+  -- in_props: a field of the structure (needs a type); false inside
+  -- anyOf/oneOf/allOf/not, which only validate values
+  local function node(sch, path, depth, in_props)
     if type(sch) ~= "table" or depth > 64 then return end
+    if in_props and sch.type == nil and not sch["x-kubernetes-int-or-string"]
+        and not sch["x-kubernetes-preserve-unknown-fields"] then
+      causes[#causes + 1] = { reason = "FieldValueRequired", field = path .. ".type",
+        message = "Required value: must not be empty for specified object fields" }
+    end
     if sch.pattern ~= nil then
       local ok, why = false, "not a string"
       if type(sch.pattern) == "string" then ok, why = schema_mod.regex(sch.pattern) end
@@ -243,21 +251,33 @@ function M.check_crd(crd)
             :format(json.encode(sch.pattern), tostring(why)) }
       end
     end
-    for k, sub in pairs(sch.properties or {}) do patterns(sub, ("%s.properties[%s]"):format(path, k), depth + 1) end
-    if type(sch.items) == "table" then patterns(sch.items, path .. ".items", depth + 1) end
+    if sch.default ~= nil and sch.default ~= json.null then
+      local name = path:match("%[([^%]]+)%]$") or "default"
+      for _, c in ipairs(schema_mod.check(sch, sch.default, name)) do
+        causes[#causes + 1] = { reason = "FieldValueInvalid", field = path .. ".default", message = c.message }
+      end
+    end
+    for k, sub in pairs(sch.properties or {}) do node(sub, ("%s.properties[%s]"):format(path, k), depth + 1, in_props) end
+    if type(sch.items) == "table" then node(sch.items, path .. ".items", depth + 1, in_props) end
     if type(sch.additionalProperties) == "table" then
-      patterns(sch.additionalProperties, path .. ".additionalProperties", depth + 1)
+      node(sch.additionalProperties, path .. ".additionalProperties", depth + 1, in_props)
     end
     for _, kw in ipairs({ "anyOf", "oneOf", "allOf" }) do
       for i, sub in ipairs(type(sch[kw]) == "table" and sch[kw] or {}) do
-        patterns(sub, ("%s.%s[%d]"):format(path, kw, i - 1), depth + 1)
+        node(sub, ("%s.%s[%d]"):format(path, kw, i - 1), depth + 1, false)
       end
     end
-    if type(sch["not"]) == "table" then patterns(sch["not"], path .. ".not", depth + 1) end
+    if type(sch["not"]) == "table" then node(sch["not"], path .. ".not", depth + 1, false) end
   end
+  local storage = 0
   for i, v in ipairs(type(spec.versions) == "table" and spec.versions or {}) do
+    if type(v) == "table" and v.storage == true then storage = storage + 1 end
     local sch = type(v) == "table" and type(v.schema) == "table" and v.schema.openAPIV3Schema
-    if sch then patterns(sch, ("spec.versions[%d].schema.openAPIV3Schema"):format(i - 1), 0) end
+    if sch then node(sch, ("spec.versions[%d].schema.openAPIV3Schema"):format(i - 1), 0, true) end
+  end
+  if type(spec.versions) == "table" and #spec.versions > 0 and storage ~= 1 then
+    causes[#causes + 1] = { reason = "FieldValueInvalid", field = "spec.versions",
+      message = ("Invalid value: %d versions marked as storage: must have exactly one version marked as storage version"):format(storage) }
   end
   if #causes == 0 and crd.metadata.name ~= names.plural .. "." .. spec.group then
     causes[#causes + 1] = { reason = "FieldValueInvalid", field = "metadata.name",

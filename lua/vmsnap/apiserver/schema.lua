@@ -252,6 +252,14 @@ local function v_schema(s, v, path, out)
   end
 end
 
+--- The causes of value against schema s at path (nothing changed, nothing
+--- pruned): a CRD's defaults are checked this way.
+function M.check(s, value, path)
+  local out = { causes = {}, unknown = {}, keep_unknown = true }
+  v_schema(s, copy(value), path, out)
+  return out.causes
+end
+
 --- Validate the value parent[key] against schema s (defaults already applied by the parent).
 function M.walk(s, parent, key, path, out)
   v_schema(s, parent[key], path, out)
