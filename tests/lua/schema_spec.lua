@@ -107,6 +107,29 @@ t.test("CRD definitions are checked as the real server checks them: structural, 
   t.eq(r.status, 201, r.body)
 end)
 
+t.test("a CRD with two served versions: an object is read in the version asked, whichever it was written in", function()
+  local two = json.decode(crd("multi", { type = "object", properties = { x = { type = "string" } } }))
+  two.spec.versions[2] = { name = "v2", served = true, storage = false, schema = two.spec.versions[1].schema }
+  t.eq(req("POST", CRDS, json.encode(two)).status, 201)
+  require("vmsnap.task").sleep(0.2)
+  local V1, V2 = "/apis/test.vmsnap.io/v1/namespaces/default/multis", "/apis/test.vmsnap.io/v2/namespaces/default/multis"
+  local r = req("POST", V2, json.encode({ apiVersion = "test.vmsnap.io/v2", kind = "Multi", metadata = { name = "m" }, spec = { x = "y" } }))
+  t.eq(r.status, 201)
+  t.eq(r.obj.apiVersion, "test.vmsnap.io/v2")
+  t.eq(req("GET", V1 .. "/m").obj.apiVersion, "test.vmsnap.io/v1")
+  t.eq(req("GET", V2 .. "/m").obj.apiVersion, "test.vmsnap.io/v2")
+  local l = req("GET", V1).obj
+  t.eq(l.apiVersion, "test.vmsnap.io/v1")
+  t.eq(l.items[1].apiVersion, "test.vmsnap.io/v1")
+  t.eq(l.items[1].spec.x, "y")
+  r = req("PATCH", V1 .. "/m", '{"spec":{"x":"z"}}', "application/merge-patch+json")
+  t.eq(r.obj.apiVersion, "test.vmsnap.io/v1", r.body)
+  local w = assert(srv:request({ path = V2 .. "?watch=true", stream = true, timeout = 10 }))
+  local line = w:read(5) or ""
+  w:close()
+  t.contains(line, '"apiVersion":"test.vmsnap.io/v2"', "a watch of v2 sees v2")
+end)
+
 t.test("a pathological pattern against a long value answers in bounded time", function()
   t.eq(req("POST", CRDS, crd("slow", { type = "object", properties = { x = { type = "string", pattern = "^(a+)+$" } } })).status, 201)
   require("vmsnap.task").sleep(0.2)

@@ -40,6 +40,17 @@ local function respond_obj(req, ctx, code, obj)
   respond(req, ctx, code, json.encode(obj))
 end
 
+--- A stored object's JSON in the version the request asked for: a CRD with
+--- several served versions converts as strategy None does (only apiVersion
+--- changes). Stored JSON starts with its apiVersion (keys are sorted).
+local function as_version(r, raw)
+  if not r.multi or type(raw) ~= "string" then return raw end
+  local stored = raw:match('^{"apiVersion":"([^"]*)"')
+  if not stored or stored == r.api_version then return raw end
+  return '{"apiVersion":"' .. r.api_version .. raw:sub(#stored + 16) -- from the closing quote on
+end
+M.as_version = as_version
+
 -- ------------------------------------------------------------ request parsing
 
 --- A boolean query parameter as Kubernetes reads one: absent is false, "0"
@@ -224,12 +235,13 @@ local function list(S, req, ctx, r, ns, args, accept)
     for _, row in ipairs(rows) do
       after_ns, after_name = row[1], row[2]
       if fast then
-        items[#items + 1] = row[3]
+        items[#items + 1] = as_version(r, row[3])
       else
         local o = json.decode(row[3])
         if o and matches(o, labels, fields) then
+          if r.multi then o.apiVersion = r.api_version end
           objs[#objs + 1] = o
-          items[#items + 1] = row[3]
+          items[#items + 1] = as_version(r, row[3])
         end
       end
       if limit > 0 and #items >= limit then break end
@@ -342,7 +354,7 @@ local function get(S, req, ctx, r, ns, name, accept, args)
     return respond(req, ctx, 200, json.encode(tbl.table(r, { o },
       { resourceVersion = o.metadata.resourceVersion }, os.time(), false, args and args.includeObject)), TABLE_CT)
   end
-  return respond(req, ctx, 200, body)
+  return respond(req, ctx, 200, as_version(r, body))
 end
 
 -- a JSON object (a YAML mapping): a table with string keys only, not a list
@@ -385,6 +397,7 @@ local function create(S, req, ctx, r, ns, args)
   local o = { manager = manager(args, req), dry_run = check_dry_run(args), req = ctx }
   ctx.field_validation = field_validation(args)
   local _, body = S:create_object(r, ns, obj, o)
+  body = as_version(r, body)
   return respond(req, ctx, 201, body)
 end
 
@@ -392,6 +405,7 @@ local function update(S, req, ctx, r, ns, name, sub, args)
   local obj = decode_body(req, req:header("Content-Type"))
   check_identity(r, ns, name, obj)
   local old = S.store:get(r.key, ns or "", name)
+  if old and r.multi then old.apiVersion = r.api_version end -- in the version asked (as_version)
   if not old then api.not_found(r, name) end
   local rv = obj.metadata.resourceVersion
   if rv == nil or rv == "" then
@@ -405,7 +419,7 @@ local function update(S, req, ctx, r, ns, name, sub, args)
   ctx.field_validation = field_validation(args)
   local _, body = S:update_object(r, ns, obj, old,
     { manager = manager(args, req), dry_run = check_dry_run(args), req = ctx, sub = sub })
-  return respond(req, ctx, 200, body)
+  return respond(req, ctx, 200, as_version(r, body))
 end
 
 local PATCH_TYPES = "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml"
@@ -428,6 +442,7 @@ local function do_patch(S, req, ctx, r, ns, name, sub, args)
   ctx.field_validation = field_validation(args)
   local mgr = manager(args, req)
   local old = S.store:get(r.key, ns or "", name)
+  if old and r.multi then old.apiVersion = r.api_version end -- in the version asked (as_version)
   local now = api.now_text()
   if kind == "apply" then
     if args.fieldManager == nil or args.fieldManager == "" then
@@ -454,11 +469,11 @@ local function do_patch(S, req, ctx, r, ns, name, sub, args)
       if sub then api.not_found(r, name) end
       local _, body = S:create_object(r, ns, copy(p), { dry_run = dry, req = ctx,
         apply = function(obj) return apply(obj) end })
-      return respond(req, ctx, 201, body)
+      return respond(req, ctx, 201, as_version(r, body))
     end
     local new = apply(old)
     local _, body = S:update_object(r, ns, new, old, { manager = mgr, dry_run = dry, req = ctx, sub = sub, apply = true })
-    return respond(req, ctx, 200, body)
+    return respond(req, ctx, 200, as_version(r, body))
   end
   if not old then api.not_found(r, name) end
   local new, err
@@ -479,7 +494,7 @@ local function do_patch(S, req, ctx, r, ns, name, sub, args)
   end
   check_identity(r, ns, name, new)
   local _, body = S:update_object(r, ns, new, old, { manager = mgr, dry_run = dry, req = ctx, sub = sub })
-  return respond(req, ctx, 200, body)
+  return respond(req, ctx, 200, as_version(r, body))
 end
 
 local function delete_opts(req, ctx, args)

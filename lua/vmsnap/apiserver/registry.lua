@@ -291,6 +291,10 @@ function Registry:add_crd(crd)
   self:remove_crd(crd.metadata.name)
   local spec = crd.spec
   local names = spec.names
+  local served = 0
+  for _, v in ipairs(spec.versions) do
+    if v.served ~= false then served = served + 1 end
+  end
   for _, v in ipairs(spec.versions) do
     if v.served ~= false then
       local sch = v.schema and v.schema.openAPIV3Schema
@@ -305,7 +309,7 @@ function Registry:add_crd(crd)
         crd = crd.metadata.name, api_version = spec.group .. "/" .. v.name,
         key = spec.group .. "/" .. names.plural, storage = v.storage,
         deprecated = v.deprecated, deprecation_warning = v.deprecationWarning,
-        fields = {},
+        fields = {}, multi = served > 1 or nil,
       }
       for _, sf in ipairs(v.selectableFields or {}) do
         if type(sf.jsonPath) == "string" then r.fields[sf.jsonPath:gsub("^%.", "")] = true end

@@ -29,6 +29,10 @@ local function frame(w, typ, obj, body)
     w.headers_sent = true
     return json.encode({ type = typ, object = t }) .. "\n"
   end
+  if w.res.multi then
+    -- in the version watched (a CRD with several served versions)
+    body = require("vmsnap.apiserver.handler").as_version(w.res, body or json.encode(obj))
+  end
   return '{"type":"' .. typ .. '","object":' .. (body or json.encode(obj)) .. "}\n"
 end
 
