@@ -12,6 +12,18 @@ mariadb-server-core mariadb-client"
 
 # kubectl: the machine image usually ships one; Debian's package otherwise.
 command -v kubectl >/dev/null 2>&1 || PKGS="$PKGS kubernetes-client"
+# Node.js and npm for tests/clients/node (@kubernetes/client-node): the
+# machine's own when it has them, Debian's otherwise.
+command -v npm >/dev/null 2>&1 || PKGS="$PKGS nodejs npm"
+
+# the npm packages of tests/clients/node, exactly as its lockfile pins them
+node_clients() {
+	dir="$(dirname "$0")/../tests/clients/node"
+	if [ -f "$dir/package-lock.json" ] && [ ! -d "$dir/node_modules/@kubernetes/client-node" ]; then
+		echo "deps: npm ci in tests/clients/node"
+		(cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+	fi
+}
 
 missing=""
 for p in $PKGS; do
@@ -24,6 +36,7 @@ done
 
 if [ -z "$missing" ]; then
 	echo "deps: all packages present"
+	node_clients
 	exit 0
 fi
 
@@ -43,3 +56,4 @@ $SUDO apt-get update -qq
 # shellcheck disable=SC2086
 $SUDO apt-get install -y -qq --no-install-recommends $missing
 echo "deps: installed:$missing"
+node_clients
