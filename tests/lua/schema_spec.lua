@@ -130,6 +130,59 @@ t.test("a CRD with two served versions: an object is read in the version asked, 
   t.contains(line, '"apiVersion":"test.vmsnap.io/v2"', "a watch of v2 sees v2")
 end)
 
+t.test("CEL x-kubernetes-validations: rules, messages, transition rules with oldSelf, cost limits; a rule that cannot be compiled refuses the CRD", function()
+  local r = req("POST", CRDS, crd("ruled", { type = "object",
+    ["x-kubernetes-validations"] = { { rule = "self.max > self.min", message = "The maximum must be greater than the minimum" } },
+    properties = {
+      min = { type = "integer" }, max = { type = "integer" },
+      name = { type = "string", ["x-kubernetes-validations"] = { { rule = "self.startsWith('n-') && size(self) <= 8" } } },
+      frozen = { type = "string", ["x-kubernetes-validations"] = { { rule = "self == oldSelf", message = "frozen is immutable" } } },
+      items = { type = "array", items = { type = "object", properties = { to = { type = "string" } } },
+        ["x-kubernetes-validations"] = { { rule = "self.all(i, has(i.to) && size(i.to) >= 1)", message = "every item needs a to" } } },
+    } }))
+  t.eq(r.status, 201, r.body)
+  require("vmsnap.task").sleep(0.2)
+  local RU = "/apis/test.vmsnap.io/v1/namespaces/default/ruleds"
+  local function ruled(name, spec)
+    return req("POST", RU, json.encode({ apiVersion = "test.vmsnap.io/v1", kind = "Ruled", metadata = { name = name }, spec = spec }))
+  end
+  t.eq(ruled("ok", { min = 1, max = 2, name = "n-a", frozen = "x", items = { { to = "a" } } }).status, 201)
+  r = ruled("bad-1", { min = 2, max = 1 })
+  t.eq(r.status, 422)
+  t.contains(r.obj.message, 'spec: Invalid value: "object": The maximum must be greater than the minimum')
+  r = ruled("bad-2", { min = 1, max = 2, name = "x-long-name" })
+  t.contains(r.obj.message, "spec.name: Invalid value: \"string\": failed rule: self.startsWith('n-') && size(self) <= 8")
+  r = ruled("bad-3", { min = 1, max = 2, items = { { to = "" } } })
+  t.contains(r.obj.message, "every item needs a to")
+  -- a transition rule: not on create, checked on update
+  local cur = req("GET", RU .. "/ok").obj
+  cur.spec.frozen = "y"
+  r = req("PUT", RU .. "/ok", json.encode(cur))
+  t.eq(r.status, 422)
+  t.contains(r.obj.message, 'spec.frozen: Invalid value: "string": frozen is immutable')
+  cur.spec.frozen = "x"
+  cur.spec.max = 5
+  t.eq(req("PUT", RU .. "/ok", json.encode(cur)).status, 200)
+  -- a rule past the cost limit fails, it does not hang the server
+  r = req("POST", CRDS, crd("costly", { type = "object", properties = { l = { type = "array", items = { type = "integer" },
+    ["x-kubernetes-validations"] = { { rule = "self.all(x, self.all(y, self.all(z, x + y + z > 0)))" } } } } }))
+  t.eq(r.status, 201)
+  require("vmsnap.task").sleep(0.2)
+  local many = {}
+  for i = 1, 100 do many[i] = i end
+  r = req("POST", "/apis/test.vmsnap.io/v1/namespaces/default/costlys", json.encode({ apiVersion = "test.vmsnap.io/v1",
+    kind = "Costly", metadata = { name = "c" }, spec = { l = many } }))
+  t.eq(r.status, 422)
+  t.contains(r.obj.message, "cost limit exceeded")
+  -- rules that cannot be compiled refuse the CRD, naming them
+  for _, bad in ipairs({ "self.max >", "duration(self.x) > duration('1s')", "self.x.bogus()" }) do
+    r = req("POST", CRDS, crd("badrule", { type = "object", ["x-kubernetes-validations"] = { { rule = bad } } }))
+    t.eq(r.status, 422, bad)
+    t.contains(r.obj.message or "", "x-kubernetes-validations[0].rule", bad)
+    t.contains(r.obj.message or "", "compilation failed", bad)
+  end
+end)
+
 t.test("a pathological pattern against a long value answers in bounded time", function()
   t.eq(req("POST", CRDS, crd("slow", { type = "object", properties = { x = { type = "string", pattern = "^(a+)+$" } } })).status, 201)
   require("vmsnap.task").sleep(0.2)
@@ -175,6 +228,15 @@ t.test("the upstream platform's CRDs install, and their schemas reject what they
   local r = mac("mac-bad", "aa:bb:cc")
   t.eq(r.status, 422)
   t.contains(r.obj.message, [[spec.address in body should match '^([0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2}$']])
+  -- an upstream CEL rule: a restore's nameReplacements "to" must be 1..59 characters
+  local VMOP = "/apis/virtualization.deckhouse.io/v1alpha2/namespaces/default/virtualmachineoperations"
+  local op = { apiVersion = "virtualization.deckhouse.io/v1alpha2", kind = "VirtualMachineOperation",
+    metadata = { name = "op-start" }, spec = { type = "Start", virtualMachineName = "vm", force = true } }
+  r = req("POST", VMOP, json.encode(op))
+  t.eq(r.status, 422, r.body)
+  t.contains(r.obj.message, "The `Start` operation cannot be performed forcibly.")
+  op.spec.force = nil
+  t.eq(req("POST", VMOP, json.encode(op)).status, 201)
 end)
 
 t.done()

@@ -414,7 +414,7 @@ function Server:validate(r, op, obj, old, req)
   end
   local validation = req and req.field_validation or "Strict"
   local unknown
-  local sc, un = schema.apply(r.schema, obj, { keep_unknown = false })
+  local sc, un = schema.apply(r.schema, obj, { keep_unknown = false, old = old })
   unknown = un
   for _, c in ipairs(sc) do causes[#causes + 1] = c end
   if #unknown > 0 then

@@ -251,6 +251,19 @@ function M.check_crd(crd)
             :format(json.encode(sch.pattern), tostring(why)) }
       end
     end
+    local xv = sch["x-kubernetes-validations"]
+    if xv ~= nil then
+      for i, rule in ipairs(type(xv) == "table" and xv or {}) do
+        local ok, why = false, "a rule must be a string"
+        if type(rule) == "table" and type(rule.rule) == "string" then ok, why = schema_mod.rule(rule.rule) end
+        if not ok then
+          causes[#causes + 1] = { reason = "FieldValueInvalid",
+            field = ("%s.x-kubernetes-validations[%d].rule"):format(path, i - 1),
+            message = ("Invalid value: %s: compilation failed: %s"):format(json.encode(type(rule) == "table" and rule.rule or rule),
+              tostring(why)) }
+        end
+      end
+    end
     if sch.default ~= nil and sch.default ~= json.null then
       local name = path:match("%[([^%]]+)%]$") or "default"
       for _, c in ipairs(schema_mod.check(sch, sch.default, name)) do

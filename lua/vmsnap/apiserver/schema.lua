@@ -68,7 +68,38 @@ local function join(path, key)
   return path .. "." .. key
 end
 
-local function v_schema(s, v, path, out)
+local cel = require("vmsnap.apiserver.cel")
+local rules = setmetatable({}, { __mode = "v" }) -- rule text -> program
+
+--- The compiled CEL rule, or nil and why vmsnap cannot evaluate it.
+function M.rule(text)
+  local p = rules[text]
+  if p then return p end
+  local prog, err = cel.compile(text)
+  if prog then rules[text] = prog end
+  return prog, err
+end
+
+-- x-kubernetes-validations of s on v (oldv: the same field before an update;
+-- a rule with oldSelf is a transition rule, checked only when there is one)
+local function v_rules(s, v, path, out, oldv, vt)
+  for _, r in ipairs(type(s["x-kubernetes-validations"]) == "table" and s["x-kubernetes-validations"] or {}) do
+    local prog = type(r) == "table" and M.rule(r.rule)
+    if prog and (not prog.old or oldv ~= nil) then
+      local res, err = prog:eval({ self = v, oldSelf = oldv })
+      if res ~= true then
+        local what = r.message or ("failed rule: " .. tostring(r.rule))
+        if res == nil then what = ("%s: %s"):format(r.message or ("failed rule: " .. tostring(r.rule)), err) end
+        local field = path
+        if type(r.fieldPath) == "string" and r.fieldPath ~= "" then field = path .. r.fieldPath end
+        out.causes[#out.causes + 1] = { reason = r.reason or "FieldValueInvalid", field = field,
+          message = ('Invalid value: "%s": %s'):format(vt or "object", what) }
+      end
+    end
+  end
+end
+
+local function v_schema(s, v, path, out, oldv)
   -- defaults of the children first (structural defaulting happens before validation)
   local vt = type_of(v)
   if vt == "null" then
@@ -210,9 +241,9 @@ local function v_schema(s, v, path, out)
       local ps = props and props[k]
       local cpath = join(path, tostring(k))
       if ps then
-        M.walk(ps, v, k, cpath, out)
+        M.walk(ps, v, k, cpath, out, type(oldv) == "table" and oldv or nil)
       elseif type(s.additionalProperties) == "table" then
-        M.walk(s.additionalProperties, v, k, cpath, out)
+        M.walk(s.additionalProperties, v, k, cpath, out, type(oldv) == "table" and oldv or nil)
       elseif s.additionalProperties == true or s["x-kubernetes-preserve-unknown-fields"] then
         -- kept as is
       elseif props or s.additionalProperties == false or s.type == "object" then
@@ -250,6 +281,7 @@ local function v_schema(s, v, path, out)
         message = ("Invalid value: %s: %s in body must not validate the schema (not)"):format(quote(v), path) }
     end
   end
+  if s["x-kubernetes-validations"] ~= nil then v_rules(s, v, path, out, oldv, s.type or vt) end
 end
 
 --- The causes of value against schema s at path (nothing changed, nothing
@@ -261,8 +293,8 @@ function M.check(s, value, path)
 end
 
 --- Validate the value parent[key] against schema s (defaults already applied by the parent).
-function M.walk(s, parent, key, path, out)
-  v_schema(s, parent[key], path, out)
+function M.walk(s, parent, key, path, out, oldparent)
+  v_schema(s, parent[key], path, out, oldparent and oldparent[key])
 end
 
 --- Default, prune and validate the parts of obj the schema describes
@@ -272,7 +304,7 @@ end
 ---@param opts? {keep_unknown?: boolean}
 ---@return table causes, table unknown
 function M.apply(schema, obj, opts)
-  local out = { causes = {}, unknown = {}, keep_unknown = opts and opts.keep_unknown }
+  local out = { causes = {}, unknown = {}, keep_unknown = opts and opts.keep_unknown, old = opts and opts.old }
   if not schema then return out.causes, out.unknown end
   local props = schema.properties or {}
   for name, ps in pairs(props) do
@@ -298,13 +330,14 @@ function M.apply(schema, obj, opts)
     if k ~= "metadata" and k ~= "apiVersion" and k ~= "kind" then
       local ps = props[k]
       if ps then
-        M.walk(ps, obj, k, k, out)
+        M.walk(ps, obj, k, k, out, out.old)
       elseif not schema["x-kubernetes-preserve-unknown-fields"] then
         out.unknown[#out.unknown + 1] = k
         if not out.keep_unknown then obj[k] = nil end
       end
     end
   end
+  if schema["x-kubernetes-validations"] ~= nil then v_rules(schema, obj, "", out, out.old, "object") end
   return out.causes, out.unknown
 end
 
