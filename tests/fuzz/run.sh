@@ -14,7 +14,7 @@ SECS=8
 if [ $# -gt 0 ]; then SECS=$1; shift; fi
 HERE=$(cd "$(dirname "$0")" && pwd)
 SRC=$(cd "$HERE/../.." && pwd)
-TARGETS=${*:-"yaml json emit kubeconfig selectors patch quantity http qgaframe"}
+TARGETS=${*:-"yaml json emit cel kubeconfig selectors patch quantity http qgaframe"}
 command -v clang >/dev/null 2>&1 || { echo "skip: clang is not installed"; exit 77; }
 OUT="$BUILD/fuzz"
 mkdir -p "$OUT/artifacts" "$OUT/seeds"

@@ -99,6 +99,26 @@ function T.emit(s)
   end
 end
 
+-- CEL rules and regular expressions from any bytes: compile answers or
+-- refuses with a message; a compiled rule evaluates to a value or an error
+-- message, within its budget, whatever self is
+local cel = require("vmsnap.apiserver.cel")
+local regex = require("vmsnap.apiserver.regex")
+function T.cel(s)
+  local rule, data = s:match("^(.-)\n(.*)$")
+  rule = rule or s
+  local prog, err = must_not_raise("cel.compile", cel.compile, rule)
+  check(prog or type(err) == "string", "cel.compile failed without a message")
+  if prog then
+    local self = json.decode(data or "") or data or {}
+    local v, eerr = must_not_raise("cel eval", prog.eval, prog, { self = self, oldSelf = self })
+    check(v ~= nil or type(eerr) == "string", "cel eval failed without a message")
+  end
+  local re, rerr = must_not_raise("regex.compile", regex.compile, rule)
+  check(re or type(rerr) == "string", "regex.compile failed without a message")
+  if re then must_not_raise("regex find", re.find, re, data or rule) end
+end
+
 local kc_dir
 function T.kubeconfig(s)
   kc_dir = kc_dir or assert(fs.tempdir("vmsnap-fuzz-kc"))
