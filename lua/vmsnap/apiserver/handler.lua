@@ -134,6 +134,18 @@ local function handle_meta(S, req, ctx, segs, accept)
     return respond(req, ctx, 200, "ok", "text/plain; charset=utf-8")
   end
   if segs[1] == "openapi" then
+    if segs[2] == "v2" and n == 2 then
+      -- a document with no definitions: kubectl's client-side validation
+      -- (its path for kinds it cannot map) finds nothing to check and says
+      -- what the server says, `no matches for kind`; explain uses v3
+      local function ld(num, str) return string.char(num << 3 | 2, #str) .. str end
+      local doc = ld(1, "2.0") .. ld(2, ld(1, "vmsnap") .. ld(2, api.VERSION.gitVersion))
+      if accept and accept:find("protobuf", 1, true) then
+        return respond(req, ctx, 200, doc, "application/octet-stream")
+      end
+      return respond_obj(req, ctx, 200, { swagger = "2.0", info = { title = "vmsnap", version = api.VERSION.gitVersion },
+        paths = {} })
+    end
     if segs[2] == "v3" then
       local docs = S.reg:openapi()
       if n == 2 then return respond(req, ctx, 200, docs.root_text) end

@@ -33,20 +33,40 @@ local function ago(ts, now)
 end
 
 -- Built-in kinds: core v1, storage.k8s.io, coordination.k8s.io, apiextensions.k8s.io.
+-- structural schemas of the built-in kinds' top-level fields (nested
+-- objects kept as they are): unknown top-level fields are refused or pruned as
+-- for custom resources, and `kubectl explain` has something to say
+local function strmap(desc, format)
+  return { type = "object", description = desc, additionalProperties = { type = "string", format = format } }
+end
+local function open(desc) return { type = "object", description = desc, ["x-kubernetes-preserve-unknown-fields"] = true } end
+local function top(props) return { type = "object", properties = props } end
+local SPEC_STATUS = top({ spec = open("The desired state (stored as given; nothing acts on it here)."),
+  status = open("The observed state.") })
+
 local BUILTINS = {
   { group = "", version = "v1", kind = "Namespace", plural = "namespaces", singular = "namespace",
     namespaced = false, short = { "ns" }, status = true, fields = { ["status.phase"] = true },
+    schema = top({ spec = open("Spec defines the behavior of the Namespace (its finalizers)."),
+      status = open("Status describes the current status of a Namespace (its phase).") }),
     columns = { name_col(), { name = "Status", type = "string", jsonPath = ".status.phase" }, age() } },
   { group = "", version = "v1", kind = "Secret", plural = "secrets", singular = "secret",
     namespaced = true, fields = { type = true },
+    schema = top({ data = strmap("Data contains the secret data, each value base64-encoded.", "byte"),
+      stringData = strmap("stringData allows specifying non-binary secret data in string form; it is merged into data on write."),
+      type = { type = "string", description = "Used to facilitate programmatic handling of secret data." },
+      immutable = { type = "boolean", description = "If set to true, the data cannot be updated." } }),
     columns = { name_col(), { name = "Type", type = "string", jsonPath = ".type" },
       { name = "Data", type = "integer", cell = function(o) return count_keys(o.data) end }, age() } },
   { group = "", version = "v1", kind = "ConfigMap", plural = "configmaps", singular = "configmap",
     namespaced = true, short = { "cm" },
+    schema = top({ data = strmap("Data contains the configuration data: UTF-8 strings by key."),
+      binaryData = strmap("BinaryData contains the binary data, each value base64-encoded.", "byte"),
+      immutable = { type = "boolean", description = "If set to true, the data cannot be updated." } }),
     columns = { name_col(), { name = "Data", type = "integer",
       cell = function(o) return count_keys(o.data) + count_keys(o.binaryData) end }, age() } },
   { group = "", version = "v1", kind = "PersistentVolumeClaim", plural = "persistentvolumeclaims",
-    singular = "persistentvolumeclaim", namespaced = true, short = { "pvc" }, status = true,
+    singular = "persistentvolumeclaim", namespaced = true, short = { "pvc" }, status = true, schema = SPEC_STATUS,
     fields = { ["status.phase"] = true, ["spec.volumeName"] = true },
     columns = { name_col(), { name = "Status", type = "string", jsonPath = ".status.phase" },
       { name = "Volume", type = "string", jsonPath = ".spec.volumeName" },
@@ -57,7 +77,7 @@ local BUILTINS = {
         return (o.spec and o.spec.volumeAttributesClassName) or "<unset>" end },
       age(), { name = "VolumeMode", type = "string", jsonPath = ".spec.volumeMode", priority = 1 } } },
   { group = "", version = "v1", kind = "PersistentVolume", plural = "persistentvolumes",
-    singular = "persistentvolume", namespaced = false, short = { "pv" }, status = true,
+    singular = "persistentvolume", namespaced = false, short = { "pv" }, status = true, schema = SPEC_STATUS,
     fields = { ["status.phase"] = true },
     columns = { name_col(), { name = "Capacity", type = "string", jsonPath = ".spec.capacity.storage" },
       { name = "Access Modes", type = "string", cell = function(o) return access_modes(o.spec and o.spec.accessModes) end },
@@ -96,6 +116,13 @@ local BUILTINS = {
       { name = "Name", type = "string", format = "name", jsonPath = ".metadata.name", priority = 1 } } },
   { group = "storage.k8s.io", version = "v1", kind = "StorageClass", plural = "storageclasses",
     singular = "storageclass", namespaced = false, short = { "sc" },
+    schema = top({ provisioner = { type = "string", description = "The volume plugin that provisions volumes of this class." },
+      parameters = strmap("Parameters for the provisioner."),
+      reclaimPolicy = { type = "string", description = "Delete or Retain: what happens to a released volume." },
+      mountOptions = { type = "array", items = { type = "string" }, description = "Mount options of the volumes." },
+      allowVolumeExpansion = { type = "boolean", description = "Whether volumes of this class can be expanded." },
+      volumeBindingMode = { type = "string", description = "Immediate or WaitForFirstConsumer." },
+      allowedTopologies = { type = "array", items = open("A topology selector term."), description = "Where volumes can be provisioned." } }),
     columns = { { name = "Name", type = "string", format = "name", cell = function(o)
         local a = o.metadata.annotations or {}
         if a["storageclass.kubernetes.io/is-default-class"] == "true" then return o.metadata.name .. " (default)" end
@@ -106,45 +133,46 @@ local BUILTINS = {
       { name = "AllowVolumeExpansion", type = "boolean", cell = function(o) return o.allowVolumeExpansion == true end },
       age() } },
   { group = "coordination.k8s.io", version = "v1", kind = "Lease", plural = "leases", singular = "lease",
-    namespaced = true,
+    namespaced = true, schema = top({ spec = open("The specification of the Lease: holder, durations, times.") }),
     columns = { name_col(), { name = "Holder", type = "string", jsonPath = ".spec.holderIdentity" }, age() } },
   -- stored and served, nothing more (no controller runs them): what kubectl
   -- looks up for `apply --prune` (its default allowlist) and `cluster-info`
   { group = "", version = "v1", kind = "Pod", plural = "pods", singular = "pod", namespaced = true,
-    short = { "po" }, status = true, categories = { "all" }, columns = { name_col(), age() } },
+    short = { "po" }, status = true, categories = { "all" }, schema = SPEC_STATUS, columns = { name_col(), age() } },
   { group = "", version = "v1", kind = "Service", plural = "services", singular = "service", namespaced = true,
-    short = { "svc" }, status = true, categories = { "all" }, columns = { name_col(), age() } },
+    short = { "svc" }, status = true, categories = { "all" }, schema = SPEC_STATUS, columns = { name_col(), age() } },
   { group = "", version = "v1", kind = "Endpoints", plural = "endpoints", singular = "endpoints", namespaced = true,
-    short = { "ep" }, columns = { name_col(), age() } },
+    short = { "ep" }, schema = top({ subsets = { type = "array", items = open("A set of addresses and ports."),
+      description = "The addresses and ports behind a service." } }), columns = { name_col(), age() } },
   { group = "", version = "v1", kind = "ReplicationController", plural = "replicationcontrollers",
     singular = "replicationcontroller", namespaced = true, short = { "rc" }, status = true, categories = { "all" },
-    columns = { name_col(), age() } },
+    schema = SPEC_STATUS, columns = { name_col(), age() } },
   { group = "apps", version = "v1", kind = "Deployment", plural = "deployments", singular = "deployment",
-    namespaced = true, short = { "deploy" }, status = true, categories = { "all" }, columns = { name_col(), age() } },
+    namespaced = true, short = { "deploy" }, status = true, categories = { "all" }, schema = SPEC_STATUS, columns = { name_col(), age() } },
   { group = "apps", version = "v1", kind = "ReplicaSet", plural = "replicasets", singular = "replicaset",
-    namespaced = true, short = { "rs" }, status = true, categories = { "all" }, columns = { name_col(), age() } },
+    namespaced = true, short = { "rs" }, status = true, categories = { "all" }, schema = SPEC_STATUS, columns = { name_col(), age() } },
   { group = "apps", version = "v1", kind = "StatefulSet", plural = "statefulsets", singular = "statefulset",
-    namespaced = true, short = { "sts" }, status = true, categories = { "all" }, columns = { name_col(), age() } },
+    namespaced = true, short = { "sts" }, status = true, categories = { "all" }, schema = SPEC_STATUS, columns = { name_col(), age() } },
   { group = "apps", version = "v1", kind = "DaemonSet", plural = "daemonsets", singular = "daemonset",
-    namespaced = true, short = { "ds" }, status = true, categories = { "all" }, columns = { name_col(), age() } },
+    namespaced = true, short = { "ds" }, status = true, categories = { "all" }, schema = SPEC_STATUS, columns = { name_col(), age() } },
   { group = "batch", version = "v1", kind = "Job", plural = "jobs", singular = "job", namespaced = true,
-    status = true, categories = { "all" }, columns = { name_col(), age() } },
+    status = true, categories = { "all" }, schema = SPEC_STATUS, columns = { name_col(), age() } },
   { group = "batch", version = "v1", kind = "CronJob", plural = "cronjobs", singular = "cronjob", namespaced = true,
-    short = { "cj" }, status = true, categories = { "all" }, columns = { name_col(), age() } },
+    short = { "cj" }, status = true, categories = { "all" }, schema = SPEC_STATUS, columns = { name_col(), age() } },
   { group = "networking.k8s.io", version = "v1", kind = "Ingress", plural = "ingresses", singular = "ingress",
-    namespaced = true, short = { "ing" }, status = true, columns = { name_col(), age() } },
+    namespaced = true, short = { "ing" }, status = true, schema = SPEC_STATUS, columns = { name_col(), age() } },
   -- reviews: created and answered, never stored (`kubectl auth whoami|can-i`)
   { group = "authentication.k8s.io", version = "v1", kind = "SelfSubjectReview", plural = "selfsubjectreviews",
-    singular = "selfsubjectreview", namespaced = false, review = true, verbs = { "create" }, columns = {} },
+    singular = "selfsubjectreview", namespaced = false, review = true, verbs = { "create" }, schema = SPEC_STATUS, columns = {} },
   { group = "authorization.k8s.io", version = "v1", kind = "SelfSubjectAccessReview",
     plural = "selfsubjectaccessreviews", singular = "selfsubjectaccessreview", namespaced = false, review = true,
-    verbs = { "create" }, columns = {} },
+    verbs = { "create" }, schema = SPEC_STATUS, columns = {} },
   { group = "authorization.k8s.io", version = "v1", kind = "SelfSubjectRulesReview",
     plural = "selfsubjectrulesreviews", singular = "selfsubjectrulesreview", namespaced = false, review = true,
-    verbs = { "create" }, columns = {} },
+    verbs = { "create" }, schema = SPEC_STATUS, columns = {} },
   { group = "apiextensions.k8s.io", version = "v1", kind = "CustomResourceDefinition",
     plural = "customresourcedefinitions", singular = "customresourcedefinition", namespaced = false,
-    short = { "crd", "crds" }, status = true, categories = { "api-extensions" },
+    short = { "crd", "crds" }, status = true, categories = { "api-extensions" }, schema = SPEC_STATUS,
     columns = { name_col(), { name = "Created At", type = "date", cell = function(o)
       return o.metadata.creationTimestamp end } } },
 }
