@@ -90,6 +90,10 @@ t.test("categories and explain", function()
   out = ok({ "explain", "vdsnapshot.spec" })
   t.contains(out, "virtualDiskName")
   t.contains(out, "-required-")
+  -- our CRDs describe what kubectl explain shows
+  t.contains(ok({ "explain", "vmsnapshot" }), "A snapshot of a VirtualMachine and its disks.")
+  t.contains(ok({ "explain", "vmsnapshot.spec.requiredConsistency" }), "frozen")
+  t.contains(ok({ "explain", "vmrestore.spec.nameReplacements" }), "restore next to the original")
 end)
 
 t.test("short names and categories are upstream's: delete vms deletes VM snapshots, not VMs; all holds only VMs of ours", function()
