@@ -93,7 +93,7 @@ t.test("categories and explain", function()
   -- our CRDs describe what kubectl explain shows
   t.contains(ok({ "explain", "vmsnapshot" }), "A snapshot of a VirtualMachine and its disks.")
   t.contains(ok({ "explain", "vmsnapshot.spec.requiredConsistency" }), "frozen")
-  t.contains(ok({ "explain", "vmrestore.spec.nameReplacements" }), "restore next to the original")
+  t.contains(ok({ "explain", "vmrestore.spec.nameReplacements" }), "Names to give the restored objects")
 end)
 
 t.test("short names and categories are upstream's: delete vms deletes VM snapshots, not VMs; all holds only VMs of ours", function()
