@@ -174,6 +174,20 @@ t.test("CEL x-kubernetes-validations: rules, messages, transition rules with old
     kind = "Costly", metadata = { name = "c" }, spec = { l = many } }))
   t.eq(r.status, 422)
   t.contains(r.obj.message, "cost limit exceeded")
+  -- the list library and messageExpression
+  r = req("POST", CRDS, crd("sorted", { type = "object", properties = { l = { type = "array", items = { type = "integer" } } },
+    ["x-kubernetes-validations"] = { { rule = "self.l.isSorted() && self.l.sum() < 100",
+      messageExpression = "'l must be sorted and sum below 100, it has ' + string(size(self.l)) + ' items'" } } }))
+  t.eq(r.status, 201, r.body)
+  require("vmsnap.task").sleep(0.2)
+  local SO = "/apis/test.vmsnap.io/v1/namespaces/default/sorteds"
+  local function sorted(name, l)
+    return req("POST", SO, json.encode({ apiVersion = "test.vmsnap.io/v1", kind = "Sorted", metadata = { name = name }, spec = { l = l } }))
+  end
+  t.eq(sorted("s-ok", { 1, 2, 3 }).status, 201)
+  r = sorted("s-bad", { 3, 1 })
+  t.eq(r.status, 422)
+  t.contains(r.obj.message, "l must be sorted and sum below 100, it has 2 items")
   -- rules that cannot be compiled refuse the CRD, naming them
   for _, bad in ipairs({ "self.max >", "duration(self.x) > duration('1s')", "self.x.bogus()" }) do
     r = req("POST", CRDS, crd("badrule", { type = "object", ["x-kubernetes-validations"] = { { rule = bad } } }))

@@ -110,7 +110,7 @@ local FUNCS = { size = true, int = true, uint = true, double = true, string = tr
   has = true }
 local METHODS = { size = true, startsWith = true, endsWith = true, contains = true, matches = true, replace = true,
   lowerAscii = true, upperAscii = true, trim = true, split = true, indexOf = true, lastIndexOf = true, join = true,
-  substring = true }
+  substring = true, isSorted = true, sum = true, min = true, max = true }
 local TYPES = { int = true, uint = true, double = true, string = true, bool = true, list = true, map = true,
   null_type = true, bytes = true, type = true }
 
@@ -551,6 +551,10 @@ eval = function(node, env, st)
     local args = {}
     for i, a in ipairs(node[4]) do args[i] = eval(a, env, st) end
     local f = METHOD_IMPL[node[2]]
+    local LIST_METHODS = { isSorted = true, sum = true, min = true, max = true, indexOf = true, lastIndexOf = true }
+    if type(recv) == "table" and LIST_METHODS[node[2]] then
+      return M.list_method(node[2], recv, args[1])
+    end
     if node[2] == "join" then
       if type(recv) ~= "table" then fail("no such overload: join on " .. cel_type(recv)) end
     elseif node[2] ~= "size" and type(recv) ~= "string" then
@@ -601,6 +605,35 @@ eval = function(node, env, st)
     end
   end
   fail("cannot evaluate " .. tostring(k))
+end
+
+--- The Kubernetes list library: isSorted, sum, min, max, indexOf, lastIndexOf.
+function M.list_method(name, list, arg)
+  local n = #list
+  if name == "indexOf" or name == "lastIndexOf" then
+    local from, to, step = 1, n, 1
+    if name == "lastIndexOf" then from, to, step = n, 1, -1 end
+    for i = from, to, step do if equal(list[i], arg) then return i - 1 end end
+    return -1
+  end
+  for _, v in ipairs(list) do
+    if type(v) ~= "number" and type(v) ~= "string" then fail(("no such overload: %s() of a list of %s"):format(name, cel_type(v))) end
+  end
+  if name == "isSorted" then
+    for i = 2, n do if compare("<", list[i], list[i - 1]) then return false end end
+    return true
+  end
+  if name == "sum" then
+    local total = 0
+    for _, v in ipairs(list) do total = arith("+", total, v) end
+    return total
+  end
+  if n == 0 then fail(name .. "() of an empty list") end
+  local best = list[1]
+  for i = 2, n do
+    if (name == "min" and compare("<", list[i], best)) or (name == "max" and compare(">", list[i], best)) then best = list[i] end
+  end
+  return best
 end
 
 --- Evaluate with the variables in env (self, oldSelf). Returns the value,

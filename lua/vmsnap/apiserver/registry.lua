@@ -284,6 +284,10 @@ function M.check_crd(crd)
       for i, rule in ipairs(type(xv) == "table" and xv or {}) do
         local ok, why = false, "a rule must be a string"
         if type(rule) == "table" and type(rule.rule) == "string" then ok, why = schema_mod.rule(rule.rule) end
+        if ok and type(rule.messageExpression) == "string" then
+          local mok, mwhy = schema_mod.rule(rule.messageExpression)
+          if not mok then ok, why = false, "messageExpression: " .. tostring(mwhy) end
+        end
         if not ok then
           causes[#causes + 1] = { reason = "FieldValueInvalid",
             field = ("%s.x-kubernetes-validations[%d].rule"):format(path, i - 1),

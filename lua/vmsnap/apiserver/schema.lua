@@ -89,6 +89,11 @@ local function v_rules(s, v, path, out, oldv, vt)
       local res, err = prog:eval({ self = v, oldSelf = oldv })
       if res ~= true then
         local what = r.message or ("failed rule: " .. tostring(r.rule))
+        if type(r.messageExpression) == "string" then
+          local mp = M.rule(r.messageExpression)
+          local m = mp and mp:eval({ self = v, oldSelf = oldv })
+          if type(m) == "string" and m ~= "" then what = m end
+        end
         if res == nil then what = ("%s: %s"):format(r.message or ("failed rule: " .. tostring(r.rule)), err) end
         local field = path
         if type(r.fieldPath) == "string" and r.fieldPath ~= "" then field = path .. r.fieldPath end
