@@ -32,7 +32,7 @@ M.TRANSIENT = {
   Conflict = true, TooManyRequests = true, ServiceUnavailable = true, InternalError = true,
   ServerTimeout = true, Timeout = true, Gone = true, Expired = true, Unauthorized = true,
   -- vmsnap's own
-  BUSY = true, AGENT_NOT_READY = true, FROZEN_BY_OTHER = true, BAD_RESPONSE = true,
+  BUSY = true, AGENT_NOT_READY = true, FROZEN_BY_OTHER = true, BAD_RESPONSE = true, UNDO_OWED = true,
 }
 
 --- May a retry fix a failure with this code? A missing code counts as

@@ -116,6 +116,8 @@ local function step(name, o)
     end,
     undo = o.undo and function(ctx, obj, outcome)
       say("undo " .. name .. " " .. outcome)
+      local f = script[obj.metadata.name .. "/undo " .. name]
+      if f then return f(ctx, obj, outcome) end
       return true
     end or nil }
 end
@@ -220,6 +222,30 @@ t.test("a terminal failure: Failed once, the reason from the code, one Warning E
   -- the record is written after the status it goes with: read it again
   local rec = record(assert(c:get("vdsnapshot", "s3")))
   t.eq(#rec.owed, 0)
+end)
+
+t.test("a terminal object whose undo failed is retried until the undo is done (the thaw is not left owed)", function()
+  local _ <close> = run(controller())
+  script["s-undo/work"] = function() return nil, "the work broke", "Special" end
+  local fails = 2
+  script["s-undo/undo freeze"] = function()
+    if fails > 0 then
+      fails = fails - 1
+      return nil, "the thaw's write was lost", "CLOSED"
+    end
+    return true
+  end
+  create("s-undo")
+  local o = assert(eventually(function()
+    local x = c:get("vdsnapshot", "s-undo")
+    return x and x.status and x.status.phase == "Failed" and #record(x).owed == 0 and x
+  end, 10))
+  t.eq(o.status.phase, "Failed")
+  t.eq(fails, 0, "the failing undo was tried again")
+  local n = 0
+  for _, l in ipairs(log) do if l == "undo freeze Failed" then n = n + 1 end end
+  t.eq(n, 3, "three tries of the thaw: two lost, one done")
+  t.eq(events("s-undo").TestFailedEvent, 1, "still one Warning Event")
 end)
 
 t.test("a transient failure after a held step gives it back at once; a later pass takes it again, in its place", function()

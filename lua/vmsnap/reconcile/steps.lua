@@ -508,6 +508,12 @@ function M.run(W, ctx, obj)
     res, err, code = run_steps(W, ctx, obj, facts)
   end
   st.observedGeneration = obj.metadata.generation
+  if res and (st.phase == "Failed" or st.phase == "Ready") and #ctx.steps.rec.owed > 0 then
+    -- terminal with an undo that failed (the thaw's write lost, say): the
+    -- status stands, and the pass is retried until the undo is done — a
+    -- terminal object is otherwise not looked at again
+    return nil, ("an undo is still owed: %s"):format(table.concat(ctx.steps.rec.owed, ", ")), "UNDO_OWED"
+  end
   return res, err, code
 end
 
