@@ -38,17 +38,24 @@ local function type_of(v)
 end
 
 local regex = require("vmsnap.apiserver.regex")
-local compiled = setmetatable({}, { __mode = "v" }) -- pattern text -> regex
-M.compiled = compiled
+local cel = require("vmsnap.apiserver.cel")
+
+-- a compiler that keeps what it compiled, by text (weakly: unused ones go)
+local function cached(compile)
+  local cache = setmetatable({}, { __mode = "v" })
+  return function(text)
+    local done = cache[text]
+    if done then return done end
+    local r, err = compile(text)
+    if r then cache[text] = r end
+    return r, err
+  end
+end
 
 --- The compiled `pattern`, or nil and why it is not one vmsnap can check.
-function M.regex(pattern)
-  local re = compiled[pattern]
-  if re then return re end
-  local r, err = regex.compile(pattern)
-  if r then compiled[pattern] = r end
-  return r, err
-end
+M.regex = cached(regex.compile)
+--- The compiled CEL rule, or nil and why vmsnap cannot evaluate it.
+M.rule = cached(cel.compile)
 
 local B64 = "^[A-Za-z0-9+/]*=?=?$"
 
@@ -66,18 +73,6 @@ local FORMATS = {
 local function join(path, key)
   if path == "" then return key end
   return path .. "." .. key
-end
-
-local cel = require("vmsnap.apiserver.cel")
-local rules = setmetatable({}, { __mode = "v" }) -- rule text -> program
-
---- The compiled CEL rule, or nil and why vmsnap cannot evaluate it.
-function M.rule(text)
-  local p = rules[text]
-  if p then return p end
-  local prog, err = cel.compile(text)
-  if prog then rules[text] = prog end
-  return prog, err
 end
 
 -- x-kubernetes-validations of s on v (oldv: the same field before an update;
