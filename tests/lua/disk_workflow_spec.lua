@@ -147,6 +147,25 @@ t.test("d.1 #5: a disk not Ready keeps the snapshot Pending with the disk's phas
   t.eq(s.status.phase, "Pending")
 end)
 
+t.test("b.1: a larger size while a snapshot is in progress is refused (Resizing False/NotAvailable), and applied once the snapshot is Ready", function()
+  assert(c:create({ apiVersion = "snapshot.storage.k8s.io/v1", kind = "VolumeSnapshotClass", metadata = { name = "slow-ready" },
+    driver = "local.vmsnap.io", deletionPolicy = "Delete", parameters = { readyLatency = "3s" } }))
+  disk("d-snapgrow", "16Mi")
+  assert(wait("vd", "d-snapgrow", phase_is("Ready")))
+  snapshot("s-snapgrow", "d-snapgrow", { volumeSnapshotClassName = "slow-ready" })
+  assert(wait("vd", "d-snapgrow", function(o) local x = cond(o, "Snapshotting") return x and x.status == "True" and o end))
+  assert(c:patch("vd", "d-snapgrow", { spec = { persistentVolumeClaim = { size = "32Mi" } } }))
+  local vd = assert(wait("vd", "d-snapgrow", function(o) local x = cond(o, "Resizing") return x and o end))
+  local rz = cond(vd, "Resizing")
+  t.eq(rz.status .. "/" .. rz.reason, "False/NotAvailable")
+  t.eq(rz.message, "The virtual disk cannot be selected for resizing as it is currently snapshotting.")
+  local pvc = assert(c:get("pvc", vd.status.target.persistentVolumeClaimName))
+  t.eq(pvc.spec.resources.requests.storage, "16Mi", "the claim is not expanded meanwhile")
+  assert(wait("vdsnapshot", "s-snapgrow", phase_is("Ready"), 20))
+  t.ok(wait("vd", "d-snapgrow", function(o) return o and o.status.capacity == "32Mi" and o end, 20), "grown after the snapshot")
+  t.eq(assert(c:get("volumesnapshot", "s-snapgrow")).status.restoreSize, "16Mi", "the snapshot is of the 16Mi disk")
+end)
+
 t.test("d.1 #7: a resizing disk keeps the snapshot Pending; it proceeds once the volume has grown", function()
   assert(c:create({ apiVersion = "storage.k8s.io/v1", kind = "StorageClass", metadata = { name = "slow-resize" },
     provisioner = "local.vmsnap.io", allowVolumeExpansion = true, parameters = { resizeLatency = "3s" } }))

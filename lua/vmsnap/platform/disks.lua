@@ -48,14 +48,21 @@ local function attached_vms(ctx, vd)
   return out
 end
 
+-- a snapshot of this disk is in progress (neither Ready nor going away)
+local function snapshot_in_progress(ctx, vd)
+  for _, s in ipairs(ctx:list(VDS, vd.metadata.namespace)) do
+    local ph = s.status and s.status.phase or ""
+    if s.spec.virtualDiskName == vd.metadata.name and ph ~= "Ready" and ph ~= "Terminating" then
+      return true
+    end
+  end
+  return false
+end
+
 -- b.1: Snapshotting, computed only for a Ready disk
 local function snapshotting(ctx, vd)
   if vd.metadata.deletionTimestamp or not cond_true(ctx, "Ready") then return end
-  local busy = false
-  for _, s in ipairs(ctx:list(VDS, vd.metadata.namespace)) do
-    local ph = s.status and s.status.phase or ""
-    if s.spec.virtualDiskName == vd.metadata.name and ph ~= "Ready" and ph ~= "Terminating" then busy = true break end
-  end
+  local busy = snapshot_in_progress(ctx, vd)
   if not busy then
     ctx:remove_condition("Snapshotting")
   elseif cond_true(ctx, "Resizing") then
@@ -154,7 +161,11 @@ local function reconcile_disk(ctx, vd)
   local have = quantity.parse(pvc.spec.resources.requests.storage or "0") or 0
   local cap = quantity.parse(vd.status.capacity or "0") or 0
   if want > have then
-    if cond_true(ctx, "Snapshotting") then
+    -- from the snapshots themselves: raising the size bumps the generation,
+    -- so the Snapshotting condition of the last pass is not current here
+    -- (b.1: no expansion while a snapshot is in progress)
+    local c = ctx:get_condition("Snapshotting")
+    if (c and c.status == "True") or snapshot_in_progress(ctx, vd) then
       ctx:condition("Resizing", "False", "NotAvailable",
         "The virtual disk cannot be selected for resizing as it is currently snapshotting.")
     else
