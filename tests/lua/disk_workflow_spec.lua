@@ -147,6 +147,30 @@ t.test("d.1 #5: a disk not Ready keeps the snapshot Pending with the disk's phas
   t.eq(s.status.phase, "Pending")
 end)
 
+t.test("IP addresses are the cluster's: Auto claims in three namespaces get three addresses; a Static one taken elsewhere waits", function()
+  local got = {}
+  for _, ns in ipairs({ "default", "net-a", "net-b" }) do
+    if ns ~= "default" then assert(c:create({ apiVersion = "v1", kind = "Namespace", metadata = { name = ns } })) end
+    assert(c:create({ apiVersion = G, kind = "VirtualMachineIPAddress", metadata = { name = "same-name", namespace = ns },
+      spec = { type = "Auto" } }))
+  end
+  for _, ns in ipairs({ "default", "net-a", "net-b" }) do
+    local ip = assert(c:wait_for("vmip", "same-name", function(o) return o and o.status and o.status.address and o end,
+      { namespace = ns, timeout = 20 }))
+    t.eq(got[ip.status.address], nil, ns .. ": " .. ip.status.address .. " is not held elsewhere")
+    got[ip.status.address] = ns
+  end
+  local taken = assert(c:get("vmip", "same-name", { namespace = "net-a" })).status.address
+  assert(c:create({ apiVersion = G, kind = "VirtualMachineIPAddress", metadata = { name = "static", namespace = "net-b" },
+    spec = { type = "Static", staticIP = taken } }))
+  local st = assert(c:wait_for("vmip", "static", function(o)
+    local b = o and cond(o, "Bound")
+    return b and o
+  end, { namespace = "net-b", timeout = 20 }))
+  t.eq(st.status.phase, "Pending")
+  t.eq(cond(st, "Bound").reason, "VirtualMachineIPAddressLeaseAlreadyExists")
+end)
+
 t.test("b.1: a larger size while a snapshot is in progress is refused (Resizing False/NotAvailable), and applied once the snapshot is Ready", function()
   assert(c:create({ apiVersion = "snapshot.storage.k8s.io/v1", kind = "VolumeSnapshotClass", metadata = { name = "slow-ready" },
     driver = "local.vmsnap.io", deletionPolicy = "Delete", parameters = { readyLatency = "3s" } }))

@@ -1,16 +1,20 @@
 --- vmsnap.platform.network: VirtualMachineIPAddresses of the local platform
 --- (spec a.6): Auto addresses from a pool, Static ones as asked when free;
 --- phase Bound, then Attached with status.virtualMachineName once a VM uses it.
+--- Addresses are the cluster's, as the platform's VirtualMachineIPAddressLeases
+--- are: one address is never held in two namespaces. One worker hands them
+--- out, so that two claims are never given the same free address.
 local reconcile = require("vmsnap.reconcile")
 
 local M = {}
 
 M.POOL = "10.66.0." -- .10 to .250
 
-local function in_use(ctx, ns, except)
+-- the addresses held by every other claim, in every namespace
+local function in_use(ctx, self)
   local used = {}
-  for _, ip in ipairs(ctx:list("VirtualMachineIPAddress", ns)) do
-    if ip.metadata.name ~= except then
+  for _, ip in ipairs(ctx:list("VirtualMachineIPAddress", nil)) do
+    if ip.metadata.uid ~= self.metadata.uid then
       if ip.status and ip.status.address then used[ip.status.address] = true end
       if ip.spec.staticIP then used[ip.spec.staticIP] = true end
     end
@@ -27,9 +31,8 @@ end
 
 local function reconcile_ip(ctx, ip)
   ip.status = ip.status or {}
-  local ns = ip.metadata.namespace
   if not ip.status.address then
-    local used = in_use(ctx, ns, ip.metadata.name)
+    local used = in_use(ctx, ip)
     if ip.spec.type == "Static" then
       if used[ip.spec.staticIP] then
         ip.status.phase = "Pending"
@@ -66,7 +69,7 @@ end
 
 --- The VirtualMachineIPAddress controller (not started).
 function M.controller(client)
-  return reconcile.controller({ client = client, name = "local-network", kind = "VirtualMachineIPAddress",
+  return reconcile.controller({ client = client, name = "local-network", kind = "VirtualMachineIPAddress", workers = 1,
     watches = { { kind = "VirtualMachine", map = function(vm)
       local name = vm.spec.virtualMachineIPAddressName or (vm.status and vm.status.virtualMachineIPAddressName)
       return name and { vm.metadata.namespace .. "/" .. name } or {}
