@@ -20,7 +20,7 @@ M.commands = {
   { name = "restore", summary = "restore disk NAME --from SNAPSHOT | restore vm --from SNAPSHOT [--rename] [--dry-run]" },
   { name = "workflow", summary = "workflow list | show NAME: the workflows and their order of operations" },
   { name = "hook", summary = "hook test FILE --vm NAME [--point P]: run a hook against a VM and show what it did" },
-  { name = "vm", summary = "vm start|stop NAME: power a VM of the local platform" },
+  { name = "vm", summary = "vm start|stop|migrate|pause|resume NAME: a VM of the local platform" },
   { name = "get", summary = "show Kubernetes objects (kubectl get, for vmsnap's kinds and more)" },
   { name = "apply", summary = "server-side apply of manifests (kubectl apply --server-side)" },
   { name = "guest", summary = "talk to a guest agent: ping, status, freeze, thaw, exec, thaw-orphans" },

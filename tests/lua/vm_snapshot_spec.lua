@@ -376,4 +376,42 @@ t.test("kill -9 of vmsnap up while the guest is frozen: after a restart the snap
   t.ok(ms)
 end)
 
+t.test("a VM snapshot of a Migrating or Paused VM waits for Running (vmsnap vm migrate|pause|resume)", function()
+  disk("root-mg")
+  vm("vm-mg", { "root-mg" })
+  assert(wait("vm", "vm-mg", agent_ready, 60))
+  local env = { KUBECONFIG = srv.kubeconfig }
+  local r = h.run_vmsnap({ "vm", "migrate", "vm-mg", "--duration", "4s" }, { env = env, timeout = 30 })
+  t.eq(r.status, 0, r.stderr)
+  t.contains(r.stdout, "vm-mg migrating")
+  assert(wait("vm", "vm-mg", phase_is("Migrating"), 10))
+  vmsnap("ms-mg", "vm-mg")
+  local s = assert(wait("vmsnapshot", "ms-mg", function(o)
+    local x = o and cond(o, "VirtualMachineReady")
+    return x and x.status == "False" and o
+  end))
+  t.eq(s.status.phase, "Pending")
+  t.eq(cond(s, "VirtualMachineReady").message,
+    'The virtual machine "vm-mg" is in the "Migrating" phase: waiting for it to reach the Running or Stopped phase.')
+  s = assert(wait("vmsnapshot", "ms-mg", phase_is("Ready"), 30))
+  t.eq(s.status.consistent, true, "taken once the migration ended")
+  -- pause: waits until resumed
+  r = h.run_vmsnap({ "vm", "pause", "vm-mg", "--wait" }, { env = env, timeout = 30 })
+  t.eq(r.status, 0, r.stderr)
+  t.contains(r.stdout, "vm-mg is Pause")
+  vmsnap("ms-pause", "vm-mg")
+  s = assert(wait("vmsnapshot", "ms-pause", function(o)
+    local x = o and cond(o, "VirtualMachineReady")
+    return x and x.message:find('"Pause" phase', 1, true) and o
+  end))
+  t.eq(s.status.phase, "Pending")
+  r = h.run_vmsnap({ "vm", "resume", "vm-mg", "--wait" }, { env = env, timeout = 30 })
+  t.eq(r.status, 0, r.stderr)
+  t.ok(wait("vmsnapshot", "ms-pause", phase_is("Ready"), 30), "Ready after the resume")
+  r = h.run_vmsnap({ "vm", "migrate", "vm-mg", "--duration", "abc" }, { env = env, timeout = 30 })
+  t.eq(r.status, 2)
+  t.contains(r.stderr, "--duration must be a positive duration")
+  assert(c:patch("vm", "vm-mg", { spec = { runPolicy = "AlwaysOff" } }))
+end)
+
 t.done()

@@ -24,6 +24,8 @@ local volumes = require("vmsnap.platform.volumes")
 local M = {}
 
 M.POWER = "vmsnap.io/power"
+M.MIGRATE_UNTIL = "vmsnap.io/migrate-until" -- RFC 3339: phase Migrating until then
+M.PAUSED = "vmsnap.io/paused"                -- "true": phase Pause
 M.MAX_FREEZE = 300 -- seconds: the longest freeze a launcher lets through without an unfreeze timeout
 local VD = "virtualdisks.virtualization.deckhouse.io"
 local VMBDA = "virtualmachineblockdeviceattachments.virtualization.deckhouse.io"
@@ -285,6 +287,15 @@ local function reconcile_vm(P, ctx, vm)
     st.stats.lastStartTime = require("vmsnap.time").format()
   end
   st.phase = "Running"
+  -- `vmsnap vm migrate` and `vm pause`: the phases a real VM passes through
+  -- (the snapshot rules for them can then be tried here)
+  local marks = vm.metadata.annotations or {}
+  local migrate_until = require("vmsnap.time").parse(marks[M.MIGRATE_UNTIL])
+  if migrate_until and migrate_until > os.time() then
+    st.phase = "Migrating"
+  elseif marks[M.PAUSED] == "true" then
+    st.phase = "Pause"
+  end
   st.nodeName = "local"
   if target then
     annotate(ctx, vm, { ["vmsnap.io/agent"] = target, ["vmsnap.io/freeze-mountpoints"] = json.encode({ mnt }) })
