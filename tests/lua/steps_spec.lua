@@ -170,9 +170,10 @@ end
 t.test("the steps run in order in one pass; the undos owed run newest first at the end; a false when skips", function()
   local _ <close> = run(controller())
   create("s1")
+  -- the record is written after the status it goes with: wait for both
   local o = assert(eventually(function()
     local x = c:get("vdsnapshot", "s1")
-    return x and x.status and x.status.phase == "Ready" and x
+    return x and x.status and x.status.phase == "Ready" and #record(x).owed == 0 and x
   end))
   t.eq(table.concat(log, ","), "gates,start,freeze,work,finish,undo work Ready,undo freeze Ready")
   local rec = record(o)
