@@ -11,6 +11,7 @@
 local json = require("vmsnap.json")
 local task = require("vmsnap.task")
 local quantity = require("vmsnap.quantity")
+local object = require("vmsnap.k8s.object")
 
 local M = {}
 
@@ -76,7 +77,7 @@ end
 --- a.4), as the platform names it; for a disk name too long for that, the
 --- name is cut and a hash keeps it unique (object.bounded_name).
 function M.claim_name(vd)
-  return require("vmsnap.k8s.object").bounded_name("vd-" .. vd.metadata.name, vd.metadata.uid)
+  return object.bounded_name("vd-" .. vd.metadata.name, vd.metadata.uid)
 end
 
 --- The default StorageClass (annotated storageclass.kubernetes.io/is-default-class),

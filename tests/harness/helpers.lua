@@ -276,6 +276,20 @@ function M.qga_env()
   return setmetatable(env, { __close = function(e) e:cleanup() end })
 end
 
+--- `vmsnap controller` talking to srv through the fault proxy fp: returns
+--- the process and a to-be-closed guard that stops it (TERM, then KILL).
+---   local ctl, _ <close> = h.controller_behind(srv, fp)
+function M.controller_behind(srv, fp)
+  local kc = srv.data .. "/kubeconfig-proxied"
+  assert(fs.write_atomic(kc, (assert(fs.read_file(srv.kubeconfig)):gsub("server: %S+", "server: " .. fp.url))))
+  local ctl = assert(proc.spawn({ M.vmsnap, "controller", "--kubeconfig", kc }, { stdout = "null", stderr = "inherit" }))
+  return ctl, setmetatable({}, { __close = function()
+    ctl:kill("TERM")
+    if not ctl:wait(10) then ctl:kill("KILL") ctl:wait(5) end
+    ctl:close()
+  end })
+end
+
 --- tests/tools/fakeqga on a unix socket with a list of actions; returns
 --- {socket = "unix:...", stop()} with <close>.
 function M.fakeqga(actions)

@@ -13,8 +13,6 @@ local t = require("tap")
 local k8s = require("vmsnap.k8s")
 local json = require("vmsnap.json")
 local task = require("vmsnap.task")
-local proc = require("vmsnap.proc")
-local fs = require("vmsnap.fs")
 local h = require("helpers")
 
 local probe <close>, why = h.qga_env()
@@ -29,14 +27,7 @@ local cond = require("vmsnap.k8s.object").condition
 local srv <close> = h.platform({ args = { "--no-controllers" } })
 local c = assert(k8s.client({ kubeconfig = srv.kubeconfig }))
 local fp <close> = h.faultproxy(srv.port)
-local kc = srv.data .. "/kubeconfig-proxied"
-assert(fs.write_atomic(kc, (assert(fs.read_file(srv.kubeconfig)):gsub("server: %S+", "server: " .. fp.url))))
-local ctl = assert(proc.spawn({ h.vmsnap, "controller", "--kubeconfig", kc }, { stdout = "null", stderr = "inherit" }))
-local _ <close> = setmetatable({}, { __close = function()
-  ctl:kill("TERM")
-  if not ctl:wait(10) then ctl:kill("KILL") ctl:wait(5) end
-  ctl:close()
-end })
+local ctl, _ <close> = h.controller_behind(srv, fp)
 
 local function terminal(o) return o and o.status and (o.status.phase == "Ready" or o.status.phase == "Failed") and o end
 local function create(o) return assert(c:create(o)) end

@@ -8,8 +8,6 @@
 local t = require("tap")
 local k8s = require("vmsnap.k8s")
 local json = require("vmsnap.json")
-local proc = require("vmsnap.proc")
-local fs = require("vmsnap.fs")
 local h = require("helpers")
 
 local srv <close> = h.platform({ args = { "--no-controllers" } })
@@ -18,14 +16,7 @@ local G = "virtualization.deckhouse.io/v1alpha2"
 
 -- the snapshot controllers, through the fault proxy
 local fp <close> = h.faultproxy(srv.port)
-local kc = srv.data .. "/kubeconfig-proxied"
-assert(fs.write_atomic(kc, (assert(fs.read_file(srv.kubeconfig)):gsub("server: %S+", "server: " .. fp.url))))
-local ctl = assert(proc.spawn({ h.vmsnap, "controller", "--kubeconfig", kc }, { stdout = "null", stderr = "inherit" }))
-local _ <close> = setmetatable({}, { __close = function()
-  ctl:kill("TERM")
-  if not ctl:wait(10) then ctl:kill("KILL") ctl:wait(5) end
-  ctl:close()
-end })
+local ctl, _ <close> = h.controller_behind(srv, fp)
 
 local cond = require("vmsnap.k8s.object").condition
 local function wait(kind, name, pred, timeout) return c:wait_for(kind, name, pred, { timeout = timeout or 20 }) end

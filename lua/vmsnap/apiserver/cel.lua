@@ -15,6 +15,7 @@
 --- as in CEL (false && error is false). Every evaluation has a step budget
 --- (M.BUDGET): past it the rule fails with "cost limit exceeded".
 local json = require("vmsnap.json")
+local regex = require("vmsnap.apiserver.regex")
 
 local M = {}
 M.BUDGET = 100000
@@ -344,7 +345,7 @@ local METHOD_IMPL = {
   endsWith = function(s, p) return p == "" or s:sub(-#p) == p end,
   contains = function(s, p) return s:find(p, 1, true) ~= nil end,
   matches = function(s, p)
-    local re, err = require("vmsnap.apiserver.regex").compile(p)
+    local re, err = regex.cached(p)
     if not re then fail("invalid regular expression: " .. err) end
     local r = re:find(s)
     if r == nil then fail("cost limit exceeded") end

@@ -10,6 +10,7 @@ local patch = require("vmsnap.apiserver.patch")
 local selector = require("vmsnap.apiserver.select")
 local tbl = require("vmsnap.apiserver.table")
 local schema = require("vmsnap.apiserver.schema")
+local registry = require("vmsnap.apiserver.registry")
 
 local M = {}
 local fail = api.fail
@@ -40,16 +41,7 @@ local function respond_obj(req, ctx, code, obj)
   respond(req, ctx, code, json.encode(obj))
 end
 
---- A stored object's JSON in the version the request asked for: a CRD with
---- several served versions converts as strategy None does (only apiVersion
---- changes). Stored JSON starts with its apiVersion (keys are sorted).
-local function as_version(r, raw)
-  if not r.multi or type(raw) ~= "string" then return raw end
-  local stored = raw:match('^{"apiVersion":"([^"]*)"')
-  if not stored or stored == r.api_version then return raw end
-  return '{"apiVersion":"' .. r.api_version .. raw:sub(#stored + 16) -- from the closing quote on
-end
-M.as_version = as_version
+local as_version = registry.as_version
 
 -- ------------------------------------------------------------ request parsing
 

@@ -225,6 +225,18 @@ function M.compile(pattern)
   return setmetatable({ node = node, source = pattern, anchored = pattern:sub(1, 1) == "^" }, Regex)
 end
 
+local cache = setmetatable({}, { __mode = "v" }) -- pattern text -> regex
+
+--- compile, keeping what it compiled by text (schemas and CEL's matches()
+--- check the same patterns again and again).
+function M.cached(pattern)
+  local re = cache[pattern]
+  if re then return re end
+  local r, err = M.compile(pattern)
+  if r then cache[pattern] = r end
+  return r, err
+end
+
 -- ------------------------------------------------------------ matching
 
 -- m(node, i, k): does node match at i, then k(j)? (continuation style)

@@ -331,6 +331,16 @@ function M.check_crd(crd)
   return causes
 end
 
+--- A stored object's JSON in the version r serves: a CRD with several
+--- served versions converts as strategy None does (only apiVersion changes).
+--- Stored JSON starts with its apiVersion (keys are sorted).
+function M.as_version(r, raw)
+  if not r.multi or type(raw) ~= "string" then return raw end
+  local stored = raw:match('^{"apiVersion":"([^"]*)"')
+  if not stored or stored == r.api_version then return raw end
+  return '{"apiVersion":"' .. r.api_version .. raw:sub(#stored + 16) -- from the closing quote on
+end
+
 --- Serve the kinds of a stored CRD (replacing a previous version of it).
 function Registry:add_crd(crd)
   self:remove_crd(crd.metadata.name)

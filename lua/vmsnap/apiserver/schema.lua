@@ -38,30 +38,28 @@ local function type_of(v)
 end
 
 local regex = require("vmsnap.apiserver.regex")
+local vtime = require("vmsnap.time")
 local cel = require("vmsnap.apiserver.cel")
 
--- a compiler that keeps what it compiled, by text (weakly: unused ones go)
-local function cached(compile)
-  local cache = setmetatable({}, { __mode = "v" })
-  return function(text)
-    local done = cache[text]
-    if done then return done end
-    local r, err = compile(text)
-    if r then cache[text] = r end
-    return r, err
-  end
-end
+-- CEL programs kept by rule text (weakly: unused ones go)
+local programs = setmetatable({}, { __mode = "v" })
 
 --- The compiled `pattern`, or nil and why it is not one vmsnap can check.
-M.regex = cached(regex.compile)
+M.regex = regex.cached
 --- The compiled CEL rule, or nil and why vmsnap cannot evaluate it.
-M.rule = cached(cel.compile)
+function M.rule(text)
+  local p = programs[text]
+  if p then return p end
+  local prog, err = cel.compile(text)
+  if prog then programs[text] = prog end
+  return prog, err
+end
 
 local B64 = "^[A-Za-z0-9+/]*=?=?$"
 
 -- the formats Kubernetes checks (the others are accepted as they are)
 local FORMATS = {
-  ["date-time"] = function(v) return require("vmsnap.time").parse(v) ~= nil and v:match("^%d%d%d%d%-%d%d%-%d%d[Tt ]%d%d:%d%d:%d%d") ~= nil end,
+  ["date-time"] = function(v) return vtime.parse(v) ~= nil and v:match("^%d%d%d%d%-%d%d%-%d%d[Tt ]%d%d:%d%d:%d%d") ~= nil end,
   date = function(v)
     local y, m, d = v:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)$")
     return y ~= nil and tonumber(m) >= 1 and tonumber(m) <= 12 and tonumber(d) >= 1 and tonumber(d) <= 31

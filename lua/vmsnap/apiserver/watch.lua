@@ -4,6 +4,7 @@
 --- whose client went away, and sends bookmarks.
 local json = require("vmsnap.json")
 local tbl = require("vmsnap.apiserver.table")
+local registry = require("vmsnap.apiserver.registry")
 
 local M = {}
 local Watchers = {}
@@ -31,7 +32,7 @@ local function frame(w, typ, obj, body)
   end
   if w.res.multi then
     -- in the version watched (a CRD with several served versions)
-    body = require("vmsnap.apiserver.handler").as_version(w.res, body or json.encode(obj))
+    body = registry.as_version(w.res, body or json.encode(obj))
   end
   return '{"type":"' .. typ .. '","object":' .. (body or json.encode(obj)) .. "}\n"
 end

@@ -20,6 +20,7 @@ local qga = require("vmsnap.qga")
 local rtcore = require("vmsnap.core.runtime")
 local reconcile = require("vmsnap.reconcile")
 local volumes = require("vmsnap.platform.volumes")
+local vtime = require("vmsnap.time")
 
 local M = {}
 
@@ -284,13 +285,13 @@ local function reconcile_vm(P, ctx, vm)
   if st.phase ~= "Running" or not (st.stats and st.stats.lastStartTime) then
     -- the platform's status.stats.lastStartTime: kubectl's UPTIME column
     st.stats = st.stats or {}
-    st.stats.lastStartTime = require("vmsnap.time").format()
+    st.stats.lastStartTime = vtime.format()
   end
   st.phase = "Running"
   -- `vmsnap vm migrate` and `vm pause`: the phases a real VM passes through
   -- (the snapshot rules for them can then be tried here)
   local marks = vm.metadata.annotations or {}
-  local migrate_until = require("vmsnap.time").parse(marks[M.MIGRATE_UNTIL])
+  local migrate_until = vtime.parse(marks[M.MIGRATE_UNTIL])
   if migrate_until and migrate_until > os.time() then
     st.phase = "Migrating"
   elseif marks[M.PAUSED] == "true" then

@@ -221,22 +221,19 @@ static const char hexd[] = "0123456789abcdef";
 
 static void enc_string(Enc *e, const char *s, size_t n)
 {
-	size_t i, start = 0;
+	size_t i, start = 0, mark;
 	Vmsnap_buf *b = e->b;
-	int fixed = 0;
-	if (!Vmsnap_utf8_valid(s, n)) {
-		/* JSON is UTF-8: an ill-formed sequence is written as U+FFFD */
-		Vmsnap_utf8_push_fixed(e->L, s, n);
-		s = lua_tolstring(e->L, -1, &n);
-		fixed = 1;
-	}
+	int high = 0;
+	mark = b->n;
 	Vmsnap_buf_addc(b, '"');
 	for (i = 0; i < n; i++) {
 		unsigned char c = (unsigned char)s[i];
 		const char *rep = NULL;
 		char u[7];
-		if (c >= 0x20 && c != '"' && c != '\\' && c != 0x7f)
+		if (c >= 0x20 && c != '"' && c != '\\' && c != 0x7f) {
+			high |= c >= 0x80;
 			continue;
+		}
 		switch (c) {
 		case '"': rep = "\\\""; break;
 		case '\\': rep = "\\\\"; break;
@@ -259,10 +256,18 @@ static void enc_string(Enc *e, const char *s, size_t n)
 		Vmsnap_buf_adds(b, rep);
 		start = i + 1;
 	}
+	if (high && !Vmsnap_utf8_valid(s, n)) {
+		/* JSON is UTF-8: written again with each ill-formed sequence as
+		** U+FFFD (checked only for strings past ASCII, once written) */
+		b->n = mark;
+		Vmsnap_utf8_push_fixed(e->L, s, n);
+		s = lua_tolstring(e->L, -1, &n);
+		enc_string(e, s, n);
+		lua_pop(e->L, 1);
+		return;
+	}
 	Vmsnap_buf_add(b, s + start, n - start);
 	Vmsnap_buf_addc(b, '"');
-	if (fixed)
-		lua_pop(e->L, 1);
 }
 
 static int enc_number(Enc *e, int idx)
