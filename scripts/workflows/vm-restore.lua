@@ -7,7 +7,9 @@
 -- provisioning Secret must match in type and data (6); everything is
 -- validated, including a server-side dry run of every create, before
 -- anything is created; a create that fails midway deletes what this restore
--- created. Each object this restore creates carries the annotation
+-- created; restored disks get back the labels and annotations they had at
+-- snapshot time, and an attachment outside the snapshot that names the
+-- restored VM is a conflict (13). Each object this restore creates carries the annotation
 -- `virtualization.deckhouse.io/vmrestore: <restore uid>`, so that a pass
 -- interrupted midway continues where it stopped instead of finding its own
 -- objects in the way.
@@ -58,6 +60,8 @@ local LABEL = {
 }
 
 local COND_RTU = "VirtualMachineSnapshotReadyToUse"
+-- the child's record of its disk's labels and annotations (vm-snapshot.lua)
+local DISK_METADATA = "vmsnap.io/virtual-disk-metadata"
 
 
 -- ------------------------------------------------------------ c.1
@@ -123,6 +127,30 @@ function W.sanitise(obj)
   return out
 end
 
+--- Decision 13: the labels and annotations a disk had when its snapshot
+--- was taken (recorded on the child by the VM snapshot; none for a child
+--- of before, or one whose record is not a JSON object of string maps).
+function W.disk_metadata(vds)
+  local raw = (vds.metadata.annotations or {})[DISK_METADATA]
+  local ok, rec = pcall(json.decode, raw or "null")
+  local out = {}
+  if not ok or type(rec) ~= "table" then return out end
+  for _, part in ipairs({ "labels", "annotations" }) do
+    local m = rec[part]
+    if type(m) == "table" and next(m) then
+      local copy = {}
+      for k, v in pairs(m) do
+        if type(k) == "string" and type(v) == "string" then copy[k] = v end
+      end
+      if part == "annotations" then
+        for _, k in ipairs(W.RUNTIME_ANNOTATIONS) do copy[k] = nil end
+      end
+      out[part] = next(copy) and copy or nil
+    end
+  end
+  return out
+end
+
 --- c.2 steps 6-11: the objects this restore would create, in order (VMIP,
 --- VM, VDs, VMBDAs, Secret), sanitised and renamed. Returns a plan
 --- {items = {{kind, name, object}}}, or nil, message, code ("Pending" while
@@ -169,8 +197,10 @@ function W.plan(ctx, vmr, vms)
       if not verr then return nil, ("The virtual disk snapshot %q not found."):format(n), "Pending" end
       return nil, verr, vcode
     end
+    local kept = W.disk_metadata(vds)
     add({ apiVersion = G, kind = "VirtualDisk",
-      metadata = { name = W.rename(rules, "VirtualDisk", vds.spec.virtualDiskName) },
+      metadata = { name = W.rename(rules, "VirtualDisk", vds.spec.virtualDiskName),
+        labels = kept.labels, annotations = kept.annotations },
       spec = { dataSource = { type = "ObjectRef", objectRef = { kind = "VirtualDiskSnapshot", name = n } } } })
   end
   for _, b in ipairs(objs.vmbdas) do
@@ -242,6 +272,34 @@ local function conflict_of(ctx, it, cur)
   end
 end
 
+--- Decision 13: an attachment that is not in the snapshot but names the
+--- restored VM would plug a disk the snapshot did not hold into it (the
+--- platform attaches by the VM's name): that is a conflict, named, until
+--- the attachment is deleted or the VM renamed. Returns a message or nil;
+--- nil, message, code when the API failed.
+function W.stray_attachment(ctx, vmr, plan)
+  local vmname, planned = nil, {}
+  for _, it in ipairs(plan.items) do
+    if it.kind == "VirtualMachine" then vmname = it.name end
+    if it.kind == "VirtualMachineBlockDeviceAttachment" then planned[it.name] = true end
+  end
+  if not vmname then return nil end
+  local all, err, code = ctx.client:list_all(RESOURCE.VirtualMachineBlockDeviceAttachment,
+    { namespace = vmr.metadata.namespace })
+  if not all then return nil, err, code end
+  table.sort(all, function(a, b) return a.metadata.name < b.metadata.name end)
+  for _, b in ipairs(all) do
+    if b.spec.virtualMachineName == vmname and not planned[b.metadata.name] and not ours(vmr, b)
+        and not b.metadata.deletionTimestamp then
+      local ref = b.spec.blockDeviceRef or {}
+      return ("the %s %q attaches the %s %q to the virtual machine %q and is not part of the snapshot: "
+        .. "delete it or rename the virtual machine"):format(LABEL.VirtualMachineBlockDeviceAttachment,
+        b.metadata.name, ref.kind == "VirtualDisk" and "virtual disk" or tostring(ref.kind), tostring(ref.name), vmname)
+    end
+  end
+  return nil
+end
+
 --- c.5 with Decision 6: for each planned item, `action` ("create",
 --- "reuse", or "done" for an object this restore already created) and
 --- `conflict` (a message); then a server-side dry run of every create.
@@ -264,6 +322,9 @@ function W.validate(ctx, vmr, plan)
   for _, it in ipairs(plan.items) do
     if it.conflict then return nil, it.conflict, "RestoreConflict" end
   end
+  local stray, serr, scode = W.stray_attachment(ctx, vmr, plan)
+  if serr then return nil, serr, scode end
+  if stray then return nil, stray, "RestoreConflict" end
   -- the server's own checks (admission, schema), without creating anything
   for _, it in ipairs(plan.items) do
     if it.action == "create" then

@@ -214,19 +214,27 @@ function W.child_name(vms, disk) return object.bounded_name(disk, vms.metadata.u
 --- Where a child's class goes when the served VirtualDiskSnapshot has no
 --- spec.volumeSnapshotClassName (the current upstream CRD dropped it).
 W.CLASS_ANNOTATION = "vmsnap.io/volume-snapshot-class"
+--- The annotation of a child that holds its disk's labels and annotations.
+W.DISK_METADATA = "vmsnap.io/virtual-disk-metadata"
 
 --- The child VirtualDiskSnapshot of one disk, as it is created. The class is
 --- in spec.volumeSnapshotClassName, or — on a server whose schema lacks it
 --- (ctx.memo.no_class_field, learnt by the dry run) — in an annotation: a
 --- field the served schema lacks is never sent.
+---
+--- Each child records the disk's own labels and annotations of the moment
+--- (W.DISK_METADATA, JSON {labels, annotations}), so a restored disk gets
+--- them back (Decision 13; the reference restores disks without them).
 function W.child_of(ctx, vms, d, marks)
   local class = ctx.memo.classes[d.name]
-  local ann = marks
-  if ctx.memo.no_class_field and class then
-    ann = {}
-    for k, v in pairs(marks or {}) do ann[k] = v end
-    ann[W.CLASS_ANNOTATION] = class
+  local ann = {}
+  for k, v in pairs(marks or {}) do ann[k] = v end
+  if ctx.memo.no_class_field and class then ann[W.CLASS_ANNOTATION] = class end
+  local md = d.vd and d.vd.metadata
+  if md and (next(md.labels or {}) or next(md.annotations or {})) then
+    ann[W.DISK_METADATA] = json.encode({ labels = md.labels, annotations = md.annotations })
   end
+  if not next(ann) then ann = nil end
   return { apiVersion = G, kind = "VirtualDiskSnapshot",
     metadata = { name = W.child_name(vms, d.name), namespace = vms.metadata.namespace, annotations = ann,
       ownerReferences = json.array({ object.owner_ref(vms, G, W.kind) }) },

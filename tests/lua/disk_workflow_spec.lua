@@ -92,6 +92,10 @@ t.test("long names: a disk of any valid name is provisioned (its claim name cut 
   t.ok(va and vb and va.status.target.persistentVolumeClaimName ~= vb.status.target.persistentVolumeClaimName)
   snapshot("long-name-snap", names[3])
   t.ok(wait("vdsnapshot", "long-name-snap", phase_is("Ready"), 30), "a snapshot of the 253-character disk")
+  -- its Events too (an Event's name is the object's and a suffix, cut to 253)
+  local evs = assert(c:list_all("events", { field_selector = "involvedObject.name=" .. names[3] }))
+  t.ok(#evs > 0, "the 253-character disk has Events")
+  for _, e in ipairs(evs) do t.ok(#e.metadata.name <= 253, e.metadata.name) end
   local bn = require("vmsnap.k8s.object").bounded_name
   t.eq(bn("short", "uid"), "short-uid")
   local long = bn(("z"):rep(300) .. "-.", "0123", 63)
@@ -190,30 +194,117 @@ t.test("b.1: a larger size while a snapshot is in progress is refused (Resizing 
   t.eq(assert(c:get("volumesnapshot", "s-snapgrow")).status.restoreSize, "16Mi", "the snapshot is of the 16Mi disk")
 end)
 
-t.test("d.1 #7: a resizing disk keeps the snapshot Pending; it proceeds once the volume has grown", function()
+t.test("d.1 #7, b.5 step 7: a growing disk is in phase Resizing and keeps a new snapshot Pending; it proceeds once the volume has grown", function()
   assert(c:create({ apiVersion = "storage.k8s.io/v1", kind = "StorageClass", metadata = { name = "slow-resize" },
     provisioner = "local.vmsnap.io", allowVolumeExpansion = true, parameters = { resizeLatency = "3s" } }))
   disk("d-rs", "16Mi", { persistentVolumeClaim = { size = "16Mi", storageClassName = "slow-resize" } })
   assert(wait("vd", "d-rs", phase_is("Ready")))
   assert(c:patch("vd", "d-rs", { spec = { persistentVolumeClaim = { size = "32Mi" } } }))
-  assert(wait("vd", "d-rs", function(o) local x = cond(o, "Resizing") return x and x.status == "True" end))
+  local vd = assert(wait("vd", "d-rs", phase_is("Resizing")))
+  local rz = cond(vd, "Resizing")
+  t.eq(rz.status .. "/" .. rz.reason, "True/InProgress")
+  t.eq(rz.message, "The virtual disk resizing has started.")
+  t.eq(cond(vd, "Ready").status, "True", "the disk stays usable while it grows")
+  local pvc = assert(c:get("pvc", vd.status.target.persistentVolumeClaimName))
+  t.eq(pvc.spec.resources.requests.storage, "32Mi")
   snapshot("s-rs", "d-rs")
   local s = assert(wait("vdsnapshot", "s-rs", function(o)
     local x = cond(o, "VirtualDiskReady")
-    return x and x.message:find("resizing", 1, true) and o
+    return x and x.message:find("Resizing", 1, true) and o
   end))
   local vr = cond(s, "VirtualDiskReady")
   t.eq(vr.status .. "/" .. vr.reason, "False/VirtualDiskNotReadyForSnapshotting")
-  t.eq(vr.message, "The virtual disk cannot be selected for snapshotting as it is currently resizing.")
+  t.eq(vr.message, 'The virtual disk "d-rs" is in the "Resizing" phase: waiting for it to reach the Ready phase.')
   t.eq(s.status.phase, "Pending")
-  local vd = assert(c:get("vd", "d-rs"))
-  t.eq(vd.status.phase, "Ready")
-  t.eq(cond(vd, "Snapshotting").status .. "/" .. cond(vd, "Snapshotting").reason, "False/NotAvailable")
+  vd = assert(wait("vd", "d-rs", function(o) local x = cond(o, "Snapshotting") return x and o end))
+  local sn = cond(vd, "Snapshotting")
+  t.eq(sn.status .. "/" .. sn.reason, "False/NotAvailable")
+  t.eq(sn.message, "The virtual disk cannot be selected for snapshotting as it is currently resizing.")
   t.eq((c:get("volumesnapshot", "s-rs")), nil)
-  -- the resize completes (3 s), then the snapshot is taken of the grown disk
+  -- the resize completes (3 s): Ready, the condition gone, events for both ends;
+  -- then the snapshot is taken of the grown disk
   s = assert(wait("vdsnapshot", "s-rs", phase_is("Ready"), 20))
-  t.eq(assert(c:get("vd", "d-rs")).status.capacity, "32Mi")
+  vd = assert(c:get("vd", "d-rs"))
+  t.eq(vd.status.phase, "Ready")
+  t.eq(vd.status.capacity, "32Mi")
+  t.eq(cond(vd, "Resizing"), nil)
   t.eq(assert(c:get("volumesnapshot", "s-rs")).status.restoreSize, "32Mi")
+  local reasons = {}
+  for _, e in ipairs(assert(c:list_all("events", { field_selector = "involvedObject.name=d-rs" }))) do
+    reasons[e.reason] = e.message
+  end
+  t.eq(reasons.VirtualDiskResizingStarted, "The virtual disk resizing has started")
+  t.eq(reasons.VirtualDiskResizingCompleted, "The virtual disk resizing has completed")
+end)
+
+t.test("b.5 step 7 by kubectl: a restored disk asked larger than its snapshot shows phase Resizing, then Ready at the larger size", function()
+  disk("d-grow-src", "16Mi", { persistentVolumeClaim = { size = "16Mi", storageClassName = "slow-resize" } })
+  assert(wait("vd", "d-grow-src", phase_is("Ready")))
+  snapshot("s-grow-src", "d-grow-src")
+  assert(wait("vdsnapshot", "s-grow-src", phase_is("Ready"), 20))
+  local r = srv:kubectl({ "apply", "-f", "-" }, { stdin = [[
+apiVersion: virtualization.deckhouse.io/v1alpha2
+kind: VirtualDisk
+metadata: {name: d-grown}
+spec:
+  persistentVolumeClaim: {size: 48Mi}
+  dataSource:
+    type: ObjectRef
+    objectRef: {kind: VirtualDiskSnapshot, name: s-grow-src}
+]] })
+  t.eq(r.status, 0, r.stderr)
+  r = srv:kubectl({ "wait", "vd/d-grown", "--for=jsonpath={.status.phase}=Resizing", "--timeout=20s" })
+  t.eq(r.status, 0, "kubectl wait saw phase Resizing: " .. r.stderr)
+  r = srv:kubectl({ "wait", "vd/d-grown", "--for=jsonpath={.status.phase}=Ready", "--timeout=20s" })
+  t.eq(r.status, 0, r.stderr)
+  local vd = assert(c:get("vd", "d-grown"))
+  t.eq(vd.status.capacity, "48Mi")
+  t.eq(cond(vd, "Resizing"), nil)
+end)
+
+t.test("a.7 by kubectl: an attachment to a stopped VM is Pending and says why; the VM does not list it attached; both change when the VM runs", function()
+  disk("d-hot-root") disk("d-hot")
+  assert(c:create({ apiVersion = G, kind = "VirtualMachine",
+    metadata = { name = "vm-hot", annotations = { ["vmsnap.io/no-agent"] = "true" } },
+    spec = { runPolicy = "AlwaysOff", blockDeviceRefs = { { kind = "VirtualDisk", name = "d-hot-root" } } } }))
+  local r = srv:kubectl({ "apply", "-f", "-" }, { stdin = [[
+apiVersion: virtualization.deckhouse.io/v1alpha2
+kind: VirtualMachineBlockDeviceAttachment
+metadata: {name: att-hot}
+spec:
+  virtualMachineName: vm-hot
+  blockDeviceRef: {kind: VirtualDisk, name: d-hot}
+]] })
+  t.eq(r.status, 0, r.stderr)
+  local b = assert(wait("vmbda", "att-hot", function(o)
+    local x = cond(o, "VirtualMachineReady")
+    return x and x.reason == "NotAttached" and o
+  end))
+  t.eq(b.status.phase, "Pending")
+  t.eq(cond(b, "VirtualMachineReady").message, 'VirtualMachine "vm-hot" is Stopped: waiting for the VirtualMachine to be Running.')
+  t.eq(cond(b, "Attached").status .. "/" .. cond(b, "Attached").message, "False/Waiting for virtual machine to be ready.")
+  local vm = assert(wait("vm", "vm-hot", function(o)
+    for _, x in ipairs(o and o.status and o.status.blockDeviceRefs or {}) do if x.hotplugged then return o end end
+  end))
+  for _, x in ipairs(vm.status.blockDeviceRefs) do
+    t.eq(x.attached, false, x.name .. " is not attached to a stopped VM")
+  end
+  r = srv:kubectl({ "wait", "vmbda/att-hot", "--for=jsonpath={.status.phase}=Attached", "--timeout=1s" })
+  t.ok(r.status ~= 0, "kubectl wait ...=Attached does not succeed while the VM is stopped")
+  r = srv:kubectl({ "patch", "vm", "vm-hot", "--type=merge", "-p", '{"spec":{"runPolicy":"AlwaysOn"}}' })
+  t.eq(r.status, 0, r.stderr)
+  r = srv:kubectl({ "wait", "vmbda/att-hot", "--for=jsonpath={.status.phase}=Attached", "--timeout=20s" })
+  t.eq(r.status, 0, r.stderr)
+  vm = assert(wait("vm", "vm-hot", function(o)
+    local n = 0
+    for _, x in ipairs(o and o.status and o.status.blockDeviceRefs or {}) do if x.attached then n = n + 1 end end
+    return n == 2 and o
+  end), "both devices attached once the VM runs")
+  t.eq(vm.status.phase, "Running")
+  r = srv:kubectl({ "patch", "vm", "vm-hot", "--type=merge", "-p", '{"spec":{"runPolicy":"AlwaysOff"}}' })
+  t.eq(r.status, 0, r.stderr)
+  r = srv:kubectl({ "wait", "vmbda/att-hot", "--for=jsonpath={.status.phase}=Pending", "--timeout=20s" })
+  t.eq(r.status, 0, "back to Pending once the VM is stopped: " .. r.stderr)
 end)
 
 t.test("d.1 #6: a disk being deleted", function()

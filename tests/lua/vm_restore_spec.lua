@@ -93,6 +93,8 @@ local vm1 = assert(wait("vm", "vm1", function(o)
   for _, r in ipairs(o.status.blockDeviceRefs or {}) do if r.name == "data" then return o end end
 end))
 local ip1 = assert(wait("vmip", vm1.status.virtualMachineIPAddressName, function(o) return o and o.status and o.status.address and o end))
+-- the disks' own labels and annotations come back with them (Decision 13)
+assert(c:patch("vd", "root", { metadata = { labels = { tier = "db" }, annotations = { ["example.com/owner"] = "team-a" } } }))
 local ms_never = snapshot("ms-never", "vm1", { keepIPAddress = "Never" })
 local ms = snapshot("ms", "vm1")
 write_at(volume_file(root), "LATER BYTES, CHANGED")
@@ -150,9 +152,37 @@ t.test("d.4 #56: a clone with replacements next to the original; the restored di
   t.eq(att2.spec.virtualMachineName, "vm2")
   t.eq(att2.spec.blockDeviceRef.name, "data2")
   local root2 = assert(wait("vd", "root2", phase_is("Ready")))
+  t.eq(root2.metadata.labels and root2.metadata.labels.tier, "db", "Decision 13: the disk's labels are restored")
+  t.eq(root2.metadata.annotations["example.com/owner"], "team-a", "and its annotations")
+  t.eq(assert(c:get("vd", "data2")).metadata.labels, nil, "a disk without labels gets none")
   t.eq(read_at(volume_file(root2), 19), "snapshot-time bytes")
   local v2 = assert(wait("vm", "vm2", function(o) return o and o.status and o.status.virtualMachineIPAddressName and o end))
   t.ok(v2.status.virtualMachineIPAddressName ~= ip1.metadata.name, "not the original's address")
+end)
+
+t.test("Decision 13: an attachment not in the snapshot that names the restored VM is a conflict; once it is gone the VM has only the snapshot's devices", function()
+  disk("extra")
+  create({ apiVersion = G, kind = "VirtualMachineBlockDeviceAttachment", metadata = { name = "att-stray" },
+    spec = { virtualMachineName = "vm7", blockDeviceRef = { kind = "VirtualDisk", name = "extra" } } })
+  local renames = { "VirtualMachine/vm1=vm7", "VirtualDisk/root=root7", "VirtualDisk/data=data7",
+    "VirtualMachineBlockDeviceAttachment/att1=att7" }
+  local r = restore("r-stray", "ms-never", renames)
+  r = assert(wait("vmrestore", "r-stray", terminal))
+  t.eq(r.status.phase, "Failed")
+  local x = cond(r, "VirtualMachineRestoreReady")
+  t.eq(x.reason, "VirtualMachineRestoreConflict")
+  t.eq(x.message, 'The virtual machine block device attachment "att-stray" attaches the virtual disk "extra" to the '
+    .. 'virtual machine "vm7" and is not part of the snapshot: delete it or rename the virtual machine.')
+  t.eq(#restored_by(r.metadata.uid), 0, "nothing created")
+  assert(c:delete("vmbda", "att-stray"))
+  t.eq(wait("vmbda", "att-stray", function(o) return o == nil end), true)
+  r = restore("r-stray2", "ms-never", renames)
+  r = assert(wait("vmrestore", "r-stray2", terminal))
+  t.eq(r.status.phase, "Ready", json.encode(r.status))
+  local v3 = assert(wait("vm", "vm7", function(o) return o and o.status and o.status.blockDeviceRefs and o end))
+  local names = {}
+  for _, d in ipairs(v3.status.blockDeviceRefs) do names[#names + 1] = d.name end
+  t.eq(table.concat(names, ","), "root7,data7", "only the snapshot's devices")
 end)
 
 t.test("d.2 #45: kubectl columns of VM snapshots; their spec is immutable", function()
@@ -339,6 +369,7 @@ t.test("d.4 #52: restore after deleting the original: the address kept (Static),
   local d = assert(c:get("vd", "root"))
   t.eq(d.spec.dataSource.objectRef.name, "root-" .. ms.metadata.uid)
   t.eq(d.spec.persistentVolumeClaim, nil)
+  t.eq(d.metadata.labels and d.metadata.labels.tier, "db", "Decision 13")
   local a, b, e = created["vmip/" .. ip1.metadata.name], created["vm/vm1"], created["vd/root"]
   t.ok(a and b and e and a < b and b < e, ("created in order VMIP, VM, VD: %s %s %s"):format(tostring(a), tostring(b), tostring(e)))
   t.eq(read_at(volume_file(assert(wait("vd", "root", phase_is("Ready")))), 19), "snapshot-time bytes")

@@ -1,7 +1,8 @@
 --- vmsnap.platform.disks: the local platform's VirtualDisk controller — the
 --- parts of the virtualization platform the snapshot feature reads
 --- (spec a.4, b.1, b.5): the claim `vd-<name>-<uid>`, phases and the Ready,
---- Snapshotting, Resizing and InUse conditions, capacity, the disks' VMs.
+--- Snapshotting, Resizing and InUse conditions (phase Resizing while the
+--- claim grows), capacity, the disks' VMs.
 ---
 --- A blank disk (no dataSource) is provisioned here; a disk restored from a
 --- VirtualDiskSnapshot (dataSource ObjectRef) is provisioned by the workflow
@@ -24,6 +25,17 @@ local SC = "storageclasses.storage.k8s.io"
 
 --- The claim name of a disk (a.4): vd-<name>-<uid>, at most 253 characters.
 M.pvc_name = csi.claim_name
+
+local MSG_RESIZE_STARTED = "The virtual disk resizing has started."
+local MSG_RESIZE_REFUSED = "The virtual disk cannot be selected for resizing as it is currently snapshotting."
+
+-- the claim's own Resizing condition (set while the volume is expanded)
+local function pvc_resizing(pvc)
+  for _, c in ipairs(pvc.status and pvc.status.conditions or {}) do
+    if c.type == "Resizing" and c.status == "True" then return true end
+  end
+  return false
+end
 
 local function cond_true(ctx, t)
   local c = ctx:get_condition(t)
@@ -160,29 +172,39 @@ local function reconcile_disk(ctx, vd)
   local want = quantity.parse(vd.spec.persistentVolumeClaim and vd.spec.persistentVolumeClaim.size or "0") or 0
   local have = quantity.parse(pvc.spec.resources.requests.storage or "0") or 0
   local cap = quantity.parse(vd.status.capacity or "0") or 0
+  local was = ctx:get_condition("Resizing")
   if want > have then
     -- from the snapshots themselves: raising the size bumps the generation,
     -- so the Snapshotting condition of the last pass is not current here
     -- (b.1: no expansion while a snapshot is in progress)
     local c = ctx:get_condition("Snapshotting")
     if (c and c.status == "True") or snapshot_in_progress(ctx, vd) then
-      ctx:condition("Resizing", "False", "NotAvailable",
-        "The virtual disk cannot be selected for resizing as it is currently snapshotting.")
+      if not (was and was.reason == "NotAvailable") then
+        ctx:event("Normal", "VirtualDiskResizingNotAvailable", MSG_RESIZE_REFUSED)
+      end
+      ctx:condition("Resizing", "False", "NotAvailable", MSG_RESIZE_REFUSED)
     else
       local ok, err = ctx.client:patch("persistentvolumeclaims", pvcname,
         { spec = { resources = { requests = { storage = quantity.format(want) } } } },
         { namespace = vd.metadata.namespace })
       if not ok then return nil, err end
-      -- the phase stays Ready: the disk is usable while its volume grows (spec d.1 #7)
-      ctx:condition("Resizing", "True", "InProgress", "")
+      ctx:event("Normal", "VirtualDiskResizingStarted", "The virtual disk resizing has started")
+      -- b.5 step 7: phase Resizing while the claim grows (the disk stays
+      -- usable: its Ready condition stays True)
+      vd.status.phase = "Resizing"
+      ctx:condition("Resizing", "True", "InProgress", MSG_RESIZE_STARTED)
       snapshotting(ctx, vd)
       return { requeue_after = 0.5 }
     end
-  elseif cap < have then
-    ctx:condition("Resizing", "True", "InProgress", "")
+  elseif cap < have or pvc_resizing(pvc) then
+    vd.status.phase = "Resizing"
+    ctx:condition("Resizing", "True", "InProgress", MSG_RESIZE_STARTED)
     snapshotting(ctx, vd)
     return { requeue_after = 0.5 }
   else
+    if was and was.status == "True" then
+      ctx:event("Normal", "VirtualDiskResizingCompleted", "The virtual disk resizing has completed")
+    end
     ctx:remove_condition("Resizing")
   end
   snapshotting(ctx, vd)

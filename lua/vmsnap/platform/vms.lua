@@ -20,6 +20,7 @@ local qga = require("vmsnap.qga")
 local rtcore = require("vmsnap.core.runtime")
 local reconcile = require("vmsnap.reconcile")
 local volumes = require("vmsnap.platform.volumes")
+local attachments = require("vmsnap.platform.attachments")
 local vtime = require("vmsnap.time")
 
 local M = {}
@@ -191,27 +192,34 @@ local function reconcile_vm(P, ctx, vm)
   vm.status = vm.status or {}
   local st = vm.status
   local ns = vm.metadata.namespace
-  -- block devices: the spec's disks and the attached VMBDAs
-  local refs, all_ready, root = json.array(), true, nil
+  -- block devices: the spec's disks and the attached VMBDAs; `attached`
+  -- only while the VM runs (plugged() below, once the phase is known), as
+  -- on the real platform, where it is the running instance's volume status
+  local refs, usable, all_ready, root = json.array(), {}, true, nil
   for _, r in ipairs(vm.spec.blockDeviceRefs or {}) do
     local vd = r.kind == "VirtualDisk" and ctx:get(VD, ns, r.name) or nil
-    local ready = vd and vd.status and vd.status.phase == "Ready"
+    local ready = vd and attachments.disk_usable(vd.status and vd.status.phase) or false
     if r.kind == "VirtualDisk" then
       all_ready = all_ready and ready
       root = root or vd
     end
     refs[#refs + 1] = { kind = r.kind, name = r.name, size = vd and vd.status and vd.status.capacity or "",
-      attached = ready and true or false, hotplugged = false }
+      attached = false, hotplugged = false }
+    usable[#refs] = ready
   end
   for _, b in ipairs(ctx:list(VMBDA, ns)) do
-    if b.spec.virtualMachineName == vm.metadata.name and b.spec.blockDeviceRef then
+    if b.spec.virtualMachineName == vm.metadata.name and b.spec.blockDeviceRef and not b.metadata.deletionTimestamp then
       local vd = b.spec.blockDeviceRef.kind == "VirtualDisk" and ctx:get(VD, ns, b.spec.blockDeviceRef.name)
       refs[#refs + 1] = { kind = b.spec.blockDeviceRef.kind, name = b.spec.blockDeviceRef.name,
-        size = vd and vd.status and vd.status.capacity or "", attached = vd and vd.status and vd.status.phase == "Ready" or false,
+        size = vd and vd.status and vd.status.capacity or "", attached = false,
         hotplugged = true, virtualMachineBlockDeviceAttachmentName = b.metadata.name }
+      usable[#refs] = vd and attachments.disk_usable(vd.status and vd.status.phase) or false
     end
   end
   st.blockDeviceRefs = refs
+  local function plugged(runs)
+    for i, r in ipairs(refs) do r.attached = runs and usable[i] or false end
+  end
   -- a.5: Snapshotting while a VM snapshot of it is Pending or InProgress
   local snapping
   for _, s in ipairs(ctx:list(VMS, ns)) do
@@ -257,6 +265,7 @@ local function reconcile_vm(P, ctx, vm)
       M.teardown(P, dir)
     end
     st.phase = "Stopped"
+    plugged(false)
     set_cond(ctx, "AgentReady", nil)
     set_cond(ctx, "FilesystemFrozen", nil)
     annotate(ctx, vm, { ["vmsnap.io/agent"] = json.null, ["vmsnap.io/freeze-mountpoints"] = json.null })
@@ -264,6 +273,7 @@ local function reconcile_vm(P, ctx, vm)
   end
   if not all_ready then
     st.phase = "Pending"
+    plugged(false)
     return { requeue_after = 1 }
   end
   if st.phase ~= "Running" then st.phase = "Starting" end
@@ -298,6 +308,7 @@ local function reconcile_vm(P, ctx, vm)
     st.phase = "Pause"
   end
   st.nodeName = "local"
+  plugged(true)
   if target then
     annotate(ctx, vm, { ["vmsnap.io/agent"] = target, ["vmsnap.io/freeze-mountpoints"] = json.encode({ mnt }) })
     local a = qga.connect(target, { timeout = 2 })

@@ -53,6 +53,20 @@ function M.volume_file(pv)
   if csi and csi.driver == M.DRIVER then return csi.volumeHandle end
 end
 
+-- the claim's Resizing condition, as the external resizer sets it while a
+-- volume is expanded
+local function set_resizing(pvc, on)
+  local kept = json.array()
+  for _, c in ipairs(pvc.status.conditions or {}) do
+    if c.type ~= "Resizing" then kept[#kept + 1] = c elseif on then return end
+  end
+  if on then
+    kept[#kept + 1] = { type = "Resizing", status = "True", lastProbeTime = json.null,
+      lastTransitionTime = vtime.format() }
+  end
+  pvc.status.conditions = #kept > 0 and kept or nil
+end
+
 local function provision(P, ctx, pvc)
   local sc = storage_class(ctx, pvc.spec.storageClassName)
   if not sc or sc.provisioner ~= M.DRIVER then return true end -- not ours
@@ -79,12 +93,16 @@ local function provision(P, ctx, pvc)
           pvc.metadata.resourceVersion = res.metadata.resourceVersion
           return { requeue_after = lat }
         end
-        if now - since < lat then return { requeue_after = lat - (now - since) } end
+        if now - since < lat then
+          set_resizing(pvc, true)
+          return { requeue_after = lat - (now - since) }
+        end
       end
       assert(fs.truncate(f, want))
       pv.spec.capacity = { storage = quantity.format(want) }
       ctx.client:update(pv)
       pvc.status.capacity = { storage = quantity.format(want) }
+      set_resizing(pvc, false)
       ctx:event("Normal", "VolumeResizeSuccessful", ("expanded to %s"):format(quantity.format(want)))
       if (pvc.metadata.annotations or {})[M.RESIZE_SINCE] then
         local res = ctx.client:patch("persistentvolumeclaims", pvc.metadata.name,

@@ -248,7 +248,11 @@ function Context:event(etype, reason, message, about)
     end
   end
   event_seq = event_seq + 1
-  local name = ("%s.%x%04x"):format(md.name, os.time(), event_seq % 0x10000)
+  local suffix = ("%x%04x"):format(os.time(), event_seq % 0x10000)
+  -- an Event's name is at most 253 characters however long the object's is
+  local prefix = md.name
+  if #prefix + 1 + #suffix > 253 then prefix = prefix:sub(1, 252 - #suffix):gsub("[.-]+$", "") end
+  local name = prefix .. "." .. suffix
   local ns = md.namespace or "default"
   local ev = { apiVersion = "v1", kind = "Event", metadata = { name = name, namespace = ns },
     involvedObject = { apiVersion = obj.apiVersion, kind = obj.kind, name = md.name, namespace = md.namespace,
