@@ -304,6 +304,67 @@ t.test("list: limit and continue page through a consistent resourceVersion; sele
   t.eq(r.status, 400)
 end)
 
+t.test("a name-pinned field selector is an index lookup with the same answers as a scan: across namespaces, with other terms, with limit", function()
+  local NSX = "/api/v1/namespaces"
+  for _, ns in ipairs({ "pin-a", "pin-b" }) do
+    req("POST", NSX, json.encode({ apiVersion = "v1", kind = "Namespace", metadata = { name = ns } }))
+    for _, n in ipairs({ "same", "other" }) do
+      local r = req("POST", NSX .. "/" .. ns .. "/configmaps", json.encode({ apiVersion = "v1", kind = "ConfigMap",
+        metadata = { name = n, labels = { ns = ns } } }))
+      t.eq(r.status, 201, r.body)
+    end
+  end
+  local function names(path)
+    local r = req("GET", path)
+    t.eq(r.status, 200, r.body)
+    local out = {}
+    for _, it in ipairs(r.obj.items) do out[#out + 1] = it.metadata.namespace .. "/" .. it.metadata.name end
+    return table.concat(out, " "), r.obj
+  end
+  t.eq(names("/api/v1/configmaps?fieldSelector=metadata.name%3Dsame"), "pin-a/same pin-b/same", "every namespace, in order")
+  t.eq(names(NSX .. "/pin-b/configmaps?fieldSelector=metadata.name%3Dsame"), "pin-b/same")
+  t.eq(names(NSX .. "/pin-b/configmaps?fieldSelector=metadata.name%3Dnone"), "")
+  t.eq(names("/api/v1/configmaps?fieldSelector=metadata.name%3Dsame,metadata.namespace%3Dpin-a"), "pin-a/same")
+  t.eq(names("/api/v1/configmaps?fieldSelector=metadata.name%3Dsame,metadata.name%3Dother"), "", "two names match nothing")
+  t.eq(names("/api/v1/configmaps?fieldSelector=metadata.name%3Dsame&labelSelector=ns%3Dpin-b"), "pin-b/same")
+  t.eq(names("/api/v1/configmaps?fieldSelector=metadata.name!%3Dsame,metadata.namespace%3Dpin-a"), "pin-a/other")
+  -- paged: the same answer as without the index (a scan), with a continue token
+  local first, obj = names("/api/v1/configmaps?fieldSelector=metadata.name%3Dsame&limit=1")
+  t.eq(first, "pin-a/same")
+  t.ok(obj.metadata.continue, "more to come")
+  t.eq(names("/api/v1/configmaps?fieldSelector=metadata.name%3Dsame&limit=1&continue=" .. obj.metadata.continue), "pin-b/same")
+  local one
+  one, obj = names(NSX .. "/pin-a/configmaps?fieldSelector=metadata.name%3Dsame&limit=1")
+  t.eq(one, "pin-a/same")
+  t.eq(obj.metadata.continue, nil, "one object of a name in a namespace: nothing more")
+  -- a watch pinned to a name starts with just that object
+  local w = assert(srv:request({ method = "GET", path = NSX .. "/pin-a/configmaps?watch=true&fieldSelector=metadata.name%3Dsame&timeoutSeconds=1",
+    timeout = 10 }))
+  local evs = {}
+  for line in w.body:gmatch("[^\n]+") do evs[#evs + 1] = json.decode(line).object.metadata.name end
+  t.eq(table.concat(evs, " "), "same")
+end)
+
+t.test("/metrics: Prometheus text with the requests by verb, resource and code, and the stored objects (kubectl get --raw)", function()
+  req("GET", VDS .. "/no-such")
+  local out = srv:kubectl({ "get", "--raw", "/metrics" })
+  t.eq(out.status, 0, out.stderr)
+  local text = out.stdout
+  t.contains(text, "# TYPE apiserver_request_total counter")
+  t.ok(text:find('apiserver_request_total{verb="GET",group="virtualization.deckhouse.io",version="v1alpha2",'
+    .. 'resource="virtualdisksnapshots",subresource="",code="404"} %d+'), "the 404 GET is counted")
+  t.ok(text:find('apiserver_request_total{verb="LIST",group="",version="v1",resource="configmaps",subresource="",code="200"} %d+'),
+    "LIST is its own verb")
+  t.ok(text:find('apiserver_request_total{verb="POST",[^}]*resource="virtualdisksnapshots"[^}]*code="201"} %d+'), "creates")
+  t.contains(text, "# TYPE apiserver_request_duration_seconds histogram")
+  t.ok(text:find('apiserver_request_duration_seconds_bucket{verb="GET",[^}]*le="%+Inf"} %d+'), "buckets end in +Inf")
+  t.ok(text:find('apiserver_storage_objects{resource="configmaps"} %d+'), "stored objects by resource")
+  local r = req("GET", "/metrics", nil, {})
+  t.eq(r.headers["content-type"], "text/plain; version=0.0.4; charset=utf-8")
+  local anon = assert(srv:request({ method = "GET", path = "/metrics", auth = false, timeout = 10 }))
+  t.eq(anon.status, 401, "not for anyone")
+end)
+
 t.test("deletecollection with a label selector; preconditions on delete", function()
   local r = req("DELETE", VDS .. "?labelSelector=page%3Dyes")
   t.eq(r.status, 200)

@@ -150,6 +150,30 @@ function M.new(opts)
     finishing = {}, -- owners waiting for foreground deletion or orphaning
   }, Server)
   self.watchers = watch.new(self)
+  -- /metrics: the requests as Kubernetes' API server counts them
+  self.metrics = opts.metrics or require("vmsnap.metrics").registry()
+  self.m_requests = self.metrics:counter("apiserver_request_total",
+    "Counter of apiserver requests broken out for each verb, API group, version, resource, subresource and HTTP response code.",
+    { "verb", "group", "version", "resource", "subresource", "code" })
+  self.m_duration = self.metrics:histogram("apiserver_request_duration_seconds",
+    "Response latency distribution in seconds for each verb, group, version, resource and subresource.",
+    { "verb", "group", "version", "resource", "subresource" },
+    { 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60 })
+  self.metrics:collect(function(reg)
+    reg:gauge("apiserver_storage_objects", "Number of stored objects at the time of last check split by kind.",
+      { "resource" }):reset()
+    local g = reg.families.apiserver_storage_objects
+    local seen = {}
+    for _, r in ipairs(self.reg.list) do
+      if not seen[r.key] and not r.review then
+        seen[r.key] = true
+        local n = self.store:count(r.key)
+        if n and n > 0 then g:set({ r.plural .. (r.group ~= "" and ("." .. r.group) or "") }, n) end
+      end
+    end
+    reg:gauge("apiserver_registered_watchers", "Number of currently registered watchers.", {})
+      :set({}, self.watchers.n)
+  end)
   local function read(path)
     if not path then return nil end
     local s, e = fs.read_file(path)

@@ -161,8 +161,11 @@ function M.field_value(obj, path)
   return tostring(v)
 end
 
---- A matcher over an object for a field selector, or nil, message.
---- `allowed(field)` says whether a field may be selected on.
+--- A matcher over an object for a field selector, or nil, message; and
+--- third, the equalities it requires ({[field] = value}: with
+--- `metadata.name` among them, a store can look the objects up by name
+--- instead of reading them all). `allowed(field)` says whether a field may
+--- be selected on.
 ---@param text string?
 ---@param allowed fun(field: string): boolean
 function M.parse_fields(text, allowed)
@@ -200,6 +203,13 @@ function M.parse_fields(text, allowed)
     end
     reqs[#reqs + 1] = { field, op, val }
   end
+  local equal = {}
+  for _, r in ipairs(reqs) do
+    if r[2] == "=" then
+      -- two different values for one field match nothing: keep a marker
+      if equal[r[1]] ~= nil and equal[r[1]] ~= r[3] then equal[r[1]] = false else equal[r[1]] = r[3] end
+    end
+  end
   return function(obj)
     for i = 1, #reqs do
       local r = reqs[i]
@@ -211,7 +221,7 @@ function M.parse_fields(text, allowed)
       end
     end
     return true
-  end
+  end, nil, equal
 end
 
 return M

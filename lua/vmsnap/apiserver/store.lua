@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS objects(
   PRIMARY KEY(res, ns, name)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS objects_uid ON objects(uid);
 CREATE INDEX IF NOT EXISTS objects_ns ON objects(ns);
+CREATE INDEX IF NOT EXISTS objects_name ON objects(res, name);
 CREATE TABLE IF NOT EXISTS history(
   rv INTEGER PRIMARY KEY, res TEXT NOT NULL, ns TEXT NOT NULL, name TEXT NOT NULL,
   type TEXT NOT NULL, body TEXT NOT NULL);
@@ -71,6 +72,7 @@ function M.open(path, opts)
     list_all = "SELECT ns, name, body FROM objects WHERE res=?1 AND (ns, name) > (?2, ?3) ORDER BY ns, name LIMIT ?4",
     list_ns = "SELECT ns, name, body FROM objects WHERE res=?1 AND ns=?2 AND name > ?3 ORDER BY name LIMIT ?4",
     count = "SELECT count(*) FROM objects WHERE res=?1",
+    by_name = "SELECT ns, name, body FROM objects WHERE res=?1 AND name=?2 ORDER BY ns",
     since = "SELECT rv, ns, name, type, body FROM history WHERE res=?1 AND rv > ?2 ORDER BY rv",
     by_uid = "SELECT res, ns, name, body FROM objects WHERE uid=?1",
     own_del = "DELETE FROM owners WHERE res=?1 AND ns=?2 AND name=?3",
@@ -118,6 +120,16 @@ function Store:page(res, ns, after_ns, after_name, limit)
     return self.q.list_ns:all(res, ns, after_name or "", limit)
   end
   return self.q.list_all:all(res, after_ns or "", after_name or "", limit)
+end
+
+--- Rows {ns, name, body} of the objects of a resource named `name` (in one
+--- namespace, or in all, ordered by namespace): an index lookup.
+function Store:named(res, ns, name)
+  if ns then
+    local body = self.q.get:first(res, ns, name)
+    return body and { { ns, name, body } } or {}
+  end
+  return self.q.by_name:all(res, name)
 end
 
 --- Every stored object of a resource (in one namespace, or all), page by
