@@ -16,6 +16,7 @@
 
 #include "../core/loader.h"
 #include "../core/runtime.h"
+#include "../core/values.h"
 #include "../core/scheduler.h"
 #include "vmsnap_plugin.h"
 
@@ -345,7 +346,24 @@ static int rt_wallclock(lua_State *L)
 	return 1;
 }
 
+static int rt_deepcopy(lua_State *L)
+{
+	luaL_checkany(L, 1);
+	Vmsnap_deep_copy(L, 1);
+	return 1;
+}
+
+static int rt_deepequal(lua_State *L)
+{
+	luaL_checkany(L, 1);
+	luaL_checkany(L, 2);
+	lua_pushboolean(L, Vmsnap_deep_equal(L, 1, 2));
+	return 1;
+}
+
 static const luaL_Reg rt_funcs[] = {{"memory", rt_memory},
+                                    {"deepcopy", rt_deepcopy},
+                                    {"deepequal", rt_deepequal},
                                     {"wallclock", rt_wallclock},
                                     {"scripts_dirs", rt_scripts_dirs},
                                     {"launcher_paths", rt_launcher_paths},

@@ -17,6 +17,7 @@
 
 #include <math.h>
 #include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -286,11 +287,119 @@ static void cover_line(lua_State *L, lua_Debug *ar)
 #define TASK_HOOK_MASK LUA_MASKCOUNT
 #endif
 
+/* ------------------------------------------------------------ profiling */
+
+/*
+** VMSNAP_PROFILE=FILE: a sampling profile of the tasks' Lua code, for
+** developers (docs/performance.md).  Each count hook (every HOOK_COUNT
+** instructions) counts the running function, named by its source and first
+** line (a C function by its Lua caller's); every PROFILE_EVERY samples the
+** counts are written to FILE, most first, as "samples<TAB>function".  The
+** counts live in a registry table keyed by the function's name.
+*/
+#define PROFILE_EVERY 2000
+static int profile_state; /* 0 = unknown, 1 = off, 2 = on */
+static const char *profile_path;
+static unsigned long profile_samples;
+static const char PROFILE_KEY = 'p';
+
+static int profile_cmp(const void *a, const void *b)
+{
+	const lua_Integer *x = *(const lua_Integer *const *)a, *y = *(const lua_Integer *const *)b;
+	return (*y > *x) - (*y < *x);
+}
+
+static void profile_dump(lua_State *L)
+{
+	FILE *f = fopen(profile_path, "w");
+	size_t n = 0, cap = 0, i;
+	struct { lua_Integer count; char name[200]; } *rows = NULL;
+	const void **order;
+	if (!f)
+		return;
+	lua_rawgetp(L, LUA_REGISTRYINDEX, &PROFILE_KEY);
+	lua_pushnil(L);
+	while (lua_next(L, -2)) {
+		if (n == cap) {
+			void *nr = realloc(rows, (cap = cap ? cap * 2 : 256) * sizeof *rows);
+			if (!nr)
+				break;
+			rows = nr;
+		}
+		rows[n].count = lua_tointeger(L, -1);
+		snprintf(rows[n].name, sizeof rows[n].name, "%s", lua_tostring(L, -2));
+		n++;
+		lua_pop(L, 1);
+	}
+	lua_pop(L, 1);
+	order = malloc((n ? n : 1) * sizeof *order);
+	if (order) {
+		for (i = 0; i < n; i++)
+			order[i] = &rows[i];
+		qsort(order, n, sizeof *order, profile_cmp);
+		fprintf(f, "# %lu samples of %d instructions\n", profile_samples, HOOK_COUNT);
+		for (i = 0; i < n; i++) {
+			const lua_Integer *c = order[i];
+			fprintf(f, "%lld\t%s\n", (long long)*c, (const char *)(c + 1));
+		}
+		free(order);
+	}
+	free(rows);
+	fclose(f);
+}
+
+static void profile_sample(lua_State *L)
+{
+	lua_Debug d;
+	char key[240];
+	int level = 0;
+	if (!lua_checkstack(L, 4))
+		return;
+	if (!lua_getstack(L, 0, &d) || !lua_getinfo(L, "Sn", &d))
+		return;
+	if (d.what[0] == 'C') {
+		const char *cname = d.name ? d.name : "?";
+		char csrc[60];
+		snprintf(csrc, sizeof csrc, "%s", cname);
+		level = 1;
+		if (lua_getstack(L, level, &d) && lua_getinfo(L, "Sl", &d))
+			snprintf(key, sizeof key, "[C] %s <- %s:%d", csrc, d.short_src, d.currentline);
+		else
+			snprintf(key, sizeof key, "[C] %s", csrc);
+	} else {
+		snprintf(key, sizeof key, "%s:%d %s", d.short_src, d.linedefined, d.name ? d.name : "");
+	}
+	lua_rawgetp(L, LUA_REGISTRYINDEX, &PROFILE_KEY);
+	if (!lua_istable(L, -1)) {
+		lua_pop(L, 1);
+		lua_newtable(L);
+		lua_pushvalue(L, -1);
+		lua_rawsetp(L, LUA_REGISTRYINDEX, &PROFILE_KEY);
+	}
+	lua_pushstring(L, key);
+	lua_pushvalue(L, -1);
+	lua_rawget(L, -3);
+	lua_pushinteger(L, lua_tointeger(L, -1) + 1);
+	lua_replace(L, -2);
+	lua_rawset(L, -3);
+	lua_pop(L, 1);
+	if (++profile_samples % PROFILE_EVERY == 0)
+		profile_dump(L);
+}
+
 void Vmsnap_sched_hook(lua_State *L, lua_Debug *ar)
 {
 	vmsnap_runtime *rt = Vmsnap_rt(L);
 	Vmsnap_task *t = rt->current;
 	(void)ar;
+	if (profile_state != 1) {
+		if (profile_state == 0) {
+			profile_path = getenv("VMSNAP_PROFILE");
+			profile_state = profile_path && *profile_path ? 2 : 1;
+		}
+		if (profile_state == 2 && ar->event == LUA_HOOKCOUNT)
+			profile_sample(L);
+	}
 #ifdef VMSNAP_FUZZ_COVERAGE
 	if (ar->event == LUA_HOOKLINE) {
 		cover_line(L, ar);

@@ -203,3 +203,77 @@ void Vmsnap_utf8_push_fixed(lua_State *L, const char *s, size_t n)
 	}
 	luaL_pushresult(&b);
 }
+
+/* ------------------------------------------------------------ deep copy */
+
+#define DEEP_MAX 1000
+
+static void deep_copy(lua_State *L, int idx, int depth)
+{
+	int t;
+	if (lua_type(L, idx) != LUA_TTABLE) {
+		lua_pushvalue(L, idx);
+		return;
+	}
+	if (depth > DEEP_MAX)
+		luaL_error(L, "deep copy: nested more than %d levels (a cycle?)", DEEP_MAX);
+	luaL_checkstack(L, 6, "deep copy");
+	lua_createtable(L, (int)lua_rawlen(L, idx), 0);
+	t = lua_gettop(L);
+	lua_pushnil(L);
+	while (lua_next(L, idx)) {
+		int v = lua_gettop(L);
+		lua_pushvalue(L, v - 1); /* the key */
+		deep_copy(L, v, depth + 1);
+		lua_rawset(L, t);
+		lua_pop(L, 1); /* the value; the key stays for lua_next */
+	}
+	if (lua_getmetatable(L, idx))
+		lua_setmetatable(L, t);
+}
+
+void Vmsnap_deep_copy(lua_State *L, int idx)
+{
+	deep_copy(L, lua_absindex(L, idx), 0);
+}
+
+static int deep_equal(lua_State *L, int a, int b, int depth)
+{
+	int same = 1;
+	if (lua_rawequal(L, a, b))
+		return 1;
+	if (lua_type(L, a) != LUA_TTABLE || lua_type(L, b) != LUA_TTABLE)
+		return 0;
+	if (depth > DEEP_MAX)
+		luaL_error(L, "deep equal: nested more than %d levels (a cycle?)", DEEP_MAX);
+	luaL_checkstack(L, 6, "deep equal");
+	lua_pushnil(L);
+	while (same && lua_next(L, a)) {
+		int v = lua_gettop(L);
+		lua_pushvalue(L, v - 1);
+		lua_rawget(L, b);
+		same = deep_equal(L, v, v + 1, depth + 1);
+		lua_pop(L, 2);
+	}
+	if (!same) {
+		lua_pop(L, 1); /* the key lua_next left */
+		return 0;
+	}
+	lua_pushnil(L);
+	while (lua_next(L, b)) {
+		lua_pop(L, 1);
+		lua_pushvalue(L, -1);
+		lua_rawget(L, a);
+		if (lua_isnil(L, -1)) {
+			lua_pop(L, 2);
+			return 0;
+		}
+		lua_pop(L, 1);
+	}
+	return 1;
+}
+
+int Vmsnap_deep_equal(lua_State *L, int a, int b)
+{
+	return deep_equal(L, lua_absindex(L, a), lua_absindex(L, b), 0);
+}

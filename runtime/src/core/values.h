@@ -41,4 +41,12 @@ int Vmsnap_utf8_valid(const char *s, size_t n);
 ** maximal invalid subpart, as Unicode recommends and Go's decoders do). */
 void Vmsnap_utf8_push_fixed(lua_State *L, const char *s, size_t n);
 
+/* Push a deep copy of the value at idx: tables are copied (raw, keys
+** shared, metatables kept), anything else pushed as is.  Raises past 1000
+** levels of nesting. */
+void Vmsnap_deep_copy(lua_State *L, int idx);
+/* Do the values at a and b hold the same data (raw access, tables compared
+** key by key)?  Raises past 1000 levels of nesting. */
+int Vmsnap_deep_equal(lua_State *L, int a, int b);
+
 #endif
