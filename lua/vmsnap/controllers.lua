@@ -19,6 +19,7 @@ function M.for_workflow(client, name, opts)
   return reconcile.controller({ client = client, name = opts.name or (name .. "-controller"), kind = w.kind,
     finalizer = w.finalizer, watches = w.watches and w.watches() or nil, indexes = w.indexes,
     workers = opts.workers, fresh = w.fresh, namespace = opts.namespace, leader_election = opts.leader_election,
+    cache_reads = w.cache_reads,
     reconcile = function(ctx, obj)
       local cur = assert(workflow.load(name)) -- a changed file is picked up
       if cur.steps then return steps.run(cur, ctx, obj) end

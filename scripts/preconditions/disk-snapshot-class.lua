@@ -19,7 +19,7 @@ return {
     if ctx.memo.class then return true end
     local pvc, vd = facts.pvc, facts.vd
     local sc = pvc and pvc.spec.storageClassName or (vd and vd.status and vd.status.storageClassName)
-    local class, err, code = csi.resolve_class(ctx.client, sc)
+    local class, err, code = csi.resolve_class(ctx:reader(), sc)
     if not class then return nil, err, code end
     ctx.memo.class = class
     return true

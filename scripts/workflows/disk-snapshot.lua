@@ -29,6 +29,9 @@ W.VERDICT_GRACE = 10
 
 W.kind = "VirtualDiskSnapshot"
 W.finalizer = "virtualization.deckhouse.io/vdsnapshot-cleanup"
+--- The controller trusts its synced cache: an object it lacks does not exist
+--- (a VolumeSnapshot not made yet is not looked up again).
+W.cache_reads = true
 W.VS_FINALIZER = "virtualization.deckhouse.io/vdsnapshot-protection"
 W.condition = "VirtualDiskSnapshotReady"
 W.failed_reason = "VirtualDiskSnapshotFailed"
@@ -306,6 +309,9 @@ function W.watches()
   end
   return {
     { kind = VD, map = function(vd, ctl) return by_disk(ctl, vd.metadata.namespace, vd.metadata.name) end },
+    -- classes resolved from the cache (Decision 5); a change concerns no snapshot
+    { kind = "storageclasses.storage.k8s.io", map = function() return {} end },
+    { kind = "volumesnapshotclasses.snapshot.storage.k8s.io", map = function() return {} end },
     { kind = VS, map = function(vs)
       local o = object.owner(vs, "VirtualDiskSnapshot")
       return o and { vs.metadata.namespace .. "/" .. o } or {}

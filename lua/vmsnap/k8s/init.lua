@@ -778,14 +778,14 @@ function Watch:connect()
   local res, err, reason, st = c:request({ path = path_for(self.r, self.ns), query = q, stream = true })
   if not res then return nil, err, reason, st end
   self.res = res
-  self.buf = ""
+  self.buf, self.bpos, self.parts = "", 1, nil
   return true
 end
 
 function Watch:drop_stream()
   if self.res then self.res:close() end
   self.res = nil
-  self.buf = ""
+  self.buf, self.bpos, self.parts = "", 1, nil
 end
 
 --- The next event, or nil, message, code ("TIMEOUT" when none came in time).
@@ -820,10 +820,13 @@ function Watch:next(timeout)
         end
       end
     else
-      local nl = self.buf:find("\n", 1, true)
+      -- lines are read from a position in the buffer (cutting the buffer
+      -- for every line made a burst of events quadratic)
+      local pos = self.bpos or 1
+      local nl = self.buf:find("\n", pos, true)
       if nl then
-        local line = self.buf:sub(1, nl - 1)
-        self.buf = self.buf:sub(nl + 1)
+        local line = self.buf:sub(pos, nl - 1)
+        self.bpos = nl + 1
         local ev = json.decode(line)
         if type(ev) == "table" and type(ev.object) == "table" then
           local t, obj = ev.type, ev.object
@@ -859,7 +862,17 @@ function Watch:next(timeout)
         if wait and wait <= 0 then return nil, "no watch event within the timeout", "TIMEOUT" end
         local chunk, err, code = self.res:read(wait)
         if chunk then
-          self.buf = self.buf .. chunk
+          if not chunk:find("\n", 1, true) then
+            -- a long event in many pieces: joined once its end has come
+            local parts = self.parts or {}
+            parts[#parts + 1] = chunk
+            self.parts = parts
+          else
+            local parts = self.parts
+            self.parts = nil
+            self.buf = self.buf:sub(pos) .. (parts and table.concat(parts) or "") .. chunk
+            self.bpos = 1
+          end
         elseif err and code == "TIMEOUT" and wait then
           return nil, "no watch event within the timeout", "TIMEOUT"
         else

@@ -60,15 +60,24 @@ local function attached_vms(ctx, vd)
   return out
 end
 
+-- indexes of the shared cache: snapshots in progress by their disk, disks
+-- by the snapshot they are restored from ("ns/name" both)
+-- (only the snapshots in progress: neither Ready nor going away, b.1)
+local function snapshots_by_disk(s)
+  local ph = s.status and s.status.phase or ""
+  if ph == "Ready" or ph == "Terminating" then return {} end
+  return { (s.metadata.namespace or "") .. "/" .. tostring(s.spec and s.spec.virtualDiskName) }
+end
+local function disks_by_source(vd)
+  local ref = vd.spec and vd.spec.dataSource and vd.spec.dataSource.objectRef
+  if ref and ref.kind == "VirtualDiskSnapshot" and ref.name then return { (vd.metadata.namespace or "") .. "/" .. ref.name } end
+  return {}
+end
+
 -- a snapshot of this disk is in progress (neither Ready nor going away)
 local function snapshot_in_progress(ctx, vd)
-  for _, s in ipairs(ctx:list(VDS, vd.metadata.namespace)) do
-    local ph = s.status and s.status.phase or ""
-    if s.spec.virtualDiskName == vd.metadata.name and ph ~= "Ready" and ph ~= "Terminating" then
-      return true
-    end
-  end
-  return false
+  local inf = ctx.controller:informer_for(VDS)
+  return inf:index_has("local_snapshots_by_disk", vd.metadata.namespace .. "/" .. vd.metadata.name)
 end
 
 -- b.1: Snapshotting, computed only for a Ready disk
@@ -229,11 +238,8 @@ end
 -- keys of the disks restored from the snapshot named `snapshot` in ns
 local function restored_from(ctl, ns, snapshot)
   local keys = {}
-  for _, vd in ipairs(ctl.primary and ctl.primary:list(ns) or {}) do
-    local ref = vd.spec.dataSource and vd.spec.dataSource.objectRef
-    if ref and ref.kind == "VirtualDiskSnapshot" and ref.name == snapshot then
-      keys[#keys + 1] = ns .. "/" .. vd.metadata.name
-    end
+  for _, vd in ipairs(ctl.primary and ctl.primary:by_index("local_disks_by_source", ns .. "/" .. snapshot) or {}) do
+    keys[#keys + 1] = ns .. "/" .. vd.metadata.name
   end
   return keys
 end
@@ -249,8 +255,9 @@ function M.controller(client)
   end
   return reconcile.controller({ client = client, name = "local-disks", kind = "VirtualDisk",
     finalizer = M.FINALIZER,
+    indexes = { local_disks_by_source = disks_by_source },
     watches = {
-      { kind = VDS, map = function(s, ctl)
+      { kind = VDS, indexes = { local_snapshots_by_disk = snapshots_by_disk }, map = function(s, ctl)
         -- the snapshot's disk, and the disks restored from it
         local keys = restored_from(ctl, s.metadata.namespace, s.metadata.name)
         keys[#keys + 1] = s.metadata.namespace .. "/" .. s.spec.virtualDiskName

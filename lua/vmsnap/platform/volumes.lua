@@ -202,7 +202,7 @@ local function snapshot(P, ctx, vs)
   if cls.driver ~= M.DRIVER then return true end
   local params = class_params(cls)
   local cname = "snapcontent-" .. vs.metadata.uid
-  local content = ctx.client:get(CONTENT, cname)
+  local content = ctx:get(CONTENT, nil, cname)
   if not content or not content.status or not content.status.snapshotHandle then
     local pvcname = vs.spec.source and vs.spec.source.persistentVolumeClaimName
     local pvc = pvcname and ctx:get("persistentvolumeclaims", vs.metadata.namespace, pvcname)
@@ -272,7 +272,7 @@ end
 
 local function drop_snapshot(P, ctx, vs)
   local cname = vs.status and vs.status.boundVolumeSnapshotContentName or ("snapcontent-" .. vs.metadata.uid)
-  local content = ctx.client:get(CONTENT, cname)
+  local content = ctx:get(CONTENT, nil, cname)
   if content then
     if (content.spec.deletionPolicy or "Delete") == "Delete" then
       if content.status and content.status.snapshotHandle then fs.remove(content.status.snapshotHandle) end
@@ -295,15 +295,23 @@ function M.controllers(client, data)
     reconcile = function(ctx, pvc) return provision(P, ctx, pvc) end,
     finalize = function(ctx, pvc) return release(P, ctx, pvc) end })
   local snap = reconcile.controller({ client = client, name = "local-snapshotter", kind = "VolumeSnapshot",
-    finalizer = M.VS_FINALIZER, workers = 8,
+    finalizer = M.VS_FINALIZER, workers = 8, cache_reads = true,
+    indexes = { local_snapshots_by_claim = function(vs)
+      local claim = vs.spec and vs.spec.source and vs.spec.source.persistentVolumeClaimName
+      return claim and { (vs.metadata.namespace or "") .. "/" .. claim } or {}
+    end },
     watches = { { kind = VSC, map = function() return {} end },
+      -- the contents it makes, cached (the bound snapshot is looked at again)
+      { kind = CONTENT, map = function(content)
+        local ref = content.spec and content.spec.volumeSnapshotRef
+        return ref and ref.name and { (ref.namespace or "") .. "/" .. ref.name } or {}
+      end },
       { kind = "persistentvolumeclaims", map = function(pvc, ctl)
-        -- snapshots waiting for this claim
+        -- snapshots waiting for this claim (not those already cut)
         local keys = {}
-        for _, vs in ipairs(ctl.primary and ctl.primary:list(pvc.metadata.namespace) or {}) do
-          if vs.spec.source and vs.spec.source.persistentVolumeClaimName == pvc.metadata.name then
-            keys[#keys + 1] = reconcile.key_of(vs)
-          end
+        for _, vs in ipairs(ctl.primary and ctl.primary:by_index("local_snapshots_by_claim",
+            pvc.metadata.namespace .. "/" .. pvc.metadata.name) or {}) do
+          if not (vs.status and vs.status.boundVolumeSnapshotContentName) then keys[#keys + 1] = reconcile.key_of(vs) end
         end
         return keys
       end },

@@ -44,6 +44,10 @@ function Context:get(kind, ns, name)
   if inf then
     local obj = inf:get(ns, name)
     if obj then return obj end
+    -- a controller with cache_reads trusts its synced cache: what it lacks
+    -- does not exist (objects this process writes are cached at once; one
+    -- made elsewhere shows with its watch event, which brings a new pass)
+    if self.controller.opts.cache_reads and inf.synced then return nil end
   end
   local obj, err, reason = self.client:get(kind, name, { namespace = ns })
   if not obj and reason == "NotFound" then return nil end
@@ -64,6 +68,25 @@ function Context:by_index(kind, index, value)
   local inf = self.controller:informer_for(kind)
   if not inf then error(("by_index: the controller does not watch %s"):format(kind), 2) end
   return inf:by_index(index, value)
+end
+
+--- A reader with the client's get and list_all calls, answered by this
+--- context (from the cache for the kinds the controller watches), for code
+--- written against a client (vmsnap.csi.resolve_class).
+function Context:reader()
+  local ctx = self
+  return {
+    get = function(_, kind, name, opts)
+      local obj, err, code = ctx:get(kind, opts and opts.namespace, name)
+      if obj == nil and err == nil then return nil, ("%s %q not found"):format(kind, name), "NotFound" end
+      return obj, err, code
+    end,
+    list_all = function(_, kind, opts)
+      local ok, all = pcall(ctx.list, ctx, kind, opts and opts.namespace)
+      if not ok then return nil, tostring(all), "ERROR" end
+      return all
+    end,
+  }
 end
 
 --- Objects of a kind (optionally in one namespace): from the cache when

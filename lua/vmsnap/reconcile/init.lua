@@ -62,6 +62,8 @@ Controller.__index = Controller
 ---@field indexes? table<string, fun(obj: table): string[]>   indexes on the primary kind
 ---@field namespace? string           watch one namespace (default all)
 ---@field workers? integer            (default 4)
+---@field cache_reads? boolean        trust the synced cache: an object it lacks does not exist (no GET
+---                                    that would only say 404)
 ---@field fresh? boolean               read the object from the API at each pass, not from the
 ---                                    cache (for reconciles whose actions must not come from a stale copy)
 ---@field max_backoff? number         seconds (default 20: a failing object is tried again at least this often, so that everything converges soon after an outage)

@@ -479,6 +479,9 @@ function M.run(W, ctx, obj)
   ctx.steps.facts = facts or {}
   local res, err, code
   if (st.phase or "") == "" then st.phase = "Pending" end
+  -- the status this pass writes is of this generation (set first, so that
+  -- it goes out with the pass's first write, not in a write of its own)
+  st.observedGeneration = obj.metadata.generation
   if st.phase == "Failed" then
     -- terminal: the condition stays as it was; undos a crash left owed run now
     local c = ctx:get_condition(W.condition)
@@ -507,7 +510,6 @@ function M.run(W, ctx, obj)
   else
     res, err, code = run_steps(W, ctx, obj, facts)
   end
-  st.observedGeneration = obj.metadata.generation
   if res and (st.phase == "Failed" or st.phase == "Ready") and #ctx.steps.rec.owed > 0 then
     -- terminal with an undo that failed (the thaw's write lost, say): the
     -- status stands, and the pass is retried until the undo is done — a
