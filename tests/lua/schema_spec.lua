@@ -128,6 +128,19 @@ t.test("a CRD with two served versions: an object is read in the version asked, 
   local line = w:read(5) or ""
   w:close()
   t.contains(line, '"apiVersion":"test.vmsnap.io/v2"', "a watch of v2 sees v2")
+  -- one change seen by watchers of both versions at once: each in its own
+  -- (each reads its initial event first, so both are registered before the change)
+  local w1 = assert(srv:request({ path = V1 .. "?watch=true", stream = true, timeout = 10 }))
+  local w2 = assert(srv:request({ path = V2 .. "?watch=true", stream = true, timeout = 10 }))
+  t.contains(w1:read(5) or "", '"type":"ADDED"')
+  t.contains(w2:read(5) or "", '"type":"ADDED"')
+  r = req("PATCH", V1 .. "/m", '{"spec":{"x":"both"}}', "application/merge-patch+json")
+  t.eq(r.status, 200, r.body)
+  local e1, e2 = w1:read(5) or "", w2:read(5) or ""
+  w1:close()
+  w2:close()
+  t.contains(e1, '"apiVersion":"test.vmsnap.io/v1"', "the v1 watcher gets v1")
+  t.contains(e2, '"apiVersion":"test.vmsnap.io/v2"', "the v2 watcher gets v2")
 end)
 
 t.test("CEL x-kubernetes-validations: rules, messages, transition rules with oldSelf, cost limits; a rule that cannot be compiled refuses the CRD", function()

@@ -69,7 +69,7 @@ end
 function Watchers:emit(key, typ, obj, old, body)
   local list = self.by_key[key]
   if not list or next(list) == nil then return end
-  local frames = {} -- JSON frames by event type, shared by the JSON watchers
+  local frames = {} -- JSON frames by event type (and version watched), shared by the JSON watchers
   for w in pairs(list) do
     local now_m = typ ~= "DELETED" and matches(w, obj)
     local was_m = old ~= nil and matches(w, old)
@@ -88,10 +88,12 @@ function Watchers:emit(key, typ, obj, old, body)
       if w.table then
         data = frame(w, t, obj)
       else
-        data = frames[t]
+        -- the watchers of a CRD with several served versions each get theirs
+        local fk = w.res.multi and (t .. " " .. w.res.api_version) or t
+        data = frames[fk]
         if not data then
           data = frame(w, t, obj, body)
-          frames[t] = data
+          frames[fk] = data
         end
       end
       self:send(w, data)

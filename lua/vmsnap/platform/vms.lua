@@ -259,8 +259,10 @@ local function reconcile_vm(P, ctx, vm)
   local vmip = ipname and ctx:get("VirtualMachineIPAddress", ns, ipname)
   st.ipAddress = vmip and vmip.status and vmip.status.address or nil
   local dir = dir_of(P, vm)
+  -- running as far as the last pass knew (Migrating and Pause are running too)
+  local up = st.phase == "Running" or st.phase == "Migrating" or st.phase == "Pause"
   if vm.metadata.deletionTimestamp or not wants_running(vm) then
-    if st.phase == "Running" or st.phase == "Starting" or st.phase == "Stopping" then
+    if up or st.phase == "Starting" or st.phase == "Stopping" then
       st.phase = "Stopping"
       M.teardown(P, dir)
     end
@@ -276,7 +278,7 @@ local function reconcile_vm(P, ctx, vm)
     plugged(false)
     return { requeue_after = 1 }
   end
-  if st.phase ~= "Running" then st.phase = "Starting" end
+  if not up then st.phase = "Starting" end
   -- the agent, on the root disk's image
   local target, mnt
   local pvc = root and root.status and root.status.target and
@@ -292,7 +294,7 @@ local function reconcile_vm(P, ctx, vm)
       P.agents_enabled = not tostring(why):find("loop mounts", 1, true)
     end
   end
-  if st.phase ~= "Running" or not (st.stats and st.stats.lastStartTime) then
+  if not up or not (st.stats and st.stats.lastStartTime) then
     -- the platform's status.stats.lastStartTime: kubectl's UPTIME column
     st.stats = st.stats or {}
     st.stats.lastStartTime = vtime.format()
