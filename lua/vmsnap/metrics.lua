@@ -8,7 +8,8 @@
 ---   req:inc({ "GET", "pods", "200" })
 ---   io.write(reg:render())
 ---
---- Label values are given in the order the metric declared its label names.
+--- Label values (strings or numbers) are given in the order the metric
+--- declared its label names.
 --- A series is created by its first use; render() writes the families in
 --- name order and their series in label order, so the output is stable.
 local M = {}
@@ -56,12 +57,7 @@ local function series(self, values)
   if #values ~= #self.labels then
     error(("%s: %d label value(s) for %d label(s)"):format(self.name, #values, #self.labels), 3)
   end
-  local ok, key = pcall(table.concat, values, "\0") -- strings and numbers; else tostring each
-  if not ok then
-    local parts = {}
-    for i = 1, #values do parts[i] = tostring(values[i]) end
-    key = table.concat(parts, "\0")
-  end
+  local key = table.concat(values, "\0")
   local s = self.series[key]
   if not s then
     local parts = {}
@@ -110,9 +106,7 @@ end
 --- The current value of a counter or gauge series (0 when never used), or
 --- for a histogram its count and sum.
 function Family:get(values)
-  local parts = {}
-  for i = 1, #(values or {}) do parts[i] = tostring(values[i]) end
-  local s = self.series[table.concat(parts, "\0")]
+  local s = self.series[table.concat(values or {}, "\0")]
   if not s then return 0, 0 end
   if self.kind == "histogram" then return s.count, s.sum end
   return s.value

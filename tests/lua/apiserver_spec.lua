@@ -359,6 +359,8 @@ t.test("/metrics: Prometheus text with the requests by verb, resource and code, 
   t.contains(text, "# TYPE apiserver_request_duration_seconds histogram")
   t.ok(text:find('apiserver_request_duration_seconds_bucket{verb="GET",[^}]*le="%+Inf"} %d+'), "buckets end in +Inf")
   t.ok(text:find('apiserver_storage_objects{resource="configmaps"} %d+'), "stored objects by resource")
+  t.ok(text:find('\nvmsnap_apiserver_connections [1-9]%d*\n'), "open connections (this one at least)")
+  t.ok(text:find('\nvmsnap_apiserver_max_connections 4096\n'), "the connection limit")
   local r = req("GET", "/metrics", nil, {})
   t.eq(r.headers["content-type"], "text/plain; version=0.0.4; charset=utf-8")
   local anon = assert(srv:request({ method = "GET", path = "/metrics", auth = false, timeout = 10 }))

@@ -286,9 +286,23 @@ function M.compile(src)
   return setmetatable({ ast = res, src = src, old = uses(res, "oldSelf") }, Program)
 end
 
+local programs = setmetatable({}, { __mode = "v" }) -- rule text -> program
+
+--- compile, keeping what it compiled by text (weakly: unused ones go).
+function M.cached(src)
+  local p = programs[src]
+  if p then return p end
+  local prog, err = M.compile(src)
+  if prog then programs[src] = prog end
+  return prog, err
+end
+
 -- ------------------------------------------------------------ evaluation
 
 local function fail(msg) error({ cel_eval = msg }, 0) end
+
+-- the methods of the list library (not string methods of the same name)
+local LIST_METHODS = { isSorted = true, sum = true, min = true, max = true, indexOf = true, lastIndexOf = true }
 
 local function is_list(v)
   return type(v) == "table" and (json.is_array(v) or (#v > 0) or next(v) == nil)
@@ -303,21 +317,14 @@ local function cel_type(v)
   if t == "table" then
     if v.__celtype then return "type" end
     if json.is_array(v) or #v > 0 then return "list" end
-    if next(v) == nil then return "map" end
     return "map"
   end
   return t
 end
 
-local function equal(a, b)
-  if type(a) == "number" and type(b) == "number" then return a == b end
-  if type(a) ~= type(b) then return false end
-  if type(a) ~= "table" then return a == b end
-  if a.__celtype or b.__celtype then return a.__celtype == b.__celtype end
-  for k, v in pairs(a) do if not equal(v, b[k]) then return false end end
-  for k in pairs(b) do if a[k] == nil then return false end end
-  return true
-end
+-- values, lists and maps by content; a type value ({__celtype = name}) is
+-- equal to the same type's
+local equal = require("vmsnap.deep").equal
 
 local function size(v)
   if type(v) == "string" then return utf8.len(v) or #v end
@@ -552,7 +559,6 @@ eval = function(node, env, st)
     local args = {}
     for i, a in ipairs(node[4]) do args[i] = eval(a, env, st) end
     local f = METHOD_IMPL[node[2]]
-    local LIST_METHODS = { isSorted = true, sum = true, min = true, max = true, indexOf = true, lastIndexOf = true }
     if type(recv) == "table" and LIST_METHODS[node[2]] then
       return M.list_method(node[2], recv, args[1])
     end

@@ -345,12 +345,21 @@ local function user_of(S, req)
     groups = json.array({ "system:masters", "system:authenticated" }) }
 end
 
+-- a decoded JSON object (not an array, no keys but strings)
+local function is_object(v)
+  if type(v) ~= "table" or json.is_array(v) then return false end
+  for k in pairs(v) do
+    if type(k) ~= "string" then return false end
+  end
+  return true
+end
+
 --- SelfSubjectReview, SelfSubjectAccessReview, SelfSubjectRulesReview:
 --- answered from the request, never stored. Until RBAC (#17) every
 --- authenticated request may do everything, and the answers say so.
 local function review(S, req, ctx, r)
   local obj = decode_body(req, req:header("Content-Type"))
-  if type(obj) ~= "table" or json.is_array(obj) or #obj > 0 then fail(400, "BadRequest", "the body must be a JSON object") end
+  if not is_object(obj) then fail(400, "BadRequest", "the body must be a JSON object") end
   obj.apiVersion, obj.kind = r.api_version, r.kind
   obj.metadata = type(obj.metadata) == "table" and obj.metadata or {}
   obj.metadata.creationTimestamp = obj.metadata.creationTimestamp or json.null
@@ -385,14 +394,6 @@ local function get(S, req, ctx, r, ns, name, accept, args)
 end
 
 -- a JSON object (a YAML mapping): a table with string keys only, not a list
-local function is_object(v)
-  if type(v) ~= "table" or json.is_array(v) then return false end
-  for k in pairs(v) do
-    if type(k) ~= "string" then return false end
-  end
-  return true
-end
-
 local function check_identity(r, ns, name, obj)
   if not is_object(obj) then
     fail(400, "BadRequest", "the body must be a JSON object")
@@ -666,9 +667,10 @@ local function handle(S, req, ctx)
   local r = plural and S.reg:find(group, version, plural)
   if not r then fail(404, "NotFound", "the server could not find the requested resource") end
   ctx.group, ctx.version, ctx.resource, ctx.subresource = group, version, plural, sub or ""
+  if query_bool(args.watch) then is_watch = true end
   ctx.verb = VERB[method] or method
   if method == "GET" then
-    ctx.verb = (is_watch or query_bool(args.watch)) and "WATCH" or (name and "GET" or "LIST")
+    ctx.verb = is_watch and "WATCH" or (name and "GET" or "LIST")
   elseif method == "DELETE" and not name then
     ctx.verb = "DELETECOLLECTION"
   end
@@ -679,7 +681,6 @@ local function handle(S, req, ctx)
   if r.deprecated then
     ctx.warn(r.deprecation_warning or (("%s %s is deprecated"):format(r.api_version, r.kind)))
   end
-  if query_bool(args.watch) then is_watch = true end
   if r.review then
     if method ~= "POST" or name then
       fail(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
@@ -717,6 +718,18 @@ local function handle(S, req, ctx)
   fail(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
 end
 
+-- count one answered request (apiserver_request_total, ..._duration_seconds):
+-- a watch when it starts; a subresource answered by its own task counts there
+local function account(S, ctx, t0)
+  if not (ctx.verb and S.m_requests) or ctx.deferred then return end
+  local code = ctx.code or (ctx.verb == "WATCH" and 200) or nil
+  if not code then return end
+  S.m_requests:inc({ ctx.verb, ctx.group, ctx.version, ctx.resource, ctx.subresource, tostring(code) })
+  if ctx.verb ~= "WATCH" then
+    S.m_duration:observe({ ctx.verb, ctx.group, ctx.version, ctx.resource, ctx.subresource }, task.now() - t0)
+  end
+end
+
 --- A subresource served by a Lua function: run it in a task of its own (it
 --- may wait, on a guest agent say) and answer when it returns.
 function M.subresource(S, req, ctx, fn, version, ns, plural, name, sub)
@@ -736,15 +749,15 @@ function M.subresource(S, req, ctx, fn, version, ns, plural, name, sub)
   local call = { method = req:method(), namespace = ns, name = name, body = decoded, object = obj,
     resource = target, subresource = sub }
   local t0 = task.now()
-  local labels = { VERB[call.method] or call.method, target.group, version, plural, sub }
+  -- counted when its task answers (a refusal before this point is not, as
+  -- a request that names no resource is not)
+  ctx.verb, ctx.group, ctx.version, ctx.resource, ctx.subresource =
+    VERB[call.method] or call.method, target.group, version, plural, sub
+  ctx.deferred = true
   local function answer_with(code, body)
     respond(req, ctx, code, body)
-    if S.m_requests then
-      labels[6] = tostring(code)
-      S.m_requests:inc(labels)
-      labels[6] = nil
-      S.m_duration:observe(labels, task.now() - t0)
-    end
+    ctx.deferred = false
+    account(S, ctx, t0)
   end
   task.spawn(function()
     local ok, code, answer = pcall(fn, S, call)
@@ -759,18 +772,6 @@ function M.subresource(S, req, ctx, fn, version, ns, plural, name, sub)
     end
     answer_with(code or 200, answer == nil and "" or json.encode(answer))
   end)
-end
-
--- count one answered request (apiserver_request_total, ..._duration_seconds):
--- a watch when it starts; a subresource answered by its own task counts there
-local function account(S, ctx, t0)
-  if not (ctx.verb and S.m_requests) then return end
-  local code = ctx.code or (ctx.verb == "WATCH" and 200) or nil
-  if not code then return end
-  S.m_requests:inc({ ctx.verb, ctx.group, ctx.version, ctx.resource, ctx.subresource, tostring(code) })
-  if ctx.verb ~= "WATCH" then
-    S.m_duration:observe({ ctx.verb, ctx.group, ctx.version, ctx.resource, ctx.subresource }, task.now() - t0)
-  end
 end
 
 --- Answer one request (never raises, but for the cancellation of its task).

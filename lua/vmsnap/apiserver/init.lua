@@ -63,10 +63,6 @@ local function label_shape(s)
   return s:match("^[a-z0-9]$") ~= nil or s:match("^[a-z0-9][-a-z0-9]*[a-z0-9]$") ~= nil
 end
 
-local function is_label(s)
-  return #s <= 63 and label_shape(s)
-end
-
 -- a DNS subdomain as Kubernetes checks one: at most 253 characters, labels
 -- of the label shape joined by dots (no per-label length limit)
 local function subdomain_shape(s)
@@ -160,9 +156,9 @@ function M.new(opts)
     { "verb", "group", "version", "resource", "subresource" },
     { 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60 })
   self.metrics:collect(function(reg)
-    reg:gauge("apiserver_storage_objects", "Number of stored objects at the time of last check split by kind.",
-      { "resource" }):reset()
-    local g = reg.families.apiserver_storage_objects
+    local g = reg:gauge("apiserver_storage_objects", "Number of stored objects at the time of last check split by kind.",
+      { "resource" })
+    g:reset()
     local seen = {}
     for _, r in ipairs(self.reg.list) do
       if not seen[r.key] and not r.review then
@@ -173,6 +169,15 @@ function M.new(opts)
     end
     reg:gauge("apiserver_registered_watchers", "Number of currently registered watchers.", {})
       :set({}, self.watchers.n)
+    -- the listener's connection limits (docs/apiserver.md, Limits)
+    local hs = self.http and self.http:stats()
+    if hs then
+      reg:gauge("vmsnap_apiserver_connections", "Open connections.", {}):set({}, hs.connections)
+      reg:gauge("vmsnap_apiserver_max_connections", "The connection limit (--max-connections).", {})
+        :set({}, hs.max_connections)
+      reg:gauge("vmsnap_apiserver_header_timeouts", "Connections cut since the start for a request header not read in time.", {})
+        :set({}, hs.header_timeouts)
+    end
   end)
   local function read(path)
     if not path then return nil end
@@ -364,32 +369,35 @@ end
 local META_STRINGS = { "name", "generateName", "namespace", "uid", "resourceVersion",
   "creationTimestamp", "deletionTimestamp", "selfLink" }
 
+local META_INTS = { "generation", "deletionGracePeriodSeconds" }
+
+local function refuse_meta(r, field, v, want)
+  fail(400, "BadRequest", ('%s in version "%s" cannot be handled as a %s: json: cannot unmarshal %s into Go struct field ObjectMeta.metadata.%s of type %s')
+    :format(r.kind, r.version, r.kind, type(v) == "table" and "object" or type(v), field, want))
+end
+
 local function check_meta_types(r, md)
-  local function refuse(field, v, want)
-    fail(400, "BadRequest", ('%s in version "%s" cannot be handled as a %s: json: cannot unmarshal %s into Go struct field ObjectMeta.metadata.%s of type %s')
-      :format(r.kind, r.version, r.kind, type(v) == "table" and "object" or type(v), field, want))
-  end
   for _, f in ipairs(META_STRINGS) do
     local v = md[f]
-    if v ~= nil and v ~= null and type(v) ~= "string" then refuse(f, v, "string") end
+    if v ~= nil and v ~= null and type(v) ~= "string" then refuse_meta(r, f, v, "string") end
   end
   local fins = md.finalizers
   if fins ~= nil and fins ~= null then
-    if type(fins) ~= "table" then refuse("finalizers", fins, "[]string") end
+    if type(fins) ~= "table" then refuse_meta(r, "finalizers", fins, "[]string") end
     for _, f in pairs(fins) do
-      if type(f) ~= "string" then refuse("finalizers", f, "string") end
+      if type(f) ~= "string" then refuse_meta(r, "finalizers", f, "string") end
     end
   end
   local refs = md.ownerReferences
   if refs ~= nil and refs ~= null then
-    if type(refs) ~= "table" then refuse("ownerReferences", refs, "[]v1.OwnerReference") end
+    if type(refs) ~= "table" then refuse_meta(r, "ownerReferences", refs, "[]v1.OwnerReference") end
     for _, ref in pairs(refs) do
-      if type(ref) ~= "table" then refuse("ownerReferences", ref, "v1.OwnerReference") end
+      if type(ref) ~= "table" then refuse_meta(r, "ownerReferences", ref, "v1.OwnerReference") end
     end
   end
-  for _, f in ipairs({ "generation", "deletionGracePeriodSeconds" }) do
+  for _, f in ipairs(META_INTS) do
     local v = md[f]
-    if v ~= nil and v ~= null and math.type(v) ~= "integer" then refuse(f, v, "int64") end
+    if v ~= nil and v ~= null and math.type(v) ~= "integer" then refuse_meta(r, f, v, "int64") end
   end
 end
 

@@ -41,18 +41,28 @@ local regex = require("vmsnap.apiserver.regex")
 local vtime = require("vmsnap.time")
 local cel = require("vmsnap.apiserver.cel")
 
--- CEL programs kept by rule text (weakly: unused ones go)
-local programs = setmetatable({}, { __mode = "v" })
-
 --- The compiled `pattern`, or nil and why it is not one vmsnap can check.
 M.regex = regex.cached
 --- The compiled CEL rule, or nil and why vmsnap cannot evaluate it.
-function M.rule(text)
-  local p = programs[text]
-  if p then return p end
-  local prog, err = cel.compile(text)
-  if prog then programs[text] = prog end
-  return prog, err
+M.rule = cel.cached
+
+-- what a schema node's `field` compiles to, kept with the node for as long
+-- as its CRD is served (the caches by text above are weak: a collection
+-- would have thrown every compiled form away between two writes); false
+-- when it does not compile (that CRD was refused)
+local compiled = setmetatable({}, { __mode = "k" })
+local function compiled_of(node, field, compile)
+  local per = compiled[node]
+  if not per then
+    per = {}
+    compiled[node] = per
+  end
+  local c = per[field]
+  if c == nil then
+    c = compile(node[field]) or false
+    per[field] = c
+  end
+  return c or nil
 end
 
 local B64 = "^[A-Za-z0-9+/]*=?=?$"
@@ -68,6 +78,13 @@ local FORMATS = {
   uuid = function(v) return v:match("^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$") ~= nil end,
 }
 
+-- key orders of the walk (one comparator each, not a closure per call)
+local function by_text(a, b) return tostring(a) < tostring(b) end
+local function by_key(a, b)
+  if type(a) == type(b) and type(a) ~= "boolean" then return a < b end
+  return tostring(a) < tostring(b)
+end
+
 local function join(path, key)
   if path == "" then return key end
   return path .. "." .. key
@@ -77,17 +94,18 @@ end
 -- a rule with oldSelf is a transition rule, checked only when there is one)
 local function v_rules(s, v, path, out, oldv, vt)
   for _, r in ipairs(type(s["x-kubernetes-validations"]) == "table" and s["x-kubernetes-validations"] or {}) do
-    local prog = type(r) == "table" and M.rule(r.rule)
+    local prog = type(r) == "table" and type(r.rule) == "string" and compiled_of(r, "rule", M.rule)
     if prog and (not prog.old or oldv ~= nil) then
       local res, err = prog:eval({ self = v, oldSelf = oldv })
       if res ~= true then
         local what = r.message or ("failed rule: " .. tostring(r.rule))
-        if type(r.messageExpression) == "string" then
-          local mp = M.rule(r.messageExpression)
+        if res == nil then
+          what = ("%s: %s"):format(what, err)
+        elseif type(r.messageExpression) == "string" then
+          local mp = compiled_of(r, "messageExpression", M.rule)
           local m = mp and mp:eval({ self = v, oldSelf = oldv })
           if type(m) == "string" and m ~= "" then what = m end
         end
-        if res == nil then what = ("%s: %s"):format(r.message or ("failed rule: " .. tostring(r.rule)), err) end
         local field = path
         if type(r.fieldPath) == "string" and r.fieldPath ~= "" then field = path .. r.fieldPath end
         out.causes[#out.causes + 1] = { reason = r.reason or "FieldValueInvalid", field = field,
@@ -146,7 +164,7 @@ local function v_schema(s, v, path, out, oldv)
         message = ('Too long: may not be more than %d bytes'):format(s.maxLength) }
     end
     if type(s.pattern) == "string" then
-      local re = M.regex(s.pattern)
+      local re = compiled_of(s, "pattern", M.regex)
       -- a pattern vmsnap cannot compile was refused with its CRD
       if re and not re:find(v) then
         out.causes[#out.causes + 1] = { reason = "FieldValueInvalid", field = path,
@@ -234,7 +252,7 @@ local function v_schema(s, v, path, out, oldv)
     end
     local keys = {}
     for k in pairs(v) do keys[#keys + 1] = k end
-    table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+    table.sort(keys, by_text)
     for _, k in ipairs(keys) do
       local ps = props and props[k]
       local cpath = join(path, tostring(k))
@@ -320,10 +338,7 @@ function M.apply(schema, obj, opts)
   local keys = {}
   for k in pairs(obj) do keys[#keys + 1] = k end
   -- keys of several types (an array where an object belongs) sort by their text
-  table.sort(keys, function(a, b)
-    if type(a) == type(b) and type(a) ~= "boolean" then return a < b end
-    return tostring(a) < tostring(b)
-  end)
+  table.sort(keys, by_key)
   for _, k in ipairs(keys) do
     if k ~= "metadata" and k ~= "apiVersion" and k ~= "kind" then
       local ps = props[k]

@@ -37,11 +37,6 @@ lua_Integer Vmsnap_seq_len(lua_State *L, int idx)
 	return n == max ? n : 0;
 }
 
-int Vmsnap_strcmp_p(const void *a, const void *b)
-{
-	return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
-
 static int key_cmp(const void *a, const void *b)
 {
 	const Vmsnap_key *x = (const Vmsnap_key *)a, *y = (const Vmsnap_key *)b;

@@ -15,8 +15,6 @@
 int Vmsnap_is_array_mt(lua_State *L, int idx);
 /* n if the table at idx is a non-empty sequence 1..n, else 0. */
 lua_Integer Vmsnap_seq_len(lua_State *L, int idx);
-/* qsort comparator for an array of C strings. */
-int Vmsnap_strcmp_p(const void *a, const void *b);
 
 /* A table key as text (numbers written as Lua writes them). */
 typedef struct Vmsnap_key {

@@ -649,7 +649,7 @@ static int l_listen(lua_State *L)
 		host = luaL_checkstring(L, -1);
 	port = opt_int(L, "port", 0, 0);
 	max_body = opt_int(L, "max_body", 3 << 20, 1);
-	idle = opt_int(L, "idle_timeout", opt_int(L, "connection_timeout", 90, 1), 1);
+	idle = opt_int(L, "idle_timeout", 90, 1);
 	header = opt_int(L, "header_timeout", 32, 0);
 	maxconn = opt_int(L, "max_connections", 4096, 1);
 	perip = opt_int(L, "max_connections_per_ip", 2048, 0);
