@@ -17,6 +17,9 @@ local M = {}
 
 M.SC_ANNOTATION = "storage.deckhouse.io/volumesnapshotclass"
 M.DEFAULT_ANNOTATION = "snapshot.storage.kubernetes.io/is-default-class"
+--- The class of a VM snapshot's child VirtualDiskSnapshot on a server whose
+--- schema lacks spec.volumeSnapshotClassName (the current upstream CRD).
+M.CHILD_CLASS_ANNOTATION = "vmsnap.io/volume-snapshot-class"
 local VS = "volumesnapshots.snapshot.storage.k8s.io"
 local VSC = "volumesnapshotclasses.snapshot.storage.k8s.io"
 local SC = "storageclasses.storage.k8s.io"

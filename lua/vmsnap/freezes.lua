@@ -19,7 +19,6 @@
 --- server's unfreeze timeout, the launcher's).
 local json = require("vmsnap.json")
 local guest = require("vmsnap.guest")
-local task = require("vmsnap.task")
 local vtime = require("vmsnap.time")
 local steps = require("vmsnap.reconcile.steps")
 local object = require("vmsnap.k8s.object")
@@ -218,12 +217,7 @@ function M.freeze_or_join(ctx, obj, vm)
     -- that fails half-way); without one, it may have: thaw to be sure, and
     -- try again when that thaw is lost too (no lease says the guest is
     -- frozen any more; else only the unfreeze timeout would thaw it)
-    if type(fstatus) ~= "table" then
-      for attempt = 1, 3 do
-        if g:do_thaw() ~= nil then break end
-        if attempt < 3 then task.sleep(0.2 * attempt) end
-      end
-    end
+    if type(fstatus) ~= "table" then g:thaw_retrying() end
     mark(ctx, obj, { [M.FROZEN_AT] = json.null })
     return nil, ferr, fcode
   end

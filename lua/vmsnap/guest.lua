@@ -274,6 +274,19 @@ function Guest:do_thaw()
     { namespace = md.namespace, method = "PUT", group = M.SUBRESOURCE_GROUP })
 end
 
+--- do_thaw, tried up to 3 times (0.2 s, then 0.4 s apart) while it fails:
+--- a thaw that is lost leaves a guest frozen until its unfreeze timeout.
+function Guest:thaw_retrying()
+  local r, err, code
+  for attempt = 1, 3 do
+    r, err, code = self:do_thaw()
+    if r ~= nil then break end
+    glog:warn("thaw failed, retrying", { vm = self.name, attempt = attempt, error = err })
+    if attempt < 3 then task.sleep(0.2 * attempt) end
+  end
+  return r, err, code
+end
+
 -- ------------------------------------------------------------ leases
 
 local function patch_annotation(self, value, rv)
@@ -422,13 +435,7 @@ function Freeze:thaw()
   end })
   if self.timer and task.current() ~= self.timer then task.cancel(self.timer) end
   local g = self.guest
-  local r, err, code
-  for attempt = 1, 3 do
-    r, err, code = g:do_thaw()
-    if r ~= nil then break end
-    glog:warn("thaw failed, retrying", { vm = g.name, attempt = attempt, error = err })
-    task.sleep(0.2 * attempt)
-  end
+  local r, err, code = g:thaw_retrying()
   self.duration = task.now() - self.frozen_at
   if r ~= nil and self.watchdog then
     -- thawed: the watchdog goes without thawing (SIGUSR1 while it waits; past

@@ -17,6 +17,10 @@ local deep = require("vmsnap.deep")
 local M = {}
 
 M.TYPE = "virtualmachine.virtualization.deckhouse.io/snapshot"
+--- Beside the Secret: the annotation of each child VirtualDiskSnapshot
+--- with its disk's labels and annotations at snapshot time (JSON {labels,
+--- annotations}; docs/behaviour.md Decision 13).
+M.DISK_METADATA = "vmsnap.io/virtual-disk-metadata"
 M.SINGLE = { "vm", "vmip", "provisioner" }
 M.LISTS = { "vmbdas" }
 

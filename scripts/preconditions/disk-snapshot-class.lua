@@ -11,7 +11,7 @@ return {
   order = 40,
   check = function(ctx, vds, facts)
     local given = vds.spec.volumeSnapshotClassName
-      or (vds.metadata.annotations or {})["vmsnap.io/volume-snapshot-class"]
+      or (vds.metadata.annotations or {})[csi.CHILD_CLASS_ANNOTATION]
     if given and given ~= "" then
       ctx.memo.class = given
       return true

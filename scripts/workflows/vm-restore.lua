@@ -60,8 +60,6 @@ local LABEL = {
 }
 
 local COND_RTU = "VirtualMachineSnapshotReadyToUse"
--- the child's record of its disk's labels and annotations (vm-snapshot.lua)
-local DISK_METADATA = "vmsnap.io/virtual-disk-metadata"
 
 
 -- ------------------------------------------------------------ c.1
@@ -131,7 +129,7 @@ end
 --- was taken (recorded on the child by the VM snapshot; none for a child
 --- of before, or one whose record is not a JSON object of string maps).
 function W.disk_metadata(vds)
-  local raw = (vds.metadata.annotations or {})[DISK_METADATA]
+  local raw = (vds.metadata.annotations or {})[secret_format.DISK_METADATA]
   local ok, rec = pcall(json.decode, raw or "null")
   local out = {}
   if not ok or type(rec) ~= "table" then return out end

@@ -213,9 +213,9 @@ function W.child_name(vms, disk) return object.bounded_name(disk, vms.metadata.u
 
 --- Where a child's class goes when the served VirtualDiskSnapshot has no
 --- spec.volumeSnapshotClassName (the current upstream CRD dropped it).
-W.CLASS_ANNOTATION = "vmsnap.io/volume-snapshot-class"
+W.CLASS_ANNOTATION = csi.CHILD_CLASS_ANNOTATION
 --- The annotation of a child that holds its disk's labels and annotations.
-W.DISK_METADATA = "vmsnap.io/virtual-disk-metadata"
+W.DISK_METADATA = secret_format.DISK_METADATA
 
 --- The child VirtualDiskSnapshot of one disk, as it is created. The class is
 --- in spec.volumeSnapshotClassName, or — on a server whose schema lacks it

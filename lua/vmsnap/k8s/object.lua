@@ -61,20 +61,22 @@ end
 --- A generated name `<head>-<tail>` that is a valid object name for any
 --- valid head: when it would pass `max` characters (default 253, a DNS
 --- subdomain), the head is cut and a hash of the whole name keeps it unique
---- (`<cut head>-<8 hex>-<tail>`). The tail (a uid) is kept whole.
+--- (`<cut head>-<8 hex>-<tail>`). The tail (a uid) is kept whole. `sep`
+--- (default "-") joins head and tail: "." for an Event's `<object>.<suffix>`.
 ---@param head string
 ---@param tail string
 ---@param max? integer
+---@param sep? string
 ---@return string
-function M.bounded_name(head, tail, max)
-  max = max or 253
-  local name = head .. "-" .. tail
+function M.bounded_name(head, tail, max, sep)
+  max, sep = max or 253, sep or "-"
+  local name = head .. sep .. tail
   if #name <= max then return name end
   local hash = M.fnv64(name):sub(1, 8):lower()
   local keep = max - #tail - #hash - 2
   local cut = head:sub(1, math.max(0, keep)):gsub("[-.]+$", "")
-  if cut == "" then return (hash .. "-" .. tail):sub(1, max) end
-  return cut .. "-" .. hash .. "-" .. tail
+  if cut == "" then return (hash .. sep .. tail):sub(1, max) end
+  return cut .. "-" .. hash .. sep .. tail
 end
 
 return M

@@ -14,6 +14,7 @@ local csi = require("vmsnap.csi")
 local reconcile = require("vmsnap.reconcile")
 local workflow = require("vmsnap.workflow")
 local steps = require("vmsnap.reconcile.steps")
+local object = require("vmsnap.k8s.object")
 
 local M = {}
 
@@ -28,14 +29,6 @@ M.pvc_name = csi.claim_name
 
 local MSG_RESIZE_STARTED = "The virtual disk resizing has started."
 local MSG_RESIZE_REFUSED = "The virtual disk cannot be selected for resizing as it is currently snapshotting."
-
--- the claim's own Resizing condition (set while the volume is expanded)
-local function pvc_resizing(pvc)
-  for _, c in ipairs(pvc.status and pvc.status.conditions or {}) do
-    if c.type == "Resizing" and c.status == "True" then return true end
-  end
-  return false
-end
 
 local function cond_true(ctx, t)
   local c = ctx:get_condition(t)
@@ -76,8 +69,7 @@ end
 
 -- a snapshot of this disk is in progress (neither Ready nor going away)
 local function snapshot_in_progress(ctx, vd)
-  local inf = ctx.controller:informer_for(VDS)
-  return inf:index_has("local_snapshots_by_disk", vd.metadata.namespace .. "/" .. vd.metadata.name)
+  return ctx:index_has(VDS, "local_snapshots_by_disk", vd.metadata.namespace .. "/" .. vd.metadata.name)
 end
 
 -- b.1: Snapshotting, computed only for a Ready disk
@@ -186,8 +178,7 @@ local function reconcile_disk(ctx, vd)
     -- from the snapshots themselves: raising the size bumps the generation,
     -- so the Snapshotting condition of the last pass is not current here
     -- (b.1: no expansion while a snapshot is in progress)
-    local c = ctx:get_condition("Snapshotting")
-    if (c and c.status == "True") or snapshot_in_progress(ctx, vd) then
+    if object.is_true(vd, "Snapshotting") or snapshot_in_progress(ctx, vd) then
       if not (was and was.reason == "NotAvailable") then
         ctx:event("Normal", "VirtualDiskResizingNotAvailable", MSG_RESIZE_REFUSED)
       end
@@ -205,7 +196,7 @@ local function reconcile_disk(ctx, vd)
       snapshotting(ctx, vd)
       return { requeue_after = 0.5 }
     end
-  elseif cap < have or pvc_resizing(pvc) then
+  elseif cap < have or object.is_true(pvc, "Resizing") then -- the claim's own condition, while it is expanded
     vd.status.phase = "Resizing"
     ctx:condition("Resizing", "True", "InProgress", MSG_RESIZE_STARTED)
     snapshotting(ctx, vd)
@@ -239,7 +230,7 @@ end
 local function restored_from(ctl, ns, snapshot)
   local keys = {}
   for _, vd in ipairs(ctl.primary and ctl.primary:by_index("local_disks_by_source", ns .. "/" .. snapshot) or {}) do
-    keys[#keys + 1] = ns .. "/" .. vd.metadata.name
+    keys[#keys + 1] = reconcile.key_of(vd)
   end
   return keys
 end

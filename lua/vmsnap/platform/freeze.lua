@@ -19,8 +19,7 @@ local deep = require("vmsnap.deep")
 local M = {}
 local plog = log.new("platform.freeze")
 
---- Seconds of a Go-style duration ("30s", "1m30s", "500ms", "2h"), or nil.
-M.parse_duration = require("vmsnap.time").go_duration
+local go_duration = require("vmsnap.time").go_duration
 
 local function agent_for(vm)
   local a = vm.metadata.annotations or {}
@@ -106,7 +105,7 @@ function M.do_freeze(S, call, thaw)
     local target, mps = agent_for(call.object)
     local timeout = 0
     if call.body and call.body.unfreezeTimeout ~= nil then
-      timeout = M.parse_duration(call.body.unfreezeTimeout)
+      timeout = go_duration(call.body.unfreezeTimeout)
       if not timeout then
         api.fail(400, "BadRequest", ('unfreezeTimeout: invalid duration "%s"'):format(tostring(call.body.unfreezeTimeout)))
       end

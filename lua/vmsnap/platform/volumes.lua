@@ -22,7 +22,6 @@ local task = require("vmsnap.task")
 local quantity = require("vmsnap.quantity")
 local vtime = require("vmsnap.time")
 local reconcile = require("vmsnap.reconcile")
-local freeze = require("vmsnap.platform.freeze")
 
 local M = {}
 
@@ -81,7 +80,7 @@ local function provision(P, ctx, pvc)
     local cap = quantity.parse(pvc.status.capacity and pvc.status.capacity.storage or "0") or 0
     if f and want > cap then
       -- StorageClass parameter resizeLatency: the expansion takes that long
-      local lat = freeze.parse_duration(sc.parameters and sc.parameters.resizeLatency or "0") or 0
+      local lat = vtime.go_duration(sc.parameters and sc.parameters.resizeLatency or "0") or 0
       if lat > 0 then
         local since = tonumber((pvc.metadata.annotations or {})[M.RESIZE_SINCE] or "")
         local now = vtime.now()
@@ -179,7 +178,7 @@ end
 
 local function class_params(cls)
   local p = cls.parameters or {}
-  return { cut = freeze.parse_duration(p.cutLatency or "0") or 0, ready = freeze.parse_duration(p.readyLatency or "0") or 0,
+  return { cut = vtime.go_duration(p.cutLatency or "0") or 0, ready = vtime.go_duration(p.readyLatency or "0") or 0,
     fail_at = p.failAt, fail_message = p.failMessage or "injected failure" }
 end
 

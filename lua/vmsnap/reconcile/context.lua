@@ -15,6 +15,7 @@
 local json = require("vmsnap.json")
 local errors = require("vmsnap.errors")
 local vtime = require("vmsnap.time")
+local object = require("vmsnap.k8s.object")
 
 local M = {}
 
@@ -87,6 +88,14 @@ function Context:reader()
       return all
     end,
   }
+end
+
+--- Whether the index `index` of a watched kind holds any object under
+--- `value` (no copy, no sort).
+function Context:index_has(kind, index, value)
+  local inf = self.controller:informer_for(kind)
+  if not inf then error(("index_has: the controller does not watch %s"):format(kind), 2) end
+  return inf:index_has(index, value)
 end
 
 --- Objects of a kind (optionally in one namespace): from the cache when
@@ -271,11 +280,8 @@ function Context:event(etype, reason, message, about)
     end
   end
   event_seq = event_seq + 1
-  local suffix = ("%x%04x"):format(os.time(), event_seq % 0x10000)
-  -- an Event's name is at most 253 characters however long the object's is
-  local prefix = md.name
-  if #prefix + 1 + #suffix > 253 then prefix = prefix:sub(1, 252 - #suffix):gsub("[.-]+$", "") end
-  local name = prefix .. "." .. suffix
+  -- NAME.SUFFIX, cut (with a hash) to 253 characters however long the object's name is
+  local name = object.bounded_name(md.name, ("%x%04x"):format(os.time(), event_seq % 0x10000), 253, ".")
   local ns = md.namespace or "default"
   local ev = { apiVersion = "v1", kind = "Event", metadata = { name = name, namespace = ns },
     involvedObject = { apiVersion = obj.apiVersion, kind = obj.kind, name = md.name, namespace = md.namespace,

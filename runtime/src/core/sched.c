@@ -303,18 +303,22 @@ static const char *profile_path;
 static unsigned long profile_samples;
 static const char PROFILE_KEY = 'p';
 
+typedef struct ProfileRow {
+	lua_Integer count;
+	char name[240];
+} ProfileRow;
+
 static int profile_cmp(const void *a, const void *b)
 {
-	const lua_Integer *x = *(const lua_Integer *const *)a, *y = *(const lua_Integer *const *)b;
-	return (*y > *x) - (*y < *x);
+	const ProfileRow *x = a, *y = b;
+	return (y->count > x->count) - (y->count < x->count);
 }
 
 static void profile_dump(lua_State *L)
 {
 	FILE *f = fopen(profile_path, "w");
 	size_t n = 0, cap = 0, i;
-	struct { lua_Integer count; char name[200]; } *rows = NULL;
-	const void **order;
+	ProfileRow *rows = NULL;
 	if (!f)
 		return;
 	lua_rawgetp(L, LUA_REGISTRYINDEX, &PROFILE_KEY);
@@ -322,8 +326,10 @@ static void profile_dump(lua_State *L)
 	while (lua_next(L, -2)) {
 		if (n == cap) {
 			void *nr = realloc(rows, (cap = cap ? cap * 2 : 256) * sizeof *rows);
-			if (!nr)
+			if (!nr) {
+				lua_pop(L, 2); /* the value and the key: the walk ends here */
 				break;
+			}
 			rows = nr;
 		}
 		rows[n].count = lua_tointeger(L, -1);
@@ -332,18 +338,11 @@ static void profile_dump(lua_State *L)
 		lua_pop(L, 1);
 	}
 	lua_pop(L, 1);
-	order = malloc((n ? n : 1) * sizeof *order);
-	if (order) {
-		for (i = 0; i < n; i++)
-			order[i] = &rows[i];
-		qsort(order, n, sizeof *order, profile_cmp);
-		fprintf(f, "# %lu samples of %d instructions\n", profile_samples, HOOK_COUNT);
-		for (i = 0; i < n; i++) {
-			const lua_Integer *c = order[i];
-			fprintf(f, "%lld\t%s\n", (long long)*c, (const char *)(c + 1));
-		}
-		free(order);
-	}
+	if (n)
+		qsort(rows, n, sizeof *rows, profile_cmp);
+	fprintf(f, "# %lu samples of %d instructions\n", profile_samples, HOOK_COUNT);
+	for (i = 0; i < n; i++)
+		fprintf(f, "%lld\t%s\n", (long long)rows[i].count, rows[i].name);
 	free(rows);
 	fclose(f);
 }
@@ -352,20 +351,17 @@ static void profile_sample(lua_State *L)
 {
 	lua_Debug d;
 	char key[240];
-	int level = 0;
 	if (!lua_checkstack(L, 4))
 		return;
 	if (!lua_getstack(L, 0, &d) || !lua_getinfo(L, "Sn", &d))
 		return;
 	if (d.what[0] == 'C') {
-		const char *cname = d.name ? d.name : "?";
-		char csrc[60];
-		snprintf(csrc, sizeof csrc, "%s", cname);
-		level = 1;
-		if (lua_getstack(L, level, &d) && lua_getinfo(L, "Sl", &d))
-			snprintf(key, sizeof key, "[C] %s <- %s:%d", csrc, d.short_src, d.currentline);
+		char cname[60];
+		snprintf(cname, sizeof cname, "%s", d.name ? d.name : "?"); /* d is reused below */
+		if (lua_getstack(L, 1, &d) && lua_getinfo(L, "Sl", &d))
+			snprintf(key, sizeof key, "[C] %s <- %s:%d", cname, d.short_src, d.currentline);
 		else
-			snprintf(key, sizeof key, "[C] %s", csrc);
+			snprintf(key, sizeof key, "[C] %s", cname);
 	} else {
 		snprintf(key, sizeof key, "%s:%d %s", d.short_src, d.linedefined, d.name ? d.name : "");
 	}
@@ -391,7 +387,6 @@ void Vmsnap_sched_hook(lua_State *L, lua_Debug *ar)
 {
 	vmsnap_runtime *rt = Vmsnap_rt(L);
 	Vmsnap_task *t = rt->current;
-	(void)ar;
 	if (profile_state != 1) {
 		if (profile_state == 0) {
 			profile_path = getenv("VMSNAP_PROFILE");
