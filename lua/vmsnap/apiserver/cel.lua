@@ -286,16 +286,8 @@ function M.compile(src)
   return setmetatable({ ast = res, src = src, old = uses(res, "oldSelf") }, Program)
 end
 
-local programs = setmetatable({}, { __mode = "v" }) -- rule text -> program
-
 --- compile, keeping what it compiled by text (weakly: unused ones go).
-function M.cached(src)
-  local p = programs[src]
-  if p then return p end
-  local prog, err = M.compile(src)
-  if prog then programs[src] = prog end
-  return prog, err
-end
+M.cached = regex.memo(M.compile)
 
 -- ------------------------------------------------------------ evaluation
 

@@ -225,17 +225,22 @@ function M.compile(pattern)
   return setmetatable({ node = node, source = pattern, anchored = pattern:sub(1, 1) == "^" }, Regex)
 end
 
-local cache = setmetatable({}, { __mode = "v" }) -- pattern text -> regex
+--- `compile` (text -> value or nil, message) with what it compiled kept
+--- by text, weakly (unused ones go); for regexes and CEL programs alike.
+function M.memo(compile)
+  local cache = setmetatable({}, { __mode = "v" })
+  return function(text)
+    local v = cache[text]
+    if v then return v end
+    local r, err = compile(text)
+    if r then cache[text] = r end
+    return r, err
+  end
+end
 
 --- compile, keeping what it compiled by text (schemas and CEL's matches()
 --- check the same patterns again and again).
-function M.cached(pattern)
-  local re = cache[pattern]
-  if re then return re end
-  local r, err = M.compile(pattern)
-  if r then cache[pattern] = r end
-  return r, err
-end
+M.cached = M.memo(M.compile)
 
 -- ------------------------------------------------------------ matching
 
