@@ -27,6 +27,7 @@ local M = {}
 
 M.FROZEN_AT = "vmsnap.io/frozen-at"             -- the freeze held (ms since the epoch)
 M.FREEZE_DURATION = "vmsnap.io/freeze-duration-ms"
+M.FREEZE_PARTS = "vmsnap.io/freeze-parts-ms"    -- "freeze=58 issue=12 cut=203 thaw=9" (M.parts)
 M.THAW_AT = "vmsnap.io/thaw-at"                 -- "Cut" (default) or "Ready"
 M.BUDGET = "vmsnap.io/freeze-budget"            -- seconds (default 30)
 M.CUT = "vmsnap.io/cut"                         -- a VM snapshot's verdict on its child's cut:
@@ -154,8 +155,9 @@ local function join(ctx, obj, g, lease, budget)
   local at = tonumber(lease.at) or math.floor(since * 1000)
   local ok, merr, mcode = mark(ctx, obj, { [M.FROZEN_AT] = tostring(at) })
   if not ok then return nil, merr, mcode end
+  local now = vtime.now()
   return true, "joined", { at = at, deadline = math.min(since + (tonumber(lease.budget) or budget),
-    vtime.now() + budget), since = vtime.now() }
+    now + budget), since = now, frozen = now }
 end
 
 --- Freeze the VM for `obj`, or join the freeze it is under. Returns true,
@@ -179,7 +181,8 @@ function M.freeze_or_join(ctx, obj, vm)
     if lease and tonumber(lease.at) == held then
       deadline = math.min(deadline, guest.lease_since(lease) + (tonumber(lease.budget) or budget))
     end
-    return true, "held", { at = held, deadline = deadline, since = vtime.now() }
+    local now = vtime.now()
+    return true, "held", { at = held, deadline = deadline, since = now, frozen = now }
   end
   if lease then
     local mine = lease.holder == guest.holder() or guest.holder_alive(lease.holder) == false
@@ -211,7 +214,8 @@ function M.freeze_or_join(ctx, obj, vm)
     if M.vm_frozen(cur) then
       -- frozen by something that left no lease (the freeze was refused for
       -- that): held as it is; the last holder out thaws, as the reference does
-      return true, "foreign", { at = at, deadline = at / 1000 + budget, foreign = true, since = t_freeze }
+      return true, "foreign", { at = at, deadline = at / 1000 + budget, foreign = true, since = t_freeze,
+        frozen = vtime.now() }
     end
     -- an answer means the freeze did not happen (the agent undoes a freeze
     -- that fails half-way); without one, it may have: thaw to be sure, and
@@ -221,7 +225,28 @@ function M.freeze_or_join(ctx, obj, vm)
     mark(ctx, obj, { [M.FROZEN_AT] = json.null })
     return nil, ferr, fcode
   end
-  return true, "frozen", { at = at, deadline = at / 1000 + budget, since = t_freeze }
+  return true, "frozen", { at = at, deadline = at / 1000 + budget, since = t_freeze, frozen = vtime.now() }
+end
+
+--- Note the moment `what` ("issued": every VolumeSnapshot created; "cut":
+--- the cut seen) of the freeze `freeze` (what freeze_or_join returned,
+--- kept in the pass's memo); the first note of each counts.
+function M.note(freeze, what)
+  if freeze and not freeze[what] then freeze[what] = vtime.now() end
+end
+
+-- the parts of a freeze window, in ms: the freeze call, the VolumeSnapshots
+-- issued, the wait for the cut, the thaw (from the cut seen to the thaw's
+-- answer); a part whose moments are not known is left out
+local PARTS = { { "freeze", "since", "frozen" }, { "issue", "frozen", "issued" }, { "cut", "issued", "cut" },
+  { "thaw", "cut", "thawed" } }
+function M.parts(freeze, thawed)
+  local t, out = setmetatable({ thawed = thawed }, { __index = freeze }), {}
+  for _, p in ipairs(PARTS) do
+    local a, b = tonumber(t[p[2]]), tonumber(t[p[3]])
+    if a and b then out[#out + 1] = ("%s=%d"):format(p[1], math.floor(math.max(0, b - a) * 1000 + 0.5)) end
+  end
+  return #out > 0 and table.concat(out, " ") or nil
 end
 
 --- Has the cut come for a snapshot whose VolumeSnapshots are `cut` (all
@@ -271,12 +296,14 @@ end
 --- spent), drop the lease, remove the mark and record how long the guest
 --- was frozen for this snapshot (`vmsnap.io/freeze-duration-ms`: from
 --- `opts.since`, when the freeze call went out or the snapshot joined, to
---- the thaw). Returns true, and when this call thawed (seconds since the
---- epoch; false when it did not); or nil, message, code.
+--- the thaw), and its parts (`vmsnap.io/freeze-parts-ms`, M.parts) when
+--- `opts.freeze` is the freeze held. Returns true, and when this call
+--- thawed (seconds since the epoch; false when it did not); or nil,
+--- message, code.
 ---@param ctx vmsnap.reconcile.Context
 --- With `opts.thaw == false` it only leaves (a VM snapshot's child: its
 --- parent thaws).
----@param opts? {force?: boolean, skip?: fun(obj: table): boolean, thaw?: boolean, since?: number}
+---@param opts? {force?: boolean, skip?: fun(obj: table): boolean, thaw?: boolean, freeze?: table}
 function M.leave(ctx, obj, vm, opts)
   opts = opts or {}
   local _ <close> = vm and guest.lock(vm) or nil
@@ -297,10 +324,12 @@ function M.leave(ctx, obj, vm, opts)
     end
   end
   if at then
-    local now = math.floor((thawed or vtime.now()) * 1000)
-    local from = opts.since and math.floor(opts.since * 1000) or at
+    local t = thawed or vtime.now()
+    local since = opts.freeze and tonumber(opts.freeze.since)
+    local from = since and math.floor(since * 1000) or at
     local ok, err, code = mark(ctx, obj, { [M.FROZEN_AT] = json.null,
-      [M.FREEZE_DURATION] = tostring(math.max(0, now - from)) })
+      [M.FREEZE_DURATION] = tostring(math.max(0, math.floor(t * 1000) - from)),
+      [M.FREEZE_PARTS] = thawed and since and M.parts(opts.freeze, thawed) or nil })
     if not ok then return nil, err, code end
   end
   return true, thawed

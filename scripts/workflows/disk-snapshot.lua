@@ -155,7 +155,7 @@ end
 --- The freeze's undo: leave it (the last holder out thaws; the budget forces it).
 function W.leave(ctx, vds, outcome, facts)
   return freezes.leave(ctx, vds, facts.vm, { force = outcome == "Budget", thaw = not vm_snapshot_child(vds),
-    since = ctx.memo.freeze and ctx.memo.freeze.since })
+    freeze = ctx.memo.freeze })
 end
 
 --- b.3.2 step 7c: the VolumeSnapshot of `vds` for the disk in `facts`,
@@ -182,6 +182,7 @@ function W.volume_snapshot(ctx, vds, facts)
   end
   local vm = facts.vm
   ctx.memo.issued = ctx.memo.freeze and ctx.memo.freeze.at or false
+  freezes.note(ctx.memo.freeze, "issued")
   ctx.memo.offline = not vm or (vm.status and vm.status.phase) == "Stopped"
   vds.status.volumeSnapshotName = vs.metadata.name
   ctx:condition(W.condition, "False", "Snapshotting", MSG.DISK_STARTED:format(vds.spec.virtualDiskName))
@@ -235,7 +236,10 @@ function W.cut(ctx, vds, facts)
       or "the guest was not frozen")
   end
   local reached, left = freezes.reached(vds, state.cut, state.ready, freeze)
-  if reached then return judge(ctx, vds, freezes.still_held(vds, freezes.current(ctx, facts.vm), freeze)) end
+  if reached then
+    freezes.note(freeze, "cut")
+    return judge(ctx, vds, freezes.still_held(vds, freezes.current(ctx, facts.vm), freeze))
+  end
   if left > 0 then
     return steps.wait(waiting.reason, waiting.message, math.min(0.2, math.max(0.01, left)))
   end

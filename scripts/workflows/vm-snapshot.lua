@@ -378,7 +378,7 @@ function W.thaw(ctx, vms, outcome, facts)
     verdicts[i] = (held and cut and not st.error) and "consistent" or "inconsistent"
   end
   local ok, err, code = freezes.leave(ctx, vms, vm, { force = outcome == "Budget",
-    skip = function(s) return object.owned_by(s, vms) end, since = ctx.memo.freeze and ctx.memo.freeze.since })
+    skip = function(s) return object.owned_by(s, vms) end, freeze = ctx.memo.freeze })
   if not ok then return nil, err, code end
   if left_frozen and vm then ctx:event("Normal", "VirtualMachineSnapshottingThawed", MSG.THAWED:format(vm.metadata.name)) end
   for i, child in ipairs(children) do
@@ -424,6 +424,7 @@ function W.children(ctx, vms, facts)
   task.wait_all(tasks)
   if failure then return nil, failure[1], failure[2] end
   ctx.memo.issued = freeze and freeze.at or false
+  freezes.note(freeze, "issued")
   return true
 end
 
@@ -466,13 +467,14 @@ function W.cut(ctx, vms, facts)
   local freeze = ctx.memo.freeze
   local reached, left = freezes.reached(vms, all_cut, all_ready, freeze)
   if reached then
+    freezes.note(freeze, "cut")
     local held, hwhy = freezes.still_held(vms, freezes.current(ctx, facts.vm), freeze)
     ctx.memo.why = not held and hwhy or nil -- the thaw tells each child
     return true
   end
   if left > 0 then
     local w = progress(vms, facts)
-    return steps.wait(w.reason, w.message, math.min(0.05, math.max(0.01, left)))
+    return steps.wait(w.reason, w.message, math.min(0.25, math.max(0.01, left)))
   end
   local why, err, code = freezes.overrun(ctx, vms, "freeze", "the volume snapshots were")
   if not why then return nil, err, code end

@@ -14,7 +14,7 @@ if not probe then
 end
 probe:cleanup()
 
-local srv <close> = h.platform({ stderr = "null" })
+local srv <close> = h.platform({ stderr = os.getenv("BENCH_STDERR") or "null" })
 local c = assert(k8s.client({ kubeconfig = srv.kubeconfig }))
 local G = "virtualization.deckhouse.io/v1alpha2"
 local function stats(xs)
@@ -46,7 +46,7 @@ end, { timeout = 30 }))
 assert(c:create({ apiVersion = "snapshot.storage.k8s.io/v1", kind = "VolumeSnapshotClass", metadata = { name = "lat" },
   driver = "local.vmsnap.io", deletionPolicy = "Delete", parameters = { cutLatency = "200ms", readyLatency = "1s" } }))
 for _, mode in ipairs({ "Cut", "Ready" }) do
-  local win, total = {}, {}
+  local win, total, parts = {}, {}, {}
   for i = 1, 7 do
     local name = ("ms-%s-%d"):format(mode:lower(), i)
     local t0 = task.now()
@@ -56,9 +56,16 @@ for _, mode in ipairs({ "Cut", "Ready" }) do
     local o = terminal("vmsnapshot", name)
     total[i] = (task.now() - t0) * 1000
     win[i] = tonumber(o.metadata.annotations["vmsnap.io/freeze-duration-ms"])
+    for k, v in (o.metadata.annotations["vmsnap.io/freeze-parts-ms"] or ""):gmatch("(%w+)=(%d+)") do
+      parts[k] = parts[k] or {}
+      table.insert(parts[k], tonumber(v))
+    end
     assert(o.status.consistent == true, name .. " not consistent")
   end
   print(("4 disks, freeze window, thaw at %s (200 ms cut, 1 s ready latency per disk): %s"):format(mode, stats(win)))
+  for _, k in ipairs({ "freeze", "issue", "cut", "thaw" }) do
+    print(("  %-6s %s"):format(k, parts[k] and stats(parts[k]) or "not recorded"))
+  end
   if mode == "Cut" then
     -- the landed code before the step engine, measured on the CI machine
     -- kind the same day (2026-12-01): median 392 and 403 ms in two runs

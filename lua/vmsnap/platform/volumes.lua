@@ -236,13 +236,11 @@ local function snapshot(P, ctx, vs)
     end
     assert(fs.rename(tmp, snapfile))
     local size = fs.stat(snapfile).size
-    content.metadata.annotations = content.metadata.annotations or {}
-    content.metadata.annotations["local.vmsnap.io/cut-at"] = ("%.3f"):format(vtime.now())
-    local updated, uerr = ctx.client:update(content)
-    if not updated then return nil, uerr end
-    content = updated
-    content.status = { creationTime = os.time() * 1000000000, snapshotHandle = snapfile, restoreSize = size,
+    -- creationTime in ns, as a CSI driver reports it: also the moment the
+    -- ready latency counts from
+    content.status = { creationTime = math.floor(vtime.now() * 1e9), snapshotHandle = snapfile, restoreSize = size,
       readyToUse = false }
+    local uerr
     content, uerr = ctx.client:update_status(content)
     if not content then return nil, uerr end
     vs.status = { boundVolumeSnapshotContentName = cname, creationTime = vtime.format(),
@@ -250,7 +248,7 @@ local function snapshot(P, ctx, vs)
     if params.ready > 0 then return { requeue_after = params.ready } end
   end
   -- ready
-  local cut = tonumber((content.metadata.annotations or {})["local.vmsnap.io/cut-at"] or "0") or 0
+  local cut = (tonumber(content.status.creationTime) or 0) / 1e9
   local left = params.ready - (vtime.now() - cut)
   if left > 0.001 and left <= params.ready then return { requeue_after = left } end
   if params.fail_at == "ready" then

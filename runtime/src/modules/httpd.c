@@ -61,6 +61,8 @@
 #define SRV_MT "vmsnap.httpd.Server"
 #define REQ_MT "vmsnap.httpd.Request"
 #define STREAM_MAX (16u << 20) /* a watcher this far behind is cut off */
+#define BODY_INLINE (64u << 10) /* a larger body is sent through a reader */
+#define EAGER 16                /* MHD runs at every turn of the loop after progress (server_run) */
 
 typedef struct Server Server;
 
@@ -102,8 +104,11 @@ struct Server {
 	struct MHD_Daemon *d;
 	vmsnap_runtime *rt;
 	unsigned zero_streak; /* MHD's timeouts of 0 in a row (server_run) */
+	int progress;         /* a response reader gave MHD bytes in this run */
+	unsigned eager;       /* runs left at every turn of the loop (server_run) */
 	uv_poll_t poll;
 	uv_timer_t timer;
+	uv_idle_t idle; /* runs MHD at every turn of the loop while a body is being sent */
 	int handles; /* open uv handles; the struct is freed when 0 and closed */
 	int closed;
 	int tls_client;
@@ -179,6 +184,11 @@ static void timer_cb(uv_timer_t *t)
 	server_run((Server *)t->data, 0);
 }
 
+static void idle_cb(uv_idle_t *i)
+{
+	server_run((Server *)i->data, 0);
+}
+
 static void poll_cb(uv_poll_t *p, int status, int events)
 {
 	(void)status;
@@ -194,12 +204,25 @@ static void poll_cb(uv_poll_t *p, int status, int events)
 ** a 0 is honoured once after I/O and then backed off: 1, 2, 4 ... 20 ms.
 ** Real I/O wakes the epoll descriptor and runs MHD at once anyway.  (Never
 ** 0 from the timer's own callback: libuv would run it again in the same
-** pass, before any I/O.) */
+** pass, before any I/O.)
+**
+** But a body being sent is I/O that wakes nothing: MHD sends a block per
+** run, and the socket, never full for a quick reader, gives no new edge;
+** backed off, a 1 MB answer took a second (and a body coming in, read a
+** TLS record per run, as long).  So while the response readers hand MHD
+** bytes, or a request's body comes in (s->progress), MHD runs again at
+** every turn of the loop
+** (the idle handle: after that turn's I/O, Lua tasks included).  A reader
+** gives a block, sent as several TLS records, one per run: the eager runs
+** last EAGER runs past the reader's last call.  A reader that stalls (its
+** client stopped reading) ends them, and the back-off holds again. */
 static void server_run(Server *s, int from_io)
 {
 	MHD_UNSIGNED_LONG_LONG ms = 0;
+	int progressed;
 	if (s->closed)
 		return;
+	s->progress = 0;
 	MHD_run(s->d);
 	if (s->rerun) {
 		/* a connection closed: MHD takes its listening socket back into
@@ -208,12 +231,23 @@ static void server_run(Server *s, int from_io)
 		s->rerun = 0;
 		MHD_run(s->d);
 	}
-	if (from_io)
+	progressed = s->progress;
+	if (progressed)
+		s->eager = EAGER;
+	else if (s->eager > 0)
+		s->eager--;
+	if (from_io || progressed)
 		s->zero_streak = 0;
 	if (MHD_get_timeout(s->d, &ms) != MHD_YES) {
+		uv_idle_stop(&s->idle);
 		uv_timer_start(&s->timer, timer_cb, 60000, 0);
 		return;
 	}
+	if (ms == 0 && s->eager > 0) {
+		uv_idle_start(&s->idle, idle_cb);
+		return;
+	}
+	uv_idle_stop(&s->idle);
 	if (ms == 0) {
 		unsigned n = s->zero_streak++;
 		ms = (from_io && n == 0) ? 0 : (n >= 5 ? 20 : (1u << n));
@@ -223,12 +257,19 @@ static void server_run(Server *s, int from_io)
 	uv_timer_start(&s->timer, timer_cb, ms > 60000 ? 60000 : ms, 0);
 }
 
+/* A suspended connection has something to do again (an answer, bytes of a
+** stream): MHD takes it up in a run or two, at the next turns of the loop
+** (eager runs, not the back-off of an idle keep-alive connection: that made
+** every answer wait 20 ms twice). */
 static void resume(Hreq *r)
 {
 	if (r->suspended && r->conn) {
+		Server *s = r->srv;
 		r->suspended = 0;
 		MHD_resume_connection(r->conn);
-		uv_timer_start(&r->srv->timer, timer_cb, 0, 0);
+		s->eager = EAGER;
+		s->zero_streak = 0;
+		uv_idle_start(&s->idle, idle_cb);
 	}
 }
 
@@ -337,6 +378,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		return MHD_YES;
 	}
 	if (*upload_size) {
+		s->progress = 1; /* a body coming in: MHD reads a TLS record per run */
 		if (!r->too_big) {
 			if (r->blen + *upload_size > s->max_body)
 				r->too_big = 1;
@@ -508,6 +550,8 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
 		r->opos += n;
 		if (r->opos == r->olen)
 			r->opos = r->olen = 0;
+		if (r->srv)
+			r->srv->progress = 1;
 		return (ssize_t)n;
 	}
 	if (r->finished || !r->srv || r->srv->closed)
@@ -517,6 +561,22 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
 		MHD_suspend_connection(r->conn);
 	}
 	return 0;
+}
+
+/* A whole body (req:respond), handed to MHD a block at a time. */
+static ssize_t body_reader(void *cls, uint64_t pos, char *buf, size_t max)
+{
+	Hreq *r = (Hreq *)cls;
+	size_t n;
+	if (pos >= r->olen)
+		return MHD_CONTENT_READER_END_OF_STREAM;
+	n = r->olen - (size_t)pos;
+	if (n > max)
+		n = max;
+	memcpy(buf, r->out + pos, n);
+	if (r->srv)
+		r->srv->progress = 1;
+	return (ssize_t)n;
 }
 
 static void hup_cb(uv_poll_t *p, int status, int events)
@@ -577,6 +637,8 @@ static void server_close(Server *s)
 	uv_poll_stop(&s->poll);
 	uv_timer_stop(&s->timer);
 	uv_timer_stop(&s->sweep);
+	uv_idle_stop(&s->idle);
+	uv_close((uv_handle_t *)&s->idle, srv_handle_closed);
 	uv_close((uv_handle_t *)&s->poll, srv_handle_closed);
 	uv_close((uv_handle_t *)&s->timer, srv_handle_closed);
 	uv_close((uv_handle_t *)&s->sweep, srv_handle_closed);
@@ -730,6 +792,9 @@ static int l_listen(lua_State *L)
 	s->closed = 0;
 	uv_timer_init(&rt->loop, &s->sweep);
 	s->sweep.data = s;
+	s->handles++;
+	uv_idle_init(&rt->loop, &s->idle);
+	s->idle.data = s;
 	s->handles++;
 	uv_poll_start(&s->poll, UV_READABLE, poll_cb);
 	uv_timer_start(&s->timer, timer_cb, 0, 0);
@@ -1024,7 +1089,16 @@ static int req_respond(lua_State *L)
 		lua_pushboolean(L, 0);
 		return 1;
 	}
-	resp = MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
+	if (len <= BODY_INLINE) {
+		resp = MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
+	} else {
+		/* a large body goes out through a reader (see server_run) */
+		if (grow(&r->out, &r->ocap, len))
+			return luaL_error(L, "out of memory");
+		memcpy(r->out, body, len);
+		r->olen = len;
+		resp = MHD_create_response_from_callback(len, 64 * 1024, body_reader, r, NULL);
+	}
 	if (!resp)
 		return luaL_error(L, "out of memory");
 	add_headers(L, 3, resp);
