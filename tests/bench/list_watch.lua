@@ -13,7 +13,7 @@ local h = require("helpers")
 local N = tonumber(arg and arg[1]) or 100000
 local CONC = 8
 
-local srv <close> = h.apiserver({ stderr = "null" })
+local srv <close> = h.apiserver({ stderr = os.getenv("BENCH_STDERR") or "null" })
 local pid = srv.proc:pid()
 local CM = srv.url .. "/api/v1/namespaces/default/configmaps"
 local JSONH = { ["Content-Type"] = "application/json" }

@@ -11,6 +11,9 @@
 #include <string.h>
 #include <unistd.h>
 #include <yaml.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include <lualib.h>
 
@@ -231,6 +234,18 @@ static int rt_memory(lua_State *L)
 	return 1;
 }
 
+/* trim(): a full garbage collection, then the C heap's free memory given
+** back to the system (glibc keeps what it has; after a large answer the
+** process would stay at its peak) */
+static int rt_trim(lua_State *L)
+{
+	lua_gc(L, LUA_GCCOLLECT);
+#ifdef __GLIBC__
+	malloc_trim(0);
+#endif
+	return 0;
+}
+
 /* fail_after(n): from the nth allocation on, allocations fail (0 turns it off) */
 static int rt_fail_after(lua_State *L)
 {
@@ -364,6 +379,7 @@ static int rt_deepequal(lua_State *L)
 static const luaL_Reg rt_funcs[] = {{"memory", rt_memory},
                                     {"deepcopy", rt_deepcopy},
                                     {"deepequal", rt_deepequal},
+                                    {"trim", rt_trim},
                                     {"wallclock", rt_wallclock},
                                     {"scripts_dirs", rt_scripts_dirs},
                                     {"launcher_paths", rt_launcher_paths},

@@ -39,7 +39,8 @@
 **   req:peer()                       "ip:port"
 **   req:client_cert()                -> verified?, subject DN (TLS with client_ca)
 **   req:respond(status, headers, body)
-**   req:stream(status, headers)      start a chunked response
+**   req:stream(status, headers[, length])  start a chunked response (with
+**                                    a length: that many bytes, not chunked)
 **   req:write(data)                  -> true | nil, msg, "CLOSED" | "EOVERFLOW"
 **   req:finish()                     end the stream
 **   req:closed()                     the client went away (or the answer is sent)
@@ -548,8 +549,14 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
 			n = max;
 		memcpy(buf, r->out + r->opos, n);
 		r->opos += n;
-		if (r->opos == r->olen)
+		if (r->opos == r->olen) {
 			r->opos = r->olen = 0;
+			if (r->finished) { /* all written and sent: the buffer goes now, not with the request */
+				free(r->out);
+				r->out = NULL;
+				r->ocap = 0;
+			}
+		}
 		if (r->srv)
 			r->srv->progress = 1;
 		return (ssize_t)n;
@@ -1114,11 +1121,14 @@ static int req_stream(lua_State *L)
 	Hreq *r = check_answerable(L);
 	lua_Integer status = luaL_checkinteger(L, 2);
 	struct MHD_Response *resp;
+	lua_Integer length = luaL_optinteger(L, 4, -1);
 	luaL_argcheck(L, status >= 100 && status <= 599, 2, "HTTP status must be 100..599");
+	luaL_argcheck(L, length >= -1, 4, "length must be >= 0");
 	r->state = R_STREAMING;
 	if (!r->conn)
 		return Vmsnap_pushfail(L, "CLOSED", "httpd: the client went away");
-	resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, stream_reader, r, NULL);
+	resp = MHD_create_response_from_callback(length < 0 ? MHD_SIZE_UNKNOWN : (uint64_t)length, 64 * 1024,
+	                                         stream_reader, r, NULL);
 	if (!resp)
 		return luaL_error(L, "out of memory");
 	add_headers(L, 3, resp);
