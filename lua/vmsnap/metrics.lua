@@ -97,8 +97,13 @@ end
 function Family:observe(values, v)
   if self.kind ~= "histogram" then error(self.name .. ": only a histogram observes", 2) end
   local s = series(self, values)
-  for i, le in ipairs(self.buckets) do
-    if v <= le then s.counts[i] = s.counts[i] + 1 end
+  -- counted in the first bucket that holds it; the text sums them up
+  local b = self.buckets
+  for i = 1, #b do
+    if v <= b[i] then
+      s.counts[i] = s.counts[i] + 1
+      break
+    end
   end
   s.sum, s.count = s.sum + v, s.count + 1
 end
@@ -124,8 +129,10 @@ function Family:render(out)
   for _, k in ipairs(keys) do
     local s = self.series[k]
     if self.kind == "histogram" then
+      local sum = 0
       for i, le in ipairs(self.buckets) do
-        out[#out + 1] = self.name .. "_bucket" .. label_text(self.labels, s.values, "le", number(le)) .. " " .. s.counts[i]
+        sum = sum + s.counts[i]
+        out[#out + 1] = self.name .. "_bucket" .. label_text(self.labels, s.values, "le", number(le)) .. " " .. sum
       end
       out[#out + 1] = self.name .. "_bucket" .. label_text(self.labels, s.values, "le", "+Inf") .. " " .. s.count
       out[#out + 1] = self.name .. "_sum" .. label_text(self.labels, s.values) .. " " .. number(s.sum)

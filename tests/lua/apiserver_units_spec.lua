@@ -77,6 +77,55 @@ t.test("JSON patch (RFC 6902): every operation, and failures that name the path"
   t.contains(err, "frob")
 end)
 
+t.test("updates: each manager owns what it changed; untouched entries are kept as stored", function()
+  local t1, t2, t3 = "2026-01-01T00:00:01Z", "2026-01-01T00:00:02Z", "2026-01-01T00:00:03Z"
+  local function owners(obj)
+    local out = {}
+    for _, e in ipairs(obj.metadata.managedFields or {}) do
+      local paths = {}
+      local function walk(f, prefix)
+        local leaf = true
+        for k, v in pairs(f) do
+          if k:sub(1, 2) == "f:" then leaf = false walk(v, prefix .. "." .. k:sub(3)) end
+        end
+        if leaf then paths[#paths + 1] = prefix end
+      end
+      walk(e.fieldsV1, "")
+      table.sort(paths)
+      out[e.manager .. (e.subresource and ("/" .. e.subresource) or "")] = table.concat(paths, " ")
+    end
+    return out
+  end
+  local created = { apiVersion = "v1", kind = "X", metadata = { name = "x", labels = { l = "1" } }, spec = { a = 1, b = 2 } }
+  patch.record_update(nil, created, "maker", "v1", t1)
+  t.eq(owners(created), { maker = ".metadata.labels.l .spec.a .spec.b" })
+  -- another manager changes spec.a: it owns it now; the maker keeps the rest
+  local upd = schema.copy(created)
+  upd.spec.a = 10
+  patch.record_update(created, upd, "editor", "v1", t2)
+  t.eq(owners(upd), { maker = ".metadata.labels.l .spec.b", editor = ".spec.a" })
+  -- a status write (the subresource's own entry); the others are as they were stored
+  local st = schema.copy(upd)
+  st.status = { phase = "Ready", conditions = json.array({ { type = "Ready", status = "True" } }) }
+  patch.record_update(upd, st, "controller", "v1", t3, "status")
+  t.eq(owners(st), { maker = ".metadata.labels.l .spec.b", editor = ".spec.a",
+    ["controller/status"] = ".status.conditions .status.phase" })
+  for _, e in ipairs(st.metadata.managedFields) do
+    if e.manager == "maker" then t.eq(e.time, t1, "the maker's entry keeps its time") end
+    if e.manager == "controller" then t.eq(e.time, t3) end
+  end
+  -- the editor removes spec.b and the label: the maker owns nothing and its entry goes
+  local rm = schema.copy(st)
+  rm.spec.b = nil
+  rm.metadata.labels = nil
+  patch.record_update(st, rm, "editor", "v1", t3)
+  t.eq(owners(rm), { editor = ".spec.a", ["controller/status"] = ".status.conditions .status.phase" })
+  -- an update that changes nothing changes no entry
+  local same = schema.copy(rm)
+  patch.record_update(rm, same, "someone", "v1", t3)
+  t.eq(same.metadata.managedFields, rm.metadata.managedFields)
+end)
+
 t.test("server-side apply: ownership, conflicts, force and removal of dropped fields", function()
   local now = "2026-01-01T00:00:00Z"
   local a = { apiVersion = "v1", kind = "ConfigMap", metadata = { name = "x", labels = { a = "1" } }, data = { k = "v", j = "w" } }

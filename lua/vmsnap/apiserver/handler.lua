@@ -635,20 +635,9 @@ local function split(path)
   return segs
 end
 
--- equal strings, in a time that does not depend on where they differ
-local function same(a, b)
-  local n = #a
-  if n ~= #b then return false end
-  local d = 0
-  local i = 1
-  -- eight bytes at a time (a byte loop cost 4% of the server's time)
-  while i + 7 <= n do
-    d = d | (string.unpack("<i8", a, i) ~ string.unpack("<i8", b, i))
-    i = i + 8
-  end
-  for j = i, n do d = d | (a:byte(j) ~ b:byte(j)) end
-  return d == 0
-end
+-- equal strings, in a time that does not depend on where they differ (C: a
+-- Lua loop of eight bytes a step was 3% of the server's time)
+local same = runtime.same
 
 -- The request's credential: the bearer token or a client certificate signed
 -- by --client-ca. A server with neither configured (an embedding's own

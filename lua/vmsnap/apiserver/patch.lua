@@ -369,9 +369,84 @@ local function find_entry(list, manager, operation, sub)
   end
 end
 
+-- does the FieldsV1 tree f have a node at leaf path p?
+local function has_node(f, p)
+  local node = f
+  for k in p:gmatch(SEP .. "([^" .. SEP .. "]*)") do
+    node = type(node) == "table" and node["f:" .. k]
+    if not node then return false end
+  end
+  return true
+end
+
+-- An update's bookkeeping without reading every entry: only the entries
+-- that hold a path the update takes or removes are parsed and written
+-- again; the others are copied as they were stored.
+local function record_changes(old, new, manager, api_version, now, sub, changed, removed)
+  local list = {}
+  for _, e in ipairs(type(old.metadata.managedFields) == "table" and old.metadata.managedFields or {}) do
+    if type(e) == "table" and type(e.manager) == "string" then
+      list[#list + 1] = { raw = e, manager = e.manager, operation = e.operation or "Update", subresource = e.subresource }
+    end
+  end
+  local function parsed(e)
+    if not e.set then
+      local r = e.raw
+      e.set = from_fields(type(r.fieldsV1) == "table" and r.fieldsV1 or {}, "", {})
+      e.apiVersion, e.time = r.apiVersion, r.time
+    end
+    return e.set
+  end
+  local function drop(e, p)
+    local f = e.raw and e.raw.fieldsV1
+    if e.set or (type(f) == "table" and has_node(f, p)) then parsed(e)[p] = nil end
+  end
+  for p in pairs(removed) do
+    for _, e in ipairs(list) do drop(e, p) end
+  end
+  if next(changed) ~= nil then
+    local mine = find_entry(list, manager, "Update", sub)
+    for _, e in ipairs(list) do
+      if e ~= mine then
+        for p in pairs(changed) do drop(e, p) end
+      end
+    end
+    if not mine then
+      mine = { manager = manager, operation = "Update", subresource = sub, set = {} }
+      list[#list + 1] = mine
+    end
+    local set = parsed(mine)
+    for p in pairs(changed) do set[p] = true end
+    mine.time = now
+    mine.apiVersion = api_version
+  end
+  local out = json.array()
+  for _, e in ipairs(list) do
+    if not e.set then
+      out[#out + 1] = copy(e.raw)
+    elseif next(e.set) ~= nil then
+      out[#out + 1] = { manager = e.manager, operation = e.operation, apiVersion = e.apiVersion,
+        time = e.time, fieldsType = "FieldsV1", fieldsV1 = to_fields(e.set), subresource = e.subresource }
+    end
+  end
+  new.metadata.managedFields = #out > 0 and out or nil
+end
+
 --- Record an Update by `manager`: it takes the leaf paths whose values
 --- changed between old and new (all of new's on a create).
 function M.record_update(old, new, manager, api_version, now, sub)
+  if old and type(old.metadata) == "table" then
+    local status_only = sub == "status"
+    local before, after = M.leaves(old, status_only), M.leaves(new, status_only)
+    local changed, removed = {}, {}
+    for p, v in pairs(after) do
+      if not equal(before[p], v) then changed[p] = true end
+    end
+    for p in pairs(before) do
+      if after[p] == nil then removed[p] = true end
+    end
+    return record_changes(old, new, manager, api_version, now, sub, changed, removed)
+  end
   local list = entries(old or new)
   local status_only = sub == "status"
   local before = old and M.leaves(old, status_only) or {}

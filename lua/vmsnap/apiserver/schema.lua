@@ -11,7 +11,8 @@ local M = {}
 
 local null = json.null
 
-local copy = require("vmsnap.deep").copy
+local deep = require("vmsnap.deep")
+local copy, equal = deep.copy, deep.equal
 M.copy = copy
 
 local function quote(v)
@@ -78,8 +79,32 @@ local FORMATS = {
   uuid = function(v) return v:match("^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$") ~= nil end,
 }
 
--- key orders of the walk (one comparator each, not a closure per call)
+-- the properties of an object schema that have defaults: {name, default}
+-- pairs, kept with the node (a write used to go through every property)
+local function defaults_of(props)
+  local d = {}
+  for name, ps in pairs(props or {}) do
+    if ps.default ~= nil then d[#d + 1] = { name, ps.default } end
+  end
+  return d
+end
+
+-- the keys of a table in order: by text, all strings sorted without a
+-- comparator (the Lua callback per comparison was most of a walk)
 local function by_text(a, b) return tostring(a) < tostring(b) end
+local function sorted_keys(v)
+  local keys, strings = {}, true
+  for k in pairs(v) do
+    keys[#keys + 1] = k
+    if strings and type(k) ~= "string" then strings = false end
+  end
+  if #keys > 1 then
+    if strings then table.sort(keys) else table.sort(keys, by_text) end
+  end
+  return keys
+end
+
+-- key orders of the walk (one comparator each, not a closure per call)
 local function by_key(a, b)
   if type(a) == type(b) and type(a) ~= "boolean" then return a < b end
   return tostring(a) < tostring(b)
@@ -198,12 +223,33 @@ local function v_schema(s, v, path, out, oldv)
       out.causes[#out.causes + 1] = { reason = "FieldValueTooMany", field = path,
         message = ("Too many: %d: must have at most %d items"):format(#v, s.maxItems) }
     end
+    local lt = s["x-kubernetes-list-type"]
     if s.items then
+      -- on an update the items of a map list are matched with the old ones
+      -- by their keys (ratcheting: an item as it was is not checked again)
+      local olds
+      if out.old and lt == "map" and type(oldv) == "table" and #oldv > 0 then
+        local keys, by = s["x-kubernetes-list-map-keys"] or {}, {}
+        local function id_of(item)
+          if type(item) ~= "table" then return nil end
+          local parts = {}
+          for j, k in ipairs(keys) do parts[j] = tostring(item[k]) end
+          return table.concat(parts, "\0")
+        end
+        for _, item in ipairs(oldv) do
+          local id = id_of(item)
+          if id then by[id] = item end
+        end
+        olds = {}
+        for i = 1, #v do
+          local id = id_of(v[i])
+          olds[i] = id and by[id]
+        end
+      end
       for i = 1, #v do
-        M.walk(s.items, v, i, ("%s[%d]"):format(path, i - 1), out)
+        M.walk(s.items, v, i, ("%s[%d]"):format(path, i - 1), out, olds)
       end
     end
-    local lt = s["x-kubernetes-list-type"]
     if lt == "set" or lt == "map" then
       local seen = {}
       local keys = s["x-kubernetes-list-map-keys"] or {}
@@ -236,10 +282,8 @@ local function v_schema(s, v, path, out, oldv)
       props = props or {}
     end
     if props then
-      for name, ps in pairs(props) do
-        if v[name] == nil and ps.default ~= nil then
-          v[name] = copy(ps.default)
-        end
+      for _, d in ipairs(compiled_of(s, "properties", defaults_of)) do
+        if v[d[1]] == nil then v[d[1]] = copy(d[2]) end
       end
     end
     if s.required then
@@ -250,10 +294,7 @@ local function v_schema(s, v, path, out, oldv)
         end
       end
     end
-    local keys = {}
-    for k in pairs(v) do keys[#keys + 1] = k end
-    table.sort(keys, by_text)
-    for _, k in ipairs(keys) do
+    for _, k in ipairs(sorted_keys(v)) do
       local ps = props and props[k]
       local cpath = join(path, tostring(k))
       if ps then
@@ -308,9 +349,15 @@ function M.check(s, value, path)
   return out.causes
 end
 
---- Validate the value parent[key] against schema s (defaults already applied by the parent).
+--- Validate the value parent[key] against schema s (defaults already
+--- applied by the parent). On an update (`out.old`), an object or list that
+--- is as it was is not checked again: validation ratcheting, as Kubernetes
+--- does it since 1.30 (a status write does not walk the spec; an object
+--- stored before its CRD grew stricter can still be updated elsewhere).
 function M.walk(s, parent, key, path, out, oldparent)
-  v_schema(s, parent[key], path, out, oldparent and oldparent[key])
+  local v, oldv = parent[key], oldparent and oldparent[key]
+  if out.old and oldv ~= nil and type(v) == "table" and equal(v, oldv) then return end
+  v_schema(s, v, path, out, oldv)
 end
 
 --- Default, prune and validate the parts of obj the schema describes

@@ -371,7 +371,13 @@ function Client:discover()
       if type(rl) == "table" then parse_legacy(rl, meta[i][1], meta[i][2], idx, list, meta[i][3]) end
     end
   end
-  self.disc = { idx = idx, list = list }
+  -- by apiVersion and kind, the first of the list (what a scan would find)
+  local by_kind = {}
+  for _, r in ipairs(list) do
+    local k = r.api_version .. "\0" .. r.kind
+    if by_kind[k] == nil then by_kind[k] = r end
+  end
+  self.disc = { idx = idx, list = list, by_kind = by_kind }
   self.disc_at = task.now()
   return self.disc
 end
@@ -388,24 +394,22 @@ end
 --- "virtualdisksnapshots.virtualization.deckhouse.io", or an object with
 --- apiVersion and kind — through discovery (cached; refreshed once on a miss).
 ---@return vmsnap.k8s.Resource?, string?, string?
+local function lookup(disc, what)
+  if not disc then return nil end
+  if type(what) == "table" then
+    return disc.by_kind[tostring(what.apiVersion) .. "\0" .. tostring(what.kind)]
+  end
+  return disc.idx[tostring(what):lower()]
+end
+
 function Client:resource(what)
   if type(what) == "table" and what.plural then return what end
-  local function lookup()
-    if not self.disc then return nil end
-    if type(what) == "table" then
-      for _, r in ipairs(self.disc.list) do
-        if r.api_version == what.apiVersion and r.kind == what.kind then return r end
-      end
-      return nil
-    end
-    return self.disc.idx[tostring(what):lower()]
-  end
-  local r = lookup()
+  local r = lookup(self.disc, what)
   if r then return r end
   if task.now() - self.disc_at > 1 then
     local ok, err, reason = self:discover()
     if not ok then return nil, err, reason end
-    r = lookup()
+    r = lookup(self.disc, what)
     if r then return r end
   end
   local name = type(what) == "table" and (tostring(what.apiVersion) .. ", Kind=" .. tostring(what.kind)) or tostring(what)
