@@ -75,6 +75,51 @@ t.test("pattern, format, list-type map and set, anyOf/oneOf/not: enforced with t
   end
 end)
 
+t.test("ratcheting: a field as it was stored is not checked again when the CRD grew stricter; a changed one is", function()
+  local c = json.decode(crd("rachet", { type = "object", properties = {
+    name = { type = "string" }, size = { type = "integer" },
+    ports = { type = "array", ["x-kubernetes-list-type"] = "map", ["x-kubernetes-list-map-keys"] = { "port" },
+      items = { type = "object", properties = { port = { type = "integer" }, note = { type = "string" } } } } } }))
+  c.spec.versions[1].subresources = { status = {} }
+  c.spec.versions[1].schema.openAPIV3Schema.properties.status = { type = "object", properties = { phase = { type = "string" } } }
+  t.eq(req("POST", CRDS, json.encode(c)).status, 201)
+  require("vmsnap.task").sleep(0.2)
+  local R = "/apis/test.vmsnap.io/v1/namespaces/default/rachets"
+  local r = req("POST", R, json.encode({ apiVersion = "test.vmsnap.io/v1", kind = "Rachet", metadata = { name = "old" },
+    spec = { name = "UPPER", size = 500, ports = { { port = 1, note = "LOUD" }, { port = 2, note = "ok" } } } }))
+  t.eq(r.status, 201, r.body)
+  -- the CRD grows stricter: lower-case names, sizes up to 100, quiet notes
+  local cur = req("GET", CRDS .. "/rachets.test.vmsnap.io").obj
+  local props = cur.spec.versions[1].schema.openAPIV3Schema.properties.spec.properties
+  props.name.pattern = "^[a-z]+$"
+  props.size.maximum = 100
+  props.ports.items.properties.note.pattern = "^[a-z]+$"
+  r = req("PUT", CRDS .. "/rachets.test.vmsnap.io", json.encode(cur))
+  t.eq(r.status, 200, r.body)
+  require("vmsnap.task").sleep(0.2)
+  -- a status write: the spec is as it was, and is not checked again
+  local obj = req("GET", R .. "/old").obj
+  obj.status = { phase = "Ready" }
+  r = req("PUT", R .. "/old/status", json.encode(obj))
+  t.eq(r.status, 200, "a status write of an object that breaks the new rules where it did not change: " .. r.body)
+  -- a spec change elsewhere: the unchanged fields and list items pass, the changed item is checked
+  r = req("PATCH", R .. "/old", '{"spec":{"ports":[{"port":1,"note":"LOUD"},{"port":2,"note":"NOW"}]}}',
+    "application/merge-patch+json")
+  t.eq(r.status, 422, r.body)
+  t.eq(#r.obj.details.causes, 1, "only the changed item: " .. r.body)
+  t.eq(r.obj.details.causes[1].field, "spec.ports[1].note")
+  r = req("PATCH", R .. "/old", '{"spec":{"ports":[{"port":1,"note":"LOUD"},{"port":2,"note":"fine"}]}}',
+    "application/merge-patch+json")
+  t.eq(r.status, 200, "the old item with port 1 kept as it was: " .. r.body)
+  r = req("PATCH", R .. "/old", '{"spec":{"size":600}}', "application/merge-patch+json")
+  t.eq(r.status, 422, "a changed value meets the new rules")
+  t.contains(r.obj.message or "", "spec.size in body should be less than or equal to 100")
+  -- a new object meets every rule
+  r = req("POST", R, json.encode({ apiVersion = "test.vmsnap.io/v1", kind = "Rachet", metadata = { name = "new" },
+    spec = { name = "UPPER" } }))
+  t.eq(r.status, 422)
+end)
+
 t.test("a CRD whose pattern cannot be checked is refused, naming the pattern", function()
   for _, p in ipairs({ "[a-z", "(?=x)y", "a\\1" }) do
     local r = req("POST", CRDS, crd("gadget", { type = "object", properties = { x = { type = "string", pattern = p } } }))

@@ -356,7 +356,9 @@ end
 --- stored before its CRD grew stricter can still be updated elsewhere).
 function M.walk(s, parent, key, path, out, oldparent)
   local v, oldv = parent[key], oldparent and oldparent[key]
-  if out.old and oldv ~= nil and type(v) == "table" and equal(v, oldv) then return end
+  if out.old and oldv ~= nil and (v == oldv or (type(v) == "table" and type(oldv) == "table" and equal(v, oldv))) then
+    return
+  end
   v_schema(s, v, path, out, oldv)
 end
 
