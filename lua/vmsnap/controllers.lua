@@ -6,17 +6,46 @@ local steps = require("vmsnap.reconcile.steps")
 local workflow = require("vmsnap.workflow")
 local guest = require("vmsnap.guest")
 local log = require("vmsnap.log")
+local metrics = require("vmsnap.metrics")
 
 local M = {}
 
 M.WORKFLOWS = { "disk-snapshot", "vm-snapshot", "vm-restore" }
+
+-- the running workflow controllers, for the phase gauge (weak: a stopped
+-- and dropped controller goes)
+local live = setmetatable({}, { __mode = "k" })
+local collecting = false
+local function collect_phases()
+  if collecting then return end
+  collecting = true
+  metrics.process():collect(function(reg)
+    local g = reg:gauge("vmsnap_snapshot_phase", "Objects of each workflow kind by phase, in this process's cache.",
+      { "kind", "phase" })
+    local counts = {}
+    for ctl, kind in pairs(live) do
+      counts[kind] = counts[kind] or { Pending = 0, InProgress = 0, Ready = 0, Failed = 0 }
+      if ctl.primary and not ctl.stopping then
+        for _, o in ipairs(ctl.primary:list()) do
+          local ph = o.status and o.status.phase or ""
+          if ph == "" then ph = "Pending" end
+          counts[kind][ph] = (counts[kind][ph] or 0) + 1
+        end
+      end
+    end
+    for kind, by in pairs(counts) do
+      for ph, n in pairs(by) do g:set({ kind, ph }, n) end
+    end
+  end)
+end
 
 --- The controller of one workflow (not started).
 function M.for_workflow(client, name, opts)
   opts = opts or {}
   local w, err = workflow.load(name)
   if not w then return nil, err end
-  return reconcile.controller({ client = client, name = opts.name or (name .. "-controller"), kind = w.kind,
+  collect_phases()
+  local ctl = reconcile.controller({ client = client, name = opts.name or (name .. "-controller"), kind = w.kind,
     finalizer = w.finalizer, watches = w.watches and w.watches() or nil, indexes = w.indexes,
     workers = opts.workers, fresh = w.fresh, namespace = opts.namespace, leader_election = opts.leader_election,
     cache_reads = w.cache_reads,
@@ -30,6 +59,8 @@ function M.for_workflow(client, name, opts)
       if cur.steps then return steps.finalize(cur, ctx, obj) end
       return cur.finalize(ctx, obj)
     end or nil })
+  live[ctl] = w.kind
+  return ctl
 end
 
 --- All snapshot controllers (not started); opts.workflows names a subset.

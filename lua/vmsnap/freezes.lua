@@ -22,8 +22,29 @@ local guest = require("vmsnap.guest")
 local vtime = require("vmsnap.time")
 local steps = require("vmsnap.reconcile.steps")
 local object = require("vmsnap.k8s.object")
+local log = require("vmsnap.log")
+local metrics = require("vmsnap.metrics")
 
 local M = {}
+
+local flog = log.new("freeze")
+local FREEZE_BUCKETS = { 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120 }
+local function families()
+  local reg = metrics.process()
+  return {
+    frozen = reg:gauge("vmsnap_guest_frozen", "1 while this process holds the VM's guest frozen.", { "vm" }),
+    duration = reg:histogram("vmsnap_freeze_duration_seconds",
+      "Seconds a guest was frozen, from the freeze call to the thaw's answer.", { "vm" }, FREEZE_BUCKETS),
+    cut = reg:histogram("vmsnap_cut_latency_seconds",
+      "Seconds from the last VolumeSnapshot issued under a freeze to its cut seen.", {}, FREEZE_BUCKETS),
+  }
+end
+
+-- "ns/name" of a VM; what a log line says of a snapshot
+local function vm_key(vm) return (vm.metadata.namespace or "") .. "/" .. vm.metadata.name end
+local function about(obj)
+  return { by = ("%s %s/%s"):format(obj.kind or "?", obj.metadata.namespace or "", obj.metadata.name), uid = obj.metadata.uid }
+end
 
 M.FROZEN_AT = "vmsnap.io/frozen-at"             -- the freeze held (ms since the epoch)
 M.FREEZE_DURATION = "vmsnap.io/freeze-duration-ms"
@@ -156,6 +177,9 @@ local function join(ctx, obj, g, lease, budget)
   local ok, merr, mcode = mark(ctx, obj, { [M.FROZEN_AT] = tostring(at) })
   if not ok then return nil, merr, mcode end
   local now = vtime.now()
+  local line = about(obj)
+  line.vm, line.at = g.vm and vm_key(g.vm) or g.name, at
+  flog:info("joined a freeze", line)
   return true, "joined", { at = at, deadline = math.min(since + (tonumber(lease.budget) or budget),
     now + budget), since = now, frozen = now }
 end
@@ -225,14 +249,22 @@ function M.freeze_or_join(ctx, obj, vm)
     mark(ctx, obj, { [M.FROZEN_AT] = json.null })
     return nil, ferr, fcode
   end
-  return true, "frozen", { at = at, deadline = at / 1000 + budget, since = t_freeze, frozen = vtime.now() }
+  local f = { at = at, deadline = at / 1000 + budget, since = t_freeze, frozen = vtime.now() }
+  families().frozen:set({ vm_key(vm) }, 1)
+  local line = about(obj)
+  line.vm, line.budget, line.call_ms = vm_key(vm), budget, math.floor((f.frozen - t_freeze) * 1000 + 0.5)
+  flog:info("frozen", line)
+  return true, "frozen", f
 end
 
 --- Note the moment `what` ("issued": every VolumeSnapshot created; "cut":
 --- the cut seen) of the freeze `freeze` (what freeze_or_join returned,
 --- kept in the pass's memo); the first note of each counts.
 function M.note(freeze, what)
-  if freeze and not freeze[what] then freeze[what] = vtime.now() end
+  if freeze and not freeze[what] then
+    freeze[what] = vtime.now()
+    if what == "cut" and tonumber(freeze.issued) then families().cut:observe({}, freeze.cut - freeze.issued) end
+  end
 end
 
 -- the parts of a freeze window, in ms: the freeze call, the VolumeSnapshots
@@ -321,6 +353,17 @@ function M.leave(ctx, obj, vm, opts)
       if r == nil then return nil, terr, tcode end
       thawed = vtime.now()
       g:drop_lease(true)
+      local m, k = families(), vm_key(vm)
+      m.frozen:set({ k }, 0)
+      local line = about(obj)
+      line.vm, line.forced = k, opts.force or nil
+      local since = opts.freeze and tonumber(opts.freeze.since)
+      if since then
+        m.duration:observe({ k }, thawed - since)
+        line.frozen_ms = math.floor((thawed - since) * 1000 + 0.5)
+        line.parts = M.parts(opts.freeze, thawed)
+      end
+      flog:info("thawed", line)
     end
   end
   if at then
@@ -351,6 +394,10 @@ function M.release_if_last(ctx, obj, vm)
   local r, err, code = g:do_thaw()
   if r == nil then return nil, err, code end
   g:drop_lease(true)
+  families().frozen:set({ vm_key(vm) }, 0)
+  local line = about(obj)
+  line.vm = vm_key(vm)
+  flog:info("thawed a freeze nobody holds any more", line)
   return true
 end
 

@@ -34,6 +34,7 @@
 local json = require("vmsnap.json")
 local fs = require("vmsnap.fs")
 local task = require("vmsnap.task")
+local metrics = require("vmsnap.metrics")
 local vtime = require("vmsnap.time")
 local log = require("vmsnap.log")
 local deep = require("vmsnap.deep")
@@ -619,6 +620,15 @@ function Runner:base(outcome)
 end
 
 function Runner:note(rec)
+  metrics.process():histogram("vmsnap_hook_duration_seconds", "Seconds a hook handler ran, by point and outcome.",
+    { "point", "outcome" }, { 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300 }):observe({ rec.point, rec.outcome }, rec.ms / 1000)
+  local o = self.ctx and self.ctx.obj
+  local line = { hook = rec.hook, point = rec.point, outcome = rec.outcome, ms = rec.ms,
+    object = o and ((o.metadata.namespace or "") .. "/" .. o.metadata.name) or nil, uid = o and o.metadata.uid or nil }
+  if rec.outcome == "ok" then hlog:info("hook ran", line) else
+    line.message = rec.message
+    hlog:warn("hook ran", line)
+  end
   local kept = {}
   for k, v in pairs(rec) do if k ~= "lines" then kept[k] = v end end
   self.record.runs[#self.record.runs + 1] = kept

@@ -151,6 +151,15 @@ function M.registry()
   return setmetatable({ families = {}, collectors = {} }, Registry)
 end
 
+local process_registry
+--- The registry of this process's controllers, freezes and hooks (made on
+--- first use): what `vmsnap controller --metrics-addr` and `vmsnap up`
+--- serve on /metrics (docs/metrics.md names every family).
+function M.process()
+  process_registry = process_registry or M.registry()
+  return process_registry
+end
+
 local NAME = "^[a-zA-Z_:][a-zA-Z0-9_:]*$"
 local LABEL = "^[a-zA-Z_][a-zA-Z0-9_]*$"
 

@@ -361,6 +361,33 @@ t.test("d.1 #17, #19: a failed VolumeSnapshot fails the snapshot for good; a los
   t.eq(r.message, 'The underlying volume snapshot "s1" is not ready to use.')
 end)
 
+t.test("Decision 14: kubectl describe tells each snapshot's story in Events (waits, start, completion, failures)", function()
+  local function events(name)
+    local r = srv:kubectl({ "describe", "vdsnapshot", name })
+    t.eq(r.status, 0, r.stderr)
+    return r.stdout:match("Events:(.*)$") or ""
+  end
+  local e1 = events("s1")
+  t.contains(e1, "VirtualDiskSnapshottingStarted")
+  t.contains(e1, 'The snapshot of the virtual disk "d1" has started.')
+  t.contains(e1, "VirtualDiskSnapshottingCompleted")
+  t.contains(e1, 'The snapshot of the virtual disk "d1" is ready and consistent.')
+  t.ok(e1:find("Started", 1, true) < e1:find("Completed", 1, true), "in order")
+  -- s1 was then Lost (d.1 #19): a Warning that says so
+  t.contains(e1, "Warning")
+  t.contains(e1, "VirtualDiskSnapshottingFailed")
+  t.contains(e1, 'The underlying volume snapshot "s1" is not ready to use.')
+  local ef = events("s-f")
+  t.contains(ef, "VirtualDiskSnapshottingFailed")
+  t.contains(ef, 'VolumeSnapshot "s-f" has an error: the backend refused.')
+  t.ok(not ef:find("VirtualDiskSnapshottingCompleted", 1, true), "a failed one never says completed")
+  -- s2 waited for its disk (d.1 #4): the wait is told once, then the rest
+  local e2 = events("s2")
+  t.contains(e2, "VirtualDiskSnapshottingPending")
+  t.contains(e2, 'Waiting for the virtual disk "ghost" to be ready for snapshotting.')
+  t.contains(e2, "VirtualDiskSnapshottingCompleted")
+end)
+
 t.test("d.1 #22: deleting a snapshot removes its VolumeSnapshot and then itself", function()
   assert(c:delete("vdsnapshot", "s-auto"))
   t.eq(wait("vdsnapshot", "s-auto", function(o) return o == nil end), true)

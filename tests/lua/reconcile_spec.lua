@@ -175,6 +175,10 @@ t.test("a leader that loses its lease stops working and is a candidate again: it
   local lease = assert(c:get("leases.coordination.k8s.io", "vmsnap-test-again"))
   lease.spec.holderIdentity = "intruder"
   lease.spec.renewTime = os.date("!%Y-%m-%dT%H:%M:%S.000000Z")
+  -- held for 3 s (its renewTime is cut to the second: with the 1 s of this
+  -- controller's own leases it could look expired at once, and the check
+  -- below raced with the controller leading again)
+  lease.spec.leaseDurationSeconds = 3
   assert(c:update(lease))
   task.sleep(0.8) -- a renewal period: the loss is seen
   assert(c:create(vds("again-2")))

@@ -160,6 +160,27 @@ t.test("d.4 #56: a clone with replacements next to the original; the restored di
   t.ok(v2.status.virtualMachineIPAddressName ~= ip1.metadata.name, "not the original's address")
 end)
 
+t.test("Decision 14: kubectl describe tells each restore's story in Events", function()
+  local function events(name)
+    local r = srv:kubectl({ "describe", "vmrestore", name })
+    t.eq(r.status, 0, r.stderr)
+    return r.stdout:match("Events:(.*)$") or ""
+  end
+  local ok = events("r56")
+  t.contains(ok, "VirtualMachineRestoringStarted")
+  t.contains(ok, 'The restore from the virtual machine snapshot "ms-never" has started: every object is created.')
+  t.contains(ok, "VirtualMachineRestoringCompleted")
+  t.contains(ok, 'The restore from the virtual machine snapshot "ms-never" is complete.')
+  local bad = events("r55b")
+  t.contains(bad, "Warning")
+  t.contains(bad, "VirtualMachineRestoringFailed")
+  t.contains(bad, 'The virtual machine "vm1" already exists.')
+  t.ok(not bad:find("VirtualMachineRestoringStarted", 1, true), "refused before anything was created: never started")
+  local late = events("r-late")
+  t.contains(late, "VirtualMachineRestoringPending")
+  t.contains(late, "VirtualMachineRestoringCompleted")
+end)
+
 t.test("Decision 13: an attachment not in the snapshot that names the restored VM is a conflict; once it is gone the VM has only the snapshot's devices", function()
   disk("extra")
   create({ apiVersion = G, kind = "VirtualMachineBlockDeviceAttachment", metadata = { name = "att-stray" },

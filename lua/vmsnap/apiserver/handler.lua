@@ -675,7 +675,8 @@ local function handle(S, req, ctx)
       "/version", "/healthz" }) })
   end
   if method == "GET" and path == "/metrics" then
-    return respond(req, ctx, 200, S.metrics:render(), metrics.CONTENT_TYPE)
+    -- with the families of the controllers in this process (vmsnap up)
+    return respond(req, ctx, 200, S.metrics:render() .. metrics.process():render(), metrics.CONTENT_TYPE)
   end
   if method == "GET" and segs[1] ~= "api" and segs[1] ~= "apis" then
     if handle_meta(S, req, ctx, segs, accept) == false then

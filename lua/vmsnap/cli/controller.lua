@@ -2,6 +2,7 @@
 local kube = require("vmsnap.cli.kube")
 local controllers = require("vmsnap.controllers")
 local task = require("vmsnap.task")
+local opsserver = require("vmsnap.opsserver")
 
 local M = {}
 
@@ -16,10 +17,15 @@ after the reconciles in hand.
 
   --workflows LIST        run only these workflows (comma-separated; default:
                           disk-snapshot,vm-snapshot,vm-restore)
+  --metrics-addr ADDR     serve /metrics (Prometheus text) on HOST:PORT, plain
+                          HTTP (docs/metrics.md); off by default
+  --health-addr ADDR      serve /healthz and /readyz on HOST:PORT (may be the
+                          metrics address); off by default
 ]] .. kube.COMMON_HELP
 
 function M.main(args)
-  local spec = { ["--workflows"] = { "workflows", true } }
+  local spec = { ["--workflows"] = { "workflows", true }, ["--metrics-addr"] = { "metrics_addr", true },
+    ["--health-addr"] = { "health_addr", true } }
   for k, v in pairs(kube.COMMON) do spec[k] = v end
   local o, pos = kube.parse(args, spec)
   if o.help then io.stdout:write(M.help) return end
@@ -38,13 +44,22 @@ function M.main(args)
     end
     if #only == 0 then cli.usage("controller: --workflows needs at least one workflow") end
   end
+  for _, f in ipairs({ { "metrics_addr", "--metrics-addr" }, { "health_addr", "--health-addr" } }) do
+    if o[f[1]] then
+      local ok, why = opsserver.parse_addr(o[f[1]])
+      if not ok then cli.usage(("controller: %s: %s"):format(f[2], why)) end
+    end
+  end
   local c = kube.client(o)
   local ctls, err = controllers.all(c, { leader_election = controllers.LEASE, workflows = only })
   if not ctls then return nil, "controller: " .. tostring(err) end
+  local ops, oerr = opsserver.start_all(o.metrics_addr, o.health_addr, { controllers = ctls })
+  if not ops then return nil, "controller: " .. tostring(oerr) end
   local sweeper = controllers.sweep_orphans(c, 10)
   local _ <close> = setmetatable({}, { __close = function()
     task.cancel(sweeper)
     for _, x in ipairs(ctls) do x:stop() end
+    for _, s in ipairs(ops) do s:close() end
   end })
   io.stdout:write(("snapshot controllers running against %s\n"):format(c:describe().server))
   io.stdout:flush()

@@ -7,6 +7,7 @@ local platform = require("vmsnap.platform")
 local controllers = require("vmsnap.controllers")
 local fs = require("vmsnap.fs")
 local task = require("vmsnap.task")
+local opsserver = require("vmsnap.opsserver")
 
 local M = {}
 
@@ -25,6 +26,10 @@ State lives in DIR; a restart resumes where it stopped.
 
   --no-controllers    run the platform without the snapshot controllers (run
                       `vmsnap controller` against it instead)
+  --metrics-addr ADDR also serve /metrics (the controllers' and the API
+                      server's families) on HOST:PORT, plain HTTP; the API's
+                      own /metrics has them too
+  --health-addr ADDR  serve /healthz and /readyz of the controllers on HOST:PORT
 
 Ctrl-C (or SIGTERM) stops it cleanly.
 ]]
@@ -33,9 +38,27 @@ function M.main(args)
   for _, a in ipairs(args) do
     if a == "-h" or a == "--help" then io.stdout:write(M.help) return end
   end
-  local rest, no_controllers = {}, false
-  for _, a in ipairs(args) do
-    if a == "--no-controllers" then no_controllers = true else rest[#rest + 1] = a end
+  local rest, no_controllers, addrs = {}, false, {}
+  local i = 1
+  while i <= #args do
+    local a = args[i]
+    local flag, val = a:match("^(%-%-[%w-]+)=(.*)$")
+    flag = flag or a
+    if a == "--no-controllers" then
+      no_controllers = true
+    elseif flag == "--metrics-addr" or flag == "--health-addr" then
+      if not val then
+        i = i + 1
+        val = args[i]
+        if val == nil then cli.usage(("up: %s needs a value (HOST:PORT)"):format(flag)) end
+      end
+      local ok, why = opsserver.parse_addr(val)
+      if not ok then cli.usage(("up: %s: %s"):format(flag, why)) end
+      addrs[flag] = val
+    else
+      rest[#rest + 1] = a
+    end
+    i = i + 1
   end
   local o = serve.parse(rest)
   local pok, perr0 = serve.prepare(o)
@@ -57,7 +80,11 @@ function M.main(args)
     if not snaps then return nil, "up: " .. tostring(cerr) end
   end
   for _, c in ipairs(snaps) do c.task = task.spawn(function() return c:run() end) end
+  local ops, oerr = opsserver.start_all(addrs["--metrics-addr"], addrs["--health-addr"], { controllers = snaps,
+    extra = function() return srv.metrics:render() end })
+  if not ops then return nil, "up: " .. tostring(oerr) end
   stop_all = function()
+    for _, s in ipairs(ops) do s:close() end
     if sweeper then task.cancel(sweeper) end
     platform.stop(snaps)
     platform.stop(ctls)

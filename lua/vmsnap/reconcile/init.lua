@@ -26,6 +26,20 @@ local Queue = require("vmsnap.reconcile.queue")
 local Context = require("vmsnap.reconcile.context")
 local leader = require("vmsnap.reconcile.leader")
 local Manager = require("vmsnap.reconcile.manager")
+local metrics = require("vmsnap.metrics")
+
+-- the reconcile families, named as controller-runtime's, and the leader's
+local function families()
+  local reg = metrics.process()
+  return {
+    total = reg:counter("controller_runtime_reconcile_total",
+      "Reconcile passes by controller and result (success, error, requeue, requeue_after).", { "controller", "result" }),
+    errors = reg:counter("controller_runtime_reconcile_errors_total", "Reconcile passes that failed.", { "controller" }),
+    time = reg:histogram("controller_runtime_reconcile_time_seconds", "Seconds per reconcile pass.", { "controller" },
+      { 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60 }),
+    leader = reg:gauge("leader_election_master_status", "1 while this process leads the lease, else 0.", { "name" }),
+  }
+end
 
 local M = {}
 
@@ -81,7 +95,8 @@ function M.controller(opts)
   local self = setmetatable({
     opts = opts, client = opts.client, name = opts.name or opts.kind,
     manager = Manager.for_client(opts.client, opts.namespace),
-    queue = Queue.new({ max_backoff = opts.max_backoff }),
+    queue = Queue.new({ max_backoff = opts.max_backoff, name = opts.name or opts.kind }),
+    m = families(),
     log = log.new("reconcile", { controller = opts.name or opts.kind }),
     counters = { reconciles = 0, errors = 0, requeues = 0, status_writes = 0, stale = 0, events = 0, finalized = 0,
       worker_restarts = 0 },
@@ -200,7 +215,9 @@ end
 
 -- one queued key: a pass, whatever it raises (the pass fails, the worker goes on)
 function Controller:process(key)
+  local t0 = task.now()
   local ok, res, err, code = xpcall(self.reconcile_key, debug.traceback, self, key)
+  self.m.time:observe({ self.name }, task.now() - t0)
   if not ok then
     if not self.stopping and errors.code_of(res) ~= "CANCELLED" then
       self.log:error("reconcile raised", { key = key, error = tostring(res) })
@@ -214,13 +231,18 @@ function Controller:process(key)
     errors.raise("CANCELLED", "cancelled")
   elseif res == nil then
     self.counters.errors = self.counters.errors + 1
+    self.m.total:inc({ self.name, "error" })
+    self.m.errors:inc({ self.name })
     local delay = self.queue:retry(key)
     self.log:warn("reconcile failed; retrying", { key = key, error = tostring(err), code = code, after = delay })
   else
     self.queue:forget(key)
     if type(res) == "table" and res.requeue_after then
       self.counters.requeues = self.counters.requeues + 1
+      self.m.total:inc({ self.name, res.requeue_after > 0 and "requeue_after" or "requeue" })
       self.queue:add_after(key, res.requeue_after)
+    else
+      self.m.total:inc({ self.name, "success" })
     end
   end
   self.queue:done(key)
@@ -283,6 +305,7 @@ function Controller:term()
     local ok, err = self.elector:acquire(function() return self.stopping end)
     if not ok then return nil, err end
     self.log:info("leading", { lease = le.name, identity = self.elector.identity })
+    self.m.leader:set({ le.name }, 1)
   end
   local ok, err = self:start_informers()
   if not ok then self:shutdown() return nil, err end
@@ -310,6 +333,7 @@ function Controller:term()
         self.log:warn("lost the leader lease; stopping work")
         self.lost = true
       end
+      self.m.leader:set({ self.opts.leader_election.name }, 0)
       self:halt()
     end)
   end
@@ -330,7 +354,7 @@ function Controller:run()
     local ok, err = self:term()
     if not self.lost or self.stop_requested or self.gave_up then return ok, err end
     self.lost, self.stopping = false, false
-    self.queue = Queue.new({ max_backoff = self.opts.max_backoff })
+    self.queue = Queue.new({ max_backoff = self.opts.max_backoff, name = self.name })
     self.counters.lease_losses = (self.counters.lease_losses or 0) + 1
     self.log:warn("a candidate for the leader lease again", { lease = self.opts.leader_election.name })
   end

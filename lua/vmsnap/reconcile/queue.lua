@@ -6,6 +6,7 @@
 --- requeues a failed key after an exponential back-off (0.1 s doubling up to
 --- max_backoff, with jitter) that `forget` resets; `add_after` delays a key.
 local task = require("vmsnap.task")
+local metrics = require("vmsnap.metrics")
 
 local M = {}
 
@@ -13,10 +14,29 @@ local M = {}
 local Queue = {}
 Queue.__index = Queue
 
+-- the work queue families, named as client-go's (label: the queue's name)
+local function families()
+  local reg = metrics.process()
+  return {
+    depth = reg:gauge("workqueue_depth", "Current depth of the work queue.", { "name" }),
+    adds = reg:counter("workqueue_adds_total", "Keys added to the work queue.", { "name" }),
+    retries = reg:counter("workqueue_retries_total", "Keys retried after a failed pass.", { "name" }),
+    wait = reg:histogram("workqueue_queue_duration_seconds", "Seconds a key waited in the queue before a worker took it.",
+      { "name" }, { 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60 }),
+    work = reg:histogram("workqueue_work_duration_seconds", "Seconds a worker spent on a key.",
+      { "name" }, { 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60 }),
+  }
+end
+
+--- A queue; `opts.name` labels its metrics (the controller's name).
 function M.new(opts)
   opts = opts or {}
-  return setmetatable({ items = {}, head = 1, tail = 0, queued = {}, processing = {}, dirty = {}, failures = {},
-    timers = {}, max_backoff = opts.max_backoff or 20, closed = false, ch = task.channel(1 << 30) }, Queue)
+  local q = setmetatable({ items = {}, head = 1, tail = 0, queued = {}, processing = {}, dirty = {}, failures = {},
+    timers = {}, max_backoff = opts.max_backoff or 20, closed = false, ch = task.channel(1 << 30),
+    added_at = {}, taken_at = {}, name = opts.name or "queue", m = families() }, Queue)
+  q.label = { q.name }
+  q.m.depth:set(q.label, 0)
+  return q
 end
 
 function Queue:len()
@@ -34,6 +54,9 @@ function Queue:add(key)
   self.queued[key] = true
   self.tail = self.tail + 1
   self.items[self.tail] = key
+  self.added_at[key] = task.now()
+  self.m.adds:inc(self.label)
+  self.m.depth:set(self.label, self:len())
   self.ch:send(true)
 end
 
@@ -65,6 +88,10 @@ function Queue:get()
       if self.head > self.tail then self.items, self.head, self.tail = {}, 1, 0 end
       self.queued[key] = nil
       self.processing[key] = true
+      local now = task.now()
+      if self.added_at[key] then self.m.wait:observe(self.label, now - self.added_at[key]) end
+      self.added_at[key], self.taken_at[key] = nil, now
+      self.m.depth:set(self.label, self:len())
       return key
     end
     local ok = self.ch:recv()
@@ -75,6 +102,10 @@ end
 --- The worker is done with key: queue it again if it changed meanwhile.
 function Queue:done(key)
   self.processing[key] = nil
+  if self.taken_at[key] then
+    self.m.work:observe(self.label, task.now() - self.taken_at[key])
+    self.taken_at[key] = nil
+  end
   if self.dirty[key] then
     self.dirty[key] = nil
     self:add(key)
@@ -83,6 +114,7 @@ end
 
 --- Requeue a failed key after its back-off; returns the delay.
 function Queue:retry(key)
+  self.m.retries:inc(self.label)
   local d = self:backoff(key)
   self:add_after(key, d)
   return d

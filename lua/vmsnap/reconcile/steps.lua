@@ -25,6 +25,10 @@
 ---                                   workflow as Failed (reason `W.reasons[code]`
 ---                                   or `W.failed_reason`, a Warning Event
 ---                                   `W.events.failed`), once
+--- Every phase change is logged at info (object, uid, from, to); a workflow
+--- whose `W.events.phases[phase]` is `{reason, message}` (message: a string
+--- or fn(obj) -> string) also records a Normal Event when it enters that
+--- phase.
 --- A step with `when = fn(ctx, obj, facts)` that returns false is skipped.
 ---
 --- The finished steps are recorded in the annotation `vmsnap.io/steps`
@@ -361,8 +365,8 @@ local function set_failed(W, ctx, obj, message, code)
   st.phase = "Failed"
   ctx:condition(W.condition, "False", reason, msg)
   if W.events and W.events.failed then ctx:event("Warning", W.events.failed, msg) end
-  slog:warn("failed", { object = obj.metadata.namespace .. "/" .. obj.metadata.name, kind = W.kind,
-    reason = reason, message = msg })
+  slog:warn("failed", { object = obj.metadata.namespace .. "/" .. obj.metadata.name, uid = obj.metadata.uid,
+    kind = W.kind, reason = reason, message = msg })
   -- the undo of every started step, newest first; a failing undo is named
   -- in front of the message (the reference's "<error>, <message>")
   local uerr = unwind(ctx, "Failed")
@@ -469,9 +473,24 @@ end
 --- (ctx, obj) -> facts (every pass, before the steps; nil, message, code
 --- fails), ready(ctx, obj, facts) (every pass while Ready; nil, message,
 --- code fails, e.g. a lost volume snapshot), on_failed(ctx, obj, message, code).
+-- the pass changed the phase (and its status went out): a line, and the Event
+-- the workflow names for the new phase
+local function phase_changed(W, ctx, obj, was)
+  local st = obj.status
+  slog:info("phase", { object = obj.metadata.namespace .. "/" .. obj.metadata.name, uid = obj.metadata.uid,
+    kind = W.kind, from = was or "", to = st.phase })
+  local ev = W.events and W.events.phases and W.events.phases[st.phase]
+  if ev then
+    local msg = ev[2]
+    if type(msg) == "function" then msg = msg(obj) end
+    ctx:event("Normal", ev[1], msg or "")
+  end
+end
+
 function M.run(W, ctx, obj)
   obj.status = obj.status or {}
   local st = obj.status
+  local was = st.phase
   ctx.steps = { W = W, obj = obj, rec = read_record(obj) }
   ctx.memo = ctx.steps.rec.memo
   local facts, ferr, fcode = {}, nil, nil
@@ -510,6 +529,7 @@ function M.run(W, ctx, obj)
   else
     res, err, code = run_steps(W, ctx, obj, facts)
   end
+  if res and st.phase ~= was then phase_changed(W, ctx, obj, was) end
   if res and (st.phase == "Failed" or st.phase == "Ready") and #ctx.steps.rec.owed > 0 then
     -- terminal with an undo that failed (the thaw's write lost, say): the
     -- status stands, and the pass is retried until the undo is done — a
