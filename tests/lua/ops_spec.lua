@@ -33,11 +33,12 @@ local function value(text, series)
 end
 
 t.test("bad addresses are usage errors that name the flag", function()
-  for _, a in ipairs({ { "--metrics-addr", "localhost" }, { "--health-addr", "1.2.3.4:99999" } }) do
+  for _, a in ipairs({ { "--metrics-addr", "localhost" }, { "--health-addr", "1.2.3.4:99999" },
+    { "--leader-election-namespace", "Not_A_Name", "namespace name" } }) do
     local r = assert(proc.run({ h.vmsnap, "controller", "--kubeconfig", srv.kubeconfig, a[1], a[2] }, { timeout = 20 }))
     t.eq(r.status, 2, r.stderr)
     t.contains(r.stderr, a[1])
-    t.contains(r.stderr, "HOST:PORT")
+    t.contains(r.stderr, a[3] or "HOST:PORT")
   end
 end)
 

@@ -21,11 +21,14 @@ after the reconciles in hand.
                           HTTP (docs/metrics.md); off by default
   --health-addr ADDR      serve /healthz and /readyz on HOST:PORT (may be the
                           metrics address); off by default
+  --leader-election-namespace NS
+                          where the Lease vmsnap-snapshot-controllers lives
+                          (default kube-system; deploy/ uses its own namespace)
 ]] .. kube.COMMON_HELP
 
 function M.main(args)
   local spec = { ["--workflows"] = { "workflows", true }, ["--metrics-addr"] = { "metrics_addr", true },
-    ["--health-addr"] = { "health_addr", true } }
+    ["--health-addr"] = { "health_addr", true }, ["--leader-election-namespace"] = { "lease_ns", true } }
   for k, v in pairs(kube.COMMON) do spec[k] = v end
   local o, pos = kube.parse(args, spec)
   if o.help then io.stdout:write(M.help) return end
@@ -51,7 +54,14 @@ function M.main(args)
     end
   end
   local c = kube.client(o)
-  local ctls, err = controllers.all(c, { leader_election = controllers.LEASE, workflows = only })
+  local lease = controllers.LEASE
+  if o.lease_ns then
+    if not o.lease_ns:match("^[a-z0-9][-a-z0-9]*$") or o.lease_ns:match("%-$") or #o.lease_ns > 63 then
+      cli.usage(("controller: --leader-election-namespace: %q is not a namespace name"):format(o.lease_ns))
+    end
+    lease = { name = lease.name, namespace = o.lease_ns, duration = lease.duration }
+  end
+  local ctls, err = controllers.all(c, { leader_election = lease, workflows = only })
   if not ctls then return nil, "controller: " .. tostring(err) end
   local ops, oerr = opsserver.start_all(o.metrics_addr, o.health_addr, { controllers = ctls })
   if not ops then return nil, "controller: " .. tostring(oerr) end

@@ -159,8 +159,25 @@ end
 --- One API call with retries; returns the http response (2xx), or nil,
 --- message, reason, status.
 ---@param o vmsnap.k8s.RequestOpts
+-- VMSNAP_K8S_AUDIT=FILE: every distinct "METHOD PATH [watch]" this process
+-- asks of an API server is appended to FILE (what deploy/'s ClusterRole is
+-- checked against: tests/lua/deploy_spec.lua)
+local audit_file, audit_seen = os.getenv("VMSNAP_K8S_AUDIT"), {}
+local function audit(method, path, query)
+  local watch = type(query) == "table" and query.watch ~= nil and " watch" or ""
+  local line = method .. " " .. path .. watch
+  if audit_seen[line] then return end
+  audit_seen[line] = true
+  local f = io.open(audit_file, "a")
+  if f then
+    f:write(line, "\n")
+    f:close()
+  end
+end
+
 function Client:request(o)
   local method = o.method or "GET"
+  if audit_file then audit(method, o.path, o.query) end
   local idempotent = o.idempotent
   if idempotent == nil then
     idempotent = method == "GET" or method == "HEAD" or method == "PUT" or method == "DELETE"

@@ -1,0 +1,183 @@
+-- deploy/: the manifests render with `kubectl kustomize`, hold what a
+-- restricted namespace demands, and the ClusterRole grants what the snapshot
+-- controllers ask of the API — checked against every request a real
+-- `vmsnap controller` makes (VMSNAP_K8S_AUDIT) while it runs a disk
+-- snapshot, a VM snapshot of a running VM, a restore and deletions.
+local t = require("tap")
+local k8s = require("vmsnap.k8s")
+local yaml = require("vmsnap.yaml")
+local proc = require("vmsnap.proc")
+local task = require("vmsnap.task")
+local fs = require("vmsnap.fs")
+local h = require("helpers")
+
+local DEPLOY = h.source .. "/deploy"
+t.timeout = 150
+
+local function render()
+  local r = assert(proc.run({ "kubectl", "kustomize", DEPLOY }, { timeout = 60 }))
+  assert(r.status == 0, r.stderr)
+  local docs = {}
+  for _, d in ipairs(assert(yaml.load_all(r.stdout))) do docs[#docs + 1] = d end
+  return docs
+end
+
+local function find(docs, kind, name)
+  for _, d in ipairs(docs) do
+    if d.kind == kind and (not name or d.metadata.name == name) then return d end
+  end
+end
+
+t.test("kubectl kustomize renders every part; the Deployment is restricted, probed and sized", function()
+  local docs = render()
+  for _, k in ipairs({ "Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
+    "ConfigMap", "Deployment", "Service" }) do
+    t.ok(find(docs, k), k .. " rendered")
+  end
+  local d = find(docs, "Deployment", "vmsnap-controller")
+  t.eq(d.metadata.namespace, "vmsnap-system")
+  t.eq(d.spec.replicas, 2)
+  local pod = d.spec.template.spec
+  t.eq(pod.serviceAccountName, "vmsnap-controller")
+  t.eq(pod.securityContext.runAsNonRoot, true)
+  local c = pod.containers[1]
+  t.eq(c.securityContext.readOnlyRootFilesystem, true)
+  t.eq(c.securityContext.allowPrivilegeEscalation, false)
+  t.eq(c.securityContext.capabilities.drop[1], "ALL")
+  t.eq(c.livenessProbe.httpGet.path, "/healthz")
+  t.eq(c.readinessProbe.httpGet.path, "/readyz")
+  t.ok(c.resources.requests.cpu and c.resources.requests.memory, "requests")
+  local args = table.concat(c.args, " ")
+  t.contains(args, "--metrics-addr=0.0.0.0:8080")
+  t.contains(args, "--health-addr=0.0.0.0:8081")
+  local env = {}
+  for _, e in ipairs(c.env) do env[e.name] = e.value end
+  t.eq(env.VMSNAP_SCRIPTS_PATH, "/etc/vmsnap/scripts", "the scripts path is the ConfigMap's mount")
+  t.eq(find(docs, "Namespace").metadata.labels["pod-security.kubernetes.io/enforce"], "restricted")
+  for _, k in ipairs({ "ClusterRole", "Role" }) do
+    for _, rule in ipairs(find(docs, k).rules) do
+      for _, f in ipairs({ "apiGroups", "resources", "verbs" }) do
+        for _, v in ipairs(rule[f]) do t.ok(v ~= "*", k .. ": no wildcard in " .. f) end
+      end
+    end
+  end
+end)
+
+-- "group/resource[/sub]" and the verb of one request "METHOD PATH [watch]"
+local function verb_of(line)
+  local method, path, watch = line:match("^(%S+) (%S+)( ?w?a?t?c?h?)$")
+  local segs = {}
+  for s in path:gmatch("[^/]+") do segs[#segs + 1] = s end
+  local group, i
+  if segs[1] == "api" then group, i = "", 3 else group, i = segs[2], 4 end
+  local ns
+  if segs[i] == "namespaces" and #segs >= i + 2 then ns, i = segs[i + 1], i + 2 end
+  local res, name, sub = segs[i], segs[i + 1], segs[i + 2]
+  if not res then return nil end
+  local verb = ({ POST = "create", PUT = "update", PATCH = "patch", DELETE = name and "delete" or "deletecollection" })[method]
+  if method == "GET" then verb = watch ~= "" and "watch" or (name and "get" or "list") end
+  return group, sub and (res .. "/" .. sub) or res, verb, ns, name
+end
+
+local function allowed(rules, group, resource, verb, name)
+  for _, r in ipairs(rules) do
+    local g, rs, v = false, false, false
+    for _, x in ipairs(r.apiGroups) do if x == group then g = true end end
+    for _, x in ipairs(r.resources) do if x == resource then rs = true end end
+    for _, x in ipairs(r.verbs) do if x == verb then v = true end end
+    local n = not r.resourceNames
+    for _, x in ipairs(r.resourceNames or {}) do if x == name then n = true end end
+    if g and rs and v and n then return r end
+  end
+end
+
+t.test("the ClusterRole grants every request the controllers make, and the Role their Lease", function()
+  local probe <close>, why = h.qga_env()
+  local vms = probe ~= nil
+  if probe then probe:cleanup() else print("# without a running VM: " .. tostring(why)) end
+  local srv <close> = h.platform({ args = { "--no-controllers" } })
+  local c = assert(k8s.client({ kubeconfig = srv.kubeconfig }))
+  local G = "virtualization.deckhouse.io/v1alpha2"
+  assert(c:create({ apiVersion = "v1", kind = "Namespace", metadata = { name = "vmsnap-system" } })) -- the Lease's
+  local audit = os.tmpname()
+  os.remove(audit)
+  local env = {}
+  for _, k in ipairs({ "PATH", "HOME", "VMSNAP_SCRIPTS_PATH" }) do env[k] = os.getenv(k) end
+  env.VMSNAP_K8S_AUDIT = audit
+  local ctl = assert(proc.spawn({ h.vmsnap, "controller", "--kubeconfig", srv.kubeconfig,
+    "--leader-election-namespace", "vmsnap-system" }, { stdout = "null", stderr = os.getenv("SPEC_DEBUG") and "inherit" or "null", env = env }))
+  local _ <close> = setmetatable({}, { __close = function()
+    if ctl:running() then ctl:kill("TERM") end
+    if not ctl:wait(10) then ctl:kill("KILL") ctl:wait(5) end
+    ctl:close()
+    os.remove(audit)
+  end })
+  local function ready(kind, name)
+    local o = c:wait_for(kind, name, h.phase_is("Ready"), { timeout = 40 })
+    assert(o, ("%s %s not Ready; the controller is %s"):format(kind, name, ctl:running() and "running" or "gone"))
+    return o
+  end
+  -- a disk snapshot, then its deletion
+  assert(c:create({ apiVersion = G, kind = "VirtualDisk", metadata = { name = "dd" }, spec = { persistentVolumeClaim = { size = "16Mi" } } }))
+  ready("vd", "dd")
+  assert(c:create({ apiVersion = G, kind = "VirtualDiskSnapshot", metadata = { name = "dds" }, spec = { virtualDiskName = "dd" } }))
+  ready("vdsnapshot", "dds")
+  assert(c:delete("vdsnapshot", "dds"))
+  assert(c:wait_for("vdsnapshot", "dds", function(o) return o == nil end, { timeout = 20 }))
+  -- a VM snapshot of a running VM (its freeze), a restore beside it, deletions
+  if vms then
+    assert(c:create({ apiVersion = G, kind = "VirtualDisk", metadata = { name = "droot" }, spec = { persistentVolumeClaim = { size = "32Mi" } } }))
+    assert(c:create({ apiVersion = G, kind = "VirtualMachine", metadata = { name = "dvm" },
+      spec = { runPolicy = "AlwaysOn", blockDeviceRefs = { { kind = "VirtualDisk", name = "droot" } } } }))
+    assert(c:wait_for("vm", "dvm", function(o)
+      for _, x in ipairs(o and o.status and o.status.conditions or {}) do
+        if x.type == "AgentReady" and x.status == "True" then return true end
+      end
+    end, { timeout = 30 }))
+    assert(c:create({ apiVersion = G, kind = "VirtualMachineSnapshot", metadata = { name = "dvs" },
+      spec = { virtualMachineName = "dvm", keepIPAddress = "Never" } }))
+    ready("vmsnapshot", "dvs")
+    assert(c:create({ apiVersion = G, kind = "VirtualMachineRestore", metadata = { name = "dvr" },
+      spec = { virtualMachineSnapshotName = "dvs", nameReplacements = {
+        { from = { kind = "VirtualMachine", name = "dvm" }, to = "dvm2" },
+        { from = { kind = "VirtualDisk", name = "droot" }, to = "droot2" } } } }))
+    ready("vmrestore", "dvr")
+    assert(c:delete("vmrestore", "dvr"))
+    assert(c:delete("vmsnapshot", "dvs"))
+    assert(c:wait_for("vmsnapshot", "dvs", function(o) return o == nil end, { timeout = 20 }))
+  end
+  task.sleep(0.5)
+  ctl:kill("TERM")
+  ctl:wait(10)
+  local docs = render()
+  local cluster = find(docs, "ClusterRole", "vmsnap-controller").rules
+  local lease = find(docs, "Role", "vmsnap-leader-election")
+  t.eq(lease.metadata.namespace, "vmsnap-system", "the Lease is in the controllers' own namespace")
+  local lines = assert(fs.read_file(audit), "the controller wrote its requests")
+  local used, n = {}, 0
+  for line in lines:gmatch("[^\n]+") do
+    local group, resource, verb, ns, name = verb_of(line)
+    if group and not (group == "" and resource == nil) then
+      n = n + 1
+      local rule
+      if group == "coordination.k8s.io" and resource == "leases" then
+        rule = ns == "vmsnap-system" and allowed(lease.rules, group, resource, verb, name)
+      else
+        rule = allowed(cluster, group, resource, verb, name)
+      end
+      t.ok(rule, ("granted: %s %s/%s (%s)"):format(verb, group, resource, line))
+      if rule then used[rule] = used[rule] or {} used[rule][verb .. " " .. resource] = true end
+    end
+  end
+  t.ok(n >= 20, ("%d distinct requests seen"):format(n))
+  -- what the role grants and this run did not use, for the reader
+  for _, r in ipairs(cluster) do
+    for _, res in ipairs(r.resources) do
+      for _, v in ipairs(r.verbs) do
+        if not (used[r] and used[r][v .. " " .. res]) then print(("# granted, not used in this run: %s %s"):format(v, res)) end
+      end
+    end
+  end
+end)
+
+t.done()
