@@ -63,6 +63,27 @@ t.test("kubectl kustomize renders every part; the Deployment is restricted, prob
   end
 end)
 
+t.test("the Grafana dashboard is JSON and shows only families that docs/metrics.md names", function()
+  local json = require("vmsnap.json")
+  local d = json.decode(assert(fs.read_file(DEPLOY .. "/grafana-dashboard.json")))
+  t.ok(type(d) == "table" and #d.panels >= 8, "panels")
+  local doc = assert(fs.read_file(h.source .. "/docs/metrics.md"))
+  local n = 0
+  for _, p in ipairs(d.panels) do
+    for _, tg in ipairs(p.targets) do
+      for name in tg.expr:gmatch("[%a_][%w_]*") do
+        local family = name:match("^(.-)_bucket$") or name
+        if family:match("^vmsnap_") or family:match("^workqueue_") or family:match("^controller_runtime_")
+            or family:match("^leader_election_") then
+          n = n + 1
+          t.contains(doc, "`" .. family .. "`", p.title .. ": " .. family .. " is documented")
+        end
+      end
+    end
+  end
+  t.ok(n >= 10, "the panels use the families")
+end)
+
 -- "group/resource[/sub]" and the verb of one request "METHOD PATH [watch]"
 local function verb_of(line)
   local method, path, watch = line:match("^(%S+) (%S+)( ?w?a?t?c?h?)$")

@@ -42,6 +42,26 @@ t.test("bad addresses are usage errors that name the flag", function()
   end
 end)
 
+t.test("--log-json: the startup line is a JSON record too, and every line is one", function()
+  local json = require("vmsnap.json")
+  local p = assert(proc.spawn({ h.vmsnap, "--log-json", "controller", "--kubeconfig", srv.kubeconfig,
+    "--leader-election-namespace", "default" }, { stdout = "capture", stderr = "capture" }))
+  task.sleep(1.5)
+  p:kill("TERM")
+  local r = assert(p:wait(10))
+  p:close()
+  local running, n = false, 0
+  for line in ((r.stdout or "") .. "\n" .. (r.stderr or "")):gmatch("[^\n]+") do
+    if line ~= "vmsnap: interrupted" then
+      n = n + 1
+      local rec = json.decode(line)
+      t.ok(type(rec) == "table" and rec.level, "a JSON record: " .. line)
+      if rec and rec.msg == "running" and rec.subsystem == "controller" then running = true end
+    end
+  end
+  t.ok(n >= 1 and running, "the startup record")
+end)
+
 local port = free_port()
 local base = ("http://127.0.0.1:%d"):format(port)
 local logf = os.tmpname()

@@ -71,8 +71,13 @@ function M.main(args)
     for _, x in ipairs(ctls) do x:stop() end
     for _, s in ipairs(ops) do s:close() end
   end })
-  io.stdout:write(("snapshot controllers running against %s\n"):format(c:describe().server))
-  io.stdout:flush()
+  local log = require("vmsnap.log")
+  if log.json() then
+    log.new("controller"):info("running", { server = c:describe().server, lease = lease.namespace .. "/" .. lease.name })
+  else
+    io.stdout:write(("snapshot controllers running against %s\n"):format(c:describe().server))
+    io.stdout:flush()
+  end
   local ts = {}
   for i, x in ipairs(ctls) do ts[i] = task.spawn(function() return x:run() end) end
   task.wait_all(ts)

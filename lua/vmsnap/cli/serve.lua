@@ -182,6 +182,13 @@ function M.listen(srv, o)
 end
 
 function M.announce(srv, o, port, what)
+  local log = require("vmsnap.log")
+  if log.json() then
+    -- JSON lines only: a log reader gets one record, not text
+    log.new("serve"):info("listening", { what = what or "vmsnap API server",
+      url = ("https://%s:%d"):format(o.host, port), data = o.data, kubeconfig = o.data .. "/kubeconfig" })
+    return
+  end
   io.stdout:write(("%s listening on https://%s:%d (state in %s)\n")
     :format(what or "vmsnap API server", o.host, port, o.data))
   io.stdout:write(("  export KUBECONFIG=%s/kubeconfig\n  kubectl get virtualization\n"):format(o.data))
