@@ -37,6 +37,18 @@ W.condition = "VirtualDiskSnapshotReady"
 W.failed_reason = "VirtualDiskSnapshotFailed"
 W.reasons = { Lost = "Lost" }
 W.message_style = "capitalize" -- failure messages as the reference writes them: no period added
+--- Events (the reference's VirtualDiskSnapshot records none: Decision 14,
+--- docs/behaviour.md): each phase entered, every wait that says something
+--- new, and the failure (Warning).
+W.events = { failed = "VirtualDiskSnapshottingFailed",
+  wait = { Pending = "VirtualDiskSnapshottingPending" },
+  phases = {
+    InProgress = { "VirtualDiskSnapshottingStarted", function(vds)
+      return ("The snapshot of the virtual disk %q has started."):format(vds.spec.virtualDiskName) end },
+    Ready = { "VirtualDiskSnapshottingCompleted", function(vds)
+      return ("The snapshot of the virtual disk %q is ready%s."):format(vds.spec.virtualDiskName,
+        vds.status.consistent and " and consistent" or " (not consistent)") end },
+  } }
 
 local VD = "virtualdisks.virtualization.deckhouse.io"
 local VM = "virtualmachines.virtualization.deckhouse.io"

@@ -36,6 +36,18 @@ local W = {}
 W.kind = "VirtualMachineRestore"
 W.condition = "VirtualMachineRestoreReady"
 W.failed_reason = "VirtualMachineRestoreFailed"
+--- Events (the reference's VirtualMachineRestore records none: Decision 14,
+--- docs/behaviour.md): each phase entered, every wait that says something
+--- new, and the failure (Warning).
+W.events = { failed = "VirtualMachineRestoringFailed",
+  wait = { Pending = "VirtualMachineRestoringPending" },
+  phases = {
+    InProgress = { "VirtualMachineRestoringStarted", function(vmr)
+      return ("The restore from the virtual machine snapshot %q has started: every object is created."):format(
+        vmr.spec.virtualMachineSnapshotName) end },
+    Ready = { "VirtualMachineRestoringCompleted", function(vmr)
+      return ("The restore from the virtual machine snapshot %q is complete."):format(vmr.spec.virtualMachineSnapshotName) end },
+  } }
 W.reasons = { RestoreConflict = "VirtualMachineRestoreConflict", HookFailed = "HookFailed" }
 W.RESTORE_ANNOTATION = "virtualization.deckhouse.io/vmrestore"
 -- runtime state of the snapshotted objects that must not come back with them
