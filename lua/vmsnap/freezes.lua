@@ -353,25 +353,23 @@ function M.leave(ctx, obj, vm, opts)
       if r == nil then return nil, terr, tcode end
       thawed = vtime.now()
       g:drop_lease(true)
-      local m, k = families(), vm_key(vm)
-      m.frozen:set({ k }, 0)
-      local line = about(obj)
-      line.vm, line.forced = k, opts.force or nil
-      local since = opts.freeze and tonumber(opts.freeze.since)
-      if since then
-        m.duration:observe({ k }, thawed - since)
-        line.frozen_ms = math.floor((thawed - since) * 1000 + 0.5)
-        line.parts = M.parts(opts.freeze, thawed)
-      end
-      flog:info("thawed", line)
     end
   end
+  local since = opts.freeze and tonumber(opts.freeze.since)
+  -- how long the guest was frozen for obj, in ms: the annotation, the log line
+  local from = since and math.floor(since * 1000) or at
+  local frozen_ms = from and math.max(0, math.floor((thawed or vtime.now()) * 1000) - from)
+  if thawed then
+    local m, k = families(), vm_key(vm)
+    m.frozen:set({ k }, 0)
+    if since then m.duration:observe({ k }, thawed - since) end
+    local line = about(obj)
+    line.vm, line.forced, line.frozen_ms = k, opts.force or nil, frozen_ms
+    line.parts = since and M.parts(opts.freeze, thawed) or nil
+    flog:info("thawed", line)
+  end
   if at then
-    local t = thawed or vtime.now()
-    local since = opts.freeze and tonumber(opts.freeze.since)
-    local from = since and math.floor(since * 1000) or at
-    local ok, err, code = mark(ctx, obj, { [M.FROZEN_AT] = json.null,
-      [M.FREEZE_DURATION] = tostring(math.max(0, math.floor(t * 1000) - from)),
+    local ok, err, code = mark(ctx, obj, { [M.FROZEN_AT] = json.null, [M.FREEZE_DURATION] = tostring(frozen_ms),
       [M.FREEZE_PARTS] = thawed and since and M.parts(opts.freeze, thawed) or nil })
     if not ok then return nil, err, code end
   end

@@ -21,25 +21,7 @@ local function body(name)
 end
 
 -- run n requests from CONC tasks; make(i) returns request options
-local function run(n, make, want)
-  local next_i, errors = 0, 0
-  local t0 = task.now()
-  local ts = {}
-  for c = 1, CONC do
-    ts[c] = task.spawn(function()
-      while true do
-        next_i = next_i + 1
-        local i = next_i
-        if i > n then return end
-        local res = srv:request(make(i))
-        if not res or res.status ~= want then errors = errors + 1 end
-      end
-    end)
-  end
-  assert(task.wait_all(ts))
-  local dt = task.now() - t0
-  return n / dt, errors
-end
+local function run(n, make, want) return h.requests(srv, n, make, want, CONC) end
 
 local function rss_kb(pid)
   local s = fs.read_file("/proc/" .. pid .. "/status") or ""

@@ -81,14 +81,7 @@ print(("API requests per disk snapshot, create -> Ready, by the server's count (
 local probe, why = h.qga_env()
 if probe then
   probe:cleanup()
-  assert(c:create({ apiVersion = G, kind = "VirtualDisk", metadata = { name = "root" }, spec = { persistentVolumeClaim = { size = "64Mi" } } }))
-  assert(c:create({ apiVersion = G, kind = "VirtualMachine", metadata = { name = "vm1" },
-    spec = { runPolicy = "AlwaysOn", blockDeviceRefs = { { kind = "VirtualDisk", name = "root" } } } }))
-  assert(c:wait_for("vm", "vm1", function(o)
-    for _, x in ipairs(o and o.status and o.status.conditions or {}) do
-      if x.type == "AgentReady" and x.status == "True" then return true end
-    end
-  end, { timeout = 30 }))
+  h.running_vm(c, "vm1", "root", "64Mi")
   assert(c:create({ apiVersion = "snapshot.storage.k8s.io/v1", kind = "VolumeSnapshotClass", metadata = { name = "lat" },
     driver = "local.vmsnap.io", deletionPolicy = "Delete", parameters = { cutLatency = "200ms", readyLatency = "1s" } }))
   for _, mode in ipairs({ "Cut", "Ready" }) do

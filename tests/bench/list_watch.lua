@@ -31,22 +31,9 @@ local function cpu()
   return (tonumber(f[12]) + tonumber(f[13])) / 100 -- utime, stime (fields 14, 15) in ticks
 end
 
--- n requests from CONC tasks; make(i) returns request options
+-- n requests at once; every one must answer want
 local function run(n, make, want)
-  local next_i, errors = 0, 0
-  local ts = {}
-  for c = 1, CONC do
-    ts[c] = task.spawn(function()
-      while true do
-        next_i = next_i + 1
-        local i = next_i
-        if i > n then return end
-        local res = srv:request(make(i))
-        if not res or res.status ~= want then errors = errors + 1 end
-      end
-    end)
-  end
-  assert(task.wait_all(ts))
+  local _, errors = h.requests(srv, n, make, want, CONC)
   assert(errors == 0, errors .. " requests failed")
 end
 

@@ -377,6 +377,52 @@ function M.phase_is(p)
   return function(o) return o and o.status and o.status.phase == p and o end
 end
 
+--- A running VM of the local platform with its root disk, once its agent is
+--- ready (needs loop mounts: see M.qga_env). Returns the VM.
+function M.running_vm(c, name, root, size)
+  local G = "virtualization.deckhouse.io/v1alpha2"
+  assert(c:create({ apiVersion = G, kind = "VirtualDisk", metadata = { name = root },
+    spec = { persistentVolumeClaim = { size = size or "32Mi" } } }))
+  assert(c:create({ apiVersion = G, kind = "VirtualMachine", metadata = { name = name },
+    spec = { runPolicy = "AlwaysOn", blockDeviceRefs = { { kind = "VirtualDisk", name = root } } } }))
+  return assert(c:wait_for("vm", name, function(o)
+    for _, x in ipairs(o and o.status and o.status.conditions or {}) do
+      if x.type == "AgentReady" and x.status == "True" then return o end
+    end
+  end, { timeout = 30 }))
+end
+
+--- The Events section of `kubectl describe KIND NAME` on srv (fails the
+--- caller when kubectl does).
+function M.described_events(srv, kind, name)
+  local r = srv:kubectl({ "describe", kind, name })
+  assert(r.status == 0, r.stderr)
+  return r.stdout:match("Events:(.*)$") or ""
+end
+
+--- n requests to srv from `conc` tasks (default 8); make(i) gives the
+--- request options of the i-th. Returns the rate (per second) and how many
+--- did not answer `want`.
+function M.requests(srv, n, make, want, conc)
+  local task = require("vmsnap.task")
+  local next_i, errors = 0, 0
+  local t0 = task.now()
+  local ts = {}
+  for c = 1, conc or 8 do
+    ts[c] = task.spawn(function()
+      while true do
+        next_i = next_i + 1
+        local i = next_i
+        if i > n then return end
+        local res = srv:request(make(i))
+        if not res or res.status ~= want then errors = errors + 1 end
+      end
+    end)
+  end
+  assert(task.wait_all(ts))
+  return n / (task.now() - t0), errors
+end
+
 --- Run the vmsnap program with args; returns the proc result.
 function M.run_vmsnap(args, opts)
   local argv = { M.vmsnap }

@@ -147,14 +147,7 @@ t.test("the ClusterRole grants every request the controllers make, and the Role 
   assert(c:wait_for("vdsnapshot", "dds", function(o) return o == nil end, { timeout = 20 }))
   -- a VM snapshot of a running VM (its freeze), a restore beside it, deletions
   if vms then
-    assert(c:create({ apiVersion = G, kind = "VirtualDisk", metadata = { name = "droot" }, spec = { persistentVolumeClaim = { size = "32Mi" } } }))
-    assert(c:create({ apiVersion = G, kind = "VirtualMachine", metadata = { name = "dvm" },
-      spec = { runPolicy = "AlwaysOn", blockDeviceRefs = { { kind = "VirtualDisk", name = "droot" } } } }))
-    assert(c:wait_for("vm", "dvm", function(o)
-      for _, x in ipairs(o and o.status and o.status.conditions or {}) do
-        if x.type == "AgentReady" and x.status == "True" then return true end
-      end
-    end, { timeout = 30 }))
+    h.running_vm(c, "dvm", "droot")
     assert(c:create({ apiVersion = G, kind = "VirtualMachineSnapshot", metadata = { name = "dvs" },
       spec = { virtualMachineName = "dvm", keepIPAddress = "Never" } }))
     ready("vmsnapshot", "dvs")

@@ -362,11 +362,7 @@ t.test("d.1 #17, #19: a failed VolumeSnapshot fails the snapshot for good; a los
 end)
 
 t.test("Decision 14: kubectl describe tells each snapshot's story in Events (waits, start, completion, failures)", function()
-  local function events(name)
-    local r = srv:kubectl({ "describe", "vdsnapshot", name })
-    t.eq(r.status, 0, r.stderr)
-    return r.stdout:match("Events:(.*)$") or ""
-  end
+  local function events(name) return h.described_events(srv, "vdsnapshot", name) end
   local e1 = events("s1")
   t.contains(e1, "VirtualDiskSnapshottingStarted")
   t.contains(e1, 'The snapshot of the virtual disk "d1" has started.')

@@ -161,11 +161,7 @@ t.test("d.4 #56: a clone with replacements next to the original; the restored di
 end)
 
 t.test("Decision 14: kubectl describe tells each restore's story in Events", function()
-  local function events(name)
-    local r = srv:kubectl({ "describe", "vmrestore", name })
-    t.eq(r.status, 0, r.stderr)
-    return r.stdout:match("Events:(.*)$") or ""
-  end
+  local function events(name) return h.described_events(srv, "vmrestore", name) end
   local ok = events("r56")
   t.contains(ok, "VirtualMachineRestoringStarted")
   t.contains(ok, 'The restore from the virtual machine snapshot "ms-never" has started: every object is created.')
