@@ -25,7 +25,8 @@ local function collect_phases()
     local counts = {}
     for ctl, kind in pairs(live) do
       counts[kind] = counts[kind] or { Pending = 0, InProgress = 0, Ready = 0, Failed = 0 }
-      if ctl.primary and not ctl.stopping then
+      -- the leading replica's cache only (a replica that lost its lease keeps a stale one)
+      if ctl.primary and not ctl.stopping and (not ctl.elector or ctl.elector.leading) then
         for _, o in ipairs(ctl.primary:list()) do
           local ph = o.status and o.status.phase or ""
           if ph == "" then ph = "Pending" end
@@ -100,11 +101,24 @@ end
 
 --- Is a snapshot controller running (its leader lease is fresh)?
 function M.active(client)
-  local lease = client:get("leases.coordination.k8s.io", M.LEASE.name, { namespace = M.LEASE.namespace })
-  local spec = lease and lease.spec
-  if not spec or (spec.holderIdentity or "") == "" then return false end
-  local renew = require("vmsnap.time").parse(spec.renewTime)
-  return renew ~= nil and renew + (spec.leaseDurationSeconds or 15) >= os.time()
+  local function held(lease)
+    local spec = lease and lease.spec
+    if not spec or (spec.holderIdentity or "") == "" then return false end
+    local renew = require("vmsnap.time").parse(spec.renewTime)
+    return renew ~= nil and renew + (spec.leaseDurationSeconds or 15) >= os.time()
+  end
+  -- the Lease of this name in any namespace (deploy/ keeps it in its own,
+  -- --leader-election-namespace); where listing them all is not allowed,
+  -- the default one
+  local all = client:list_all("leases.coordination.k8s.io",
+    { all_namespaces = true, field_selector = "metadata.name=" .. M.LEASE.name })
+  if all then
+    for _, l in ipairs(all) do
+      if held(l) then return true end
+    end
+    return false
+  end
+  return held(client:get("leases.coordination.k8s.io", M.LEASE.name, { namespace = M.LEASE.namespace }))
 end
 
 --- Thaw orphaned freezes now and every `every` seconds (a task; a guest

@@ -219,6 +219,7 @@ function M.freeze_or_join(ctx, obj, vm)
     local r, terr, tcode = g:do_thaw()
     if r == nil then return nil, terr, tcode end
     g:drop_lease(true)
+    families().frozen:set({ vm_key(vm) }, 0)
   end
   local ok, lerr, lcode = g:take_lease(budget)
   if not ok then return nil, lerr, lcode end

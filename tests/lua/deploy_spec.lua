@@ -50,6 +50,14 @@ t.test("kubectl kustomize renders every part; the Deployment is restricted, prob
   local args = table.concat(c.args, " ")
   t.contains(args, "--metrics-addr=0.0.0.0:8080")
   t.contains(args, "--health-addr=0.0.0.0:8081")
+  -- the container's arguments are ones this vmsnap takes (its --help answers
+  -- only when every flag before it parses)
+  local argv = { h.vmsnap }
+  for _, a in ipairs(c.args) do argv[#argv + 1] = a end
+  argv[#argv + 1] = "--help"
+  local run = assert(proc.run(argv, { timeout = 20 }))
+  t.eq(run.status, 0, "the Deployment's args parse: " .. tostring(run.stderr))
+  t.contains(run.stdout, "usage: vmsnap controller")
   local env = {}
   for _, e in ipairs(c.env) do env[e.name] = e.value end
   t.eq(env.VMSNAP_SCRIPTS_PATH, "/etc/vmsnap/scripts", "the scripts path is the ConfigMap's mount")

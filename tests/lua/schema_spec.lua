@@ -120,6 +120,20 @@ t.test("ratcheting: a field as it was stored is not checked again when the CRD g
   t.eq(r.status, 422)
 end)
 
+t.test("ratcheting never skips a transition rule: an unchanged spec under an oldSelf rule is still checked", function()
+  local c = json.decode(crd("lock", { type = "object", properties = { locked = { type = "boolean" }, x = { type = "string" } },
+    ["x-kubernetes-validations"] = { { rule = "!has(oldSelf.locked) || !oldSelf.locked", message = "the lock is on" } } }))
+  t.eq(req("POST", CRDS, json.encode(c)).status, 201)
+  require("vmsnap.task").sleep(0.2)
+  local L = "/apis/test.vmsnap.io/v1/namespaces/default/locks"
+  t.eq(req("POST", L, json.encode({ apiVersion = "test.vmsnap.io/v1", kind = "Lock", metadata = { name = "l" },
+    spec = { locked = true } })).status, 201)
+  -- a label only: the spec as it was, but its rule looks at oldSelf
+  local r = req("PATCH", L .. "/l", '{"metadata":{"labels":{"a":"b"}}}', "application/merge-patch+json")
+  t.eq(r.status, 422, r.body)
+  t.contains(r.obj.message or "", "the lock is on")
+end)
+
 t.test("a CRD whose pattern cannot be checked is refused, naming the pattern", function()
   for _, p in ipairs({ "[a-z", "(?=x)y", "a\\1" }) do
     local r = req("POST", CRDS, crd("gadget", { type = "object", properties = { x = { type = "string", pattern = p } } }))

@@ -228,11 +228,11 @@ end
 -- A list's body: head, the items joined by commas, tail. Over STREAM_OVER
 -- bytes it is not joined (three copies of a 46 MB list peaked at 5.8x its
 -- size): a stream of that length goes out, written by a task of its own in
--- parts of STREAM_PART items, as fast as the client takes them (at most
+-- parts of about STREAM_PART bytes, as fast as the client takes them (at most
 -- STREAM_AHEAD bytes ahead), each part let go once written; a client that
 -- takes nothing for STREAM_STALL seconds is cut off. The items were
 -- read at one resourceVersion before the first byte goes out.
-local STREAM_OVER, STREAM_PART, STREAM_AHEAD, STREAM_STALL, STREAM_COLLECT = 1 << 20, 500, 4 << 20, 60, 8 << 20
+local STREAM_OVER, STREAM_PART, STREAM_AHEAD, STREAM_STALL, STREAM_COLLECT = 1 << 20, 512 << 10, 4 << 20, 60, 8 << 20
 function respond_items(S, req, ctx, head, items, tail)
   local n = #items
   local total = #head + #tail + math.max(0, n - 1)
@@ -245,43 +245,53 @@ function respond_items(S, req, ctx, head, items, tail)
   local w = warning_header(ctx)
   if w then h["Warning"] = w end
   if not req:stream(200, h, total) then return end
-  local t0 = task.now()
+  local t0 = ctx.t0 or task.now()
   ctx.deferred = true
   task.spawn(function()
-    local ok = req:write(head)
-    local i, since_gc = 1, 0
-    while ok and i <= n do
-      local j = math.min(n, i + STREAM_PART - 1)
-      local part = table.concat(items, ",", i, j)
-      for k = i, j do items[k] = false end
-      ok = req:write(part) and (j == n or req:write(","))
-      since_gc = since_gc + #part
-      part = nil
-      i = j + 1
-      -- what was written is garbage: collected, and the memory given back,
-      -- as it goes (at the collector's own pace, and with the C heap kept,
-      -- the process grew to twice the body)
-      if since_gc > STREAM_COLLECT then
-        runtime.trim()
-        since_gc = 0
+    local fine, err = pcall(function()
+      local ok = req:write(head)
+      local i, since_gc = 1, 0
+      while ok and i <= n do
+        -- a part of about STREAM_PART bytes (one item at least: an item is at
+        -- most the body limit, so a part never nears the stream's 16 MB cap)
+        local j, size = i, #items[i]
+        while j < n and size + #items[j + 1] <= STREAM_PART do
+          j = j + 1
+          size = size + #items[j]
+        end
+        local part = table.concat(items, ",", i, j)
+        for k = i, j do items[k] = false end
+        ok = req:write(part) and (j == n or req:write(","))
+        since_gc = since_gc + #part
+        part = nil
+        i = j + 1
+        -- what was written is garbage: collected, and the memory given back,
+        -- as it goes (at the collector's own pace, and with the C heap kept,
+        -- the process grew to twice the body)
+        if since_gc > STREAM_COLLECT then
+          runtime.trim()
+          since_gc = 0
+        end
+        local pause, pending, stuck = 0.001, req:pending(), task.now()
+        while ok and pending > STREAM_AHEAD do
+          -- a client that takes nothing for STREAM_STALL seconds is cut off
+          if req:closed() or task.now() - stuck > STREAM_STALL then ok = false break end
+          task.sleep(pause)
+          pause = math.min(0.05, pause * 2)
+          local now_pending = req:pending()
+          if now_pending < pending then stuck = task.now() end
+          pending = now_pending
+        end
       end
-      local pause, pending, stuck = 0.001, req:pending(), task.now()
-      while ok and pending > STREAM_AHEAD do
-        -- a client that takes nothing for STREAM_STALL seconds is cut off
-        if req:closed() or task.now() - stuck > STREAM_STALL then ok = false break end
-        task.sleep(pause)
-        pause = math.min(0.05, pause * 2)
-        local now_pending = req:pending()
-        if now_pending < pending then stuck = task.now() end
-        pending = now_pending
-      end
-    end
-    if ok then req:write(tail) end
+      if ok then req:write(tail) end
+    end)
+    -- whatever happened (a cancellation too), the stream ends and is counted
     req:finish()
     ctx.deferred = false
     account(S, ctx, t0)
     items = nil
     runtime.trim() -- the memory back to the system
+    if not fine then error(err, 0) end
   end)
 end
 
@@ -837,6 +847,7 @@ function M.dispatch(S, req)
     end
   end
   local t0 = task.now()
+  ctx.t0 = t0 -- a streamed answer is counted when its task ends
   local ok, err = xpcall(handle, function(e)
     if type(e) == "table" and e.status then return e end
     return { internal = e, trace = debug.traceback(tostring(e), 2) }

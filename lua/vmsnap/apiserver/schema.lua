@@ -140,6 +140,8 @@ local function v_rules(s, v, path, out, oldv, vt)
   end
 end
 
+local has_transition_rules -- below
+
 local function v_schema(s, v, path, out, oldv)
   -- defaults of the children first (structural defaulting happens before validation)
   local vt = type_of(v)
@@ -349,6 +351,31 @@ function M.check(s, value, path)
   return out.causes
 end
 
+-- does schema s hold, anywhere below, a rule with oldSelf (a transition
+-- rule)? Kubernetes never ratchets those: a subtree under one is checked
+-- even when it did not change. Kept with the node.
+local transition = setmetatable({}, { __mode = "k" })
+function has_transition_rules(s)
+  if type(s) ~= "table" then return false end
+  local known = transition[s]
+  if known ~= nil then return known end
+  transition[s] = false -- (a recursive schema ends here)
+  local found = false
+  for _, r in ipairs(type(s["x-kubernetes-validations"]) == "table" and s["x-kubernetes-validations"] or {}) do
+    if type(r) == "table" and type(r.rule) == "string" and r.rule:find("oldSelf", 1, true) then found = true end
+  end
+  local function sub(x) if not found and has_transition_rules(x) then found = true end end
+  for _, ps in pairs(type(s.properties) == "table" and s.properties or {}) do sub(ps) end
+  sub(s.items)
+  sub(s.additionalProperties)
+  for _, k in ipairs({ "anyOf", "oneOf", "allOf" }) do
+    for _, x in ipairs(type(s[k]) == "table" and s[k] or {}) do sub(x) end
+  end
+  sub(s["not"])
+  transition[s] = found
+  return found
+end
+
 --- Validate the value parent[key] against schema s (defaults already
 --- applied by the parent). On an update (`out.old`), an object or list that
 --- is as it was is not checked again: validation ratcheting, as Kubernetes
@@ -356,7 +383,8 @@ end
 --- stored before its CRD grew stricter can still be updated elsewhere).
 function M.walk(s, parent, key, path, out, oldparent)
   local v, oldv = parent[key], oldparent and oldparent[key]
-  if out.old and oldv ~= nil and (v == oldv or (type(v) == "table" and type(oldv) == "table" and equal(v, oldv))) then
+  if out.old and oldv ~= nil and (v == oldv or (type(v) == "table" and type(oldv) == "table" and equal(v, oldv)))
+      and not has_transition_rules(s) then
     return
   end
   v_schema(s, v, path, out, oldv)

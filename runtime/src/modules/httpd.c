@@ -445,6 +445,11 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	r->conn = NULL;
 	r->done = 1;
 	stop_hup(r);
+	/* no reader runs any more: the output buffer goes now, not with the
+	** Lua object (whose collection may be far off) */
+	free(r->out);
+	r->out = NULL;
+	r->olen = r->opos = r->ocap = 0;
 	/* still in the accept queue: accept() drops it */
 	if (!r->boxed && r->state != R_QUEUED)
 		req_free(r);
@@ -1099,11 +1104,17 @@ static int req_respond(lua_State *L)
 	if (len <= BODY_INLINE) {
 		resp = MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
 	} else {
-		/* a large body goes out through a reader (see server_run) */
-		if (grow(&r->out, &r->ocap, len))
+		/* a large body goes out through a reader (see server_run); its
+		** copy is exactly its size */
+		free(r->out);
+		r->out = (char *)malloc(len);
+		if (!r->out) {
+			r->ocap = 0;
 			return luaL_error(L, "out of memory");
+		}
 		memcpy(r->out, body, len);
-		r->olen = len;
+		r->olen = r->ocap = len;
+		r->opos = 0;
 		resp = MHD_create_response_from_callback(len, 64 * 1024, body_reader, r, NULL);
 	}
 	if (!resp)
@@ -1123,7 +1134,7 @@ static int req_stream(lua_State *L)
 	struct MHD_Response *resp;
 	lua_Integer length = luaL_optinteger(L, 4, -1);
 	luaL_argcheck(L, status >= 100 && status <= 599, 2, "HTTP status must be 100..599");
-	luaL_argcheck(L, length >= -1, 4, "length must be >= 0");
+	luaL_argcheck(L, length >= -1, 4, "length must be >= 0 (or -1: chunked)");
 	r->state = R_STREAMING;
 	if (!r->conn)
 		return Vmsnap_pushfail(L, "CLOSED", "httpd: the client went away");
@@ -1165,6 +1176,13 @@ static int req_write(lua_State *L)
 		                       (int)(r->olen - r->opos));
 	if (r->opos > 0 && r->opos == r->olen)
 		r->opos = r->olen = 0;
+	/* what was sent goes from the front (a writer that keeps ahead of a
+	** slow reader never finds the buffer empty: it grew to the whole body) */
+	if (r->opos > 0 && (r->opos >= r->ocap / 2 || r->olen + len > r->ocap)) {
+		memmove(r->out, r->out + r->opos, r->olen - r->opos);
+		r->olen -= r->opos;
+		r->opos = 0;
+	}
 	if (grow(&r->out, &r->ocap, r->olen + len))
 		return luaL_error(L, "out of memory");
 	memcpy(r->out + r->olen, data, len);
