@@ -42,6 +42,19 @@ function M.httpd()
   return setmetatable(srv, { __close = function(s) s:stop() end })
 end
 
+-- this process's PID
+local SELF_PID = (fs.read_file("/proc/self/stat") or ""):match("^(%d+)")
+
+--- The environment of a vmsnap child of a test: `extra` and
+--- VMSNAP_PARENT_PID, so that the child stops (as on SIGTERM) when the test
+--- process goes, however it ends (a killed test left platforms running and
+--- images mounted).
+function M.child_env(extra)
+  local env = { VMSNAP_PARENT_PID = SELF_PID }
+  for k, v in pairs(extra or {}) do env[k] = v end
+  return env
+end
+
 --- Start `vmsnap serve` on a fresh data directory (or opts.data); returns an
 --- object with .url, .port, .data, .kubeconfig, :kubectl(args, opts),
 --- :stop(), :kill9(), :start() again, and <close> (stops, removes the dir).
@@ -58,7 +71,7 @@ function M.apiserver(opts)
       argv[#argv + 1] = "--listen"
       argv[#argv + 1] = "127.0.0.1:" .. self.port
     end
-    self.proc = assert(proc.spawn(argv, { stdout = "null", stderr = opts.stderr or "inherit", env = opts.env }))
+    self.proc = assert(proc.spawn(argv, { stdout = "null", stderr = opts.stderr or "inherit", env = M.child_env(opts.env) }))
     for _ = 1, 1000 do
       local s = fs.read_file(self.kubeconfig)
       if s then
@@ -282,7 +295,8 @@ end
 function M.controller_behind(srv, fp)
   local kc = srv.data .. "/kubeconfig-proxied"
   assert(fs.write_atomic(kc, (assert(fs.read_file(srv.kubeconfig)):gsub("server: %S+", "server: " .. fp.url))))
-  local ctl = assert(proc.spawn({ M.vmsnap, "controller", "--kubeconfig", kc }, { stdout = "null", stderr = "inherit" }))
+  local ctl = assert(proc.spawn({ M.vmsnap, "controller", "--kubeconfig", kc }, { stdout = "null", stderr = "inherit",
+    env = M.child_env() }))
   return ctl, setmetatable({}, { __close = function()
     ctl:kill("TERM")
     if not ctl:wait(10) then ctl:kill("KILL") ctl:wait(5) end

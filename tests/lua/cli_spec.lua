@@ -24,6 +24,44 @@ t.test("a script gets arg and ... like lua", function()
   t.eq(r.stdout, p .. "\t1\tz\n")
 end)
 
+t.test("VMSNAP_PARENT_PID: a server whose parent is killed stops as on SIGTERM; without it, it runs on", function()
+  local task = require("vmsnap.task")
+  local function alive(pid) return fs.exists("/proc/" .. pid) and not (fs.read_file("/proc/" .. pid .. "/stat") or ""):match("%) Z") end
+  for _, tie in ipairs({ true, false }) do
+    local data = dir.path .. "/parent-" .. tostring(tie)
+    local pidfile = data .. ".pid"
+    -- the parent: starts `vmsnap serve`, says its PID, then waits to be killed
+    local parent = script("parent-" .. tostring(tie) .. ".lua", ([[
+      local proc = require("vmsnap.proc")
+      local fs = require("vmsnap.fs")
+      local me = fs.read_file("/proc/self/stat"):match("^(%%d+)")
+      local env = %s and { VMSNAP_PARENT_PID = me } or nil
+      local p = assert(proc.spawn({ %q, "serve", "--data", %q }, { stdout = "null", stderr = "null", env = env }))
+      fs.write_atomic(%q, tostring(p:pid()))
+      require("vmsnap.task").sleep(60)
+    ]]):format(tostring(tie), h.vmsnap, data, pidfile))
+    local pp = assert(proc.spawn({ h.vmsnap, parent }, { stdout = "null", stderr = "null" }))
+    local deadline = task.now() + 10
+    while not fs.exists(pidfile) and task.now() < deadline do task.sleep(0.05) end
+    local child = tonumber(fs.read_file(pidfile) or "")
+    t.ok(child, "the server started")
+    task.sleep(0.5)
+    pp:kill("KILL")
+    pp:wait(5)
+    pp:close()
+    deadline = task.now() + 10
+    while child and alive(child) and task.now() < deadline do task.sleep(0.1) end
+    if tie then
+      t.ok(not alive(child), "the server went with its parent")
+    else
+      t.ok(alive(child), "without the variable it runs on")
+      proc.run({ "kill", "-TERM", tostring(child) }, { timeout = 5 })
+      deadline = task.now() + 10
+      while alive(child) and task.now() < deadline do task.sleep(0.1) end
+    end
+  end
+end)
+
 t.test("a syntax error prints file:line: and exits 1", function()
   local p = script("syntax.lua", "local x = 1\nlocal = 2\n")
   local r = h.run_vmsnap({ p })

@@ -10,8 +10,10 @@
 ** Exit codes: 0 ok, 1 error, 2 usage, 3 the workflow reported failure,
 ** 130 interrupted.
 */
+#define _POSIX_C_SOURCE 200809L /* unsetenv */
 #include <errno.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -364,6 +366,18 @@ int main(int argc, char **argv)
 	g_rt = rt;
 	signal(SIGINT, on_sigint);
 	signal(SIGTERM, on_sigint); /* a service manager's stop: the same orderly cancel */
+	{
+		/* VMSNAP_PARENT_PID=PID (the tests start their servers so): stop as on
+		** SIGTERM when that parent goes, so that a test killed half-way leaves
+		** no platform running, no image mounted */
+		const char *pp = getenv("VMSNAP_PARENT_PID");
+		if (pp && *pp) {
+			prctl(PR_SET_PDEATHSIG, SIGTERM);
+			if ((long)getppid() != atol(pp))
+				raise(SIGTERM); /* gone already */
+			unsetenv("VMSNAP_PARENT_PID"); /* for this process only, not its children */
+		}
+	}
 
 	if (o.check) {
 		st = vmsnap_check_file(rt, strcmp(o.script, "-") == 0 ? NULL : o.script);
