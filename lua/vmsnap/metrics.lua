@@ -156,7 +156,31 @@ local process_registry
 --- first use): what `vmsnap controller --metrics-addr` and `vmsnap up`
 --- serve on /metrics (docs/metrics.md names every family).
 function M.process()
-  process_registry = process_registry or M.registry()
+  if process_registry then return process_registry end
+  process_registry = M.registry()
+  -- the process itself, as the Prometheus clients name it, and the Lua heap
+  local fs = require("vmsnap.fs")
+  local reg = process_registry
+  local rss = reg:gauge("process_resident_memory_bytes", "Resident memory size in bytes.", {})
+  local cpu = reg:counter("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.", {})
+  local fds = reg:gauge("process_open_fds", "Number of open file descriptors.", {})
+  local heap = reg:gauge("vmsnap_lua_heap_bytes", "Bytes of the Lua heap (collectgarbage count).", {})
+  reg:collect(function()
+    local st = fs.read_file("/proc/self/status") or ""
+    local kb = tonumber(st:match("VmRSS:%s*(%d+)"))
+    if kb then rss:set({}, kb * 1024) end
+    local f = {}
+    for x in ((fs.read_file("/proc/self/stat") or ""):match("%) (.*)$") or ""):gmatch("%S+") do f[#f + 1] = x end
+    if f[13] then
+      -- a counter that the kernel keeps: moved up to its value
+      local now = (tonumber(f[12]) + tonumber(f[13])) / 100
+      local was = cpu:get({})
+      if now > was then cpu:inc({}, now - was) end
+    end
+    local list = fs.list("/proc/self/fd")
+    if type(list) == "table" then fds:set({}, #list) end
+    heap:set({}, math.floor(collectgarbage("count") * 1024))
+  end)
   return process_registry
 end
 

@@ -124,6 +124,10 @@ t.test("a disk snapshot shows in the work queue's, the reconciles' and the phase
   t.eq(value(m, 'vmsnap_snapshot_phase{kind="VirtualDiskSnapshot",phase="Ready"}'), 1)
   t.eq(value(m, 'vmsnap_snapshot_phase{kind="VirtualDiskSnapshot",phase="Failed"}'), 0)
   t.eq(value(m, 'leader_election_master_status{name="vmsnap-snapshot-controllers"}'), 1, "this replica leads")
+  t.ok((value(m, "process_resident_memory_bytes") or 0) > 1e6, "the process's RSS")
+  t.ok((value(m, "vmsnap_lua_heap_bytes") or 0) > 1e5, "the Lua heap")
+  t.ok((value(m, "process_open_fds") or 0) > 3, "open descriptors")
+  t.ok(value(m, "process_cpu_seconds_total") ~= nil, "CPU seconds")
 end)
 
 t.test("a VM snapshot's freeze: duration, frozen gauge back to 0, cut latency; and its log lines", function()
