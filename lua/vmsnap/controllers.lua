@@ -27,11 +27,11 @@ local function collect_phases()
       counts[kind] = counts[kind] or { Pending = 0, InProgress = 0, Ready = 0, Failed = 0 }
       -- the leading replica's cache only (a replica that lost its lease keeps a stale one)
       if ctl.primary and not ctl.stopping and (not ctl.elector or ctl.elector.leading) then
-        for _, o in ipairs(ctl.primary:list()) do
+        ctl.primary:each(function(o)
           local ph = o.status and o.status.phase or ""
           if ph == "" then ph = "Pending" end
           counts[kind][ph] = (counts[kind][ph] or 0) + 1
-        end
+        end)
       end
     end
     for kind, by in pairs(counts) do

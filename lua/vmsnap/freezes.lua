@@ -29,15 +29,17 @@ local M = {}
 
 local flog = log.new("freeze")
 local FREEZE_BUCKETS = { 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120 }
+local fam -- (vmsnap_guest_frozen is the guest's own: vmsnap.guest)
 local function families()
+  if fam then return fam end
   local reg = metrics.process()
-  return {
-    frozen = reg:gauge("vmsnap_guest_frozen", "1 while this process holds the VM's guest frozen.", { "vm" }),
+  fam = {
     duration = reg:histogram("vmsnap_freeze_duration_seconds",
       "Seconds a guest was frozen, from the freeze call to the thaw's answer.", { "vm" }, FREEZE_BUCKETS),
     cut = reg:histogram("vmsnap_cut_latency_seconds",
       "Seconds from the last VolumeSnapshot issued under a freeze to its cut seen.", {}, FREEZE_BUCKETS),
   }
+  return fam
 end
 
 -- "ns/name" of a VM; what a log line says of a snapshot
@@ -178,7 +180,7 @@ local function join(ctx, obj, g, lease, budget)
   if not ok then return nil, merr, mcode end
   local now = vtime.now()
   local line = about(obj)
-  line.vm, line.at = g.vm and vm_key(g.vm) or g.name, at
+  line.vm, line.at = g.name, at
   flog:info("joined a freeze", line)
   return true, "joined", { at = at, deadline = math.min(since + (tonumber(lease.budget) or budget),
     now + budget), since = now, frozen = now }
@@ -219,7 +221,6 @@ function M.freeze_or_join(ctx, obj, vm)
     local r, terr, tcode = g:do_thaw()
     if r == nil then return nil, terr, tcode end
     g:drop_lease(true)
-    families().frozen:set({ vm_key(vm) }, 0)
   end
   local ok, lerr, lcode = g:take_lease(budget)
   if not ok then return nil, lerr, lcode end
@@ -251,7 +252,6 @@ function M.freeze_or_join(ctx, obj, vm)
     return nil, ferr, fcode
   end
   local f = { at = at, deadline = at / 1000 + budget, since = t_freeze, frozen = vtime.now() }
-  families().frozen:set({ vm_key(vm) }, 1)
   local line = about(obj)
   line.vm, line.budget, line.call_ms = vm_key(vm), budget, math.floor((f.frozen - t_freeze) * 1000 + 0.5)
   flog:info("frozen", line)
@@ -328,8 +328,8 @@ end
 --- leaves holders out of that count) or when `opts.force` (the budget is
 --- spent), drop the lease, remove the mark and record how long the guest
 --- was frozen for this snapshot (`vmsnap.io/freeze-duration-ms`: from
---- `opts.since`, when the freeze call went out or the snapshot joined, to
---- the thaw), and its parts (`vmsnap.io/freeze-parts-ms`, M.parts) when
+--- `opts.freeze.since`, when the freeze call went out or the snapshot
+--- joined, to the thaw), and its parts (`vmsnap.io/freeze-parts-ms`, M.parts) when
 --- `opts.freeze` is the freeze held. Returns true, and when this call
 --- thawed (seconds since the epoch; false when it did not); or nil,
 --- message, code.
@@ -360,18 +360,17 @@ function M.leave(ctx, obj, vm, opts)
   -- how long the guest was frozen for obj, in ms: the annotation, the log line
   local from = since and math.floor(since * 1000) or at
   local frozen_ms = from and math.max(0, math.floor((thawed or vtime.now()) * 1000) - from)
+  local parts = thawed and since and M.parts(opts.freeze, thawed) or nil
   if thawed then
-    local m, k = families(), vm_key(vm)
-    m.frozen:set({ k }, 0)
-    if since then m.duration:observe({ k }, thawed - since) end
+    local k = vm_key(vm)
+    if since then families().duration:observe({ k }, thawed - since) end
     local line = about(obj)
-    line.vm, line.forced, line.frozen_ms = k, opts.force or nil, frozen_ms
-    line.parts = since and M.parts(opts.freeze, thawed) or nil
+    line.vm, line.forced, line.frozen_ms, line.parts = k, opts.force or nil, frozen_ms, parts
     flog:info("thawed", line)
   end
   if at then
     local ok, err, code = mark(ctx, obj, { [M.FROZEN_AT] = json.null, [M.FREEZE_DURATION] = tostring(frozen_ms),
-      [M.FREEZE_PARTS] = thawed and since and M.parts(opts.freeze, thawed) or nil })
+      [M.FREEZE_PARTS] = parts })
     if not ok then return nil, err, code end
   end
   return true, thawed
@@ -393,7 +392,6 @@ function M.release_if_last(ctx, obj, vm)
   local r, err, code = g:do_thaw()
   if r == nil then return nil, err, code end
   g:drop_lease(true)
-  families().frozen:set({ vm_key(vm) }, 0)
   local line = about(obj)
   line.vm = vm_key(vm)
   flog:info("thawed a freeze nobody holds any more", line)

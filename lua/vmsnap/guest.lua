@@ -250,28 +250,40 @@ function Guest:exec(argv, opts)
   return with_agent(self, function(a) return a:exec(argv, opts) end)
 end
 
+-- vmsnap_guest_frozen{vm}: 1 after a freeze of this process that answered,
+-- 0 after a thaw that did (docs/metrics.md); passes the call's results on
+local frozen_gauge
+local function note_frozen(self, v, r, ...)
+  if r ~= nil then
+    frozen_gauge = frozen_gauge or require("vmsnap.metrics").process():gauge("vmsnap_guest_frozen",
+      "1 while this process holds the VM's guest frozen.", { "vm" })
+    frozen_gauge:set({ tostring(self.name) }, v)
+  end
+  return r, ...
+end
+
 -- the transport's freeze and thaw
 function Guest:do_freeze(budget, mountpoints)
   if self.transport == "socket" then
-    return with_agent(self, function(a)
+    return note_frozen(self, 1, with_agent(self, function(a)
       local mps = mountpoints or self.mountpoints
       if mps and #mps > 0 then return a:fsfreeze_freeze_list(mps) end
       return a:fsfreeze_freeze()
-    end)
+    end))
   end
   local md = self.vm.metadata
-  return self.client:subresource("virtualmachines.virtualization.deckhouse.io", md.name, "freeze",
+  return note_frozen(self, 1, self.client:subresource("virtualmachines.virtualization.deckhouse.io", md.name, "freeze",
     { namespace = md.namespace, method = "PUT", group = M.SUBRESOURCE_GROUP,
-      body = { unfreezeTimeout = ("%ds"):format(math.max(1, math.ceil(budget))) } })
+      body = { unfreezeTimeout = ("%ds"):format(math.max(1, math.ceil(budget))) } }))
 end
 
 function Guest:do_thaw()
   if self.transport == "socket" then
-    return with_agent(self, function(a) return a:fsfreeze_thaw() end)
+    return note_frozen(self, 0, with_agent(self, function(a) return a:fsfreeze_thaw() end))
   end
   local md = self.vm.metadata
-  return self.client:subresource("virtualmachines.virtualization.deckhouse.io", md.name, "unfreeze",
-    { namespace = md.namespace, method = "PUT", group = M.SUBRESOURCE_GROUP })
+  return note_frozen(self, 0, self.client:subresource("virtualmachines.virtualization.deckhouse.io", md.name, "unfreeze",
+    { namespace = md.namespace, method = "PUT", group = M.SUBRESOURCE_GROUP }))
 end
 
 --- do_thaw, tried up to 3 times (0.2 s, then 0.4 s apart) while it fails:

@@ -46,7 +46,7 @@ local function problems(list, what)
 end
 
 --- Serve the endpoints on opts.addr ("HOST:PORT") for opts.controllers (a
---- list, read at every request; opts.controllers_fn may give it instead).
+--- list, read at every request).
 --- `opts.extra` is a function returning more exposition text (the API
 --- server's own families, in `vmsnap up`). Returns the server ({port =,
 --- close()}), or nil, message.
@@ -56,7 +56,6 @@ function M.start(opts)
   local srv, err = httpd.listen({ host = host, port = port, max_connections = 64, max_connections_per_ip = 32 })
   if not srv then return nil, ("cannot listen on %s: %s"):format(opts.addr, tostring(err)) end
   local self = { port = srv:port(), http = srv }
-  local function ctls() return opts.controllers_fn and opts.controllers_fn() or opts.controllers or {} end
   self.task = task.spawn(function()
     while true do
       local req, aerr, code = srv:accept()
@@ -72,7 +71,7 @@ function M.start(opts)
           local text = metrics.process():render() .. (opts.extra and opts.extra() or "")
           req:respond(200, { ["Content-Type"] = metrics.CONTENT_TYPE }, text)
         elseif path == "/healthz" or path == "/livez" or path == "/readyz" then
-          local bad = problems(ctls(), path == "/readyz" and "ready" or "health")
+          local bad = problems(opts.controllers, path == "/readyz" and "ready" or "health")
           if bad then req:respond(503, plain, bad .. "\n") else req:respond(200, plain, "ok\n") end
         else
           req:respond(404, plain, "not found: /metrics, /healthz, /readyz\n")

@@ -391,6 +391,15 @@ function M.phase_is(p)
   return function(o) return o and o.status and o.status.phase == p and o end
 end
 
+--- A wait_for predicate: the object once its condition `ctype` has `reason`.
+function M.reason_is(ctype, reason)
+  local cond = require("vmsnap.k8s.object").condition
+  return function(o)
+    local x = o and cond(o, ctype)
+    return x and x.reason == reason and o
+  end
+end
+
 --- A running VM of the local platform with its root disk, once its agent is
 --- ready (needs loop mounts: see M.qga_env). Returns the VM.
 function M.running_vm(c, name, root, size)

@@ -276,10 +276,7 @@ spec:
   blockDeviceRef: {kind: VirtualDisk, name: d-hot}
 ]] })
   t.eq(r.status, 0, r.stderr)
-  local b = assert(wait("vmbda", "att-hot", function(o)
-    local x = cond(o, "VirtualMachineReady")
-    return x and x.reason == "NotAttached" and o
-  end))
+  local b = assert(wait("vmbda", "att-hot", h.reason_is("VirtualMachineReady", "NotAttached")))
   t.eq(b.status.phase, "Pending")
   t.eq(cond(b, "VirtualMachineReady").message, 'VirtualMachine "vm-hot" is Stopped: waiting for the VirtualMachine to be Running.')
   t.eq(cond(b, "Attached").status .. "/" .. cond(b, "Attached").message, "False/Waiting for virtual machine to be ready.")

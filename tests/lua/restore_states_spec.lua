@@ -24,12 +24,7 @@ end })
 local cond = require("vmsnap.k8s.object").condition
 local function wait(kind, name, pred) return c:wait_for(kind, name, pred, { timeout = 15 }) end
 local function now() return os.date("!%Y-%m-%dT%H:%M:%SZ") end
-local function reason_is(ctype, reason)
-  return function(o)
-    local x = cond(o, ctype)
-    return x and x.reason == reason and o
-  end
-end
+local reason_is = h.reason_is
 
 -- a VM snapshot in a phase, with its Secret (the VM only) and child names
 local function vm_snapshot(name, phase, children)

@@ -146,12 +146,7 @@ local function vm_snapshot(name, vm)
   return assert(c:create({ apiVersion = G, kind = "VirtualMachineSnapshot", metadata = { name = name },
     spec = { virtualMachineName = vm } }))
 end
-local function reason_is(reason)
-  return function(o)
-    local x = cond(o, "VirtualMachineSnapshotReady")
-    return x and x.reason == reason and o
-  end
-end
+local function reason_is(reason) return h.reason_is("VirtualMachineSnapshotReady", reason) end
 
 t.test("d.2 #31: a disk of the VM not Ready: Pending/BlockDevicesNotReady", function()
   local vd = assert(c:create({ apiVersion = G, kind = "VirtualDisk", metadata = { name = "d31" },

@@ -106,10 +106,7 @@ t.test("d.1 #11, #13: a running VM without an agent: Pending when consistency is
   vm("vm2", "root2", { annotations = { ["vmsnap.io/no-agent"] = "true" } })
   assert(wait("vm", "vm2", phase_is("Running")))
   snap("s11", "root2")
-  local s = assert(wait("vdsnapshot", "s11", function(o)
-    local x = cond(o, "VirtualDiskSnapshotReady")
-    return x and x.reason == "PotentiallyInconsistent" and o
-  end))
+  local s = assert(wait("vdsnapshot", "s11", h.reason_is("VirtualDiskSnapshotReady", "PotentiallyInconsistent")))
   t.eq(s.status.phase, "Pending")
   t.contains(cond(s, "VirtualDiskSnapshotReady").message, "virtual machine agent is not ready")
   snap("s13", "root2", { requiredConsistency = false })

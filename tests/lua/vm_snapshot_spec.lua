@@ -117,10 +117,7 @@ t.test("d.2 #26, #39, #44: a stopped VM: handshake, Secret, child, resources; de
   t.eq(child.spec.requiredConsistency, true)
   t.eq(child.metadata.ownerReferences[1].uid, uid)
   -- the next pass rewrites the reason; the VM's Snapshotting goes
-  local r = assert(wait("vmsnapshot", "ms", function(o)
-    local x = cond(o, "VirtualMachineSnapshotReady")
-    return x and x.reason == "VirtualMachineSnapshotReady" and o
-  end))
+  local r = assert(wait("vmsnapshot", "ms", h.reason_is("VirtualMachineSnapshotReady", "VirtualMachineSnapshotReady")))
   t.eq(cond(r, "VirtualMachineSnapshotReady").status, "True")
   assert(wait("vm", "vm-s", function(o) return o and not cond(o, "Snapshotting") end))
   local ev = events("ms")
@@ -204,10 +201,7 @@ t.test("d.2 #28, #29: no agent: Pending when consistency is required; without it
   vm("vm-n", { "root-n" }, { annotations = { ["vmsnap.io/no-agent"] = "true" } })
   assert(wait("vm", "vm-n", phase_is("Running")))
   vmsnap("mn", "vm-n")
-  local s = assert(wait("vmsnapshot", "mn", function(o)
-    local x = cond(o, "VirtualMachineSnapshotReady")
-    return x and x.reason == "PotentiallyInconsistent" and o
-  end))
+  local s = assert(wait("vmsnapshot", "mn", h.reason_is("VirtualMachineSnapshotReady", "PotentiallyInconsistent")))
   t.eq(s.status.phase, "Pending")
   t.contains(cond(s, "VirtualMachineSnapshotReady").message, "virtual machine agent is not ready")
   task.sleep(0.3)
@@ -229,10 +223,7 @@ t.test("d.2 #30, #35: block devices not ready, VM absent: Pending, never Failed"
   disk("root-b", "32Mi", "no-such-class")
   vm("vm-b", { "root-b" }, { runPolicy = "AlwaysOff" })
   vmsnap("mb", "vm-b")
-  local s = assert(wait("vmsnapshot", "mb", function(o)
-    local x = cond(o, "VirtualMachineSnapshotReady")
-    return x and x.reason == "BlockDevicesNotReady" and o
-  end))
+  local s = assert(wait("vmsnapshot", "mb", h.reason_is("VirtualMachineSnapshotReady", "BlockDevicesNotReady")))
   t.eq(cond(s, "VirtualMachineSnapshotReady").message,
     'Block devices not ready: waiting for the block devices of the virtual machine "vm-b" to be ready.')
   t.eq(s.status.phase, "Pending")

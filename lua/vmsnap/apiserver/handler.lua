@@ -32,13 +32,18 @@ local function warning_header(ctx)
   return table.concat(parts, ", ")
 end
 
-local function respond(req, ctx, code, body, ctype, extra)
-  ctx.code = code
+-- the headers of an answer: its type, no caching, the request's warnings
+local function headers(ctx, ctype, extra)
   local h = { ["Content-Type"] = ctype or JSON, ["Cache-Control"] = "no-cache, private" }
   local w = warning_header(ctx)
   if w then h["Warning"] = w end
   for k, v in pairs(extra or {}) do h[k] = v end
-  req:respond(code, h, body)
+  return h
+end
+
+local function respond(req, ctx, code, body, ctype, extra)
+  ctx.code = code
+  req:respond(code, headers(ctx, ctype, extra), body)
 end
 
 local account, respond_items -- below
@@ -241,10 +246,7 @@ function respond_items(S, req, ctx, head, items, tail)
     return respond(req, ctx, 200, head .. table.concat(items, ",") .. tail)
   end
   ctx.code = 200
-  local h = { ["Content-Type"] = JSON, ["Cache-Control"] = "no-cache, private" }
-  local w = warning_header(ctx)
-  if w then h["Warning"] = w end
-  if not req:stream(200, h, total) then return end
+  if not req:stream(200, headers(ctx), total) then return end
   local t0 = ctx.t0 or task.now()
   ctx.deferred = true
   task.spawn(function()

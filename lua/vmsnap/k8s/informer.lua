@@ -230,6 +230,11 @@ function Informer:list(ns)
   return keys
 end
 
+--- Call fn(obj) for every cached object, in no order (no copy, no sort).
+function Informer:each(fn)
+  for _, obj in pairs(self.store) do fn(obj) end
+end
+
 --- Objects whose index `name` contains `value`, sorted by namespace and name.
 function Informer:by_index(name, value)
   if not self.indexes[name] then error(("no index named '%s'"):format(tostring(name)), 2) end

@@ -156,9 +156,6 @@ end
 ---@field idempotent? boolean       default: true for GET, HEAD, PUT, DELETE
 ---@field stream? boolean           return once the headers are in (watches)
 
---- One API call with retries; returns the http response (2xx), or nil,
---- message, reason, status.
----@param o vmsnap.k8s.RequestOpts
 -- VMSNAP_K8S_AUDIT=FILE: every distinct "METHOD PATH [watch]" this process
 -- asks of an API server is appended to FILE (what deploy/'s ClusterRole is
 -- checked against: tests/lua/deploy_spec.lua)
@@ -175,6 +172,9 @@ local function audit(method, path, query)
   end
 end
 
+--- One API call with retries; returns the http response (2xx), or nil,
+--- message, reason, status.
+---@param o vmsnap.k8s.RequestOpts
 function Client:request(o)
   local method = o.method or "GET"
   if audit_file then audit(method, o.path, o.query) end
@@ -407,10 +407,6 @@ end
 ---@field namespaced boolean
 ---@field api_version string
 
---- Resolve a kind — "vds", "VirtualDiskSnapshot", "virtualdisksnapshots",
---- "virtualdisksnapshots.virtualization.deckhouse.io", or an object with
---- apiVersion and kind — through discovery (cached; refreshed once on a miss).
----@return vmsnap.k8s.Resource?, string?, string?
 local function lookup(disc, what)
   if not disc then return nil end
   if type(what) == "table" then
@@ -419,6 +415,10 @@ local function lookup(disc, what)
   return disc.idx[tostring(what):lower()]
 end
 
+--- Resolve a kind — "vds", "VirtualDiskSnapshot", "virtualdisksnapshots",
+--- "virtualdisksnapshots.virtualization.deckhouse.io", or an object with
+--- apiVersion and kind — through discovery (cached; refreshed once on a miss).
+---@return vmsnap.k8s.Resource?, string?, string?
 function Client:resource(what)
   if type(what) == "table" and what.plural then return what end
   local r = lookup(self.disc, what)

@@ -554,14 +554,8 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
 			n = max;
 		memcpy(buf, r->out + r->opos, n);
 		r->opos += n;
-		if (r->opos == r->olen) {
+		if (r->opos == r->olen)
 			r->opos = r->olen = 0;
-			if (r->finished) { /* all written and sent: the buffer goes now, not with the request */
-				free(r->out);
-				r->out = NULL;
-				r->ocap = 0;
-			}
-		}
 		if (r->srv)
 			r->srv->progress = 1;
 		return (ssize_t)n;
@@ -1174,11 +1168,9 @@ static int req_write(lua_State *L)
 	if (r->olen - r->opos + len > STREAM_MAX)
 		return Vmsnap_pushfail(L, "EOVERFLOW", "httpd: the client is too slow (%d bytes pending)",
 		                       (int)(r->olen - r->opos));
-	if (r->opos > 0 && r->opos == r->olen)
-		r->opos = r->olen = 0;
 	/* what was sent goes from the front (a writer that keeps ahead of a
 	** slow reader never finds the buffer empty: it grew to the whole body) */
-	if (r->opos > 0 && (r->opos >= r->ocap / 2 || r->olen + len > r->ocap)) {
+	if (r->opos > 0 && (r->opos == r->olen || r->opos >= r->ocap / 2 || r->olen + len > r->ocap)) {
 		memmove(r->out, r->out + r->opos, r->olen - r->opos);
 		r->olen -= r->opos;
 		r->opos = 0;
