@@ -131,11 +131,15 @@ function W.gates(ctx, vds, facts)
   return workflow.gates("disk-snapshot", ctx, vds, facts, "WaitingForTheVirtualDisk")
 end
 
---- Pending -> InProgress; the status is written before anything is done.
-function W.start(ctx, vds)
+--- Pending -> InProgress. Before a freeze the status goes out first (the
+--- pass ends here), so the object says InProgress before the guest is
+--- touched; with no guest to freeze the pass goes on to the VolumeSnapshot
+--- and its wait, and one status write says all three (Decision 15).
+function W.start(ctx, vds, facts)
   vds.status.phase = "InProgress"
   ctx:condition(W.condition, "False", "Snapshotting", MSG.STARTED)
-  return steps.pause()
+  if W.needs_freeze(ctx, vds, facts) then return steps.pause() end
+  return true
 end
 
 --- Does the snapshot need the guest frozen: a VM that is not Stopped, and no
@@ -198,7 +202,9 @@ function W.volume_snapshot(ctx, vds, facts)
   ctx.memo.offline = not vm or (vm.status and vm.status.phase) == "Stopped"
   vds.status.volumeSnapshotName = vs.metadata.name
   ctx:condition(W.condition, "False", "Snapshotting", MSG.DISK_STARTED:format(vds.spec.virtualDiskName))
-  return steps.pause() -- the status says it was issued; the cut comes with the VolumeSnapshot's events
+  -- on to the cut in this pass: its wait (or the cut itself) is the status
+  -- this pass writes, the VolumeSnapshot's name with it (Decision 15)
+  return true
 end
 
 local function vs_failed(vds, state)

@@ -237,9 +237,9 @@ local function snapshot(P, ctx, vs)
     assert(fs.rename(tmp, snapfile))
     local size = fs.stat(snapfile).size
     -- creationTime in ns, as a CSI driver reports it: also the moment the
-    -- ready latency counts from
+    -- ready latency counts from; with none, ready in the same write
     content.status = { creationTime = math.floor(vtime.now() * 1e9), snapshotHandle = snapfile, restoreSize = size,
-      readyToUse = false }
+      readyToUse = params.ready <= 0 and params.fail_at ~= "ready" }
     local uerr
     content, uerr = ctx.client:update_status(content)
     if not content then return nil, uerr end

@@ -35,6 +35,9 @@
 --- (with `ctx.memo`, a small table a workflow keeps across passes), so a
 --- restarted controller resumes at the first unfinished step. Steps must be
 --- idempotent: a step that ran but was not recorded (a crash) runs again.
+--- A workflow that ends (Ready or Failed) owing no undo, and whose record
+--- owed none, is not recorded again: the record keeps its last pass in
+--- progress (a terminal phase runs no step).
 ---
 --- Undo works like `defer`: before a step with `undo` runs, the record says
 --- its undo is owed; owed undos run in reverse step order when the workflow ends
@@ -218,7 +221,8 @@ local function read_record(obj)
   for _, v in ipairs(type(r.owed) == "table" and r.owed or {}) do
     if type(v) == "string" then owed[#owed + 1] = v end
   end
-  return { done = set_of(r.done), owed = owed, memo = type(r.memo) == "table" and r.memo or {}, raw = raw }
+  return { done = set_of(r.done), owed = owed, memo = type(r.memo) == "table" and r.memo or {}, raw = raw,
+    owed_stored = #owed > 0 }
 end
 
 local function encode_record(W, rec)
@@ -235,15 +239,23 @@ end
 -- that ran ahead of its status — a kill between the two — would say
 -- "finish done" over a status still InProgress, forever. Behind it, the
 -- steps of the lost record run again, which they must bear anyway.
+-- A terminal object (Ready or Failed) that owes nothing and was recorded
+-- owing nothing needs no new record: those phases run no step, and a pass
+-- over them marks every step done itself (one write fewer per snapshot).
 local function save(ctx)
   local st = ctx.steps
   local text = encode_record(st.W, st.rec)
   if text == st.rec.raw then return true end
+  local phase = st.obj.status and st.obj.status.phase
+  if (phase == "Ready" or phase == "Failed") and #st.rec.owed == 0 and not st.rec.owed_stored then
+    return ctx:flush()
+  end
   local ok, err, code = ctx:flush()
   if not ok then return nil, err, code end
   ok, err, code = ctx:annotate({ [M.ANNOTATION] = text })
   if not ok then return nil, err, code end
   st.rec.raw = text
+  st.rec.owed_stored = #st.rec.owed > 0
   return true
 end
 
