@@ -52,9 +52,23 @@ end
 local Family = {}
 Family.__index = Family
 
+local NONE = {}
+
+-- the series of these label values: found through a tree of the values
+-- (self.index[v1][v2]...), so a known series costs no key string (every
+-- API request observes three); a new one is made under its key
 local function series(self, values)
-  values = values or {}
-  if #values ~= #self.labels then
+  values = values or NONE
+  local n = #self.labels
+  local node = self.index
+  if #values == n then
+    for i = 1, n do
+      node = node[values[i]]
+      if not node then break end
+    end
+    if node and node.value then return node end
+  end
+  if #values ~= n then
     error(("%s: %d label value(s) for %d label(s)"):format(self.name, #values, #self.labels), 3)
   end
   local key = table.concat(values, "\0")
@@ -68,6 +82,17 @@ local function series(self, values)
       for i = 1, #self.buckets do s.counts[i] = 0 end
     end
     self.series[key] = s
+  end
+  if n == 0 then
+    self.index = s
+  else
+    node = self.index
+    for i = 1, n - 1 do
+      local v = values[i]
+      node[v] = node[v] or {}
+      node = node[v]
+    end
+    node[values[n]] = s
   end
   return s
 end
@@ -118,7 +143,7 @@ function Family:get(values)
 end
 
 --- Forget every series (a gauge family that is rebuilt on each scrape).
-function Family:reset() self.series = {} end
+function Family:reset() self.series, self.index = {}, {} end
 
 function Family:render(out)
   out[#out + 1] = "# HELP " .. self.name .. " " .. escape_help(self.help)
@@ -199,7 +224,7 @@ local function family(self, kind, name, help, labels, buckets)
       error(("invalid label name %q of %s"):format(l, name), 3)
     end
   end
-  f = setmetatable({ kind = kind, name = name, help = help or name, labels = labels or {}, series = {},
+  f = setmetatable({ kind = kind, name = name, help = help or name, labels = labels or {}, series = {}, index = {},
     buckets = buckets }, Family)
   self.families[name] = f
   return f

@@ -124,6 +124,77 @@ t.test("updates: each manager owns what it changed; untouched entries are kept a
   local same = schema.copy(rm)
   patch.record_update(rm, same, "someone", "v1", t3)
   t.eq(same.metadata.managedFields, rm.metadata.managedFields)
+  -- the controller writes its own fields again: its entry is as it was but for the time and version
+  local t4 = "2026-01-01T00:00:04Z"
+  local again = schema.copy(rm)
+  again.status.phase = "Failed"
+  patch.record_update(rm, again, "controller", "v2", t4, "status")
+  t.eq(owners(again), owners(rm))
+  local function entry(o, m)
+    for _, e in ipairs(o.metadata.managedFields) do if e.manager == m then return e end end
+  end
+  t.eq(entry(again, "controller").time, t4)
+  t.eq(entry(again, "controller").apiVersion, "v2")
+  t.eq(entry(again, "controller").fieldsV1, entry(rm, "controller").fieldsV1)
+  t.eq(entry(again, "editor"), entry(rm, "editor"))
+  -- and a field it did not own: added to its entry
+  local more = schema.copy(again)
+  more.status.progress = "50%"
+  patch.record_update(again, more, "controller", "v2", t4, "status")
+  t.eq(owners(more)["controller/status"], ".status.conditions .status.phase .status.progress")
+  -- a field that another manager owned moves to the writer, who owns it as a leaf
+  local took = schema.copy(more)
+  took.spec.a = 11
+  patch.record_update(more, took, "controller", "v2", t4)
+  t.eq(owners(took).editor, nil, "the editor owned only spec.a: its entry goes")
+  t.eq(owners(took).controller, ".spec.a")
+end)
+
+t.test("an update's changed and removed paths, walked side by side, are what its leaf sets say", function()
+  -- 4,000 random pairs (objects nested 4 deep, empty objects, lists, nulls;
+  -- a copy, a copy with a new spec, an unrelated object) against the
+  -- definition: changed = leaves of new whose value differs, removed =
+  -- leaves of old that new lacks
+  local rnd = 12345
+  local function random(n) rnd = (rnd * 1103515245 + 12345) % 2147483648 return rnd % n + 1 end
+  local function gen(depth)
+    if depth > 3 or random(10) <= 3 then
+      local c = random(5)
+      if c == 1 then return random(3) elseif c == 2 then return "s" .. random(2) elseif c == 3 then return json.null
+      elseif c == 4 then return json.array({ random(2) }) end
+      return {}
+    end
+    local o = {}
+    for _, k in ipairs({ "a", "b", "c", "d" }) do if random(2) == 1 then o[k] = gen(depth + 1) end end
+    return o
+  end
+  local function obj()
+    return { apiVersion = "v1", kind = "X", spec = gen(1), status = gen(1), extra = random(2) == 1 and gen(1) or nil,
+      metadata = { name = "n", labels = gen(2), annotations = gen(2), resourceVersion = tostring(random(9)) } }
+  end
+  local function by_leaves(old, new, status_only)
+    local before, after = patch.leaves(old, status_only), patch.leaves(new, status_only)
+    local changed, removed = {}, {}
+    for p, v in pairs(after) do if not patch.equal(before[p], v) then changed[p] = true end end
+    for p in pairs(before) do if after[p] == nil then removed[p] = true end end
+    return changed, removed
+  end
+  local differing = 0
+  for i = 1, 4000 do
+    local a = obj()
+    local b = random(3) == 1 and obj() or schema.copy(a)
+    if random(2) == 1 then b.spec = gen(1) end
+    for _, status_only in ipairs({ false, true }) do
+      local c1, r1 = by_leaves(a, b, status_only)
+      local c2, r2 = patch.changes(a, b, status_only)
+      if not (patch.equal(c1, c2) and patch.equal(r1, r2)) then
+        t.eq({ changed = c2, removed = r2 }, { changed = c1, removed = r1 },
+          ("pair %d (status only: %s): %s -> %s"):format(i, tostring(status_only), json.encode(a), json.encode(b)))
+      end
+      if next(c1) or next(r1) then differing = differing + 1 end
+    end
+  end
+  t.ok(differing > 2000, "most pairs differ somewhere: " .. differing)
 end)
 
 t.test("server-side apply: ownership, conflicts, force and removal of dropped fields", function()

@@ -264,6 +264,84 @@ function M.leaves(obj, status_only)
   return out
 end
 
+-- the leaf paths where a and b differ (either may be nil): changed (b sets
+-- it to another value) and removed (a had it, b has not), as a comparison
+-- of their M.leaves would say, but walked side by side: a path's text is
+-- made only for a difference (path: the keys down to here, depth d)
+local function differ(a, b, path, d, changed, removed)
+  if rawequal(a, b) then return end
+  local ao = is_object(a) and next(a) ~= nil
+  local bo = is_object(b) and next(b) ~= nil
+  if ao and bo then
+    for k, x in pairs(b) do
+      path[d + 1] = k
+      differ(a[k], x, path, d + 1, changed, removed)
+    end
+    for k, x in pairs(a) do
+      if b[k] == nil then
+        path[d + 1] = k
+        differ(x, nil, path, d + 1, changed, removed)
+      end
+    end
+    return
+  end
+  local here = SEP .. table.concat(path, SEP, 1, d)
+  if ao then
+    local gone = {}
+    collect(a, here, gone)
+    for p in pairs(gone) do removed[p] = true end
+    if b ~= nil then changed[here] = true end
+  elseif bo then
+    local set = {}
+    collect(b, here, set)
+    for p in pairs(set) do changed[p] = true end
+    if a ~= nil then removed[here] = true end
+  elseif b == nil then
+    removed[here] = true
+  elseif a == nil or not equal(a, b) then
+    changed[here] = true
+  end
+end
+
+--- The leaf paths an update changes and removes (sets of M.leaves paths).
+function M.changes(old, new, status_only)
+  local changed, removed, path = {}, {}, {}
+  if status_only then
+    path[1] = "status"
+    differ(old.status, new.status, path, 1, changed, removed)
+    return changed, removed
+  end
+  local om = type(old.metadata) == "table" and old.metadata or {}
+  local nm = type(new.metadata) == "table" and new.metadata or {}
+  path[1] = "metadata"
+  for k, v in pairs(nm) do
+    if not SKIP_META[k] then
+      path[2] = k
+      differ(om[k], v, path, 2, changed, removed)
+    end
+  end
+  for k, v in pairs(om) do
+    if not SKIP_META[k] and nm[k] == nil then
+      path[2] = k
+      differ(v, nil, path, 2, changed, removed)
+    end
+  end
+  local function top(k) return k ~= "metadata" and k ~= "status" and k ~= "apiVersion" and k ~= "kind" end
+  for k, v in pairs(new) do
+    if top(k) then
+      path[1] = k
+      differ(old[k], v, path, 1, changed, removed)
+    end
+  end
+  for k, v in pairs(old) do
+    if top(k) and new[k] == nil then
+      path[1] = k
+      differ(v, nil, path, 1, changed, removed)
+    end
+  end
+  return changed, removed
+end
+
 --- ".spec.requiredConsistency" for a leaf path.
 function M.path_text(p)
   return (p:gsub(SEP, "."))
@@ -379,6 +457,21 @@ local function has_node(f, p)
   return true
 end
 
+-- does the FieldsV1 tree f hold leaf path p as a member of its set (a node
+-- with no children, or one marked ".")?
+local function owns(f, p)
+  local node = f
+  for k in p:gmatch(SEP .. "([^" .. SEP .. "]*)") do
+    node = type(node) == "table" and node["f:" .. k]
+    if not node then return false end
+  end
+  if type(node) ~= "table" or node["."] then return true end
+  for k in pairs(node) do
+    if type(k) == "string" and k:sub(1, 2) == "f:" then return false end
+  end
+  return true
+end
+
 -- An update's bookkeeping without reading every entry: only the entries
 -- that hold a path the update takes or removes are parsed and written
 -- again; the others are copied as they were stored.
@@ -415,15 +508,30 @@ local function record_changes(old, new, manager, api_version, now, sub, changed,
       mine = { manager = manager, operation = "Update", subresource = sub, set = {} }
       list[#list + 1] = mine
     end
-    local set = parsed(mine)
-    for p in pairs(changed) do set[p] = true end
+    -- a manager writing again what it owns (a controller's status) keeps
+    -- its entry's fields as stored: only the time and version are new
+    local f = not mine.set and mine.raw.fieldsV1
+    local same = type(f) == "table"
+    if same then
+      for p in pairs(changed) do
+        if not owns(f, p) then same = false break end
+      end
+    end
+    if same then
+      mine.touched = true
+    else
+      local set = parsed(mine)
+      for p in pairs(changed) do set[p] = true end
+    end
     mine.time = now
     mine.apiVersion = api_version
   end
   local out = json.array()
   for _, e in ipairs(list) do
     if not e.set then
-      out[#out + 1] = copy(e.raw)
+      local x = copy(e.raw)
+      if e.touched then x.time, x.apiVersion = e.time, e.apiVersion end
+      out[#out + 1] = x
     elseif next(e.set) ~= nil then
       out[#out + 1] = { manager = e.manager, operation = e.operation, apiVersion = e.apiVersion,
         time = e.time, fieldsType = "FieldsV1", fieldsV1 = to_fields(e.set), subresource = e.subresource }
@@ -436,15 +544,7 @@ end
 --- changed between old and new (all of new's on a create).
 function M.record_update(old, new, manager, api_version, now, sub)
   if old and type(old.metadata) == "table" then
-    local status_only = sub == "status"
-    local before, after = M.leaves(old, status_only), M.leaves(new, status_only)
-    local changed, removed = {}, {}
-    for p, v in pairs(after) do
-      if not equal(before[p], v) then changed[p] = true end
-    end
-    for p in pairs(before) do
-      if after[p] == nil then removed[p] = true end
-    end
+    local changed, removed = M.changes(old, new, sub == "status")
     return record_changes(old, new, manager, api_version, now, sub, changed, removed)
   end
   local list = entries(old or new)

@@ -104,12 +104,6 @@ local function sorted_keys(v)
   return keys
 end
 
--- key orders of the walk (one comparator each, not a closure per call)
-local function by_key(a, b)
-  if type(a) == type(b) and type(a) ~= "boolean" then return a < b end
-  return tostring(a) < tostring(b)
-end
-
 local function join(path, key)
   if path == "" then return key end
   return path .. "." .. key
@@ -141,6 +135,31 @@ local function v_rules(s, v, path, out, oldv, vt)
 end
 
 local has_transition_rules -- below
+
+-- list items' identities (x-kubernetes-list-type set and map): exact (1 and
+-- "1" differ), a string's without encoding it; and how a duplicate is shown
+local function item_id(x)
+  local t = type(x)
+  if t == "string" then return "s" .. x end
+  if t == "number" then return "n" .. json.encode(x) end
+  return "j" .. (json.encode(x) or "")
+end
+local function map_id(item, keys)
+  if type(item) ~= "table" then return nil end
+  if #keys == 1 then return item_id(item[keys[1]] == nil and null or item[keys[1]]) end
+  local parts = {}
+  for j, k in ipairs(keys) do parts[j] = item_id(item[k] == nil and null or item[k]) end
+  return table.concat(parts, "\0")
+end
+local function shown_item(x)
+  if type(x) == "string" then return quote(x) end
+  return json.encode(x) or ""
+end
+local function shown_map(item, keys)
+  local kv = {}
+  for j, k in ipairs(keys) do kv[j] = ('"%s":%s'):format(k, json.encode(item[k] == nil and null or item[k]) or "") end
+  return ("map[string]interface {}{%s}"):format(table.concat(kv, ", "))
+end
 
 local function v_schema(s, v, path, out, oldv)
   -- defaults of the children first (structural defaulting happens before validation)
@@ -226,53 +245,38 @@ local function v_schema(s, v, path, out, oldv)
         message = ("Too many: %d: must have at most %d items"):format(#v, s.maxItems) }
     end
     local lt = s["x-kubernetes-list-type"]
+    local keys = lt == "map" and (s["x-kubernetes-list-map-keys"] or {}) or nil
+    -- an item's identity: a map list's by its keys, a set's by its value
+    local ids
+    if lt == "map" or lt == "set" then
+      ids = {}
+      for i = 1, #v do ids[i] = lt == "set" and item_id(v[i]) or map_id(v[i], keys) end
+    end
     if s.items then
       -- on an update the items of a map list are matched with the old ones
       -- by their keys (ratcheting: an item as it was is not checked again)
       local olds
       if out.old and lt == "map" and type(oldv) == "table" and #oldv > 0 then
-        local keys, by = s["x-kubernetes-list-map-keys"] or {}, {}
-        local function id_of(item)
-          if type(item) ~= "table" then return nil end
-          local parts = {}
-          for j, k in ipairs(keys) do parts[j] = tostring(item[k]) end
-          return table.concat(parts, "\0")
-        end
+        local by = {}
         for _, item in ipairs(oldv) do
-          local id = id_of(item)
+          local id = map_id(item, keys)
           if id then by[id] = item end
         end
         olds = {}
-        for i = 1, #v do
-          local id = id_of(v[i])
-          olds[i] = id and by[id]
-        end
+        for i = 1, #v do olds[i] = ids[i] and by[ids[i]] end
       end
       for i = 1, #v do
         M.walk(s.items, v, i, ("%s[%d]"):format(path, i - 1), out, olds)
       end
     end
-    if lt == "set" or lt == "map" then
+    if ids then
       local seen = {}
-      local keys = s["x-kubernetes-list-map-keys"] or {}
       for i = 1, #v do
-        local id, shown
-        if lt == "set" then
-          id = json.encode(v[i]) or ""
-          shown = type(v[i]) == "string" and quote(v[i]) or tostring(id)
-        elseif type(v[i]) == "table" then
-          local parts, kv = {}, {}
-          for j, k in ipairs(keys) do
-            parts[j] = json.encode(v[i][k] == nil and null or v[i][k]) or ""
-            kv[j] = ('"%s":%s'):format(k, parts[j])
-          end
-          id = table.concat(parts, "\0")
-          shown = ("map[string]interface {}{%s}"):format(table.concat(kv, ", "))
-        end
+        local id = ids[i]
         if id then
           if seen[id] then
             out.causes[#out.causes + 1] = { reason = "FieldValueDuplicate", field = ("%s[%d]"):format(path, i - 1),
-              message = ("Duplicate value: %s"):format(shown) }
+              message = ("Duplicate value: %s"):format(lt == "set" and shown_item(v[i]) or shown_map(v[i], keys)) }
           end
           seen[id] = true
         end
@@ -412,11 +416,7 @@ function M.apply(schema, obj, opts)
       end
     end
   end
-  local keys = {}
-  for k in pairs(obj) do keys[#keys + 1] = k end
-  -- keys of several types (an array where an object belongs) sort by their text
-  table.sort(keys, by_key)
-  for _, k in ipairs(keys) do
+  for _, k in ipairs(sorted_keys(obj)) do
     if k ~= "metadata" and k ~= "apiVersion" and k ~= "kind" then
       local ps = props[k]
       if ps then
