@@ -120,27 +120,48 @@ local function allowed(rules, group, resource, verb, name)
   end
 end
 
-t.test("the ClusterRole grants every request the controllers make, and the Role their Lease", function()
+-- deploy/'s Namespace, ServiceAccount, roles and bindings, applied as the
+-- administrator; then the files a pod of the Deployment gets (token, ca.crt,
+-- namespace) for that ServiceAccount, in dir
+local function install_rbac(c, srv, dir)
+  for _, d in ipairs(render()) do
+    if d.kind == "Namespace" or d.kind == "ServiceAccount" or d.kind:match("Role") then assert(c:create(d)) end
+  end
+  local r = assert(srv:request({ method = "POST", path = "/api/v1/namespaces/vmsnap-system/serviceaccounts/vmsnap-controller/token",
+    headers = { ["Content-Type"] = "application/json" },
+    body = '{"apiVersion":"authentication.k8s.io/v1","kind":"TokenRequest","spec":{"expirationSeconds":3600}}' }))
+  assert(r.status == 201, r.body)
+  assert(fs.write_atomic(dir .. "/token", require("vmsnap.json").decode(r.body).status.token))
+  assert(fs.write_atomic(dir .. "/ca.crt", srv.ca_data))
+  assert(fs.write_atomic(dir .. "/namespace", "vmsnap-system"))
+end
+
+-- `vmsnap controller` as in a pod of the Deployment: in-cluster config (the
+-- service host and port, the ServiceAccount's files), nothing else
+local function in_pod(srv, dir, audit)
+  local env = { PATH = os.getenv("PATH"), HOME = dir, VMSNAP_SCRIPTS_PATH = os.getenv("VMSNAP_SCRIPTS_PATH"),
+    KUBERNETES_SERVICE_HOST = "127.0.0.1", KUBERNETES_SERVICE_PORT = tostring(srv.port),
+    VMSNAP_SERVICE_ACCOUNT_DIR = dir, VMSNAP_K8S_AUDIT = audit }
+  local ctl = assert(proc.spawn({ h.vmsnap, "controller", "--leader-election-namespace", "vmsnap-system" },
+    { stdout = "null", stderr = os.getenv("SPEC_DEBUG") and "inherit" or "null", env = h.child_env(env) }))
+  return ctl, setmetatable({}, { __close = function()
+    if ctl:running() then ctl:kill("TERM") end
+    if not ctl:wait(10) then ctl:kill("KILL") ctl:wait(5) end
+    ctl:close()
+  end })
+end
+
+t.test("in a pod, holding only deploy/'s roles, the controllers run every workflow; each request is granted", function()
   local probe <close>, why = h.qga_env()
   local vms = probe ~= nil
   if probe then probe:cleanup() else print("# without a running VM: " .. tostring(why)) end
   local srv <close> = h.platform({ args = { "--no-controllers" } })
   local c = assert(k8s.client({ kubeconfig = srv.kubeconfig }))
   local G = "virtualization.deckhouse.io/v1alpha2"
-  assert(c:create({ apiVersion = "v1", kind = "Namespace", metadata = { name = "vmsnap-system" } })) -- the Lease's
-  local audit = os.tmpname()
-  os.remove(audit)
-  local env = {}
-  for _, k in ipairs({ "PATH", "HOME", "VMSNAP_SCRIPTS_PATH" }) do env[k] = os.getenv(k) end
-  env.VMSNAP_K8S_AUDIT = audit
-  local ctl = assert(proc.spawn({ h.vmsnap, "controller", "--kubeconfig", srv.kubeconfig,
-    "--leader-election-namespace", "vmsnap-system" }, { stdout = "null", stderr = os.getenv("SPEC_DEBUG") and "inherit" or "null", env = env }))
-  local _ <close> = setmetatable({}, { __close = function()
-    if ctl:running() then ctl:kill("TERM") end
-    if not ctl:wait(10) then ctl:kill("KILL") ctl:wait(5) end
-    ctl:close()
-    os.remove(audit)
-  end })
+  local pod <close> = assert(fs.tempdir("vmsnap-pod"))
+  install_rbac(c, srv, pod.path)
+  local audit = pod.path .. "/audit"
+  local ctl, _ <close> = in_pod(srv, pod.path, audit)
   local function ready(kind, name)
     local o = c:wait_for(kind, name, h.phase_is("Ready"), { timeout = 40 })
     assert(o, ("%s %s not Ready; the controller is %s"):format(kind, name, ctl:running() and "running" or "gone"))
@@ -200,6 +221,38 @@ t.test("the ClusterRole grants every request the controllers make, and the Role 
       end
     end
   end
+end)
+
+t.test("in a pod, a rule taken from the ClusterRole is the exact 403 on the snapshot's condition, not a retry loop", function()
+  local srv <close> = h.platform({ args = { "--no-controllers" } })
+  local c = assert(k8s.client({ kubeconfig = srv.kubeconfig }))
+  local G = "virtualization.deckhouse.io/v1alpha2"
+  local pod <close> = assert(fs.tempdir("vmsnap-pod"))
+  install_rbac(c, srv, pod.path)
+  -- the controller may no longer create VolumeSnapshots
+  local role = assert(c:get("clusterroles.rbac.authorization.k8s.io", "vmsnap-controller"))
+  local taken = 0
+  for _, rule in ipairs(role.rules) do
+    if rule.resources[1] == "volumesnapshots" then
+      local kept = require("vmsnap.json").array()
+      for _, v in ipairs(rule.verbs) do if v ~= "create" then kept[#kept + 1] = v else taken = taken + 1 end end
+      rule.verbs = kept
+    end
+  end
+  t.eq(taken, 1, "the rule that lets it create VolumeSnapshots")
+  assert(c:update(role))
+  local ctl, _ <close> = in_pod(srv, pod.path)
+  assert(c:create({ apiVersion = G, kind = "VirtualDisk", metadata = { name = "fd" }, spec = { persistentVolumeClaim = { size = "16Mi" } } }))
+  assert(c:wait_for("vd", "fd", h.phase_is("Ready"), { timeout = 30 }))
+  assert(c:create({ apiVersion = G, kind = "VirtualDiskSnapshot", metadata = { name = "fds" }, spec = { virtualDiskName = "fd" } }))
+  local o = c:wait_for("vdsnapshot", "fds", function(x) return x and x.status and x.status.phase == "Failed" and x end, { timeout = 30 })
+  t.ok(o, "the snapshot failed; the controller is " .. (ctl:running() and "running" or "gone"))
+  local cond = require("vmsnap.k8s.object").condition(o, "VirtualDiskSnapshotReady")
+  -- the API's message as the condition's (capitalised, as the workflow's failures are)
+  t.eq(cond.reason, "VirtualDiskSnapshotFailed")
+  t.eq(cond.message, 'Volumesnapshots.snapshot.storage.k8s.io is forbidden: User "system:serviceaccount:vmsnap-system:vmsnap-controller" '
+    .. 'cannot create resource "volumesnapshots" in API group "snapshot.storage.k8s.io" in the namespace "default"')
+  t.eq(c:get("volumesnapshot", "fds"), nil, "no VolumeSnapshot")
 end)
 
 t.done()

@@ -2,7 +2,8 @@
 --- API that the CRD schemas cannot express (docs/behaviour.md a.1-a.3, b.5):
 --- snapshot and restore specs are immutable, a VirtualDisk's size must be
 --- positive, a disk restored from a snapshot smaller than the snapshot gets
---- a warning, and a provisioned disk's data source cannot change.
+--- a warning, and a provisioned disk's data source cannot change; an RBAC
+--- binding's roleRef cannot change.
 ---
 --- Workflows add their own with `server:admission(kind, fn)`.
 local quantity = require("vmsnap.quantity")
@@ -67,7 +68,20 @@ local function disk_size(op, new, old, req, S)
 end
 
 --- Register the built-in rules on a server.
+-- a binding's roleRef is fixed at its creation (as Kubernetes has it)
+local function fixed_role_ref(op, new, old)
+  if op ~= "UPDATE" then return end
+  local a, b = type(new.roleRef) == "table" and new.roleRef or {}, type(old.roleRef) == "table" and old.roleRef or {}
+  if a.apiGroup ~= b.apiGroup or a.kind ~= b.kind or a.name ~= b.name then
+    return nil, { { field = "roleRef", reason = "FieldValueInvalid",
+      message = ('Invalid value: rbac.RoleRef{APIGroup:"%s", Kind:"%s", Name:"%s"}: cannot change roleRef')
+        :format(tostring(a.apiGroup or ""), tostring(a.kind or ""), tostring(a.name or "")) } }
+  end
+end
+
 function M.register_defaults(S)
+  S:admission("RoleBinding", fixed_role_ref)
+  S:admission("ClusterRoleBinding", fixed_role_ref)
   S:admission("VirtualDiskSnapshot", immutable("VirtualDiskSnapshot"))
   S:admission("VirtualMachineSnapshot", immutable("VirtualMachineSnapshot"))
   S:admission("VirtualMachineRestore", immutable("VirtualMachineRestore"))

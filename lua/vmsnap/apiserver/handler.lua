@@ -14,6 +14,8 @@ local registry = require("vmsnap.apiserver.registry")
 local metrics = require("vmsnap.metrics")
 local task = require("vmsnap.task")
 local runtime = require("vmsnap.core.runtime")
+local rbac = require("vmsnap.apiserver.rbac")
+local vtime = require("vmsnap.time")
 
 local M = {}
 local fail = api.fail
@@ -409,16 +411,6 @@ end
 
 -- ------------------------------------------------------------ reviews
 
---- Who the request is from: the client certificate's CN, else the token's
---- user (vmsnap serve has one credential: its administrator).
-local function user_of(S, req)
-  local verified, dn = req:client_cert()
-  local cn = verified and dn and dn:match("CN=([^,/]+)")
-  if cn then return { username = cn, groups = json.array({ "system:authenticated" }) } end
-  return { username = S.opts and S.opts.admin_user or "vmsnap-admin",
-    groups = json.array({ "system:masters", "system:authenticated" }) }
-end
-
 -- a decoded JSON object (not an array, no keys but strings)
 local function is_object(v)
   if type(v) ~= "table" or json.is_array(v) then return false end
@@ -429,28 +421,62 @@ local function is_object(v)
 end
 
 --- SelfSubjectReview, SelfSubjectAccessReview, SelfSubjectRulesReview:
---- answered from the request, never stored. Until RBAC (#17) every
---- authenticated request may do everything, and the answers say so.
+--- answered from the request and the RBAC objects, never stored.
 local function review(S, req, ctx, r)
   local obj = decode_body(req, req:header("Content-Type"))
   if not is_object(obj) then fail(400, "BadRequest", "the body must be a JSON object") end
   obj.apiVersion, obj.kind = r.api_version, r.kind
   obj.metadata = type(obj.metadata) == "table" and obj.metadata or {}
   obj.metadata.creationTimestamp = obj.metadata.creationTimestamp or json.null
+  local user = ctx.user
   if r.kind == "SelfSubjectReview" then
-    obj.status = { userInfo = user_of(S, req) }
+    local info = { username = user.username, groups = user.groups }
+    if user.uid and user.uid ~= "" then info.uid = user.uid end
+    obj.status = { userInfo = info }
   elseif r.kind == "SelfSubjectAccessReview" then
-    if type(obj.spec) ~= "table" or (obj.spec.resourceAttributes == nil and obj.spec.nonResourceAttributes == nil) then
+    local spec = type(obj.spec) == "table" and obj.spec or {}
+    local ra, na = spec.resourceAttributes, spec.nonResourceAttributes
+    if (ra == nil) == (na == nil) or (ra ~= nil and type(ra) ~= "table") or (na ~= nil and type(na) ~= "table") then
       api.invalid(r, "", { { field = "spec.resourceAttributes",
         message = "Required value: exactly one of nonResourceAttributes or resourceAttributes must be specified" } })
     end
-    obj.status = { allowed = true, reason = "vmsnap serve authorizes every authenticated request" }
+    local a
+    if ra then
+      a = { verb = tostring(ra.verb or ""), group = tostring(ra.group or ""), resource = tostring(ra.resource or ""),
+        subresource = tostring(ra.subresource or ""), name = tostring(ra.name or ""), namespace = tostring(ra.namespace or "") }
+    else
+      a = { verb = tostring(na.verb or ""), path = tostring(na.path or "") }
+    end
+    local allowed, reason = rbac.authorize(S:rbac_policy(), user, a)
+    obj.status = { allowed = allowed, reason = reason ~= "" and reason or nil }
   else
-    obj.status = { incomplete = false,
-      resourceRules = json.array({ { verbs = json.array({ "*" }), apiGroups = json.array({ "*" }),
-        resources = json.array({ "*" }) } }),
-      nonResourceRules = json.array({ { verbs = json.array({ "*" }), nonResourceURLs = json.array({ "*" }) } }) }
+    local ns = type(obj.spec) == "table" and obj.spec.namespace or nil
+    local res, non = rbac.rules(S:rbac_policy(), user, type(ns) == "string" and ns or nil)
+    obj.status = { incomplete = false, resourceRules = res, nonResourceRules = non }
   end
+  return respond_obj(req, ctx, 201, obj)
+end
+
+--- TokenRequest (POST .../serviceaccounts/NAME/token): a token of that
+--- ServiceAccount, valid for spec.expirationSeconds (default 3600, at least
+--- 600) or until the account is deleted.
+local function token_request(S, req, ctx, ns, name)
+  local sa = S.store:get("/serviceaccounts", ns, name)
+  if not sa then api.not_found(S.reg:find("", "v1", "serviceaccounts"), name) end
+  local obj = decode_body(req, req:header("Content-Type"))
+  if not is_object(obj) then fail(400, "BadRequest", "the body must be a JSON object") end
+  local spec = type(obj.spec) == "table" and obj.spec or {}
+  local secs = spec.expirationSeconds == nil and 3600 or math.tointeger(spec.expirationSeconds)
+  if not secs or secs < 600 or secs > 2 ^ 32 then
+    api.invalid({ kind = "TokenRequest", group = "authentication.k8s.io" }, name, { { field = "spec.expirationSeconds",
+      message = ("Invalid value: %s: may not specify a duration less than 10 minutes"):format(tostring(spec.expirationSeconds)) } })
+  end
+  local token, exp = S:issue_token(sa, secs)
+  obj.apiVersion, obj.kind = "authentication.k8s.io/v1", "TokenRequest"
+  obj.metadata = { name = name, namespace = ns, creationTimestamp = json.null }
+  obj.spec = { audiences = type(spec.audiences) == "table" and spec.audiences or json.array({ "https://kubernetes.default.svc" }),
+    expirationSeconds = secs, boundObjectRef = spec.boundObjectRef }
+  obj.status = { token = token, expirationTimestamp = vtime.format(exp) }
   return respond_obj(req, ctx, 201, obj)
 end
 
@@ -654,20 +680,66 @@ local same = runtime.same
 -- The request's credential: the bearer token or a client certificate signed
 -- by --client-ca. A server with neither configured (an embedding's own
 -- choice; `vmsnap serve` always has one) lets everyone in.
-local function authorized(S, req)
+-- who the request is from, or nil (401): a verified client certificate
+-- (CN the name, O the groups), else the bearer token — the administrator's
+-- (system:masters), a --token-file user's, or a ServiceAccount's
+local function authenticate(S, req)
   local token = S.opts.token
   local ca = S.tls.ca
-  if not token and not ca then return true end
+  if not token and not ca and not S.token_users then return S:admin_user() end
   if ca then
-    local ok = req:client_cert()
-    if ok then return true end
+    local ok, dn = req:client_cert()
+    if ok then return rbac.certificate_user(dn) or S:admin_user() end
   end
-  if token then
-    local h = req:header("Authorization") or ""
-    local t = h:match("^[Bb]earer%s+(%S+)%s*$")
-    if t and same(t, token) then return true end
+  local h = req:header("Authorization") or ""
+  local t = h:match("^[Bb]earer%s+(%S+)%s*$")
+  if not t then return nil end
+  if token and same(t, token) then return S:admin_user() end
+  return S:token_user(t)
+end
+
+-- 403 unless RBAC lets user do a (vmsnap.apiserver.rbac)
+local function authorize(S, user, a)
+  if user.masters == nil then user.masters = rbac.in_group(user, rbac.MASTERS) end
+  if user.masters then return end
+  local allowed, reason = rbac.authorize(S:rbac_policy(), user, a)
+  if allowed then return end
+  local msg, details = rbac.forbidden(user, a, reason)
+  fail(403, "Forbidden", msg, details)
+end
+
+-- Impersonate-User / Impersonate-Group (`kubectl --as`, `--as-group`): the
+-- request then acts as that user, once RBAC lets the real one impersonate
+-- each name (verb impersonate on users, groups or the serviceaccount)
+local function impersonated(S, req, user)
+  local as = req:header("Impersonate-User")
+  local hs = (as or req:header("Impersonate-Group")) and req:headers() or {}
+  if not as then
+    if hs["impersonate-group"] then
+      fail(500, "InternalError", "Internal error occurred: requested groups without impersonating a user")
+    end
+    return user
   end
-  return false
+  local sa_ns, sa_name = as:match("^system:serviceaccount:([^:]+):([^:]+)$")
+  if sa_ns then
+    authorize(S, user, { verb = "impersonate", group = "", resource = "serviceaccounts", name = sa_name, namespace = sa_ns })
+  else
+    authorize(S, user, { verb = "impersonate", group = "", resource = "users", name = as, namespace = "" })
+  end
+  local groups = json.array()
+  for g in (hs["impersonate-group"] or ""):gmatch("[^,]+") do
+    g = g:match("^%s*(.-)%s*$")
+    if g ~= "" then
+      authorize(S, user, { verb = "impersonate", group = "", resource = "groups", name = g, namespace = "" })
+      groups[#groups + 1] = g
+    end
+  end
+  if sa_ns then
+    groups[#groups + 1] = "system:serviceaccounts"
+    groups[#groups + 1] = "system:serviceaccounts:" .. sa_ns
+  end
+  groups[#groups + 1] = rbac.AUTHENTICATED
+  return { username = as, groups = groups }
 end
 
 -- what anyone may ask: is the server up (no data)
@@ -679,8 +751,13 @@ local function handle(S, req, ctx)
   local path = req:path()
   local accept = req:header("Accept")
   local segs = split(path)
-  if not (method == "GET" and PUBLIC[path]) and not authorized(S, req) then
-    fail(401, "Unauthorized", "Unauthorized")
+  if not (method == "GET" and PUBLIC[path]) then
+    ctx.user = authenticate(S, req)
+    if not ctx.user then fail(401, "Unauthorized", "Unauthorized") end
+    ctx.user = impersonated(S, req, ctx.user)
+    -- a path that is not a resource: the rule's nonResourceURLs decide
+    local resource_path = (segs[1] == "api" and #segs >= 3) or (segs[1] == "apis" and #segs >= 4)
+    if not resource_path then authorize(S, ctx.user, { verb = rbac.verb(method, true, false), path = path }) end
   end
   if #segs == 0 then
     return respond_obj(req, ctx, 200, { paths = json.array({ "/api", "/api/v1", "/apis", "/metrics", "/openapi/v3",
@@ -723,6 +800,14 @@ local function handle(S, req, ctx)
   else
     plural, name, sub = segs[rest], segs[rest + 1], segs[rest + 2]
     if segs[rest + 3] then fail(404, "NotFound", "the server could not find the requested resource") end
+  end
+  local watching = is_watch or (method == "GET" and query_bool(args.watch))
+  if ctx.user and not ctx.user.masters then
+    authorize(S, ctx.user, { verb = rbac.verb(method, name ~= nil, watching), group = group, resource = plural or "",
+      subresource = sub or "", name = name or "", namespace = ns or "" })
+  end
+  if plural == "serviceaccounts" and group == "" and sub == "token" and ns and name and method == "POST" then
+    return token_request(S, req, ctx, ns, name)
   end
   local subfn = sub and S.subs and S.subs[group .. "/" .. version .. "/" .. plural .. "/" .. sub]
   if subfn then

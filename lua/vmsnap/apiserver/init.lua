@@ -16,6 +16,9 @@ local yaml = require("vmsnap.yaml")
 local task = require("vmsnap.task")
 local log = require("vmsnap.log")
 local fs = require("vmsnap.fs")
+local pki = require("vmsnap.apiserver.pki")
+local rbac = require("vmsnap.apiserver.rbac")
+local vtime = require("vmsnap.time")
 local store_mod = require("vmsnap.apiserver.store")
 local registry = require("vmsnap.apiserver.registry")
 local schema = require("vmsnap.apiserver.schema")
@@ -191,6 +194,16 @@ function M.new(opts)
   end)
   if not okr then st:close(); return nil, tls, "ENOENT" end
   self.tls = tls
+  if opts.token_file then
+    local text, terr = fs.read_file(opts.token_file)
+    local users, perr
+    if text then users, perr = rbac.parse_token_file(text, opts.token_file) end
+    if not users then
+      st:close()
+      return nil, "--token-file: " .. (perr or (opts.token_file .. ": " .. tostring(terr))), "EINVAL"
+    end
+    self.token_users = users
+  end
   -- serve stored CRDs, then install the given ones
   for _, row in ipairs(st:page("apiextensions.k8s.io/customresourcedefinitions", nil, "", "", 1e9)) do
     local crd = json.decode(row[3])
@@ -232,6 +245,60 @@ function Server:admission(kind, fn)
   local list = self.admit[kind]
   if not list then list = {}; self.admit[kind] = list end
   list[#list + 1] = fn
+end
+
+-- ------------------------------------------------------------ identities
+
+--- The administrator of the generated kubeconfig (system:masters).
+function Server:admin_user()
+  return { username = self.opts.admin_user or "vmsnap-admin",
+    groups = json.array({ rbac.MASTERS, rbac.AUTHENTICATED }) }
+end
+
+--- The RBAC objects as they are now (read again after a write of one).
+function Server:rbac_policy()
+  if not self.rbac then self.rbac = rbac.policy(self.store) end
+  return self.rbac
+end
+
+local SA_TOKENS = "/pki/serviceaccount-tokens"
+
+-- the ServiceAccount tokens issued and not expired, kept in DATA/pki
+function Server:sa_tokens()
+  if not self.issued then
+    local text = fs.read_file(self.opts.data .. SA_TOKENS)
+    local t = text and json.decode(text)
+    self.issued = type(t) == "table" and t or {}
+  end
+  return self.issued
+end
+
+--- A new token of ServiceAccount sa, valid for secs; returns it and when
+--- it expires (seconds since the epoch).
+function Server:issue_token(sa, secs)
+  local tokens, now = self:sa_tokens(), vtime.now()
+  for t, e in pairs(tokens) do
+    if type(e) ~= "table" or (tonumber(e.exp) or 0) <= now then tokens[t] = nil end
+  end
+  local token = "vmsnap-sa." .. pki.random_hex()
+  local exp = math.floor(now + secs)
+  tokens[token] = { namespace = sa.metadata.namespace, name = sa.metadata.name, uid = sa.metadata.uid, exp = exp }
+  assert(fs.mkdir_p(self.opts.data .. "/pki", 448))
+  assert(fs.write_atomic(self.opts.data .. SA_TOKENS, json.encode(tokens), { mode = 384 }))
+  return token, exp
+end
+
+--- The user of bearer token t other than the administrator's: a
+--- --token-file user, or the ServiceAccount a token was issued to (while
+--- it is not expired and that account, the same uid, exists); else nil.
+function Server:token_user(t)
+  local u = self.token_users and self.token_users[t]
+  if u then return u end
+  local e = t:sub(1, 10) == "vmsnap-sa." and self:sa_tokens()[t]
+  if type(e) ~= "table" or (tonumber(e.exp) or 0) <= vtime.now() then return nil end
+  local sa = self.store:get("/serviceaccounts", e.namespace, e.name)
+  if not sa or sa.metadata.uid ~= e.uid then return nil end
+  return rbac.service_account_user(e.namespace, e.name, e.uid)
 end
 
 function Server:ensure_namespaces()
@@ -286,6 +353,7 @@ end
 function Server:commit(r, ns, name, typ, obj, old)
   local _, body = self.store:write(r.key, ns or "", name, typ, obj)
   self.watchers:emit(r.key, typ, obj, old, body)
+  if r.group == rbac.GROUP then self.rbac = nil end
   if r.key == "apiextensions.k8s.io/customresourcedefinitions" then
     if typ == "DELETED" then
       local served = self.reg:by_key(obj.spec.group .. "/" .. obj.spec.names.plural)[1]

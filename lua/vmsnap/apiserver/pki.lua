@@ -39,6 +39,8 @@ local function random_hex()
   return (b:gsub(".", function(c) return ("%02x"):format(c:byte()) end))
 end
 
+M.random_hex = random_hex
+
 --- The subjectAltName entries for the listen host.
 function M.alt_names(host)
   local names, seen = {}, {}

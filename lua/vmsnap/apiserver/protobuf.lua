@@ -1,6 +1,7 @@
 --- vmsnap.apiserver.protobuf: decoding of the Kubernetes protobuf envelope
 --- for the kinds kubectl's generator commands send that way (`kubectl create
---- namespace|secret|configmap`, `kubectl auth whoami|can-i`). Field numbers are those of k8s.io/api's
+--- namespace|secret|configmap|serviceaccount|role|rolebinding|clusterrole|
+--- clusterrolebinding|token`, `kubectl auth whoami|can-i`). Field numbers are those of k8s.io/api's
 --- generated.proto. Answers are always JSON, which kubectl accepts.
 local json = require("vmsnap.json")
 
@@ -89,7 +90,40 @@ local function resource_attributes(f)
     resource = str(f, 5), subresource = str(f, 6), name = str(f, 7) }
 end
 
+-- rbac.authorization.k8s.io/v1 PolicyRule, Subject, RoleRef
+local function rules(f, num)
+  local out = json.array()
+  for _, raw in ipairs(f[num] or {}) do
+    local r = fields(raw)
+    out[#out + 1] = { verbs = strings(r, 1) or json.array(), apiGroups = strings(r, 2), resources = strings(r, 3),
+      resourceNames = strings(r, 4), nonResourceURLs = strings(r, 5) }
+  end
+  return out
+end
+local function binding(f)
+  local subjects = json.array()
+  for _, raw in ipairs(f[2] or {}) do
+    local x = fields(raw)
+    subjects[#subjects + 1] = { kind = str(x, 1), apiGroup = str(x, 2), name = str(x, 3), namespace = str(x, 4) }
+  end
+  local ref = sub(f, 3) or {}
+  return { subjects = #subjects > 0 and subjects or nil,
+    roleRef = { apiGroup = str(ref, 1) or "", kind = str(ref, 2), name = str(ref, 3) } }
+end
+
 local KINDS = {
+  Role = function(f) return { rules = rules(f, 2) } end,
+  ClusterRole = function(f) return { rules = rules(f, 2) } end,
+  RoleBinding = binding,
+  ClusterRoleBinding = binding,
+  ServiceAccount = function(f)
+    return { automountServiceAccountToken = f[4] and f[4][1] ~= 0 or nil }
+  end,
+  -- authentication.k8s.io/v1 (`kubectl create token`)
+  TokenRequest = function(f)
+    local spec = sub(f, 2) or {}
+    return { spec = { audiences = strings(spec, 1), expirationSeconds = spec[4] and spec[4][#spec[4]] or nil } }
+  end,
   SelfSubjectReview = function() return {} end,
   SelfSubjectAccessReview = function(f)
     local spec = sub(f, 2) or {}
@@ -136,7 +170,7 @@ function M.decode(body, base64)
   end)
   if not ok then return nil, "malformed protobuf body: " .. tostring(res) end
   if res.unsupported then
-    return nil, ("protobuf bodies are accepted for Namespace, Secret, ConfigMap and the self-subject reviews only, not %s; send JSON"):format(res.unsupported)
+    return nil, ("protobuf bodies are accepted for Namespace, Secret, ConfigMap, ServiceAccount, the RBAC kinds, TokenRequest and the self-subject reviews only, not %s; send JSON"):format(res.unsupported)
   end
   return res
 end

@@ -44,6 +44,25 @@ local function top(props) return { type = "object", properties = props } end
 local SPEC_STATUS = top({ spec = open("The desired state (stored as given; nothing acts on it here)."),
   status = open("The observed state.") })
 
+local function strings(desc) return { type = "array", description = desc, items = { type = "string" } } end
+local RBAC_ROLE = top({
+  rules = { type = "array", description = "The PolicyRules of this role.", items = { type = "object",
+    required = { "verbs" },
+    properties = { verbs = strings("Verbs (get, list, ...; * for all)."), apiGroups = strings("API groups (\"\" the core group)."),
+      resources = strings("Resources (res, res/sub, */sub, *)."), resourceNames = strings("Names the rule is limited to."),
+      nonResourceURLs = strings("Paths that are not resources (/metrics; a trailing * matches a prefix).") } } },
+  aggregationRule = open("Not evaluated by vmsnap serve.") })
+local RBAC_BINDING = top({
+  subjects = { type = "array", description = "Who the role is bound to.", items = { type = "object", required = { "kind", "name" },
+    properties = { kind = { type = "string", enum = { "User", "Group", "ServiceAccount" } }, name = { type = "string" },
+      namespace = { type = "string" }, apiGroup = { type = "string" } } } },
+  roleRef = { type = "object", description = "The role bound (it cannot be changed).", required = { "apiGroup", "kind", "name" },
+    properties = { apiGroup = { type = "string", enum = { "rbac.authorization.k8s.io" } },
+      kind = { type = "string", enum = { "Role", "ClusterRole" } }, name = { type = "string", minLength = 1 } } } })
+RBAC_BINDING.required = { "roleRef" }
+local BINDING_COLUMNS = { name_col(), { name = "Role", type = "string", cell = function(o)
+  return type(o.roleRef) == "table" and (tostring(o.roleRef.kind) .. "/" .. tostring(o.roleRef.name)) or "" end }, age() }
+
 local BUILTINS = {
   { group = "", version = "v1", kind = "Namespace", plural = "namespaces", singular = "namespace",
     namespaced = false, short = { "ns" }, status = true, fields = { ["status.phase"] = true },
@@ -161,6 +180,23 @@ local BUILTINS = {
     short = { "cj" }, status = true, categories = { "all" }, schema = SPEC_STATUS, columns = { name_col(), age() } },
   { group = "networking.k8s.io", version = "v1", kind = "Ingress", plural = "ingresses", singular = "ingress",
     namespaced = true, short = { "ing" }, status = true, schema = SPEC_STATUS, columns = { name_col(), age() } },
+  -- identities and RBAC (vmsnap serve authorizes by them: vmsnap.apiserver.rbac)
+  { group = "", version = "v1", kind = "ServiceAccount", plural = "serviceaccounts", singular = "serviceaccount",
+    namespaced = true, short = { "sa" },
+    schema = top({ secrets = { type = "array", items = open("A secret of this account.") },
+      imagePullSecrets = { type = "array", items = open("A pull secret.") },
+      automountServiceAccountToken = { type = "boolean", description = "Whether pods mount a token of this account." } }),
+    columns = { name_col(), age() } },
+  { group = "rbac.authorization.k8s.io", version = "v1", kind = "ClusterRole", plural = "clusterroles",
+    singular = "clusterrole", namespaced = false, schema = RBAC_ROLE,
+    columns = { name_col(), { name = "Created At", type = "date", cell = function(o) return o.metadata.creationTimestamp end } } },
+  { group = "rbac.authorization.k8s.io", version = "v1", kind = "Role", plural = "roles", singular = "role",
+    namespaced = true, schema = RBAC_ROLE,
+    columns = { name_col(), { name = "Created At", type = "date", cell = function(o) return o.metadata.creationTimestamp end } } },
+  { group = "rbac.authorization.k8s.io", version = "v1", kind = "ClusterRoleBinding", plural = "clusterrolebindings",
+    singular = "clusterrolebinding", namespaced = false, schema = RBAC_BINDING, columns = BINDING_COLUMNS },
+  { group = "rbac.authorization.k8s.io", version = "v1", kind = "RoleBinding", plural = "rolebindings",
+    singular = "rolebinding", namespaced = true, schema = RBAC_BINDING, columns = BINDING_COLUMNS },
   -- reviews: created and answered, never stored (`kubectl auth whoami|can-i`)
   { group = "authentication.k8s.io", version = "v1", kind = "SelfSubjectReview", plural = "selfsubjectreviews",
     singular = "selfsubjectreview", namespaced = false, review = true, verbs = { "create" }, schema = SPEC_STATUS, columns = {} },

@@ -22,6 +22,9 @@ options:
                           free port, or the one DIR/kubeconfig names when it is free)
   --token TOKEN           the bearer token to require (default: one made at the first
                           start and kept in DIR/pki/token)
+  --token-file FILE       more users, one a line: token,user,uid[,"group1,group2"]
+                          (Kubernetes' static token file); they get what RBAC
+                          objects grant them
   --tls-cert FILE         serve HTTPS with this certificate (PEM) ... (default: one
   --tls-key FILE          ... and this key (PEM)       made by a CA of its own, DIR/pki)
   --client-ca FILE        also accept client certificates signed by this CA (PEM)
@@ -44,6 +47,11 @@ carry the token (or a client certificate signed by --client-ca): the
 kubeconfig carries both the CA and the token and is readable by its owner
 alone. DIR is made the owner's alone (0700, files 0600). /healthz, /livez
 and /readyz answer anyone.
+The kubeconfig's token is the administrator's (group system:masters: every
+request allowed). Other users — --token-file lines, ServiceAccounts'
+tokens (`kubectl create token SA`), client certificates (CN the user, O
+the groups) — are authorized by Roles, ClusterRoles and their bindings as
+Kubernetes does it, 403 messages included; `kubectl auth can-i` works.
 SIGINT or SIGTERM stops the server (exit status 130).
 ]]
 
@@ -66,6 +74,7 @@ function M.parse(args)
     if a == "--data" then o.data = value(a)
     elseif a == "--listen" then o.listen = value(a)
     elseif a == "--token" then o.token = value(a)
+    elseif a == "--token-file" then o.token_file = value(a)
     elseif a == "--tls-cert" then o.tls_cert = value(a)
     elseif a == "--tls-key" then o.tls_key = value(a)
     elseif a == "--client-ca" then o.client_ca = value(a)
@@ -153,7 +162,7 @@ function M.server_options(o)
   local b = builtin_crds()
   if b then crds[1] = b end
   for _, d in ipairs(o.crds) do crds[#crds + 1] = d end
-  return { data = o.data, host = o.host, port = o.port, token = o.token,
+  return { data = o.data, host = o.host, port = o.port, token = o.token, token_file = o.token_file,
     tls_cert = o.tls_cert, tls_key = o.tls_key, client_ca = o.client_ca, tls_ca = o.tls_ca, crds = crds,
     event_ttl = o.event_ttl, history = o.history, idle_timeout = o.idle_timeout,
     header_timeout = o.header_timeout, max_connections = o.max_connections,

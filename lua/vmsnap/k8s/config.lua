@@ -14,6 +14,8 @@ local vtime = require("vmsnap.time")
 
 local M = {}
 
+-- where a pod has its ServiceAccount's token, ca.crt and namespace (the
+-- environment's VMSNAP_SERVICE_ACCOUNT_DIR instead: a test "in a pod")
 M.SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 local function dirname(p)
@@ -225,7 +227,7 @@ function M.in_cluster(opts)
   if not host or host == "" or not port or port == "" then
     return nil, "not running in a cluster: KUBERNETES_SERVICE_HOST/PORT are not set"
   end
-  local dir = opts.service_account_dir or M.SA_DIR
+  local dir = opts.service_account_dir or os.getenv("VMSNAP_SERVICE_ACCOUNT_DIR") or M.SA_DIR
   if not fs.exists(dir .. "/token") then
     return nil, ("not running in a cluster: %s/token is missing"):format(dir)
   end

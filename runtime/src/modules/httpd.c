@@ -979,7 +979,15 @@ static enum MHD_Result collect_lower(void *cls, enum MHD_ValueKind kind, const c
 	for (i = 0; key[i] && i < sizeof name - 1; i++)
 		name[i] = (char)((key[i] >= 'A' && key[i] <= 'Z') ? key[i] + 32 : key[i]);
 	name[i] = 0;
-	lua_pushstring(L, value ? value : "");
+	/* a header sent twice is one list, its values joined by ", " (RFC 9110 5.3) */
+	if (lua_getfield(L, -1, name) == LUA_TSTRING) {
+		lua_pushliteral(L, ", ");
+		lua_pushstring(L, value ? value : "");
+		lua_concat(L, 3);
+	} else {
+		lua_pop(L, 1);
+		lua_pushstring(L, value ? value : "");
+	}
 	lua_setfield(L, -2, name);
 	return MHD_YES;
 }
