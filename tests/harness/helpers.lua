@@ -415,6 +415,15 @@ function M.running_vm(c, name, root, size)
   end, { timeout = 30 }))
 end
 
+--- A port of 127.0.0.1 nobody listens on now.
+function M.free_port()
+  local httpd = require("vmsnap.core.httpd")
+  local s = assert(httpd.listen({ host = "127.0.0.1", port = 0 }))
+  local p = s:port()
+  s:close()
+  return p
+end
+
 --- The Events section of `kubectl describe KIND NAME` on srv (fails the
 --- caller when kubectl does).
 function M.described_events(srv, kind, name)

@@ -16,14 +16,7 @@ local srv <close> = h.platform({ args = { "--no-controllers" } })
 local c = assert(k8s.client({ kubeconfig = srv.kubeconfig }))
 local G = "virtualization.deckhouse.io/v1alpha2"
 
--- a port nobody listens on now
-local function free_port()
-  local httpd = require("vmsnap.core.httpd")
-  local s = assert(httpd.listen({ host = "127.0.0.1", port = 0 }))
-  local p = s:port()
-  s:close()
-  return p
-end
+local free_port = h.free_port
 
 -- the value of one series in exposition text (nil when absent)
 local function value(text, series)
