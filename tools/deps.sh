@@ -8,7 +8,7 @@ liblua5.4-dev lua5.4 lua-cjson-dev libyaml-dev libcurl4-openssl-dev libuv1-dev
 libmicrohttpd-dev libsqlite3-dev sqlite3 openssl curl
 qemu-guest-agent e2fsprogs util-linux valgrind
 python3-kubernetes time clang libclang-rt-dev socat
-mariadb-server-core mariadb-client"
+mariadb-server-core mariadb-client prometheus"
 
 # kubectl: the machine image usually ships one; Debian's package otherwise.
 command -v kubectl >/dev/null 2>&1 || PKGS="$PKGS kubernetes-client"

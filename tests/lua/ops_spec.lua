@@ -145,6 +145,16 @@ t.test("a VM snapshot's freeze: duration, frozen gauge back to 0, cut latency; a
     t.ok(secs and math.abs(secs * 1000 - ms) < 2, ("the histogram says %s s, the annotation %s ms"):format(secs, ms))
   end
   t.eq(value(m, "vmsnap_guest_frozen{" .. vm .. "}"), 0, "thawed")
+  -- the exposition as Prometheus's own linter reads it (Debian's prometheus
+  -- package: tools/deps.sh), the controller's and the API server's
+  if proc.run({ "promtool", "--version" }, { timeout = 10 }) then
+    for what, text in pairs({ controller = m, apiserver = assert(srv:get("/metrics")).body }) do
+      local lint = assert(proc.run({ "promtool", "check", "metrics" }, { stdin = text, timeout = 30 }))
+      t.eq(lint.status, 0, what .. "'s /metrics: " .. lint.stdout .. lint.stderr)
+    end
+  else
+    print("# promtool is not installed: the format is checked by metrics_spec only")
+  end
   t.ok((value(m, "vmsnap_cut_latency_seconds_count") or 0) >= 1, "the cut's latency observed")
   t.ok((value(m, 'vmsnap_snapshot_phase{kind="VirtualMachineSnapshot",phase="Ready"}') or 0) == 1)
   -- the log lines, from the controller's stderr once it stops
