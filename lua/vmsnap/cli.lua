@@ -22,6 +22,7 @@ M.commands = {
   { name = "hook", summary = "hook test FILE --vm NAME [--point P]: run a hook against a VM and show what it did" },
   { name = "vm", summary = "vm start|stop|migrate|pause|resume NAME: a VM of the local platform" },
   { name = "get", summary = "show Kubernetes objects (kubectl get, for vmsnap's kinds and more)" },
+  { name = "describe", summary = "describe KIND NAME: phase, conditions, freeze, hooks, steps, children, Events" },
   { name = "apply", summary = "server-side apply of manifests (kubectl apply --server-side)" },
   { name = "guest", summary = "talk to a guest agent: ping, status, freeze, thaw, exec, thaw-orphans" },
 }

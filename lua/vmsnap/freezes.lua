@@ -51,6 +51,8 @@ end
 M.FROZEN_AT = "vmsnap.io/frozen-at"             -- the freeze held (ms since the epoch)
 M.FREEZE_DURATION = "vmsnap.io/freeze-duration-ms"
 M.FREEZE_PARTS = "vmsnap.io/freeze-parts-ms"    -- "freeze=58 issue=12 cut=203 thaw=9" (M.parts)
+M.FREEZE_HELD = "vmsnap.io/freeze-held"         -- FROZEN_AT's value once left: which freeze it held
+                                                -- (its other holders share it: `vmsnap describe`)
 M.THAW_AT = "vmsnap.io/thaw-at"                 -- "Cut" (default) or "Ready"
 M.BUDGET = "vmsnap.io/freeze-budget"            -- seconds (default 30)
 M.CUT = "vmsnap.io/cut"                         -- a VM snapshot's verdict on its child's cut:
@@ -370,7 +372,7 @@ function M.leave(ctx, obj, vm, opts)
   end
   if at then
     local ok, err, code = mark(ctx, obj, { [M.FROZEN_AT] = json.null, [M.FREEZE_DURATION] = tostring(frozen_ms),
-      [M.FREEZE_PARTS] = parts })
+      [M.FREEZE_PARTS] = parts, [M.FREEZE_HELD] = tostring(at) })
     if not ok then return nil, err, code end
   end
   return true, thawed
