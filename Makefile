@@ -5,6 +5,8 @@
 #   make demo       run the demo on the local platform
 #   make bench      run the benchmarks in tests/bench and print their figures
 #   make install    install (PREFIX=/usr/local, DESTDIR=...)
+#   make image      the controller's container image from Debian packages (tools/image.sh)
+#   make check-image  build the image and run its controller against the local platform
 BUILD ?= build
 PREFIX ?= /usr/local
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
@@ -17,7 +19,7 @@ ifeq ($(WERROR),1)
 CMAKE_FLAGS += -DVMSNAP_WERROR=ON
 endif
 
-.PHONY: all build deps check demo bench install clean configure
+.PHONY: all build deps check demo bench install clean configure image check-image
 
 all: build
 
@@ -44,5 +46,12 @@ bench: build
 install: build
 	cmake --install $(BUILD) $(if $(DESTDIR),--prefix $(DESTDIR)$(PREFIX),)
 
+image:
+	@sh tools/deps.sh image
+	@sh tools/image.sh $(IMAGE)
+
+check-image: build image
+	VMSNAP_BUILD_DIR=$(abspath $(BUILD)) VMSNAP_SOURCE_DIR=$(CURDIR) $(BUILD)/vmsnap --path tests/harness tests/image/image_spec.lua
+
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-image

@@ -10,6 +10,11 @@ qemu-guest-agent e2fsprogs util-linux valgrind
 python3-kubernetes time clang libclang-rt-dev socat
 mariadb-server-core mariadb-client prometheus"
 
+# `tools/deps.sh image`: what `make image` and `make check-image` need too
+# (runc: the runtime podman is run with; crun refuses this kind of host's
+# hybrid cgroups)
+if [ "${1:-}" = image ]; then PKGS="$PKGS mmdebstrap podman runc"; fi
+
 # kubectl: the machine image usually ships one; Debian's package otherwise.
 command -v kubectl >/dev/null 2>&1 || PKGS="$PKGS kubernetes-client"
 # Node.js and npm for tests/clients/node (@kubernetes/client-node): the

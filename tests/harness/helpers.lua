@@ -415,6 +415,28 @@ function M.running_vm(c, name, root, size)
   end, { timeout = 30 }))
 end
 
+--- deploy/'s Namespace, ServiceAccount, roles and bindings (rendered by
+--- `kubectl kustomize`), created through client c as srv's administrator;
+--- then the files a pod of the Deployment gets for that ServiceAccount
+--- (`token` from the TokenRequest API, `ca.crt`, `namespace`) written to
+--- dir, readable by any user (the image runs as 65532).
+function M.install_deploy_rbac(c, srv, dir)
+  local yaml = require("vmsnap.yaml")
+  local r = assert(proc.run({ "kubectl", "kustomize", M.source .. "/deploy" }, { timeout = 60 }))
+  assert(r.status == 0, r.stderr)
+  for _, d in ipairs(assert(yaml.load_all(r.stdout))) do
+    if d.kind == "Namespace" or d.kind == "ServiceAccount" or d.kind:match("Role") then assert(c:create(d)) end
+  end
+  local tr = assert(srv:request({ method = "POST", path = "/api/v1/namespaces/vmsnap-system/serviceaccounts/vmsnap-controller/token",
+    headers = { ["Content-Type"] = "application/json" },
+    body = '{"apiVersion":"authentication.k8s.io/v1","kind":"TokenRequest","spec":{"expirationSeconds":3600}}' }))
+  assert(tr.status == 201, tr.body)
+  local files = { token = require("vmsnap.json").decode(tr.body).status.token, ["ca.crt"] = srv.ca_data,
+    namespace = "vmsnap-system" }
+  for name, text in pairs(files) do assert(fs.write_atomic(dir .. "/" .. name, text, { mode = 420 })) end
+  fs.chmod(dir, 493)
+end
+
 --- A port of 127.0.0.1 nobody listens on now.
 function M.free_port()
   local httpd = require("vmsnap.core.httpd")

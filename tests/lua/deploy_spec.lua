@@ -120,21 +120,7 @@ local function allowed(rules, group, resource, verb, name)
   end
 end
 
--- deploy/'s Namespace, ServiceAccount, roles and bindings, applied as the
--- administrator; then the files a pod of the Deployment gets (token, ca.crt,
--- namespace) for that ServiceAccount, in dir
-local function install_rbac(c, srv, dir)
-  for _, d in ipairs(render()) do
-    if d.kind == "Namespace" or d.kind == "ServiceAccount" or d.kind:match("Role") then assert(c:create(d)) end
-  end
-  local r = assert(srv:request({ method = "POST", path = "/api/v1/namespaces/vmsnap-system/serviceaccounts/vmsnap-controller/token",
-    headers = { ["Content-Type"] = "application/json" },
-    body = '{"apiVersion":"authentication.k8s.io/v1","kind":"TokenRequest","spec":{"expirationSeconds":3600}}' }))
-  assert(r.status == 201, r.body)
-  assert(fs.write_atomic(dir .. "/token", require("vmsnap.json").decode(r.body).status.token))
-  assert(fs.write_atomic(dir .. "/ca.crt", srv.ca_data))
-  assert(fs.write_atomic(dir .. "/namespace", "vmsnap-system"))
-end
+local install_rbac = h.install_deploy_rbac
 
 -- `vmsnap controller` as in a pod of the Deployment: the container's
 -- arguments (its $(POD_NAMESPACE) expanded; its 0.0.0.0 ports on 127.0.0.1
