@@ -88,8 +88,8 @@ function M.apiserver(opts)
     self.proc:kill("KILL")
     error("vmsnap serve did not start")
   end
-  --- Stop the server (SIGTERM unless sig); an orderly stop must exit 130
-  --- (cancelled), so a crash or a sanitizer report fails the caller.
+  --- Stop the server (SIGTERM unless sig); an orderly stop must exit 0 (a
+  --- service stopped by a signal), so a crash or a sanitizer report fails the caller.
   function srv:stop(sig)
     if self.proc then
       self.proc:kill(sig or "TERM")
@@ -100,7 +100,7 @@ function M.apiserver(opts)
       end
       self.proc:close()
       self.proc = nil
-      if not sig and (not r or r.status ~= 130) then
+      if not sig and (not r or r.status ~= 0) then
         error(("vmsnap serve did not stop cleanly: %s"):format(r and ("exit " .. tostring(r.status) ..
           (r.signal and (" signal " .. r.signal) or "")) or "hung"), 2)
       end

@@ -52,7 +52,8 @@ request allowed). Other users — --token-file lines, ServiceAccounts'
 tokens (`kubectl create token SA`), client certificates (CN the user, O
 the groups) — are authorized by Roles, ClusterRoles and their bindings as
 Kubernetes does it, 403 messages included; `kubectl auth can-i` works.
-SIGINT or SIGTERM stops the server (exit status 130).
+SIGINT or SIGTERM stops the server: watches end, the store is closed, exit
+status 0 (a second SIGINT exits at once, 130).
 ]]
 
 function M.parse(args)

@@ -8,7 +8,8 @@
 ** `vmsnap.cli.<command>`, reached through `vmsnap.cli`.
 **
 ** Exit codes: 0 ok, 1 error, 2 usage, 3 the workflow reported failure,
-** 130 interrupted.
+** 130 interrupted. A service (serve, up, controller) that a signal stops
+** and that shuts down cleanly exits 0 and says nothing: that is its normal end.
 */
 #define _POSIX_C_SOURCE 200809L /* unsetenv */
 #include <errno.h>
@@ -292,6 +293,12 @@ static void print_versions(void)
 		printf("build: %s\n", b->options);
 }
 
+/* the commands that run until they are stopped: a stop is their normal end */
+static int is_service(const char *cmd)
+{
+	return cmd && (strcmp(cmd, "serve") == 0 || strcmp(cmd, "up") == 0 || strcmp(cmd, "controller") == 0);
+}
+
 static int report(vmsnap_runtime *rt, vmsnap_status st)
 {
 	const char *code = vmsnap_errcode(rt);
@@ -324,7 +331,7 @@ int main(int argc, char **argv)
 	vmsnap_config *cfg;
 	vmsnap_runtime *rt = NULL;
 	vmsnap_status st;
-	int r, ret;
+	int r, ret = 0, service_stopped = 0;
 	const char *env_path = getenv("VMSNAP_PATH");
 
 	memset(&o, 0, sizeof o);
@@ -387,7 +394,10 @@ int main(int argc, char **argv)
 		vmsnap_set_args(rt, argc - o.script_idx, argv + o.script_idx);
 		static const char boot[] = "return require('vmsnap.cli').main(...)";
 		st = vmsnap_run_buffer(rt, boot, sizeof boot - 1, "=vmsnap");
-		ret = report(rt, st);
+		if (g_interrupts && is_service(o.command) && (st == VMSNAP_OK || st == VMSNAP_ERR_CANCELLED))
+			service_stopped = 1;
+		else
+			ret = report(rt, st);
 	} else if (o.code) {
 		/* arg[0] = "-e"-less: the args after CODE are arg[1..] */
 		vmsnap_set_args(rt, argc - o.script_idx + 1, argv + o.script_idx - 1);
@@ -402,7 +412,7 @@ int main(int argc, char **argv)
 	signal(SIGTERM, SIG_DFL);
 	g_rt = NULL;
 	vmsnap_close(rt);
-	if (ret == 0 && g_interrupts)
+	if (ret == 0 && g_interrupts && !service_stopped)
 		ret = EXIT_INTERRUPTED;
 	return ret;
 }
