@@ -43,8 +43,10 @@ demo: deps build
 bench: build
 	@sh tests/bench/run.sh $(BUILD)
 
+# PREFIX is always the one installed to (the build directory may have been
+# configured for another: the installed tree finds its parts relative to itself)
 install: build
-	cmake --install $(BUILD) $(if $(DESTDIR),--prefix $(DESTDIR)$(PREFIX),)
+	DESTDIR="$(DESTDIR)" cmake --install $(BUILD) --prefix "$(PREFIX)"
 
 image:
 	@sh tools/deps.sh image

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <time.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <yaml.h>
 #ifdef __GLIBC__
@@ -298,16 +299,46 @@ static int rt_cancel_requested(lua_State *L)
 	return 1;
 }
 
+/* The directory of the running program, with its final '/', in buf
+** (empty when /proc/self/exe cannot be read). */
+static const char *exe_dir(char *buf, size_t size)
+{
+	ssize_t n = readlink("/proc/self/exe", buf, size - 1);
+	char *slash;
+	if (n <= 0) {
+		buf[0] = 0;
+		return buf;
+	}
+	buf[n] = 0;
+	slash = strrchr(buf, '/');
+	if (slash)
+		slash[1] = 0;
+	else
+		buf[0] = 0;
+	return buf;
+}
+
 /* Where the built-in scripts (workflows, preconditions, hooks, CRDs) are:
-** VMSNAP_SCRIPTS_DIR, else the installed copy, else the source tree. */
+** VMSNAP_SCRIPTS_DIR, else beside the program as installed (BIN/../share/
+** vmsnap/scripts: an install moved to another prefix still finds them),
+** else the configured install directory, else the source tree. */
 static int rt_scripts_dirs(lua_State *L)
 {
 	const char *env = getenv("VMSNAP_SCRIPTS_DIR");
+	char exe[4096];
+	struct stat st;
 	int n = 0;
 	lua_newtable(L);
 	if (env && *env) {
 		lua_pushstring(L, env);
 		lua_rawseti(L, -2, ++n);
+	}
+	if (*exe_dir(exe, sizeof exe)) {
+		lua_pushfstring(L, "%s../share/vmsnap/scripts", exe);
+		if (stat(lua_tostring(L, -1), &st) == 0 && S_ISDIR(st.st_mode))
+			lua_rawseti(L, -2, ++n);
+		else
+			lua_pop(L, 1);
 	}
 #ifdef VMSNAP_SCRIPTS_INSTALL_DIR
 	lua_pushstring(L, VMSNAP_SCRIPTS_INSTALL_DIR);
@@ -322,28 +353,23 @@ static int rt_scripts_dirs(lua_State *L)
 
 /* Where vmsnap-launcher may be, first found wins: VMSNAP_LAUNCHER, next to
 ** the running program (a build tree, or an install with bindir = libexec),
-** the installed libexec copy. */
+** BIN/../libexec/vmsnap (an install, wherever its prefix), the configured
+** libexec copy. */
 static int rt_launcher_paths(lua_State *L)
 {
 	const char *env = getenv("VMSNAP_LAUNCHER");
 	char exe[4096];
-	ssize_t n;
 	int k = 0;
 	lua_newtable(L);
 	if (env && *env) {
 		lua_pushstring(L, env);
 		lua_rawseti(L, -2, ++k);
 	}
-	n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-	if (n > 0) {
-		char *slash;
-		exe[n] = 0;
-		slash = strrchr(exe, '/');
-		if (slash) {
-			slash[1] = 0;
-			lua_pushfstring(L, "%svmsnap-launcher", exe);
-			lua_rawseti(L, -2, ++k);
-		}
+	if (*exe_dir(exe, sizeof exe)) {
+		lua_pushfstring(L, "%svmsnap-launcher", exe);
+		lua_rawseti(L, -2, ++k);
+		lua_pushfstring(L, "%s../libexec/vmsnap/vmsnap-launcher", exe); /* an install moved elsewhere */
+		lua_rawseti(L, -2, ++k);
 	}
 #ifdef VMSNAP_LAUNCHER_INSTALL
 	lua_pushstring(L, VMSNAP_LAUNCHER_INSTALL);

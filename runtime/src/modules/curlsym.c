@@ -3,6 +3,7 @@
 */
 #include <stddef.h>
 
+#define VMSNAP_SYM_IMPL
 #include "curlsym.h"
 #include "dlsyms.h"
 
@@ -21,9 +22,20 @@ static const char *const names[] = {
     "curl_slist_free_all",     "curl_version_info",        "curl_global_init",
     "curl_global_cleanup"};
 
+#ifndef VMSNAP_LAZY_LIBS
+/* the linked library's functions, in the order of names[] */
+static void *const linked[] = {
+    (void *)curl_easy_init,          (void *)curl_easy_setopt,         (void *)curl_easy_getinfo,
+    (void *)curl_easy_cleanup,       (void *)curl_easy_strerror,       (void *)curl_easy_pause,
+    (void *)curl_multi_init,         (void *)curl_multi_setopt,        (void *)curl_multi_add_handle,
+    (void *)curl_multi_remove_handle, (void *)curl_multi_socket_action, (void *)curl_multi_info_read,
+    (void *)curl_multi_assign,       (void *)curl_multi_cleanup,       (void *)curl_slist_append,
+    (void *)curl_slist_free_all,     (void *)curl_version_info,        (void *)curl_global_init,
+    (void *)curl_global_cleanup};
+#endif
+
 const Vmsnap_curl_api *Vmsnap_curl(const char **why)
 {
-	static const char *const sonames[] = {"libcurl.so.4", "libcurl-gnutls.so.4", "libcurl.so"};
 	if (Vmsnap_curl_loaded)
 		return Vmsnap_curl_loaded;
 	if (load_error) {
@@ -31,8 +43,14 @@ const Vmsnap_curl_api *Vmsnap_curl(const char **why)
 			*why = load_error;
 		return NULL;
 	}
+#ifdef VMSNAP_LAZY_LIBS
+	static const char *const sonames[] = {"libcurl.so.4", "libcurl-gnutls.so.4", "libcurl.so"};
 	lib = Vmsnap_dlsyms(sonames, sizeof sonames / sizeof *sonames, names, (void **)&api,
 	                    sizeof names / sizeof *names, "libcurl.so.4 not found", &load_error);
+#else
+	Vmsnap_fill_linked(linked, (void **)&api, sizeof names / sizeof *names);
+	lib = (void *)linked;
+#endif
 	if (!lib) {
 		if (why)
 			*why = load_error;

@@ -1,11 +1,12 @@
 /*
 ** curlsym.h -- libcurl, loaded on first use.
 **
-** libcurl pulls in some thirty shared libraries (TLS, Kerberos, LDAP, ...);
-** linking it would make every `vmsnap` start pay for them.  Instead the
-** functions vmsnap uses are looked up with dlopen/dlsym the first time HTTP
-** is needed, and libcurl's global init runs then.  Code that includes this
-** header calls the usual curl_* names; they resolve to the loaded table.
+** Code that includes this header calls the usual curl_* names; they resolve
+** to a table of the functions vmsnap uses, filled the first time HTTP is
+** needed (libcurl's global init runs then). libcurl is linked (ldd and
+** dpkg-shlibdeps see it); built with -DVMSNAP_LAZY_LIBS=ON, it is instead
+** looked up with dlopen/dlsym then, so that a start does not map the thirty
+** libraries it pulls in (docs/runtime.md says what that saves).
 */
 #ifndef VMSNAP_CURLSYM_H
 #define VMSNAP_CURLSYM_H
@@ -43,6 +44,7 @@ void Vmsnap_curl_unload(void);
 
 extern const Vmsnap_curl_api *Vmsnap_curl_loaded;
 
+#ifndef VMSNAP_SYM_IMPL
 /* curl.h may define some of these names as macros */
 #undef curl_easy_setopt
 #undef curl_easy_getinfo
@@ -64,5 +66,7 @@ extern const Vmsnap_curl_api *Vmsnap_curl_loaded;
 #define curl_slist_append Vmsnap_curl_loaded->slist_append
 #define curl_slist_free_all Vmsnap_curl_loaded->slist_free_all
 #define curl_version_info Vmsnap_curl_loaded->version_info
+
+#endif /* VMSNAP_SYM_IMPL */
 
 #endif

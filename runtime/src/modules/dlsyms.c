@@ -27,3 +27,10 @@ void *Vmsnap_dlsyms(const char *const *sonames, size_t nsonames, const char *con
 	}
 	return lib;
 }
+
+void Vmsnap_fill_linked(void *const *linked, void **slots, size_t n)
+{
+	size_t i;
+	for (i = 0; i < n; i++)
+		slots[i] = linked[i];
+}

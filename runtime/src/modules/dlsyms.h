@@ -1,6 +1,7 @@
 /*
-** dlsyms.h -- loading a shared library on first use and filling a table of
-** its functions (libcurl, libmicrohttpd: see curlsym.h and mhdsym.h).
+** dlsyms.h -- filling a table of a library's functions: from the linked
+** library, or (-DVMSNAP_LAZY_LIBS=ON) by loading it on first use (libcurl,
+** libmicrohttpd: see curlsym.h and mhdsym.h).
 */
 #ifndef VMSNAP_DLSYMS_H
 #define VMSNAP_DLSYMS_H
@@ -12,5 +13,8 @@
 ** static message (the library is closed again when a function is missing). */
 void *Vmsnap_dlsyms(const char *const *sonames, size_t nsonames, const char *const *names, void **slots,
                     size_t n, const char *missing, const char **why);
+
+/* The linked build's table: slots[i] = linked[i] for i < n. */
+void Vmsnap_fill_linked(void *const *linked, void **slots, size_t n);
 
 #endif

@@ -1,11 +1,9 @@
 /*
 ** mhdsym.h -- libmicrohttpd, loaded on first use.
 **
-** libmicrohttpd brings GnuTLS and its nine libraries; linking it would make
-** every `vmsnap` start pay for them, while only `vmsnap serve` (and
-** embedders that serve) use it.  As with libcurl (curlsym.h), the functions
-** vmsnap uses are looked up with dlopen/dlsym the first time a server is
-** started.  Code that includes this header calls the usual MHD_* names.
+** As with libcurl (curlsym.h): code calls the usual MHD_* names, which go
+** through a table filled when the first server starts — from the linked
+** library, or with -DVMSNAP_LAZY_LIBS=ON by dlopen/dlsym then.
 */
 #ifndef VMSNAP_MHDSYM_H
 #define VMSNAP_MHDSYM_H
@@ -43,6 +41,7 @@ void *Vmsnap_mhd_sym(const char *name);
 
 extern const Vmsnap_mhd_api *Vmsnap_mhd_loaded;
 
+#ifndef VMSNAP_SYM_IMPL
 #define MHD_start_daemon Vmsnap_mhd_loaded->start_daemon
 #define MHD_stop_daemon Vmsnap_mhd_loaded->stop_daemon
 #define MHD_run Vmsnap_mhd_loaded->run
@@ -59,5 +58,6 @@ extern const Vmsnap_mhd_api *Vmsnap_mhd_loaded;
 #define MHD_suspend_connection Vmsnap_mhd_loaded->suspend_connection
 #define MHD_resume_connection Vmsnap_mhd_loaded->resume_connection
 #define MHD_get_version Vmsnap_mhd_loaded->get_version
+#endif /* VMSNAP_SYM_IMPL */
 
 #endif
