@@ -5,6 +5,7 @@
 #   make demo       run the demo on the local platform
 #   make bench      run the benchmarks in tests/bench and print their figures
 #   make install    install (PREFIX=/usr/local, DESTDIR=...)
+#   make deb        a Debian package (build-deb/vmsnap_VERSION_ARCH.deb)
 #   make image      the controller's container image from Debian packages (tools/image.sh)
 #   make check-image  build the image and run its controller against the local platform
 BUILD ?= build
@@ -19,7 +20,7 @@ ifeq ($(WERROR),1)
 CMAKE_FLAGS += -DVMSNAP_WERROR=ON
 endif
 
-.PHONY: all build deps check demo bench install clean configure image check-image
+.PHONY: all build deps check demo bench install clean configure image check-image deb
 
 all: build
 
@@ -48,6 +49,13 @@ bench: build
 install: build
 	DESTDIR="$(DESTDIR)" cmake --install $(BUILD) --prefix "$(PREFIX)"
 
+# the .deb: a Release build for /usr of its own (build-deb/), then CPack
+deb:
+	cmake -S . -B build-deb -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX=/usr -DVMSNAP_BUILD_TESTS=OFF >/dev/null
+	cmake --build build-deb -j $(JOBS)
+	cd build-deb && cpack -G DEB
+	@ls build-deb/*.deb
+
 image:
 	@sh tools/deps.sh image
 	@sh tools/image.sh $(IMAGE)
@@ -56,4 +64,4 @@ check-image: build image
 	VMSNAP_BUILD_DIR=$(abspath $(BUILD)) VMSNAP_SOURCE_DIR=$(CURDIR) $(BUILD)/vmsnap --path tests/harness tests/image/image_spec.lua
 
 clean:
-	rm -rf build build-san build-image
+	rm -rf build build-san build-image build-deb
