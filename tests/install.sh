@@ -68,6 +68,15 @@ CM
 cmake -S "$T/cm" -B "$T/cm/build" -DCMAKE_PREFIX_PATH="$P" -DCMAKE_BUILD_RPATH="$LIBDIR" >/dev/null
 cmake --build "$T/cm/build" >/dev/null
 "$T/cm/build/ext_cmake" >/dev/null
+# the man pages, the completions and kubectl's plugin are installed
+for f in share/man/man1/vmsnap.1 share/man/man1/vmsnap-snapshot.1 share/bash-completion/completions/vmsnap \
+	share/zsh/vendor-completions/_vmsnap share/fish/vendor_completions.d/vmsnap.fish bin/kubectl-vmsnap; do
+	[ -e "$P/$f" ] || { echo "not ok - missing $f"; exit 1; }
+done
+if command -v kubectl >/dev/null 2>&1; then
+	PATH="$P/bin:$PATH" kubectl plugin list 2>/dev/null | grep -q "$P/bin/kubectl-vmsnap" || { echo "not ok - kubectl plugin list does not find kubectl-vmsnap"; exit 1; }
+	PATH="$P/bin:$PATH" kubectl vmsnap version | grep -q "^vmsnap " || { echo "not ok - kubectl vmsnap version"; exit 1; }
+fi
 # the installed program, moved: its scripts and launcher are found beside it
 mv "$P" "$T/moved"
 out=$("$T/moved/bin/vmsnap" -e 'local r = require("vmsnap.core.runtime") print(r.scripts_dirs()[1])')

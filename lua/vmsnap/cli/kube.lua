@@ -41,7 +41,10 @@ function M.parse(args, spec)
     elseif a == "-h" or a == "--help" then
       o.help = true
     elseif a:sub(1, 1) == "-" and a ~= "-" then
-      cli.usage(("unknown flag '%s'"):format(a))
+      local flags = { "--help" }
+      for k in pairs(spec) do flags[#flags + 1] = k end
+      table.sort(flags)
+      cli.usage(("unknown flag '%s'%s"):format(a, cli.did_you_mean(a, flags)))
     else
       pos[#pos + 1] = a
     end

@@ -128,8 +128,12 @@ end
 function M.main(args)
   local o, pos = kube.parse(args, SPEC)
   if o.help then io.stdout:write(M.help) return end
+  if pos[1] and pos[1] ~= "disk" and pos[1] ~= "vm" then
+    cli.usage(("restore: '%s' is not something to restore: disk or vm%s"):format(pos[1],
+      cli.did_you_mean(pos[1], { "disk", "vm" })))
+  end
   if not ((pos[1] == "disk" and pos[2]) or (pos[1] == "vm" and not pos[2])) then
-    cli.usage("restore: usage: vmsnap restore disk NAME --from SNAPSHOT | vmsnap restore vm --from SNAPSHOT (see --help)")
+    cli.usage("restore: usage: vmsnap restore disk NAME --from SNAPSHOT | vmsnap restore vm --from SNAPSHOT")
   end
   if not o.from then cli.usage("restore: --from SNAPSHOT is required") end
   local c = kube.client(o)

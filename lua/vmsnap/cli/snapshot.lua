@@ -109,9 +109,11 @@ end
 function M.main(args)
   local o, pos = kube.parse(args, SPEC)
   if o.help then io.stdout:write(M.help) return end
-  if (pos[1] ~= "disk" and pos[1] ~= "vm") or not pos[2] then
-    cli.usage("snapshot: usage: vmsnap snapshot disk|vm NAME [--wait] (see --help)")
+  if pos[1] and pos[1] ~= "disk" and pos[1] ~= "vm" then
+    cli.usage(("snapshot: '%s' is not something to snapshot: disk or vm%s"):format(pos[1],
+      cli.did_you_mean(pos[1], { "disk", "vm" })))
   end
+  if not pos[2] then cli.usage("snapshot: usage: vmsnap snapshot disk|vm NAME [--wait]") end
   if pos[3] then cli.usage(("snapshot: unexpected argument '%s'"):format(pos[3])) end
   local c = kube.client(o)
   local ns = o.namespace or c.namespace

@@ -58,21 +58,13 @@ static const char usage_text[] =
     "130 interrupted (the first Ctrl-C cancels the running tasks, which run\n"
     "their cleanups; a second one exits at once).\n";
 
-static const char help_commands[] =
-    "commands:\n"
-    "  run SCRIPT [args]   run a Lua script (same as 'vmsnap SCRIPT')\n"
-    "  help [COMMAND]      help for a command\n"
-    "  version             print versions\n"
-    "  serve --data DIR    serve the embedded Kubernetes-compatible API\n"
-    "  get KIND [NAME]     show Kubernetes objects, as kubectl get does\n"
-    "  apply -f FILE       server-side apply of manifests\n"
-    "  guest CMD TARGET    a guest agent: ping, status, freeze, thaw, exec, thaw-orphans\n";
 
 typedef struct Options {
 	const char *code;
 	const char *script;
 	int script_idx; /* argv index of the script (or of -e's first arg) */
 	int check;
+	int help; /* --help: the commands' list follows the options */
 	const char *command;
 	char *lua_path;
 	const char *plugin_path;
@@ -191,10 +183,11 @@ static int collect_args(int argc, char **argv, Options *o)
 		if (a[0] != '-' || a[1] == 0)
 			break; /* a script, a command or "-" (stdin) */
 		if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+			/* the options; the commands come from vmsnap.cli's table */
 			fputs(usage_text, stdout);
 			fputs("\n", stdout);
-			fputs(help_commands, stdout);
-			return 0;
+			o->help = 1;
+			return -1;
 		} else if (strcmp(a, "-v") == 0 || strcmp(a, "--version") == 0) {
 			o->command = "version";
 			return -1;
@@ -386,7 +379,11 @@ int main(int argc, char **argv)
 		}
 	}
 
-	if (o.check) {
+	if (o.help) {
+		static const char boot[] = "return require('vmsnap.cli').print_commands()";
+		st = vmsnap_run_buffer(rt, boot, sizeof boot - 1, "=vmsnap");
+		ret = report(rt, st);
+	} else if (o.check) {
 		st = vmsnap_check_file(rt, strcmp(o.script, "-") == 0 ? NULL : o.script);
 		ret = report(rt, st);
 	} else if (o.command) {
