@@ -92,6 +92,16 @@ local function usage(msg)
 end
 M.usage = usage
 
+--- A duration argument in seconds: "30s", "2m", "1h30m" or a number of
+--- seconds; anything else (or not above zero) is a usage error naming it.
+function M.duration(what, value)
+  local d = value ~= nil and require("vmsnap.time").duration(value) or nil
+  if not d or d <= 0 then
+    usage(("%s must be a duration (30s, 2m, 1h) or a number of seconds, not '%s'"):format(what, tostring(value)))
+  end
+  return d
+end
+
 --- End a command with an error message printed as is (no traceback) and
 --- exit status 1, the way kubectl reports a failed request.
 function M.fail(msg)

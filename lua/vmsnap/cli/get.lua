@@ -19,6 +19,8 @@ options:
   -l, --selector SEL      label selector (app=demo, 'tier in (a,b)')
   --field-selector SEL    field selector (metadata.name=x)
   -o, --output FORMAT     wide, yaml, json or name (default: a table)
+  --show-managed-fields   keep metadata.managedFields in yaml and json (hidden
+                          by default, as kubectl does)
 ]] .. kube.COMMON_HELP
 
 local SPEC = {
@@ -26,6 +28,7 @@ local SPEC = {
   ["-l"] = { "selector", true }, ["--selector"] = { "selector", true },
   ["--field-selector"] = { "field_selector", true },
   ["-o"] = { "output", true }, ["--output"] = { "output", true },
+  ["--show-managed-fields"] = { "managed_fields", false },
 }
 for k, v in pairs(kube.COMMON) do SPEC[k] = v end
 
@@ -161,6 +164,11 @@ function M.main(args)
       local items = json.array()
       for i, e in ipairs(objects) do items[i] = e[2] end
       doc = { apiVersion = "v1", kind = "List", items = items, metadata = { resourceVersion = "" } }
+    end
+    if doc and not o.managed_fields then
+      for _, e in ipairs(objects) do
+        if type(e[2].metadata) == "table" then e[2].metadata.managedFields = nil end
+      end
     end
     if doc then
       if fmt == "json" then

@@ -26,9 +26,11 @@ nothing (exit 1 when the restore would fail).
 options:
   --from SNAPSHOT         the snapshot (required)
   --wait                  follow it to Ready (exit 1 if it fails)
-  --timeout SECONDS       for --wait (default 300)
+  --timeout DURATION      for --wait (30s, 5m, or seconds; default 5m)
+  --allow-missing         create it even when SNAPSHOT does not exist yet (it waits)
 disk:
-  --size SIZE             the disk's size (e.g. 10Gi; default: the snapshot's)
+  --size SIZE             the disk's size (e.g. 10Gi; default: the snapshot's; at least
+                          the snapshot's)
   --storage-class SC      the disk's storage class
 vm:
   --name NAME             the restore's name (default SNAPSHOT-restore-YYYYMMDDHHMMSS)
@@ -40,7 +42,7 @@ vm:
 
 local SPEC = { ["--from"] = { "from", true }, ["--size"] = { "size", true }, ["--wait"] = { "wait", false },
   ["--timeout"] = { "timeout", true }, ["--storage-class"] = { "sc", true }, ["--rename"] = { "rename", true, true },
-  ["--dry-run"] = { "dry_run", false }, ["--name"] = { "name", true } }
+  ["--dry-run"] = { "dry_run", false }, ["--name"] = { "name", true }, ["--allow-missing"] = { "allow_missing", false } }
 for k, v in pairs(kube.COMMON) do SPEC[k] = v end
 
 --- "KIND/OLD=NEW" or "OLD=NEW" → a nameReplacements rule.
@@ -69,7 +71,46 @@ local function restore_vm(c, o, ns)
     rules[#rules + 1] = rule
   end
   local vms, gerr, greason, gst = c:get("vmsnapshot", o.from, { namespace = ns })
-  if not vms then cli.fail(kube.error_text(gerr, greason, gst)) end
+  if not vms and not (o.allow_missing and greason == "NotFound" and not o.dry_run) then
+    cli.fail(kube.error_text(gerr, greason, gst))
+  end
+  local KINDS = { "VirtualMachine", "VirtualDisk", "VirtualMachineBlockDeviceAttachment", "VirtualMachineIPAddress", "Secret" }
+  for _, rule in ipairs(rules) do
+    local k = rule.from.kind
+    if k then
+      local known = false
+      for _, x in ipairs(KINDS) do if x == k then known = true end end
+      if not known then
+        cli.usage(("restore: --rename %s/%s=%s: a snapshot holds no kind %q (%s)%s"):format(k, rule.from.name, rule.to, k,
+          table.concat(KINDS, ", "), cli.did_you_mean(k, KINDS)))
+      end
+    end
+  end
+  -- each rename names something the snapshot holds (a typo would rename nothing)
+  if vms and #rules > 0 and (vms.status and vms.status.phase) == "Ready" then
+    local w0 = assert(workflow.load("vm-restore"))
+    local ctx0 = { client = c, get = function(_, kind, cns, n)
+      local obj, err, code = c:get(kind, n, { namespace = cns })
+      if not obj and code == "NotFound" then return nil end
+      return obj, err, code
+    end }
+    local ok0, plan0 = pcall(w0.plan, ctx0, { metadata = { name = "check", namespace = ns, uid = "check" },
+      spec = { virtualMachineSnapshotName = o.from } }, vms)
+    if ok0 and plan0 then
+      local held = {}
+      for _, it in ipairs(plan0.items) do held[#held + 1] = it.kind .. "/" .. it.name end
+      for _, rule in ipairs(rules) do
+        local hit = false
+        for _, it in ipairs(plan0.items) do
+          if it.name == rule.from.name and (not rule.from.kind or rule.from.kind == it.kind) then hit = true end
+        end
+        if not hit then
+          cli.usage(("restore: --rename %s%s=%s matches nothing in the snapshot %q (it holds %s)"):format(
+            rule.from.kind and (rule.from.kind .. "/") or "", rule.from.name, rule.to, o.from, table.concat(held, ", ")))
+        end
+      end
+    end
+  end
   if o.dry_run then
     if (vms.status and vms.status.phase) ~= "Ready" then
       cli.fail(("error: the virtual machine snapshot %q is %s, not Ready"):format(o.from, tostring(vms.status and vms.status.phase)))
@@ -119,7 +160,7 @@ local function restore_vm(c, o, ns)
     end
     local p = x.status and x.status.phase
     return p == "Ready" or p == "Failed"
-  end, { namespace = ns, timeout = tonumber(o.timeout or 300) })
+  end, { namespace = ns, timeout = o.timeout })
   if not final or final == true then cli.fail("error: " .. tostring(werr or "the restore is gone")) end
   if final.status.phase ~= "Ready" then cli.fail(("error: %s failed"):format(name)) end
   io.stdout:write(("%s is Ready\n"):format(name))
@@ -136,6 +177,7 @@ function M.main(args)
     cli.usage("restore: usage: vmsnap restore disk NAME --from SNAPSHOT | vmsnap restore vm --from SNAPSHOT")
   end
   if not o.from then cli.usage("restore: --from SNAPSHOT is required") end
+  o.timeout = cli.duration("restore: --timeout", o.timeout or "300")
   local c = kube.client(o)
   local ns = o.namespace or c.namespace
   if pos[1] == "vm" then
@@ -146,6 +188,21 @@ function M.main(args)
   local pvc = (o.size or o.sc) and { size = o.size, storageClassName = o.sc } or nil
   local want = o.size and quantity.parse(o.size)
   if o.size and not want then cli.usage(("restore: --size %q is not a quantity (e.g. 10Gi)"):format(o.size)) end
+  if not o.allow_missing then
+    local vds, verr, vreason, vst = c:get("virtualdisksnapshots.virtualization.deckhouse.io", o.from, { namespace = ns })
+    if not vds then
+      cli.fail(kube.error_text(verr, vreason, vst) .. (vreason == "NotFound" and
+        "\n(nothing created; --allow-missing creates the disk anyway and it waits)" or ""))
+    end
+    -- a disk smaller than its snapshot cannot hold it
+    local vsname = vds.status and vds.status.volumeSnapshotName
+    local vs = vsname and c:get("volumesnapshots.snapshot.storage.k8s.io", vsname, { namespace = ns })
+    local have = vs and vs.status and vs.status.restoreSize and quantity.parse(tostring(vs.status.restoreSize))
+    if want and have and want < have then
+      cli.usage(("restore: --size %s is smaller than the snapshot %q (%s): the disk needs at least that")
+        :format(o.size, o.from, tostring(vs.status.restoreSize)))
+    end
+  end
   local obj, err, reason, st = c:create({ apiVersion = "virtualization.deckhouse.io/v1alpha2", kind = "VirtualDisk",
     metadata = { name = pos[2], namespace = ns },
     spec = { persistentVolumeClaim = pvc,
@@ -171,7 +228,7 @@ function M.main(args)
       return (quantity.parse(x.status.capacity or "0") or 0) >= want
     end
     return p == "Ready" or p == "Failed" or p == "PVCLost"
-  end, { namespace = ns, timeout = tonumber(o.timeout or 300) })
+  end, { namespace = ns, timeout = o.timeout })
   if not final or final == true then cli.fail("error: " .. tostring(werr or "the disk is gone")) end
   if final.status.phase ~= "Ready" then cli.fail(("error: %s is %s"):format(pos[2], final.status.phase)) end
   io.stdout:write(("%s is Ready (%s)\n"):format(pos[2], tostring(final.status.capacity)))

@@ -23,7 +23,10 @@ options:
   --freeze-budget SECONDS how long the guest may stay frozen (default 30)
   --thaw-at-ready         thaw when the snapshots are ready, not at the cut
   --wait                  follow it to Ready or Failed (exit 1 on Failed)
-  --timeout SECONDS       for --wait (default 300)
+  --timeout DURATION      for --wait (30s, 5m, or seconds; default 5m)
+  --allow-missing         create it even when NAME does not exist yet (it waits for
+                          it, as the platform's own snapshots do); by default a
+                          missing disk or VM is an error and nothing is created
 disk:
   --class CLASS           the VolumeSnapshotClass (default: resolved from the disk's StorageClass)
 vm:
@@ -34,7 +37,8 @@ vm:
 
 local SPEC = { ["--name"] = { "name", true }, ["--class"] = { "class", true, true }, ["--wait"] = { "wait", false },
   ["--timeout"] = { "timeout", true }, ["--inconsistent"] = { "inconsistent", false },
-  ["--keep-ip"] = { "keep_ip", true }, ["--freeze-budget"] = { "budget", true }, ["--thaw-at-ready"] = { "thaw_at_ready", false } }
+  ["--keep-ip"] = { "keep_ip", true }, ["--freeze-budget"] = { "budget", true }, ["--thaw-at-ready"] = { "thaw_at_ready", false },
+  ["--allow-missing"] = { "allow_missing", false } }
 for k, v in pairs(kube.COMMON) do SPEC[k] = v end
 
 local function progress(obj)
@@ -69,8 +73,7 @@ end
 local function annotations(o)
   local a
   if o.budget then
-    local b = tonumber(o.budget)
-    if not b or b <= 0 then cli.usage("snapshot: --freeze-budget must be a positive number of seconds") end
+    local b = cli.duration("snapshot: --freeze-budget", o.budget)
     a = { ["vmsnap.io/freeze-budget"] = tostring(b) }
   end
   if o.thaw_at_ready then
@@ -99,7 +102,7 @@ local function snapshot_vm(c, o, ns, vm)
   if not obj then cli.fail(kube.error_text(err, reason, st)) end
   io.stdout:write(("virtualmachinesnapshot.virtualization.deckhouse.io/%s created\n"):format(name))
   if not o.wait then return end
-  local final, werr = follow(c, "vmsnapshot", ns, name, tonumber(o.timeout or 300))
+  local final, werr = follow(c, "vmsnapshot", ns, name, o.timeout)
   if not final or final == true then cli.fail("error: " .. tostring(werr or "the snapshot is gone")) end
   if final.status.phase == "Failed" then cli.fail(("error: %s failed"):format(name)) end
   io.stdout:write(("%s is Ready%s: %d disk(s), secret %s\n"):format(name, final.status.consistent and " (consistent)" or "",
@@ -115,8 +118,21 @@ function M.main(args)
   end
   if not pos[2] then cli.usage("snapshot: usage: vmsnap snapshot disk|vm NAME [--wait]") end
   if pos[3] then cli.usage(("snapshot: unexpected argument '%s'"):format(pos[3])) end
+  o.timeout = cli.duration("snapshot: --timeout", o.timeout or "300")
+  annotations(o) -- (its arguments checked before anything is asked of the API)
   local c = kube.client(o)
   local ns = o.namespace or c.namespace
+  -- what it names must exist: a typo would leave a snapshot Pending forever
+  if not o.allow_missing then
+    local kind = pos[1] == "vm" and "virtualmachines.virtualization.deckhouse.io" or "virtualdisks.virtualization.deckhouse.io"
+    local found, ferr, freason, fst = c:get(kind, pos[2], { namespace = ns })
+    if not found then
+      if freason == "NotFound" then
+        cli.fail(kube.error_text(ferr, freason, fst) .. "\n(nothing created; --allow-missing creates the snapshot anyway and it waits)")
+      end
+      cli.fail(kube.error_text(ferr, freason, fst))
+    end
+  end
   if pos[1] == "vm" then return snapshot_vm(c, o, ns, pos[2]) end
   if o.keep_ip then cli.usage("snapshot: --keep-ip is for vm snapshots") end
   if o.class and #o.class > 1 then cli.usage("snapshot: a disk snapshot takes one --class") end
@@ -129,7 +145,7 @@ function M.main(args)
   if not obj then cli.fail(kube.error_text(err, reason, st)) end
   io.stdout:write(("virtualdisksnapshot.virtualization.deckhouse.io/%s created\n"):format(name))
   if not o.wait then return end
-  local final, werr = follow(c, "vdsnapshot", ns, name, tonumber(o.timeout or 300))
+  local final, werr = follow(c, "vdsnapshot", ns, name, o.timeout)
   if not final or final == true then cli.fail("error: " .. tostring(werr or "the snapshot is gone")) end
   if final.status.phase == "Failed" then cli.fail(("error: %s failed"):format(name)) end
   io.stdout:write(("%s is Ready%s\n"):format(name, final.status.consistent and " (consistent)" or ""))

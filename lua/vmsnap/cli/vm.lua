@@ -27,7 +27,11 @@ function M.main(args)
   if o.help then io.stdout:write(M.help) return end
   local verb, name = pos[1], pos[2]
   local VERBS = { start = true, stop = true, migrate = true, pause = true, resume = true }
-  if not VERBS[verb or ""] or not name then
+  if verb and not VERBS[verb] then
+    cli.usage(("vm: '%s' is not something to do to a VM: start, stop, migrate, pause or resume%s"):format(verb,
+      cli.did_you_mean(verb, { "start", "stop", "migrate", "pause", "resume" })))
+  end
+  if not verb or not name then
     cli.usage("vm: usage: vmsnap vm start|stop|migrate|pause|resume NAME")
   end
   local ann, said
@@ -44,6 +48,19 @@ function M.main(args)
     said = verb == "pause" and "pausing" or "resuming"
   end
   local c = kube.client(o)
+  -- a runPolicy that overrides the power switch: say so, change nothing
+  if verb == "start" or verb == "stop" then
+    local vm, gerr, greason, gst = c:get("vm", name, { namespace = o.namespace })
+    if not vm then cli.fail(kube.error_text(gerr, greason, gst)) end
+    local policy = vm.spec and vm.spec.runPolicy
+    if verb == "stop" and policy == "AlwaysOn" then
+      cli.fail(("error: the virtual machine %q has runPolicy AlwaysOn: the platform starts it again at once; "
+        .. "set spec.runPolicy to Manual or AlwaysOnUnlessStoppedManually to stop it"):format(name))
+    elseif verb == "start" and policy == "AlwaysOff" then
+      cli.fail(("error: the virtual machine %q has runPolicy AlwaysOff: it stays stopped; "
+        .. "set spec.runPolicy to Manual or AlwaysOnUnlessStoppedManually to start it"):format(name))
+    end
+  end
   local ok, err, reason, st = c:patch("vm", name, { metadata = { annotations = ann } }, { namespace = o.namespace })
   if not ok then cli.fail(kube.error_text(err, reason, st)) end
   io.stdout:write(("virtualmachine.virtualization.deckhouse.io/%s %s\n"):format(name, said))
