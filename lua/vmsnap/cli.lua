@@ -16,6 +16,7 @@ M.GROUPS = {
     { name = "get", summary = "show Kubernetes objects (kubectl get, for vmsnap's kinds and more)" },
     { name = "describe", summary = "describe KIND NAME: phase, conditions, freeze, hooks, steps, children, Events" },
     { name = "apply", summary = "server-side apply of manifests (kubectl apply --server-side)" },
+    { name = "delete", summary = "delete KIND NAME...: delete objects and wait until they are gone" },
   } },
   { title = "Snapshot and restore", commands = {
     { name = "snapshot", subcommands = { "disk", "vm" },

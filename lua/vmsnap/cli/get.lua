@@ -19,6 +19,8 @@ options:
   -l, --selector SEL      label selector (app=demo, 'tier in (a,b)')
   --field-selector SEL    field selector (metadata.name=x)
   -o, --output FORMAT     wide, yaml, json or name (default: a table)
+  -w, --watch             after the table, a row for every change (one kind; until
+                          interrupted)
   --show-managed-fields   keep metadata.managedFields in yaml and json (hidden
                           by default, as kubectl does)
 ]] .. kube.COMMON_HELP
@@ -29,6 +31,7 @@ local SPEC = {
   ["--field-selector"] = { "field_selector", true },
   ["-o"] = { "output", true }, ["--output"] = { "output", true },
   ["--show-managed-fields"] = { "managed_fields", false },
+  ["-w"] = { "watch", false }, ["--watch"] = { "watch", false },
 }
 for k, v in pairs(kube.COMMON) do SPEC[k] = v end
 
@@ -40,7 +43,7 @@ local function cell_text(v)
   return tostring(v)
 end
 
-local function print_table(tables, o, prefix_names)
+local function print_table(tables, o, prefix_names, no_header)
   -- one header for the columns of each resource, kubectl style
   local out = {}
   for bi, t in ipairs(tables) do
@@ -71,6 +74,7 @@ local function print_table(tables, o, prefix_names)
       for i, v in ipairs(r) do widths[i] = math.max(widths[i] or 0, utf8.len(v) or #v) end
     end
     if bi > 1 then out[#out + 1] = "" end
+    if no_header then table.remove(rows, 1) end
     for _, r in ipairs(rows) do
       local parts = {}
       for i, v in ipairs(r) do
@@ -90,9 +94,12 @@ function M.main(args)
   if fmt and fmt ~= "wide" and fmt ~= "yaml" and fmt ~= "json" and fmt ~= "name" then
     cli.usage(("get: --output must be wide, yaml, json or name, not '%s'"):format(fmt))
   end
-  local c = kube.client(o)
   local kinds = {}
   for k in pos[1]:gmatch("[^,]+") do kinds[#kinds + 1] = k end
+  if o.watch and (#kinds > 1 or (fmt and fmt ~= "wide")) then
+    cli.usage("get: --watch takes one kind and a table (no -o yaml, json or name)")
+  end
+  local c = kube.client(o)
   local names = { table.unpack(pos, 2) }
   if #names > 0 and #kinds > 1 then cli.usage("get: names can be given for one kind only") end
   local objects, tables, failures = {}, {}, {}
@@ -179,6 +186,41 @@ function M.main(args)
     end
   end
   if #failures > 0 then cli.fail(table.concat(failures, "\n")) end
+  if o.watch then M.watch(c, o, kinds[1], names, tables[1]) end
+end
+
+--- -w: a row for each change after the table (until the watch ends: Ctrl-C).
+function M.watch(c, o, kind, names, first)
+  local r = assert(c:resource(kind))
+  local ns = r.namespaced and not o.all and (o.namespace or c.namespace) or nil
+  local rv = first and first.table.metadata and first.table.metadata.resourceVersion or nil
+  local fs = o.field_selector
+  if #names == 1 then fs = (fs and (fs .. ",") or "") .. "metadata.name=" .. names[1] end
+  local w, err = c:watch(r, { namespace = ns, all_namespaces = o.all, resource_version = rv,
+    label_selector = o.selector, field_selector = fs })
+  if not w then cli.fail("error: " .. tostring(err)) end
+  local last = {}
+  while true do
+    local ev, werr, code = w:next()
+    if not ev then
+      if code == "CANCELLED" then return end
+      cli.fail("error: the watch ended: " .. tostring(werr))
+    end
+    local obj = ev.object
+    if type(obj) == "table" and obj.metadata and (#names ~= 1 or obj.metadata.name == names[1]) then
+      local key = (obj.metadata.namespace or "") .. "/" .. obj.metadata.name
+      local tb
+      if ev.type ~= "DELETED" then
+        local res = c:request({ path = M.path(r, obj.metadata.namespace, obj.metadata.name), accept = TABLE })
+        tb = res and json.decode(res.body)
+        last[key] = tb
+      else
+        tb = last[key]
+        last[key] = nil
+      end
+      if tb then print_table({ { resource = r, table = tb } }, o, false, true) io.stdout:flush() end
+    end
+  end
 end
 
 --- The API path of a resource's collection or object.
