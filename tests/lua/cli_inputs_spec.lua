@@ -93,6 +93,15 @@ t.test("restore vm --rename: a kind no snapshot holds, and a name it does not ho
   local st, out = vmsnap("restore", "vm", "--from", "svs", "--rename", "VirtualMachine/svm=svm2", "--rename", "sroot=sroot2", "--dry-run")
   t.eq(st, 0, out)
   t.contains(out, "svm2")
+  -- --dry-run: a conflict suggests its --rename; what the server would refuse is shown
+  local err
+  st, out, err = vmsnap("restore", "vm", "--from", "svs", "--dry-run")
+  t.eq(st, 1)
+  t.ok(out:find("VirtualMachine%s+svm%s+CONFLICT: .-%(%-%-rename VirtualMachine/svm=svm%-2%)") ~= nil, out)
+  t.contains(err, "error: the restore would fail: ")
+  st, out = vmsnap("restore", "vm", "--from", "svs", "--rename", "VirtualMachine/svm=Bad_Name", "--rename", "sroot=sroot3", "--dry-run")
+  t.eq(st, 1)
+  t.ok(out:find("VirtualMachine%s+Bad_Name%s+REFUSED by the server: .-Bad_Name") ~= nil, out)
 end)
 
 t.test("vm start and stop say when the runPolicy overrides them, and change nothing", function()

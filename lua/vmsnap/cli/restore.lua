@@ -20,7 +20,8 @@ to --size.
 vm: create a VirtualMachineRestore of the VirtualMachineSnapshot SNAPSHOT: its
 IP address, VM, disks, attachments and provisioning Secret come back, renamed
 by --rename. Everything is checked before anything is created; --dry-run prints
-that plan (each object, under which name, and every conflict) and creates
+that plan (each object, under which name, every conflict with the --rename that
+avoids it, and what the server refuses of a dry run of each create) and creates
 nothing (exit 1 when the restore would fail).
 
 options:
@@ -56,9 +57,27 @@ function M.parse_rename(s)
   return { from = { kind = kind ~= "" and kind or nil, name = from }, to = to }
 end
 
+-- each create of the plan asked of the server as a dry run: what it would
+-- refuse (admission, schema, a name taken) is shown on its line
+local function dry_run_creates(c, plan)
+  for _, it in ipairs(plan.items) do
+    if it.action == "create" and not it.conflict then
+      local res, err, code = c:create(it.object, { dry_run = true })
+      if not res then
+        if code == "AlreadyExists" then it.conflict = tostring(err) else it.refused = tostring(err) end
+      end
+    end
+  end
+end
+
 local function print_plan(plan)
   for _, it in ipairs(plan.items) do
-    local what = it.conflict and ("CONFLICT: " .. it.conflict) or it.action
+    local what = it.action
+    if it.conflict then
+      what = ("CONFLICT: %s (--rename %s/%s=%s-2)"):format(it.conflict, it.kind, it.name, it.name)
+    elseif it.refused then
+      what = "REFUSED by the server: " .. it.refused
+    end
     io.stdout:write(("  %-36s %-28s %s\n"):format(it.kind, it.name, what))
   end
 end
@@ -128,8 +147,14 @@ local function restore_vm(c, o, ns)
     if not okp or not plan then cli.fail("error: " .. tostring(okp and why or plan)) end
     local okv, ok, conflict = pcall(w.validate, ctx, vmr, plan)
     if not okv then cli.fail("error: " .. tostring(ok)) end
-    io.stdout:write(("restore of %s/%s (dry run, nothing created):\n"):format(ns, o.from))
+    dry_run_creates(c, plan)
+    io.stdout:write(("restore of %s/%s (dry run, nothing created; every create asked of the server):\n"):format(ns, o.from))
     print_plan(plan)
+    if ok then
+      for _, it in ipairs(plan.items) do
+        if it.refused or it.conflict then ok, conflict = false, it.refused or it.conflict break end
+      end
+    end
     if not ok then cli.fail("error: the restore would fail: " .. tostring(conflict)) end
     return
   end
