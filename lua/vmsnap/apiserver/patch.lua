@@ -447,24 +447,24 @@ local function find_entry(list, manager, operation, sub)
   end
 end
 
--- does the FieldsV1 tree f have a node at leaf path p?
-local function has_node(f, p)
+-- the node of the FieldsV1 tree f at leaf path p, or nil
+local function node_at(f, p)
   local node = f
   for k in p:gmatch(SEP .. "([^" .. SEP .. "]*)") do
     node = type(node) == "table" and node["f:" .. k]
-    if not node then return false end
+    if not node then return nil end
   end
-  return true
+  return node
 end
+
+-- does the FieldsV1 tree f have a node at leaf path p?
+local function has_node(f, p) return node_at(f, p) ~= nil end
 
 -- does the FieldsV1 tree f hold leaf path p as a member of its set (a node
 -- with no children, or one marked ".")?
 local function owns(f, p)
-  local node = f
-  for k in p:gmatch(SEP .. "([^" .. SEP .. "]*)") do
-    node = type(node) == "table" and node["f:" .. k]
-    if not node then return false end
-  end
+  local node = node_at(f, p)
+  if node == nil then return false end
   if type(node) ~= "table" or node["."] then return true end
   for k in pairs(node) do
     if type(k) == "string" and k:sub(1, 2) == "f:" then return false end

@@ -220,33 +220,26 @@ local function each_bound(p, user, ns, visit, errs)
       return r
     end
   end
-  for _, b in ipairs(p.crbs) do
-    for _, s in ipairs(type(b.subjects) == "table" and b.subjects or {}) do
-      if subject_matches(s, user, nil) then
-        local role = role_of(b.roleRef, nil)
-        if role and visit(role.rules, ('ClusterRoleBinding "%s" of ClusterRole "%s" to %s'):format(
-            b.metadata.name, tostring(b.roleRef.name), describe_subject(s, nil))) then
-          return true
-        end
-        break
-      end
-    end
-  end
-  if ns and ns ~= "" then
-    for _, b in ipairs(p.rbs[ns] or {}) do
+  -- each binding of the list (in namespace bns, nil for the cluster's) whose
+  -- first subject that matches is user: its role's rules, with their source
+  local function bindings(list, bns)
+    for _, b in ipairs(list) do
       for _, s in ipairs(type(b.subjects) == "table" and b.subjects or {}) do
-        if subject_matches(s, user, ns) then
-          local role = role_of(b.roleRef, ns)
-          if role and visit(role.rules, ('RoleBinding "%s/%s" of %s "%s" to %s'):format(ns, b.metadata.name,
-              tostring(b.roleRef.kind), tostring(b.roleRef.name), describe_subject(s, ns))) then
-            return true
-          end
+        if subject_matches(s, user, bns) then
+          local role = role_of(b.roleRef, bns)
+          local source = bns and ('RoleBinding "%s/%s" of %s "%s" to %s'):format(bns, b.metadata.name,
+              tostring(b.roleRef.kind), tostring(b.roleRef.name), describe_subject(s, bns))
+            or ('ClusterRoleBinding "%s" of ClusterRole "%s" to %s'):format(b.metadata.name,
+              tostring(b.roleRef.name), describe_subject(s, nil))
+          if role and visit(role.rules, source) then return true end
           break
         end
       end
     end
+    return false
   end
-  return false
+  if bindings(p.crbs, nil) then return true end
+  return ns ~= nil and ns ~= "" and bindings(p.rbs[ns] or {}, ns)
 end
 
 --- Is request a allowed to user under policy p? a: {verb, group, resource,
