@@ -42,7 +42,7 @@ M.older = older
 
 ---@param client vmsnap.k8s.Client
 ---@param kind string|table
----@param opts? {namespace?: string, all_namespaces?: boolean, label_selector?: string, field_selector?: string, indexes?: table<string, fun(obj: table): string[]>}
+---@param opts? {namespace?: string, all_namespaces?: boolean, label_selector?: string, field_selector?: string, indexes?: table<string, fun(obj: table): string[]>, keep_managed_fields?: boolean}
 function M.new(client, kind, opts)
   opts = opts or {}
   local label = type(kind) == "table" and (kind.plural and (kind.plural .. (kind.group ~= "" and ("." .. kind.group) or "")))
@@ -126,6 +126,10 @@ function Informer:apply(ev)
   local obj = ev.object
   local md = obj.metadata or {}
   if not md.name then return end
+  -- the cache keeps no managedFields (as client-go's controllers drop them):
+  -- a third of a small object, read by no controller; a write of a cached
+  -- object without them leaves the server's as they are
+  if md.managedFields ~= nil and not self.opts.keep_managed_fields then md.managedFields = nil end
   local k = key(md.namespace, md.name)
   local old = self.store[k]
   if old and ev.type ~= "DELETED" and (old.metadata.resourceVersion == md.resourceVersion
