@@ -13,10 +13,13 @@ local M = {}
 local Store = {}
 Store.__index = Store
 
+-- (cache_size: SQLite's own default, 2 MB; the file is in the kernel's page
+-- cache anyway: 8 MB here was 6 MB more RSS with 1,000 snapshots stored and
+-- no measurable gain: docs/performance.md)
 local SCHEMA = [[
 PRAGMA journal_mode=WAL;
 PRAGMA synchronous=NORMAL;
-PRAGMA cache_size=-8000;
+PRAGMA cache_size=-2000;
 PRAGMA temp_store=MEMORY;
 CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS objects(
