@@ -335,15 +335,24 @@ function W.validate(ctx, vmr, plan)
   local stray, serr, scode = W.stray_attachment(ctx, vmr, plan)
   if serr then return nil, serr, scode end
   if stray then return nil, stray, "RestoreConflict" end
-  -- the server's own checks (admission, schema), without creating anything
+  return W.dry_run(ctx, plan)
+end
+
+--- The server's own checks (admission, schema) of every create of the plan
+--- that has no conflict, without creating anything: each refusal is kept on
+--- its item (`refused`). Returns true, or nil, the first refusal, its code.
+function W.dry_run(ctx, plan)
+  local first, fcode
   for _, it in ipairs(plan.items) do
-    if it.action == "create" then
+    if it.action == "create" and not it.conflict then
       local res, derr, dcode = ctx.client:create(it.object, { dry_run = true })
       if not res and dcode ~= "AlreadyExists" then
-        return nil, ("failed to create %s %q: %s"):format(it.kind, it.name, tostring(derr)), dcode
+        it.refused = tostring(derr)
+        if not first then first, fcode = ("failed to create %s %q: %s"):format(it.kind, it.name, it.refused), dcode end
       end
     end
   end
+  if first then return nil, first, fcode end
   return true
 end
 

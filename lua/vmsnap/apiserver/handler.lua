@@ -700,7 +700,6 @@ end
 
 -- 403 unless RBAC lets user do a (vmsnap.apiserver.rbac)
 local function authorize(S, user, a)
-  if user.masters == nil then user.masters = rbac.in_group(user, rbac.MASTERS) end
   if user.masters then return end
   local allowed, reason = rbac.authorize(S:rbac_policy(), user, a)
   if allowed then return end
@@ -726,7 +725,7 @@ local function impersonated(S, req, user)
   else
     authorize(S, user, { verb = "impersonate", group = "", resource = "users", name = as, namespace = "" })
   end
-  local groups = json.array()
+  local groups = {}
   for g in (hs["impersonate-group"] or ""):gmatch("[^,]+") do
     g = g:match("^%s*(.-)%s*$")
     if g ~= "" then
@@ -738,8 +737,7 @@ local function impersonated(S, req, user)
     groups[#groups + 1] = "system:serviceaccounts"
     groups[#groups + 1] = "system:serviceaccounts:" .. sa_ns
   end
-  groups[#groups + 1] = rbac.AUTHENTICATED
-  return { username = as, groups = groups }
+  return rbac.user(as, nil, groups)
 end
 
 -- what anyone may ask: is the server up (no data)
@@ -801,9 +799,9 @@ local function handle(S, req, ctx)
     plural, name, sub = segs[rest], segs[rest + 1], segs[rest + 2]
     if segs[rest + 3] then fail(404, "NotFound", "the server could not find the requested resource") end
   end
-  local watching = is_watch or (method == "GET" and query_bool(args.watch))
+  if query_bool(args.watch) then is_watch = true end
   if ctx.user and not ctx.user.masters then
-    authorize(S, ctx.user, { verb = rbac.verb(method, name ~= nil, watching), group = group, resource = plural or "",
+    authorize(S, ctx.user, { verb = rbac.verb(method, name ~= nil, is_watch), group = group, resource = plural or "",
       subresource = sub or "", name = name or "", namespace = ns or "" })
   end
   if plural == "serviceaccounts" and group == "" and sub == "token" and ns and name and method == "POST" then
@@ -816,7 +814,6 @@ local function handle(S, req, ctx)
   local r = plural and S.reg:find(group, version, plural)
   if not r then fail(404, "NotFound", "the server could not find the requested resource") end
   ctx.group, ctx.version, ctx.resource, ctx.subresource = group, version, plural, sub or ""
-  if query_bool(args.watch) then is_watch = true end
   ctx.verb = VERB[method] or method
   if method == "GET" then
     ctx.verb = is_watch and "WATCH" or (name and "GET" or "LIST")

@@ -251,8 +251,8 @@ end
 
 --- The administrator of the generated kubeconfig (system:masters).
 function Server:admin_user()
-  return { username = self.opts.admin_user or "vmsnap-admin",
-    groups = json.array({ rbac.MASTERS, rbac.AUTHENTICATED }) }
+  if not self.admin then self.admin = rbac.user(self.opts.admin_user or "vmsnap-admin", nil, { rbac.MASTERS }) end
+  return self.admin
 end
 
 --- The RBAC objects as they are now (read again after a write of one).

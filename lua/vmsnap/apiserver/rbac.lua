@@ -1,7 +1,7 @@
 --- vmsnap.apiserver.rbac: who a request is from, and whether the RBAC
 --- objects let them do it, as the Kubernetes API server decides.
 ---
---- A user is `{username, uid, groups}`. The group system:masters may do
+--- A user is `{username, uid, groups, masters}` (M.user). The group system:masters may do
 --- everything (the administrator of the generated kubeconfig is in it).
 --- Every other user is allowed what the ClusterRoleBindings and the
 --- RoleBindings of the request's namespace grant them, through the rules of
@@ -19,10 +19,26 @@ M.AUTHENTICATED = "system:authenticated"
 
 -- ------------------------------------------------------------ identities
 
+local function in_group(user, g)
+  for _, x in ipairs(user.groups or {}) do if x == g then return true end end
+  return false
+end
+
+--- A user: its groups and system:authenticated; `masters` (may do
+--- everything) decided once, here, not on every request.
+function M.user(username, uid, groups)
+  local gs = json.array()
+  for _, g in ipairs(groups or {}) do gs[#gs + 1] = g end
+  gs[#gs + 1] = M.AUTHENTICATED
+  local u = { username = username, uid = uid, groups = gs }
+  u.masters = in_group(u, M.MASTERS)
+  return u
+end
+
 --- The identity of a ServiceAccount's tokens.
 function M.service_account_user(ns, name, uid)
-  return { username = ("system:serviceaccount:%s:%s"):format(ns, name), uid = uid,
-    groups = json.array({ "system:serviceaccounts", "system:serviceaccounts:" .. ns, M.AUTHENTICATED }) }
+  return M.user(("system:serviceaccount:%s:%s"):format(ns, name), uid,
+    { "system:serviceaccounts", "system:serviceaccounts:" .. ns })
 end
 
 -- one CSV field from position i: its text and the position after the comma
@@ -75,13 +91,13 @@ function M.parse_token_file(text, where)
       end
       if user == "" then return nil, ("%s:%d: the user name is empty"):format(where, n) end
       if users[token] then return nil, ("%s:%d: the token of line %d again"):format(where, n, users[token].line) end
-      local groups = json.array()
+      local groups = {}
       for g in (fields[4] or ""):gmatch("[^,]+") do
         g = g:match("^%s*(.-)%s*$")
         if g ~= "" then groups[#groups + 1] = g end
       end
-      groups[#groups + 1] = M.AUTHENTICATED
-      users[token] = { username = user, uid = uid, groups = groups, line = n }
+      users[token] = M.user(user, uid, groups)
+      users[token].line = n
     end
   end
   for _, u in pairs(users) do u.line = nil end
@@ -93,17 +109,10 @@ end
 function M.certificate_user(dn)
   local cn = dn and dn:match("CN=([^,/]+)")
   if not cn then return nil end
-  local groups = json.array()
+  local groups = {}
   for o in dn:gmatch("O=([^,/]+)") do groups[#groups + 1] = o end
-  groups[#groups + 1] = M.AUTHENTICATED
-  return { username = cn, groups = groups }
+  return M.user(cn, nil, groups)
 end
-
-local function in_group(user, g)
-  for _, x in ipairs(user.groups or {}) do if x == g then return true end end
-  return false
-end
-M.in_group = in_group
 
 -- ------------------------------------------------------------ requests
 
@@ -247,7 +256,7 @@ end
 --- Returns allowed, reason (RBAC's: which binding allowed it, or the roles
 --- that were not found).
 function M.authorize(p, user, a)
-  if in_group(user, M.MASTERS) then return true, "" end
+  if user.masters then return true, "" end
   if in_group(user, M.AUTHENTICATED) then
     for _, rule in ipairs(BASIC) do
       if allows(rule, a) then return true, "" end
@@ -284,7 +293,7 @@ function M.rules(p, user, ns)
       res[#res + 1] = r
     end
   end
-  if in_group(user, M.MASTERS) then
+  if user.masters then
     add({ verbs = { "*" }, apiGroups = { "*" }, resources = { "*" } })
     add({ verbs = { "*" }, nonResourceURLs = { "*" } })
   end

@@ -41,22 +41,7 @@ local function ann(obj, key)
   return obj.metadata.annotations and obj.metadata.annotations[key]
 end
 
--- rows as columns, kubectl style: the first row the header
-local function columns(rows, indent)
-  local widths = {}
-  for _, r in ipairs(rows) do
-    for i, v in ipairs(r) do widths[i] = math.max(widths[i] or 0, utf8.len(v) or #v) end
-  end
-  local out = {}
-  for _, r in ipairs(rows) do
-    local parts = {}
-    for i, v in ipairs(r) do
-      parts[i] = i < #r and (v .. string.rep(" ", widths[i] - (utf8.len(v) or #v))) or v
-    end
-    out[#out + 1] = indent .. table.concat(parts, "   ")
-  end
-  return table.concat(out, "\n")
-end
+local columns = kube.columns
 
 local function target_of(obj)
   local spec = obj.spec or {}

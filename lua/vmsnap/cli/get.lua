@@ -69,19 +69,9 @@ local function print_table(tables, o, prefix_names, no_header)
       end
       rows[#rows + 1] = r
     end
-    local widths = {}
-    for _, r in ipairs(rows) do
-      for i, v in ipairs(r) do widths[i] = math.max(widths[i] or 0, utf8.len(v) or #v) end
-    end
     if bi > 1 then out[#out + 1] = "" end
     if no_header then table.remove(rows, 1) end
-    for _, r in ipairs(rows) do
-      local parts = {}
-      for i, v in ipairs(r) do
-        parts[i] = i < #r and (v .. string.rep(" ", widths[i] - (utf8.len(v) or #v))) or v
-      end
-      out[#out + 1] = table.concat(parts, "   ")
-    end
+    if #rows > 0 then out[#out + 1] = kube.columns(rows) end
   end
   io.stdout:write(table.concat(out, "\n"), "\n")
 end

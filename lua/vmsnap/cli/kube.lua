@@ -67,6 +67,24 @@ function M.client(o)
   return c
 end
 
+--- Rows of cells as kubectl aligns them (three spaces between columns, the
+--- last one not padded), each line after indent; one string, no final newline.
+function M.columns(rows, indent)
+  local widths = {}
+  for _, r in ipairs(rows) do
+    for i, v in ipairs(r) do widths[i] = math.max(widths[i] or 0, utf8.len(v) or #v) end
+  end
+  local out = {}
+  for _, r in ipairs(rows) do
+    local parts = {}
+    for i, v in ipairs(r) do
+      parts[i] = i < #r and (v .. string.rep(" ", widths[i] - (utf8.len(v) or #v))) or v
+    end
+    out[#out + 1] = (indent or "") .. table.concat(parts, "   ")
+  end
+  return table.concat(out, "\n")
+end
+
 --- kubectl's report of a failed call.
 function M.error_text(msg, reason, status, what)
   if type(status) == "table" and status.kind == "Status" then

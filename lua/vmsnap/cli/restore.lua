@@ -57,19 +57,6 @@ function M.parse_rename(s)
   return { from = { kind = kind ~= "" and kind or nil, name = from }, to = to }
 end
 
--- each create of the plan asked of the server as a dry run: what it would
--- refuse (admission, schema, a name taken) is shown on its line
-local function dry_run_creates(c, plan)
-  for _, it in ipairs(plan.items) do
-    if it.action == "create" and not it.conflict then
-      local res, err, code = c:create(it.object, { dry_run = true })
-      if not res then
-        if code == "AlreadyExists" then it.conflict = tostring(err) else it.refused = tostring(err) end
-      end
-    end
-  end
-end
-
 local function print_plan(plan)
   for _, it in ipairs(plan.items) do
     local what = it.action
@@ -80,6 +67,16 @@ local function print_plan(plan)
     end
     io.stdout:write(("  %-36s %-28s %s\n"):format(it.kind, it.name, what))
   end
+end
+
+-- what the restore workflow's plan and validate read through: the API
+-- (a missing object is nil, as a controller's context answers)
+local function api_context(c)
+  return { client = c, get = function(_, kind, cns, name)
+    local obj, err, code = c:get(kind, name, { namespace = cns })
+    if not obj and code == "NotFound" then return nil end
+    return obj, err, code
+  end }
 end
 
 local function restore_vm(c, o, ns)
@@ -107,13 +104,7 @@ local function restore_vm(c, o, ns)
   end
   -- each rename names something the snapshot holds (a typo would rename nothing)
   if vms and #rules > 0 and (vms.status and vms.status.phase) == "Ready" then
-    local w0 = assert(workflow.load("vm-restore"))
-    local ctx0 = { client = c, get = function(_, kind, cns, n)
-      local obj, err, code = c:get(kind, n, { namespace = cns })
-      if not obj and code == "NotFound" then return nil end
-      return obj, err, code
-    end }
-    local ok0, plan0 = pcall(w0.plan, ctx0, { metadata = { name = "check", namespace = ns, uid = "check" },
+    local ok0, plan0 = pcall(assert(workflow.load("vm-restore")).plan, api_context(c), { metadata = { name = "check", namespace = ns, uid = "check" },
       spec = { virtualMachineSnapshotName = o.from } }, vms)
     if ok0 and plan0 then
       local held = {}
@@ -138,23 +129,19 @@ local function restore_vm(c, o, ns)
     local vmr = { apiVersion = "virtualization.deckhouse.io/v1alpha2", kind = "VirtualMachineRestore",
       metadata = { name = o.name or "dry-run", namespace = ns, uid = "dry-run" },
       spec = { virtualMachineSnapshotName = o.from, nameReplacements = rules } }
-    local ctx = { client = c, get = function(_, kind, cns, name)
-      local obj, err, code = c:get(kind, name, { namespace = cns })
-      if not obj and code == "NotFound" then return nil end
-      return obj, err, code
-    end }
+    local ctx = api_context(c)
     local okp, plan, why = pcall(w.plan, ctx, vmr, vms)
     if not okp or not plan then cli.fail("error: " .. tostring(okp and why or plan)) end
     local okv, ok, conflict = pcall(w.validate, ctx, vmr, plan)
     if not okv then cli.fail("error: " .. tostring(ok)) end
-    dry_run_creates(c, plan)
+    -- a conflict ends validate before its dry run: the other creates are asked anyway
+    if not ok then
+      local asked = false
+      for _, it in ipairs(plan.items) do if it.refused then asked = true end end
+      if not asked then pcall(w.dry_run, ctx, plan) end
+    end
     io.stdout:write(("restore of %s/%s (dry run, nothing created; every create asked of the server):\n"):format(ns, o.from))
     print_plan(plan)
-    if ok then
-      for _, it in ipairs(plan.items) do
-        if it.refused or it.conflict then ok, conflict = false, it.refused or it.conflict break end
-      end
-    end
     if not ok then cli.fail("error: the restore would fail: " .. tostring(conflict)) end
     return
   end
