@@ -23,6 +23,8 @@ M.GROUPS = {
       summary = "snapshot disk|vm NAME: take a VirtualDiskSnapshot or VirtualMachineSnapshot (--wait)" },
     { name = "restore", subcommands = { "disk", "vm" },
       summary = "restore disk NAME --from SNAPSHOT | restore vm --from SNAPSHOT [--rename] [--dry-run]" },
+    { name = "schedule", subcommands = { "create", "list", "describe", "run-now", "suspend", "resume", "prune", "delete" },
+      summary = "schedule create|list|describe|run-now|suspend|resume|prune|delete: snapshots on a cron schedule, pruned" },
   } },
   { title = "Platform", commands = {
     { name = "up", summary = "the local platform: API, volumes, disks and the snapshot controllers" },

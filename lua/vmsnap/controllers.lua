@@ -10,7 +10,10 @@ local metrics = require("vmsnap.metrics")
 
 local M = {}
 
-M.WORKFLOWS = { "disk-snapshot", "vm-snapshot", "vm-restore" }
+M.WORKFLOWS = { "disk-snapshot", "vm-snapshot", "vm-restore", "snapshot-schedule" }
+-- what a one-shot command runs in its own process when no controller does
+-- (not the schedules: a command that waits on one snapshot starts no runs)
+M.ONE_SHOT = { "disk-snapshot", "vm-snapshot", "vm-restore" }
 
 -- the running workflow controllers, for the phase gauge (weak: a stopped
 -- and dropped controller goes)
@@ -52,6 +55,7 @@ function M.for_workflow(client, name, opts)
     cache_reads = w.cache_reads,
     reconcile = function(ctx, obj)
       local cur = assert(workflow.load(name)) -- a changed file is picked up
+      if cur.recurring then return cur.reconcile(ctx, obj) end -- every step, every pass (a schedule)
       if cur.steps then return steps.run(cur, ctx, obj) end
       return cur.reconcile(ctx, obj)
     end,
@@ -61,6 +65,7 @@ function M.for_workflow(client, name, opts)
       return cur.finalize(ctx, obj)
     end or nil })
   live[ctl] = w.kind
+  if w.on_start then w.on_start(ctl) end
   return ctl
 end
 
@@ -76,6 +81,51 @@ function M.all(client, opts)
   return list
 end
 
+--- The options of the controllers' caps and clock, for `vmsnap controller`
+--- and `vmsnap up` (docs/schedules.md).
+M.OPTIONS_HELP = [[
+  --max-frozen N          freeze a guest only while fewer than N are frozen in
+                          the cluster (default 16; 0: no cap)
+  --max-frozen-per-driver N
+                          ... and fewer than N with a disk on the same CSI
+                          driver (default 8; 0: no cap)
+  --max-in-flight-per-driver N
+                          a schedule starts a snapshot only while fewer than N
+                          are in progress on each CSI driver of the VM
+                          (default 32; 0: no cap)
+  --fake-clock NS/NAME    the schedules' time is data.now of this ConfigMap
+                          (tests: docs/schedules.md "A fake clock")
+]]
+
+M.OPTIONS = { ["--max-frozen"] = "frozen", ["--max-frozen-per-driver"] = "frozen_per_driver",
+  ["--max-in-flight-per-driver"] = "in_flight_per_driver", ["--fake-clock"] = "fake_clock" }
+
+--- Apply one of M.OPTIONS (flag, its text value); returns true, or nil and
+--- a message naming the flag.
+function M.apply_option(flag, val, client_later)
+  local key = M.OPTIONS[flag]
+  if not key then return nil, "unknown option " .. tostring(flag) end
+  if val == nil then return nil, flag .. " needs a value" end
+  if key == "fake_clock" then
+    local ok, why = require("vmsnap.clock").parse_source(val)
+    if not ok then return nil, flag .. ": " .. why end
+    M.fake_clock = val
+    return true
+  end
+  local n = val:match("^%d+$") and tonumber(val)
+  if not n or n > 1000000 then return nil, ("%s: %q is not a whole number from 0"):format(flag, val) end
+  require("vmsnap.freezes").limits[key] = n
+  return true
+end
+
+--- Start following the fake clock if one was set (a to-be-closed value
+--- stops it), before the controllers run.
+function M.start_clock(client)
+  if not M.fake_clock then return nil end
+  local inf = assert(require("vmsnap.clock").follow(client, M.fake_clock))
+  return setmetatable({}, { __close = function() inf:stop() end })
+end
+
 M.LEASE = { name = "vmsnap-snapshot-controllers", namespace = "kube-system", duration = 15 }
 
 --- For a one-shot command that waits on an object: when no snapshot controller
@@ -86,7 +136,7 @@ function M.run_here(client, opts)
   local task = require("vmsnap.task")
   local ctls = {}
   if not M.active(client) then
-    local list, err = M.all(client, { leader_election = M.LEASE, workflows = opts and opts.workflows })
+    local list, err = M.all(client, { leader_election = M.LEASE, workflows = opts and opts.workflows or M.ONE_SHOT })
     if not list then error(err, 0) end
     for _, x in ipairs(list) do
       ctls[#ctls + 1] = x

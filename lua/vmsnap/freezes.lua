@@ -188,6 +188,180 @@ local function join(ctx, obj, g, lease, budget)
     now + budget), since = now, frozen = now }
 end
 
+-- ------------------------------------------------------------ freeze slots
+
+M.MAX_FROZEN = "vmsnap.io/max-frozen"                       -- a snapshot's own caps (a schedule's)
+M.MAX_FROZEN_PER_DRIVER = "vmsnap.io/max-frozen-per-driver"
+
+--- The process's caps (the controllers' --max-frozen, --max-frozen-per-driver,
+--- --max-in-flight-per-driver; docs/schedules.md "Concurrency"): at most
+--- `frozen` guests frozen at once in the cluster, `frozen_per_driver` with a
+--- disk on one CSI driver; a schedule starts a snapshot only while fewer than
+--- `in_flight_per_driver` are in progress on each of its VM's drivers. 0: no cap.
+M.limits = { frozen = 16, frozen_per_driver = 8, in_flight_per_driver = 32 }
+
+local SC = "storageclasses.storage.k8s.io"
+local VD = "virtualdisks.virtualization.deckhouse.io"
+local provisioners = {} -- StorageClass name -> {provisioner, at}: a class's provisioner is immutable
+
+--- The CSI drivers of a VM's disks (sorted; "unknown" for a disk whose class is not found).
+function M.drivers_of(ctx, vm)
+  local out, seen = {}, {}
+  local default
+  for _, r in ipairs(vm.spec and vm.spec.blockDeviceRefs or {}) do
+    if r.kind == "VirtualDisk" then
+      local vd = ctx:get(VD, vm.metadata.namespace, r.name)
+      local scname = vd and (vd.status and vd.status.storageClassName
+        or vd.spec and vd.spec.persistentVolumeClaim and vd.spec.persistentVolumeClaim.storageClassName)
+      local d
+      local known = scname and provisioners[scname]
+      if known and vtime.now() - known.at < 300 then
+        d = known.provisioner
+      else
+        local sc
+        if scname then sc = ctx:get(SC, nil, scname)
+        else
+          default = default or require("vmsnap.csi").default_storage_class(ctx:list(SC)) or false
+          sc = default or nil
+        end
+        d = sc and sc.provisioner or "unknown"
+        if sc and scname then provisioners[scname] = { provisioner = d, at = vtime.now() } end
+      end
+      if not seen[d] then seen[d] = true out[#out + 1] = d end
+    end
+  end
+  table.sort(out)
+  return out
+end
+
+local waiters = {}  -- snapshot key -> {since, group, seen, caps, drivers}
+local reserved = {} -- VM key -> {drivers, until}: granted, lease not taken yet
+local WAITER_TTL = 5
+
+local function cap_of(obj, key, global)
+  local own = tonumber(annotation(obj, key) or "")
+  local g = (global and global > 0) and global or nil
+  if own and own >= 1 then return g and math.min(g, own) or own end
+  return g
+end
+
+local function snap_key(obj) return (obj.kind or "") .. "/" .. (obj.metadata.namespace or "") .. "/" .. obj.metadata.name end
+
+--- The guests frozen now, as this process knows them: VMs with a live
+--- freeze lease (their drivers from it), and the slots granted here whose
+--- lease is not written yet. Returns {[vm key] = drivers}, count.
+function M.frozen_now(ctx)
+  local out, n = {}, 0
+  local now = vtime.now()
+  for _, vm in ipairs(ctx:list(VM)) do
+    local lease = guest.parse_lease(vm)
+    if lease and not guest.lease_stale(lease) then
+      out[vm_key(vm)] = type(lease.drivers) == "table" and lease.drivers or {}
+      n = n + 1
+    end
+  end
+  for k, r in pairs(reserved) do
+    if r["until"] < now then reserved[k] = nil
+    elseif not out[k] then out[k] = r.drivers n = n + 1 end
+  end
+  return out, n
+end
+
+--- May `obj` freeze `vm` now, under the caps (the process's and the
+--- snapshot's own annotations)? Waiting snapshots are served fairly: round
+--- robin over schedules (a manual snapshot is its own group), oldest first
+--- within one. Returns true (the slot is held for it until its lease is
+--- written, or M.release_slot), or nil, message, "QUEUED".
+function M.slot(ctx, obj, vm, drivers)
+  local K = cap_of(obj, M.MAX_FROZEN, M.limits.frozen)
+  local KD = cap_of(obj, M.MAX_FROZEN_PER_DRIVER, M.limits.frozen_per_driver)
+  local me = snap_key(obj)
+  local vk = vm_key(vm)
+  if not K and not KD then waiters[me] = nil return true end
+  local frozen, n = M.frozen_now(ctx)
+  if frozen[vk] then waiters[me] = nil return true end -- frozen (or granted) already: it joins
+  local now = vtime.now()
+  drivers = drivers or M.drivers_of(ctx, vm)
+  local group = obj.metadata.labels and obj.metadata.labels["vmsnap.io/schedule"]
+  group = group and ((obj.metadata.namespace or "") .. "/" .. group) or ("manual:" .. me)
+  local w = waiters[me] or { since = vtime.parse(annotation(obj, "vmsnap.io/scheduled-at"))
+    or vtime.parse(obj.metadata.creationTimestamp) or now, arrived = now }
+  w.group, w.seen, w.K, w.KD, w.drivers, w.vm = group, now, K, KD, drivers, vk
+  waiters[me] = w
+  -- the frozen guests per driver and per group
+  local per_driver = {}
+  for _, ds in pairs(frozen) do
+    for _, d in ipairs(ds) do per_driver[d] = (per_driver[d] or 0) + 1 end
+  end
+  local list = {}
+  for k, x in pairs(waiters) do
+    if now - x.seen > WAITER_TTL then waiters[k] = nil
+    elseif frozen[x.vm] then waiters[k] = nil
+    else list[#list + 1] = { key = k, w = x } end
+  end
+  -- the fair order: each group's first waiter (oldest first), then each one's second, ...
+  table.sort(list, function(a, b)
+    if a.w.since ~= b.w.since then return a.w.since < b.w.since end
+    return a.key < b.key
+  end)
+  local rank, seen_in = {}, {}
+  for _, e in ipairs(list) do
+    seen_in[e.w.group] = (seen_in[e.w.group] or 0) + 1
+    rank[e.key] = seen_in[e.w.group]
+  end
+  table.sort(list, function(a, b)
+    if rank[a.key] ~= rank[b.key] then return rank[a.key] < rank[b.key] end
+    if a.w.since ~= b.w.since then return a.w.since < b.w.since end
+    return a.key < b.key
+  end)
+  -- admit in that order, as the caps allow: those ahead keep their slots
+  local total, vms_in = n, {}
+  local why
+  for _, e in ipairs(list) do
+    local x = e.w
+    local fits = not vms_in[x.vm] and (not x.K or total < x.K)
+    local full_driver
+    if fits and x.KD then
+      for _, d in ipairs(x.drivers) do
+        if (per_driver[d] or 0) >= x.KD then fits, full_driver = false, d end
+      end
+    end
+    if e.key == me then
+      if fits then
+        waiters[me] = nil
+        reserved[vk] = { drivers = drivers, ["until"] = now + 60 }
+        return true
+      end
+      if vms_in[x.vm] then
+        why = "another snapshot of the VM goes first"
+      elseif x.K and total >= x.K then
+        why = ("%d of at most %d guests frozen or next to freeze (%d ahead in the queue)"):format(math.min(total, x.K), x.K,
+          total - n)
+      else
+        why = ("%d of at most %d guests with a disk on %s frozen"):format(per_driver[full_driver] or 0, x.KD, full_driver)
+      end
+      return nil, "Waiting for a freeze slot: " .. why .. ".", "QUEUED"
+    end
+    if fits then
+      total = total + 1
+      vms_in[x.vm] = true
+      for _, d in ipairs(x.drivers) do per_driver[d] = (per_driver[d] or 0) + 1 end
+    end
+  end
+  return true
+end
+
+--- Give back a slot granted for a VM whose freeze did not happen (the
+--- lease, once written, holds the slot itself).
+function M.release_slot(vm)
+  reserved[vm_key(vm)] = nil
+end
+
+--- Forget every waiter and grant (tests).
+function M.reset_slots()
+  waiters, reserved = {}, {}
+end
+
 --- Freeze the VM for `obj`, or join the freeze it is under. Returns true,
 --- how ("frozen", "joined", "foreign": frozen by something that left no
 --- lease, "held": obj holds it already) and the freeze {at = ms, deadline =
@@ -224,7 +398,11 @@ function M.freeze_or_join(ctx, obj, vm)
     if r == nil then return nil, terr, tcode end
     g:drop_lease(true)
   end
-  local ok, lerr, lcode = g:take_lease(budget)
+  local drivers = M.drivers_of(ctx, cur)
+  local sok, serr, scode = M.slot(ctx, obj, cur, drivers)
+  if not sok then return nil, serr, scode end
+  local ok, lerr, lcode = g:take_lease(budget, { drivers = drivers })
+  M.release_slot(cur) -- the lease holds the slot now (or nothing does)
   if not ok then return nil, lerr, lcode end
   local at = tonumber(guest.parse_lease(g.vm).at)
   -- the mark first: a holder that fails to freeze leaves no unmarked freeze behind

@@ -308,18 +308,18 @@ local function patch_annotation(self, value, rv)
   return self.client:patch("virtualmachines.virtualization.deckhouse.io", md.name, p, { namespace = md.namespace })
 end
 
-function Guest:take_lease(budget)
+function Guest:take_lease(budget, extra)
   -- the VM changes often (its controller writes its status): a lost race is
   -- tried again at once, a few times
   local ok, err, code
   for _ = 1, 4 do
-    ok, err, code = self:try_take_lease(budget)
+    ok, err, code = self:try_take_lease(budget, extra)
     if ok or code ~= "Conflict" then break end
   end
   return ok, err, code
 end
 
-function Guest:try_take_lease(budget)
+function Guest:try_take_lease(budget, extra)
   local vm, err, reason = self:refresh_vm()
   if not vm then return nil, err, reason end
   local cur = parse_lease(vm)
@@ -329,8 +329,10 @@ function Guest:try_take_lease(budget)
   end
   local now = vtime.now()
   -- `at`: the freeze's identity, in ms since the epoch (the holders' marks name it)
-  local lease = json.encode({ holder = M.holder(), since = vtime.format(math.floor(now)), budget = budget,
-    at = math.floor(now * 1000), deadline = vtime.format(math.floor(now) + math.ceil(budget) + 5) })
+  local rec = { holder = M.holder(), since = vtime.format(math.floor(now)), budget = budget,
+    at = math.floor(now * 1000), deadline = vtime.format(math.floor(now) + math.ceil(budget) + 5) }
+  for k, v in pairs(extra or {}) do rec[k] = rec[k] == nil and v or rec[k] end -- (drivers: vmsnap.freezes' slots)
+  local lease = json.encode(rec)
   -- the resourceVersion makes this a compare-and-swap
   local res, e2, r2 = patch_annotation(self, lease, vm.metadata.resourceVersion)
   if not res then return nil, ("guest %s: cannot record the freeze lease: %s"):format(self.name, e2), r2 end

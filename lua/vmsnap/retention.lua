@@ -18,8 +18,21 @@ local M = {}
 
 M.BUCKETS = { "hourly", "daily", "weekly", "monthly", "yearly" }
 
--- the period of a bucket kind a wall time falls in
+-- the period of a bucket kind a wall time falls in (memoized: a schedule
+-- judges the same snapshots at every pass)
+local memo, memo_n = {}, 0
+local period_of
 local function period(kind, wall)
+  local key = kind .. wall
+  local p = memo[key]
+  if not p then
+    if memo_n >= 200000 then memo, memo_n = {}, 0 end -- bounded: a long-running controller
+    p = period_of(kind, wall)
+    memo[key], memo_n = p, memo_n + 1
+  end
+  return p
+end
+function period_of(kind, wall)
   local f = tz.fields(wall)
   if kind == "hourly" then return ("%04d-%02d-%02dT%02d"):format(f.year, f.month, f.day, f.hour) end
   if kind == "daily" then return ("%04d-%02d-%02d"):format(f.year, f.month, f.day) end

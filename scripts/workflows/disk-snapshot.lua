@@ -160,6 +160,7 @@ function W.freeze(ctx, vds, facts)
   end
   local fok, how, freeze = freezes.freeze_or_join(ctx, vds, vm)
   if not fok then
+    if freeze == "QUEUED" then return steps.wait("FreezeQueued", how, 0.5) end
     if freeze == "BUSY" then return steps.wait("Snapshotting", steps.sentence(how), 1) end
     if errors.is_transient(freeze) then return nil, how, freeze end
     return nil, MSG.FREEZE_FAILED:format(vds.metadata.namespace, vm.metadata.name, tostring(how)), freeze

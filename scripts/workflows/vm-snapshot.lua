@@ -340,10 +340,20 @@ end
 --- between the pre_freeze and post_freeze hooks.
 function W.freeze(ctx, vms, facts)
   local vm = facts.vm
+  -- a freeze slot first (the caps: docs/schedules.md "Concurrency"), so that
+  -- no pre_freeze hook holds a database while the snapshot queues
+  if not freezes.frozen_at(vms) then
+    local sok, why = freezes.slot(ctx, vms, freezes.current(ctx, vm))
+    if not sok then return steps.wait("FreezeQueued", why, 0.5) end
+  end
   local ok, err, code = run_hooks(ctx, vms, vm, "pre_freeze")
-  if not ok then return nil, err, code end
+  if not ok then
+    freezes.release_slot(vm)
+    return nil, err, code
+  end
   local fok, how, freeze = freezes.freeze_or_join(ctx, vms, vm)
   if not fok then
+    if freeze == "QUEUED" then return steps.wait("FreezeQueued", how, 0.5) end
     if freeze == "BUSY" then return steps.wait("FileSystemFreezing", steps.sentence(how), 1) end
     if errors.is_transient(freeze) then return nil, how, freeze end
     return nil, ("freeze the virtual machine %q: %s"):format(vm.metadata.name, tostring(how)), freeze

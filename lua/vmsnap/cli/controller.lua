@@ -24,12 +24,13 @@ after the reconciles in hand.
   --leader-election-namespace NS
                           where the Lease vmsnap-snapshot-controllers lives
                           (default kube-system; deploy/ uses its own namespace)
-]] .. kube.COMMON_HELP
+]] .. controllers.OPTIONS_HELP .. kube.COMMON_HELP
 
 function M.main(args)
   local spec = { ["--workflows"] = { "workflows", true }, ["--metrics-addr"] = { "metrics_addr", true },
     ["--health-addr"] = { "health_addr", true }, ["--leader-election-namespace"] = { "lease_ns", true } }
   for k, v in pairs(kube.COMMON) do spec[k] = v end
+  for flag, key in pairs(controllers.OPTIONS) do spec[flag] = { key, true } end
   local o, pos = kube.parse(args, spec)
   if o.help then io.stdout:write(M.help) return end
   local cli = require("vmsnap.cli")
@@ -53,7 +54,14 @@ function M.main(args)
       if not ok then cli.usage(("controller: %s: %s"):format(f[2], why)) end
     end
   end
+  for flag, key in pairs(controllers.OPTIONS) do
+    if o[key] ~= nil then
+      local ok, why = controllers.apply_option(flag, o[key])
+      if not ok then cli.usage("controller: " .. why) end
+    end
+  end
   local c = kube.client(o)
+  local _clock <close> = controllers.start_clock(c)
   local lease = controllers.LEASE
   if o.lease_ns then
     if not o.lease_ns:match("^[a-z0-9][-a-z0-9]*$") or o.lease_ns:match("%-$") or #o.lease_ns > 63 then

@@ -30,6 +30,7 @@ State lives in DIR; a restart resumes where it stopped.
                       server's families) on HOST:PORT, plain HTTP; the API's
                       own /metrics has them too
   --health-addr ADDR  serve /healthz and /readyz of the controllers on HOST:PORT
+]] .. controllers.OPTIONS_HELP .. [[
 
 Ctrl-C (or SIGTERM) stops it cleanly.
 ]]
@@ -55,6 +56,13 @@ function M.main(args)
       local ok, why = opsserver.parse_addr(val)
       if not ok then cli.usage(("up: %s: %s"):format(flag, why)) end
       addrs[flag] = val
+    elseif controllers.OPTIONS[flag] then
+      if not val then
+        i = i + 1
+        val = args[i]
+      end
+      local ok, why = controllers.apply_option(flag, val)
+      if not ok then cli.usage("up: " .. why) end
     else
       rest[#rest + 1] = a
     end
@@ -74,6 +82,7 @@ function M.main(args)
   local ctls, perr2 = platform.start(client, o.data)
   if not ctls then return nil, "up: " .. tostring(perr2) end
   local sweeper = not no_controllers and controllers.sweep_orphans(client, 10) or nil
+  local _clock <close> = controllers.start_clock(client)
   local snaps, cerr = {}, nil
   if not no_controllers then
     snaps, cerr = controllers.all(client, { leader_election = controllers.LEASE })

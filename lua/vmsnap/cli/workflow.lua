@@ -5,7 +5,7 @@ local workflow = require("vmsnap.workflow")
 
 local M = {}
 
-M.NAMES = { "disk-snapshot", "vm-snapshot", "disk-restore", "vm-restore" }
+M.NAMES = { "disk-snapshot", "vm-snapshot", "disk-restore", "vm-restore", "snapshot-schedule" }
 
 M.help = [[
 usage: vmsnap workflow list
