@@ -186,9 +186,10 @@ function W.due(ctx, sched, facts)
   return true
 end
 
---- The snapshot of `vm` for the run at `when`.
-function W.snapshot_name(sched, vmname, at)
-  return object.bounded_name(sched.metadata.name .. "-" .. vmname, os.date("!%Y%m%d-%H%M", at), 253)
+--- The snapshot of `vm` for the run at `at` (a run asked for, to the second:
+--- two asked within a minute are two runs).
+function W.snapshot_name(sched, vmname, at, asked)
+  return object.bounded_name(sched.metadata.name .. "-" .. vmname, os.date(asked and "!%Y%m%d-%H%M%S" or "!%Y%m%d-%H%M", at), 253)
 end
 
 local drivers_of = freezes.drivers_of
@@ -199,15 +200,17 @@ local drivers_of = freezes.drivers_of
 function W.start(ctx, sched, facts)
   local st = sched.status
   local queue = {}
-  for _, q in ipairs(st.queued or {}) do queue[#queue + 1] = { vm = q.virtualMachineName, when = q.scheduledAt } end
+  for _, q in ipairs(st.queued or {}) do
+    queue[#queue + 1] = { vm = q.virtualMachineName, when = q.scheduledAt, asked = q.asked }
+  end
   if facts.run then
     -- a newer run replaces what an older one still had queued for a VM
     local byvm = {}
     for i, q in ipairs(queue) do byvm[q.vm] = i end
     for _, vm in ipairs(facts.vms) do
       local i = byvm[vm.metadata.name]
-      if i then queue[i].when = facts.run.when
-      else queue[#queue + 1] = { vm = vm.metadata.name, when = facts.run.when } end
+      if i then queue[i].when, queue[i].asked = facts.run.when, facts.run.asked
+      else queue[#queue + 1] = { vm = vm.metadata.name, when = facts.run.when, asked = facts.run.asked } end
     end
     st.lastScheduleTime = facts.run.when
     st.lastRun = { scheduledAt = facts.run.when, virtualMachines = #facts.vms, ready = 0 }
@@ -245,10 +248,10 @@ function W.start(ctx, sched, facts)
     if not vm then
       -- gone since it was queued: nothing to start
     elseif full then
-      rest[#rest + 1] = { virtualMachineName = q.vm, scheduledAt = q.when,
+      rest[#rest + 1] = { virtualMachineName = q.vm, scheduledAt = q.when, asked = q.asked,
         reason = ("%d snapshots in progress on driver %s (maxInFlightPerDriver %d)"):format(inflight[full], full, cap) }
     else
-      local ok, err, code = W.create_snapshot(ctx, sched, vm, vtime.parse(q.when))
+      local ok, err, code = W.create_snapshot(ctx, sched, vm, vtime.parse(q.when), q.asked)
       if not ok then
         if code ~= "AlreadyExists" then
           st.lastRun = st.lastRun or { scheduledAt = q.when, virtualMachines = 0, ready = 0 }
@@ -268,7 +271,7 @@ end
 
 --- Create the snapshot of `vm` for the run at `at` (an AlreadyExists is
 --- a run started before a restart: fine).
-function W.create_snapshot(ctx, sched, vm, at)
+function W.create_snapshot(ctx, sched, vm, at, asked)
   local spec = sched.spec
   local tmpl = spec.template or {}
   local md = tmpl.metadata or {}
@@ -283,7 +286,7 @@ function W.create_snapshot(ctx, sched, vm, at)
   if conc.maxFrozenPerDriver then annotations[W.MAX_FROZEN_PER_DRIVER] = tostring(conc.maxFrozenPerDriver) end
   local ts = tmpl.spec or {}
   local obj = { apiVersion = G, kind = "VirtualMachineSnapshot",
-    metadata = { name = W.snapshot_name(sched, vm.metadata.name, at), namespace = sched.metadata.namespace,
+    metadata = { name = W.snapshot_name(sched, vm.metadata.name, at, asked), namespace = sched.metadata.namespace,
       labels = labels, annotations = annotations },
     spec = { virtualMachineName = vm.metadata.name,
       requiredConsistency = ts.requiredConsistency ~= false,

@@ -190,6 +190,23 @@ t.test("in a pod, holding only deploy/'s roles, the controllers run every workfl
         { from = { kind = "VirtualMachine", name = "dvm" }, to = "dvm2" },
         { from = { kind = "VirtualDisk", name = "droot" }, to = "droot2" } } } }))
     ready("vmrestore", "dvr")
+    -- a schedule: two runs asked for (run-now) under keepLast 1: the first is pruned
+    local SCHED = "virtualmachinesnapshotschedules.vmsnap.io"
+    assert(c:create({ apiVersion = "vmsnap.io/v1alpha1", kind = "VirtualMachineSnapshotSchedule",
+      metadata = { name = "dsch", namespace = "default" },
+      spec = { schedule = "@yearly", virtualMachineNames = { "dvm" }, retention = { keepLast = 1 } } }))
+    for i = 1, 2 do
+      if i == 2 then task.sleep(1.1) end -- a run asked for is named to the second
+      assert(c:patch(SCHED, "dsch", { metadata = { annotations = { ["vmsnap.io/run-now"] = "r" .. i } } },
+        { namespace = "default" }))
+      local s = c:wait_for(SCHED, "dsch", function(o)
+        local st = o and o.status or {}
+        return st.lastRunNow == "r" .. i and st.lastRun and st.lastRun.ready == 1 and o
+      end, { namespace = "default", timeout = 40 })
+      t.ok(s, "the schedule's run " .. i .. " is Ready")
+    end
+    t.ok(c:wait_for(SCHED, "dsch", function(o) return o and o.status and o.status.held == 1 end,
+      { namespace = "default", timeout = 20 }), "the older run was pruned")
     assert(c:delete("vmrestore", "dvr"))
     assert(c:delete("vmsnapshot", "dvs"))
     assert(c:wait_for("vmsnapshot", "dvs", function(o) return o == nil end, { timeout = 20 }))

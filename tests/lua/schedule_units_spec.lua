@@ -249,4 +249,46 @@ t.test("retention in a time zone: a day is the zone's day", function()
   t.contains(d.late.why[1], "daily 2026-05-02")
 end)
 
+t.test("the schedule workflow's spec check, and the pinned-snapshots example replacing its retention", function()
+  local workflow = require("vmsnap.workflow")
+  local h = require("helpers")
+  local W = assert(workflow.load("snapshot-schedule"))
+  local function sched(spec) return { metadata = { name = "s", namespace = "default" }, spec = spec } end
+  t.ok(W.read_spec(sched({ schedule = "@daily", virtualMachineNames = { "a" } })))
+  local _, err = W.read_spec(sched({ schedule = "@daily" }))
+  t.contains(err, "set exactly one of virtualMachineSelector and virtualMachineNames")
+  _, err = W.read_spec(sched({ schedule = "@daily", virtualMachineNames = { "a" }, retention = { maxAge = "0d" } }))
+  t.contains(err, 'spec.retention.maxAge: "0d" is not a duration')
+  _, err = W.read_spec(sched({ schedule = "@daily", virtualMachineSelector = { matchExpressions = {
+    { key = "k", operator = "In" } } } }))
+  t.contains(err, "k In needs values")
+  t.eq(W.age("30d"), 30 * 86400)
+  t.eq(W.age("1w3d"), 10 * 86400)
+  t.eq(W.age("720h"), 720 * 3600)
+  t.eq(W.age("soon"), nil)
+  t.eq(W.snapshot_name(sched({}), "db", P("2027-03-01T01:30:00Z")), "s-db-20270301-0130")
+  t.eq(W.snapshot_name(sched({}), "db", P("2027-03-01T01:30:07Z"), true), "s-db-20270301-013007")
+  t.ok(#W.snapshot_name({ metadata = { name = string.rep("n", 200) } }, string.rep("v", 63), 0) <= 253)
+  -- the worked example of docs/customizing.md, through the scripts path
+  workflow.add_path(h.source .. "/scripts/examples/customizing")
+  local X = assert(workflow.load("snapshot-schedule"))
+  t.eq(#(X.extensions or {}), 1)
+  local s = sched({ schedule = "@hourly", virtualMachineNames = { "a" }, retention = { keepLast = 1 } })
+  local function snap(name, at, labels)
+    return { metadata = { name = name, namespace = "default", labels = labels,
+      annotations = { ["vmsnap.io/scheduled-at"] = at } }, spec = { virtualMachineName = "a" },
+      status = { phase = "Ready", consistent = true } }
+  end
+  local facts = { spec = assert(X.read_spec(s)), now = P("2027-01-01T05:00:00Z"), restores = {}, snapshots = {
+    snap("old", "2027-01-01T01:00:00Z", { ["vmsnap.io/pinned"] = "true" }),
+    snap("mid", "2027-01-01T02:00:00Z"),
+    snap("new", "2027-01-01T03:00:00Z") } }
+  assert(X.steps:find("retention").run({}, s, facts))
+  t.eq(facts.decisions.old.keep, true)
+  t.eq(facts.decisions.old.why[1], "pinned")
+  t.eq(facts.decisions.mid.keep, false)
+  t.eq(facts.decisions.mid.rule, "outside the policy (keepLast 1)")
+  t.eq(facts.decisions.new.keep, true)
+end)
+
 return t.done()

@@ -145,10 +145,15 @@ function M.prepare(o)
   return true
 end
 
---- The built-in CRD directory (scripts/crds on the scripts path).
+--- The built-in CRD directories: scripts/crds on the scripts path (installed,
+--- it also holds vmsnap's own kinds), and in a source tree deploy/crds beside
+--- it (vmsnap's own, where kustomize reads them).
 local function builtin_crds()
   for _, d in ipairs(rtcore.scripts_dirs()) do
-    if fs.exists(d .. "/crds") then return d .. "/crds" end
+    if fs.exists(d .. "/crds") then
+      local own = d .. "/../deploy/crds"
+      return d .. "/crds", fs.exists(own) and own or nil
+    end
   end
 end
 
@@ -160,8 +165,9 @@ end
 --- apiserver.new's options from parsed arguments.
 function M.server_options(o)
   local crds = {}
-  local b = builtin_crds()
+  local b, own = builtin_crds()
   if b then crds[1] = b end
+  if own then crds[#crds + 1] = own end
   for _, d in ipairs(o.crds) do crds[#crds + 1] = d end
   return { data = o.data, host = o.host, port = o.port, token = o.token, token_file = o.token_file,
     tls_cert = o.tls_cert, tls_key = o.tls_key, client_ca = o.client_ca, tls_ca = o.tls_ca, crds = crds,
