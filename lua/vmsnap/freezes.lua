@@ -236,6 +236,7 @@ end
 
 local waiters = {}  -- snapshot key -> {since, group, seen, caps, drivers}
 local reserved = {} -- VM key -> {drivers, until}: granted, lease not taken yet
+local granted = {}  -- VM key -> the group its slot was granted to (while it is frozen)
 local WAITER_TTL = 5
 
 local function cap_of(obj, key, global)
@@ -271,7 +272,9 @@ end
 --- snapshot's own annotations)? Waiting snapshots are served fairly: round
 --- robin over schedules (a manual snapshot is its own group), oldest first
 --- within one. Returns true (the slot is held for it until its lease is
---- written, or M.release_slot), or nil, message, "QUEUED".
+--- written, or M.release_slot), or nil, message, "QUEUED". A group's guests
+--- frozen now count as its first places in the order, so one schedule's
+--- many snapshots take turns with another's few.
 function M.slot(ctx, obj, vm, drivers)
   local K = cap_of(obj, M.MAX_FROZEN, M.limits.frozen)
   local KD = cap_of(obj, M.MAX_FROZEN_PER_DRIVER, M.limits.frozen_per_driver)
@@ -287,6 +290,9 @@ function M.slot(ctx, obj, vm, drivers)
   local w = waiters[me] or { since = vtime.parse(annotation(obj, "vmsnap.io/scheduled-at"))
     or vtime.parse(obj.metadata.creationTimestamp) or now, arrived = now }
   w.group, w.seen, w.K, w.KD, w.drivers, w.vm = group, now, K, KD, drivers, vk
+  -- woken when a slot frees (M.slot_freed); the wait's own recheck is the fallback
+  local ctl, key = ctx.controller, (obj.metadata.namespace and (obj.metadata.namespace .. "/") or "") .. obj.metadata.name
+  w.wake = ctl and ctl.queue and function() ctl.queue:add(key) end or nil
   waiters[me] = w
   -- the frozen guests per driver and per group
   local per_driver = {}
@@ -304,7 +310,11 @@ function M.slot(ctx, obj, vm, drivers)
     if a.w.since ~= b.w.since then return a.w.since < b.w.since end
     return a.key < b.key
   end)
+  -- a group's frozen guests count as its first places: fair shares, not turns
   local rank, seen_in = {}, {}
+  for k, g in pairs(granted) do
+    if frozen[k] then seen_in[g] = (seen_in[g] or 0) + 1 else granted[k] = nil end
+  end
   for _, e in ipairs(list) do
     seen_in[e.w.group] = (seen_in[e.w.group] or 0) + 1
     rank[e.key] = seen_in[e.w.group]
@@ -330,6 +340,7 @@ function M.slot(ctx, obj, vm, drivers)
       if fits then
         waiters[me] = nil
         reserved[vk] = { drivers = drivers, ["until"] = now + 60 }
+        granted[vk] = group
         return true
       end
       if vms_in[x.vm] then
@@ -351,15 +362,26 @@ function M.slot(ctx, obj, vm, drivers)
   return true
 end
 
+--- A slot may have freed (a thaw, a grant given back): the waiting
+--- snapshots look again now.
+function M.slot_freed()
+  for _, w in pairs(waiters) do
+    if w.wake then w.wake() end
+  end
+end
+
 --- Give back a slot granted for a VM whose freeze did not happen (the
 --- lease, once written, holds the slot itself).
 function M.release_slot(vm)
-  reserved[vm_key(vm)] = nil
+  if reserved[vm_key(vm)] then
+    reserved[vm_key(vm)] = nil
+    M.slot_freed()
+  end
 end
 
 --- Forget every waiter and grant (tests).
 function M.reset_slots()
-  waiters, reserved = {}, {}
+  waiters, reserved, granted = {}, {}, {}
 end
 
 --- Freeze the VM for `obj`, or join the freeze it is under. Returns true,
@@ -402,13 +424,15 @@ function M.freeze_or_join(ctx, obj, vm)
   local sok, serr, scode = M.slot(ctx, obj, cur, drivers)
   if not sok then return nil, serr, scode end
   local ok, lerr, lcode = g:take_lease(budget, { drivers = drivers })
-  M.release_slot(cur) -- the lease holds the slot now (or nothing does)
+  reserved[vm_key(cur)] = nil -- the lease holds the slot now
+  if not ok then M.slot_freed() end
   if not ok then return nil, lerr, lcode end
   local at = tonumber(guest.parse_lease(g.vm).at)
   -- the mark first: a holder that fails to freeze leaves no unmarked freeze behind
   local mok, merr, mcode = mark(ctx, obj, { [M.FROZEN_AT] = tostring(at) })
   if not mok then
     g:drop_lease()
+    M.slot_freed()
     return nil, merr, mcode
   end
   local t_freeze = vtime.now()
@@ -417,6 +441,7 @@ function M.freeze_or_join(ctx, obj, vm)
     -- the freeze was refused (an answer, not a lost request): final
     if type(fstatus) == "table" then fcode = "FreezeFailed" end
     g:drop_lease()
+    M.slot_freed()
     if M.vm_frozen(cur) then
       -- frozen by something that left no lease (the freeze was refused for
       -- that): held as it is; the last holder out thaws, as the reference does
@@ -534,6 +559,7 @@ function M.leave(ctx, obj, vm, opts)
       if r == nil then return nil, terr, tcode end
       thawed = vtime.now()
       g:drop_lease(true)
+      M.slot_freed()
     end
   end
   local since = opts.freeze and tonumber(opts.freeze.since)
@@ -572,6 +598,7 @@ function M.release_if_last(ctx, obj, vm)
   local r, err, code = g:do_thaw()
   if r == nil then return nil, err, code end
   g:drop_lease(true)
+  M.slot_freed()
   local line = about(obj)
   line.vm = vm_key(vm)
   flog:info("thawed a freeze nobody holds any more", line)

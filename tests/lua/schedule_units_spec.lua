@@ -291,4 +291,80 @@ t.test("the schedule workflow's spec check, and the pinned-snapshots example rep
   t.eq(facts.decisions.new.keep, true)
 end)
 
+t.test("freeze slots: the caps, joins need none, and a fair order over schedules", function()
+  local freezes = require("vmsnap.freezes")
+  local guest = require("vmsnap.guest")
+  freezes.reset_slots()
+  local vms = {}
+  local ctx = { list = function() return vms end }
+  local function vm(name, frozen_drivers)
+    local v = { metadata = { name = name, namespace = "default", annotations = {} } }
+    if frozen_drivers then
+      v.metadata.annotations[guest.LEASE] = json.encode({ holder = guest.holder(), at = 1,
+        since = F(math.floor(vtime.now())), deadline = F(math.floor(vtime.now()) + 60), drivers = frozen_drivers })
+    end
+    vms[#vms + 1] = v
+    return v
+  end
+  local function snap(name, sched, at, caps)
+    local a = { ["vmsnap.io/scheduled-at"] = F(at) }
+    for k, v in pairs(caps or {}) do a[k] = v end
+    return { kind = "VirtualMachineSnapshot", metadata = { name = name, namespace = "default",
+      labels = sched and { ["vmsnap.io/schedule"] = sched } or nil, annotations = a } }
+  end
+  local old = freezes.limits.frozen
+  local old_d = freezes.limits.frozen_per_driver
+  freezes.limits.frozen, freezes.limits.frozen_per_driver = 2, 0
+  local _ <close> = setmetatable({}, { __close = function()
+    freezes.limits.frozen, freezes.limits.frozen_per_driver = old, old_d
+    freezes.reset_slots()
+  end })
+  local T = P("2027-01-01T00:00:00Z")
+  vm("busy1", { "d" })
+  -- one of two slots taken: schedule A's five waiters arrive first, B's one later
+  local targets = {}
+  for i = 1, 5 do targets["a" .. i] = vm("va" .. i) end
+  targets.b1 = vm("vb1")
+  local order = {}
+  local function ask(name, sched, at)
+    local ok, msg, code = freezes.slot(ctx, snap(name, sched, at), targets[name], { "d" })
+    return ok, msg, code
+  end
+  for i = 1, 5 do ask("a" .. i, "A", T + i) end
+  ask("b1", "B", T + 10)
+  -- a slot is free: the head of the fair order takes it (a1); a2 waits behind b1
+  local ok, msg, code = ask("a2", "A", T + 2)
+  t.eq(ok, nil)
+  t.eq(code, "QUEUED")
+  t.contains(msg, "Waiting for a freeze slot: 2 of at most 2 guests frozen or next to freeze")
+  ok = ask("a1", "A", T + 1)
+  t.eq(ok, true, "the oldest of the first group")
+  order[#order + 1] = "a1"
+  -- a1's guest is frozen now (its lease); busy1 thaws: the next is B's first, not A's second
+  vms[1].metadata.annotations = {}
+  local a1 = targets.a1
+  a1.metadata.annotations[guest.LEASE] = json.encode({ holder = guest.holder(), at = 2, since = F(math.floor(vtime.now())),
+    deadline = F(math.floor(vtime.now()) + 60), drivers = { "d" } })
+  t.eq(ask("a2", "A", T + 2), nil, "A's second waits")
+  t.eq(ask("b1", "B", T + 10), true, "B's first goes before A's second")
+  -- a VM frozen already is joined without a slot
+  t.eq((freezes.slot(ctx, snap("j", nil, T), a1, { "d" })), true)
+  -- per driver: with 1 per driver, a VM on another driver still goes
+  freezes.reset_slots()
+  freezes.limits.frozen, freezes.limits.frozen_per_driver = 10, 1
+  local other = vm("other")
+  local ok2, m2 = freezes.slot(ctx, snap("x", nil, T), vm("same"), { "d" })
+  t.eq(ok2, nil)
+  t.contains(m2, "guests with a disk on d frozen")
+  t.eq((freezes.slot(ctx, snap("y", nil, T), other, { "e" })), true)
+  -- a snapshot's own cap (a schedule's) is lower than the process's
+  freezes.reset_slots()
+  freezes.limits.frozen, freezes.limits.frozen_per_driver = 10, 0
+  local ok3 = freezes.slot(ctx, snap("z", "S", T, { ["vmsnap.io/max-frozen"] = "1" }), vm("z1"), { "e" })
+  t.eq(ok3, nil, "its own cap of 1, with guests frozen already")
+  -- no cap at all: every request goes
+  freezes.limits.frozen = 0
+  t.eq((freezes.slot(ctx, snap("w", nil, T), vm("w1"), { "d" })), true)
+end)
+
 return t.done()
