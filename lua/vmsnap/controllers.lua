@@ -94,7 +94,8 @@ M.OPTIONS_HELP = [[
                           are in progress on each CSI driver of the VM
                           (default 32; 0: no cap)
   --fake-clock NS/NAME    the schedules' time is data.now of this ConfigMap
-                          (tests: docs/schedules.md "A fake clock")
+                          (tests: docs/schedules.md "A fake clock"; also
+                          $VMSNAP_FAKE_CLOCK)
 ]]
 
 M.OPTIONS = { ["--max-frozen"] = "frozen", ["--max-frozen-per-driver"] = "frozen_per_driver",
@@ -121,8 +122,10 @@ end
 --- Start following the fake clock if one was set (a to-be-closed value
 --- stops it), before the controllers run.
 function M.start_clock(client)
-  if not M.fake_clock then return nil end
-  local inf = assert(require("vmsnap.clock").follow(client, M.fake_clock))
+  local spec = M.fake_clock or os.getenv("VMSNAP_FAKE_CLOCK")
+  if not spec or spec == "" then return nil end
+  local inf, err = require("vmsnap.clock").follow(client, spec)
+  if not inf then error(err, 0) end
   return setmetatable({}, { __close = function() inf:stop() end })
 end
 

@@ -1,4 +1,6 @@
 --- vmsnap.time: the RFC 3339 timestamps of the Kubernetes API ("2026-11-24T04:01:47Z").
+local tz = require("vmsnap.tz")
+
 local M = {}
 
 --- Seconds since the epoch of an RFC 3339 timestamp (UTC "Z" or an offset),
@@ -16,15 +18,7 @@ function M.parse(s)
     if not sign then return nil end
     off = (tonumber(oh) * 3600 + tonumber(om) * 60) * (sign == "+" and 1 or -1)
   end
-  -- days from the civil date (Howard Hinnant's algorithm), independent of the local zone
-  y, mo, d = tonumber(y), tonumber(mo), tonumber(d)
-  if mo <= 2 then y = y - 1 end
-  local era = (y >= 0 and y or y - 399) // 400
-  local yoe = y - era * 400
-  local mp = (mo + 9) % 12
-  local doy = (153 * mp + 2) // 5 + d - 1
-  local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-  local days = era * 146097 + doe - 719468
+  local days = tz.days_from_civil(tonumber(y), tonumber(mo), tonumber(d))
   return days * 86400 + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(se) - off
 end
 

@@ -242,6 +242,7 @@ t.test("in a pod, holding only deploy/'s roles, the controllers run every workfl
   local rare = {
     ["get virtualdisksnapshots"] = PAST_CACHE, ["get virtualmachinesnapshots"] = PAST_CACHE,
     ["get virtualmachinerestores"] = PAST_CACHE, ["get virtualmachineblockdeviceattachments"] = PAST_CACHE,
+    ["get virtualmachinesnapshotschedules"] = PAST_CACHE,
     ["get volumesnapshotclasses"] = PAST_CACHE, ["get persistentvolumeclaims"] = PAST_CACHE,
     ["delete virtualmachines"] = UNDO, ["delete virtualdisks"] = UNDO, ["delete secrets"] = UNDO,
     ["delete virtualmachineblockdeviceattachments"] = UNDO, ["delete virtualmachineipaddresses"] = UNDO,

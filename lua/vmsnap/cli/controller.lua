@@ -16,7 +16,7 @@ lease has expired are thawed (at start and every 10 s). SIGINT/SIGTERM stop it
 after the reconciles in hand.
 
   --workflows LIST        run only these workflows (comma-separated; default:
-                          disk-snapshot,vm-snapshot,vm-restore)
+                          disk-snapshot,vm-snapshot,vm-restore,snapshot-schedule)
   --metrics-addr ADDR     serve /metrics (Prometheus text) on HOST:PORT, plain
                           HTTP (docs/metrics.md); off by default
   --health-addr ADDR      serve /healthz and /readyz on HOST:PORT (may be the
