@@ -458,7 +458,16 @@ function W.watches()
     return keys
   end
   return {
-    { kind = VMS, indexes = { schedule = by_schedule }, map = function(s) return by_schedule(s) end },
+    -- a snapshot's finalizers, step records and waits bring no pass: only what retention reads
+    { kind = VMS, indexes = { schedule = by_schedule }, map = function(s) return by_schedule(s) end,
+      changed = function(s, old)
+        local a, b = s.status or {}, old.status or {}
+        local ra, rb = object.condition(s, "VirtualMachineSnapshotReady"), object.condition(old, "VirtualMachineSnapshotReady")
+        return a.phase ~= b.phase or a.consistent ~= b.consistent or (s.metadata.deletionTimestamp ~= nil) ~= (old.metadata.deletionTimestamp ~= nil)
+          or (ra and ra.reason) ~= (rb and rb.reason)
+          or (s.metadata.labels or {})[W.LABEL] ~= (old.metadata.labels or {})[W.LABEL]
+          or object.annotation(s, W.SCHEDULED_AT) ~= object.annotation(old, W.SCHEDULED_AT)
+      end },
     { kind = VM, map = function(vm, ctl) return all_in(ctl, vm.metadata.namespace) end },
     { kind = VMR, map = function(r, ctl) return all_in(ctl, r.metadata.namespace) end },
     -- cached for the VMs' CSI drivers (the caps), no pass of their own

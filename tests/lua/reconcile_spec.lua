@@ -136,6 +136,30 @@ t.test("failures are retried with back-off; many quick changes are coalesced", f
   task.wait(runner, 10)
 end)
 
+t.test("a watch's changed filter: a modification it rejects brings no pass, one it accepts does", function()
+  local calls = 0
+  local ctl = reconcile.controller({ client = c, name = "filtered", kind = "VirtualDiskSnapshot",
+    watches = { { kind = "configmaps", map = function(cm) return { "default/" .. (cm.data and cm.data.owner or "") } end,
+      changed = function(cm, old) return (cm.data or {}).watched ~= (old.data or {}).watched end } },
+    reconcile = function(_, obj)
+      if obj.metadata.name == "owned" then calls = calls + 1 end
+    end })
+  local runner = task.spawn(function() return ctl:run() end)
+  assert(c:create(vds("owned")))
+  assert(c:create({ apiVersion = "v1", kind = "ConfigMap", metadata = { name = "w", namespace = "default" },
+    data = { owner = "owned", watched = "1" } }))
+  t.ok(eventually(function() return calls >= 2 end), "the object's own ADDED and the ConfigMap's ADDED")
+  task.sleep(0.3)
+  local before = calls
+  for i = 1, 5 do assert(c:patch("configmaps", "w", { metadata = { labels = { n = tostring(i) } } }, { namespace = "default" })) end
+  task.sleep(0.5)
+  t.eq(calls, before, "label changes the filter rejects: no pass")
+  assert(c:patch("configmaps", "w", { data = { watched = "2" } }, { namespace = "default" }))
+  t.ok(eventually(function() return calls > before end), "a change it accepts: a pass")
+  ctl:stop()
+  task.wait(runner, 10)
+end)
+
 t.test("leader election: one of two controllers works; the other takes over after a stop", function()
   local worked = { a = 0, b = 0 }
   local function make(id)

@@ -72,7 +72,8 @@ Controller.__index = Controller
 ---@field reconcile fun(ctx: vmsnap.reconcile.Context, obj: table): (table|boolean|nil), string?
 ---@field finalize? fun(ctx: vmsnap.reconcile.Context, obj: table): (boolean|nil), string?
 ---@field finalizer? string           added on the first reconcile; removed once finalize returns true
----@field watches? {kind: string, map: fun(obj: table): string[], indexes?: table}[]
+---@field watches? {kind: string, map: fun(obj: table): string[], indexes?: table, changed?: fun(obj: table, old: table): boolean}[]
+---                                    (changed: a modification it returns false for brings no pass)
 ---@field indexes? table<string, fun(obj: table): string[]>   indexes on the primary kind
 ---@field namespace? string           watch one namespace (default all)
 ---@field workers? integer            (default 4)
@@ -125,7 +126,8 @@ function Controller:start_informers()
   for _, w in ipairs(o.watches or {}) do
     local inf, werr = m:informer(w.kind, { indexes = w.indexes })
     if not inf then return nil, werr end
-    subscribe(inf, function(_, obj, old)
+    subscribe(inf, function(etype, obj, old)
+      if w.changed and etype == "MODIFIED" and old and not w.changed(obj, old) then return end
       for _, src in ipairs({ obj, old }) do
         local ok, keys = pcall(w.map, src, self)
         if not ok and errors.code_of(keys) == "CANCELLED" then
