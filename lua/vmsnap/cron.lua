@@ -83,11 +83,27 @@ end
 local Schedule = {}
 Schedule.__index = Schedule
 
+local parsed, parsed_n = {}, 0 -- (text, zone) -> schedule: a controller parses each pass
+
 --- Parse a schedule in a time zone (IANA name; nil or "" is UTC). Returns
 --- the schedule, or nil and a message naming the field that is wrong.
+--- (Cached: the same text and zone give the same schedule object.)
 ---@param text string
 ---@param zone? string
 function M.parse(text, zone)
+  local key = type(text) == "string" and (text .. "\0" .. tostring(zone or "")) or nil
+  local hit = key and parsed[key]
+  if hit then return hit end
+  local s, err = M.parse_uncached(text, zone)
+  if s and key then
+    if parsed_n >= 1000 then parsed, parsed_n = {}, 0 end
+    parsed[key], parsed_n = s, parsed_n + 1
+  end
+  return s, err
+end
+
+--- M.parse without its cache.
+function M.parse_uncached(text, zone)
   if type(text) ~= "string" or text == "" then return nil, "the schedule is empty" end
   if #text > 256 then return nil, "the schedule is longer than 256 characters" end
   local src = text

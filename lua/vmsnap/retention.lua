@@ -23,12 +23,13 @@ M.BUCKETS = { "hourly", "daily", "weekly", "monthly", "yearly" }
 local memo, memo_n = {}, 0
 local period_of
 local function period(kind, wall)
-  local key = kind .. wall
-  local p = memo[key]
+  local m = memo[kind]
+  if not m then m = {} memo[kind] = m end
+  local p = m[wall]
   if not p then
-    if memo_n >= 200000 then memo, memo_n = {}, 0 end -- bounded: a long-running controller
+    if memo_n >= 200000 then memo, memo_n = {}, 0 m = {} memo[kind] = m end -- bounded: a long-running controller
     p = period_of(kind, wall)
-    memo[key], memo_n = p, memo_n + 1
+    m[wall], memo_n = p, memo_n + 1
   end
   return p
 end
@@ -97,12 +98,14 @@ local function decide_vm(list, policy, now, zone, out)
     ruled[counted[i]] = ruled[counted[i]] or {}
     table.insert(ruled[counted[i]], "last " .. i)
   end
+  local walls = {}
+  for i, s in ipairs(counted) do walls[i] = zone:wall(s.at) end
   for _, b in ipairs(M.BUCKETS) do
     local n = policy[b]
     if n and n > 0 then
       local seen, taken = {}, 0
-      for _, s in ipairs(counted) do
-        local p = period(b, zone:wall(s.at))
+      for i, s in ipairs(counted) do
+        local p = period(b, walls[i])
         if not seen[p] then
           if taken >= n then break end
           seen[p], taken = true, taken + 1

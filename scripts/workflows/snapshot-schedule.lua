@@ -294,12 +294,24 @@ function W.create_snapshot(ctx, sched, vm, at, asked)
   return ctx.client:create(obj)
 end
 
+local times, times_n = {}, 0 -- RFC 3339 text -> seconds (the same few thousand, every pass)
+local function parse_time(text)
+  if text == nil then return nil end
+  local t = times[text]
+  if t == nil then
+    if times_n >= 100000 then times, times_n = {}, 0 end
+    t = vtime.parse(text) or false
+    times[text], times_n = t, times_n + 1
+  end
+  return t or nil
+end
+
 --- The snapshots as retention sees them: {name, vm, at, phase, consistent, protect}.
 function W.candidates(sched, facts)
   local list = {}
   for _, s in ipairs(facts.snapshots) do
     if not s.metadata.deletionTimestamp then
-      local at = vtime.parse(object.annotation(s, W.SCHEDULED_AT)) or vtime.parse(s.metadata.creationTimestamp) or 0
+      local at = parse_time(object.annotation(s, W.SCHEDULED_AT)) or parse_time(s.metadata.creationTimestamp) or 0
       local restore = facts.restores[s.metadata.name]
       list[#list + 1] = { name = s.metadata.name, vm = s.spec.virtualMachineName, at = at,
         phase = s.status and s.status.phase or "Pending", consistent = s.status and s.status.consistent == true,
@@ -312,7 +324,8 @@ end
 --- Retention: decide which snapshots stay (facts.decisions: name ->
 --- {keep, why} or {keep = false, rule}). Replace this step for your own policy.
 function W.retention(ctx, sched, facts)
-  facts.decisions = retention.decide(W.candidates(sched, facts), facts.spec.policy, facts.now, facts.spec.zone)
+  facts.candidates = W.candidates(sched, facts)
+  facts.decisions = retention.decide(facts.candidates, facts.spec.policy, facts.now, facts.spec.zone)
   return true
 end
 
@@ -321,7 +334,7 @@ end
 --- consistent one (retention keeps those, and this checks again).
 function W.prune(ctx, sched, facts)
   local left = {}
-  for _, c in ipairs(W.candidates(sched, facts)) do
+  for _, c in ipairs(facts.candidates or W.candidates(sched, facts)) do
     local d = facts.decisions[c.name]
     if d and d.keep == false and terminal(c.object) and not c.protect then
       local ok, err, code = ctx.client:delete(VMS, c.name, { namespace = sched.metadata.namespace,

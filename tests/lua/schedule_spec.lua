@@ -199,7 +199,7 @@ t.test("a year of hourly snapshots of 3 VMs under GFS 24/7/4/12: the kept set at
   if os.getenv("SPEC_DEBUG") then
     local m = srv:get("/metrics")
     for line in m.body:gmatch("[^\n]+") do
-      if line:match("^apiserver_request_total") then io.stderr:write(line, "\n") end
+      if line:match("^apiserver_request_total") or line:match("^apiserver_request_duration_seconds_sum") or line:match("^apiserver_request_duration_seconds_count") then io.stderr:write(line, "\n") end
     end
   end
   local due = 0
