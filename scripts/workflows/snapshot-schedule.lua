@@ -23,6 +23,7 @@ local freezes = require("vmsnap.freezes")
 local vtime = require("vmsnap.time")
 local object = require("vmsnap.k8s.object")
 local steps = require("vmsnap.reconcile.steps")
+local errors = require("vmsnap.errors")
 
 local W = {}
 
@@ -252,7 +253,14 @@ function W.start(ctx, sched, facts)
         reason = ("%d snapshots in progress on driver %s (maxInFlightPerDriver %d)"):format(inflight[full], full, cap) }
     else
       local ok, err, code = W.create_snapshot(ctx, sched, vm, vtime.parse(q.when), q.asked)
-      if not ok then
+      if not ok and code ~= "AlreadyExists" and errors.is_transient(code) then
+        -- a lost or refused answer that may clear: it stays queued, and the
+        -- pass is tried again with back-off (a create that did happen is
+        -- AlreadyExists then)
+        rest[#rest + 1] = { virtualMachineName = q.vm, scheduledAt = q.when, asked = q.asked,
+          reason = ("the create failed and is retried: %s"):format(tostring(err)) }
+        facts.retry = facts.retry or { err, code }
+      elseif not ok then
         if code ~= "AlreadyExists" then
           st.lastRun = st.lastRun or { scheduledAt = q.when, virtualMachines = 0, ready = 0 }
           st.lastRun.failed = st.lastRun.failed or {}
@@ -452,6 +460,8 @@ function W.reconcile(ctx, sched)
       end
     end
   end
+  -- a create that failed transiently stays queued (the status says so): look again in a second
+  if facts.retry then ctx:requeue_after(1) end
 end
 
 -- ------------------------------------------------------------ watches

@@ -34,9 +34,10 @@ local function stopped_vm(c, name, labels)
     spec = { runPolicy = "AlwaysOff", blockDeviceRefs = { { kind = "VirtualDisk", name = name .. "-root" } } } }))
 end
 
--- the schedule controller alone, on the fake clock default/clock
-local function schedule_controller(srv, extra)
-  local argv = { h.vmsnap, "controller", "--kubeconfig", srv.kubeconfig, "--workflows", "snapshot-schedule",
+-- the schedule controller alone, on the fake clock default/clock (through
+-- kubeconfig, default the server's own)
+local function schedule_controller(srv, extra, kubeconfig)
+  local argv = { h.vmsnap, "controller", "--kubeconfig", kubeconfig or srv.kubeconfig, "--workflows", "snapshot-schedule",
     "--fake-clock", "default/clock", "--leader-election-namespace", "default" }
   for _, a in ipairs(extra or {}) do argv[#argv + 1] = a end
   local p = assert(proc.spawn(argv, { stdout = "null", stderr = os.getenv("SPEC_DEBUG") and "inherit" or "null",
@@ -450,6 +451,57 @@ t.test("invalid schedules: the CLI and the server refuse them naming the field; 
   t.eq(s.status, "False")
   t.eq(s.reason, "InvalidSpec")
   t.contains(s.message, "never runs")
+end)
+
+t.test("API faults on every write the schedule makes: one snapshot per VM and run, pruning completes", function()
+  local srv <close> = h.platform({ args = { "--no-controllers" } })
+  local c = assert(k8s.client({ kubeconfig = srv.kubeconfig }))
+  for _, n in ipairs({ "f1", "f2", "f3" }) do stopped_vm(c, n) end
+  local T0 = P("2027-07-01T00:00:00Z")
+  set_clock(c, T0)
+  local fp <close> = h.faultproxy(srv.port)
+  local kc = srv.data .. "/kubeconfig-proxied"
+  assert(require("vmsnap.fs").write_atomic(kc, (assert(require("vmsnap.fs").read_file(srv.kubeconfig)):gsub("server: %S+",
+    "server: " .. fp.url))))
+  local ctl <close> = schedule_controller(srv, nil, kc)
+  assert(c:create({ apiVersion = "vmsnap.io/v1alpha1", kind = "VirtualMachineSnapshotSchedule",
+    metadata = { name = "flaky", namespace = "default" },
+    spec = { schedule = "@hourly", virtualMachineNames = { "f1", "f2", "f3" }, retention = { keepLast = 1 } } }))
+  local function status_of() return (c:get(SCHED, "flaky", { namespace = "default" }) or {}).status or {} end
+  until_("the start", function() return status_of().startTime end)
+  local V = "/apis/virtualization.deckhouse.io/v1alpha2/namespaces/default/virtualmachinesnapshots"
+  for hour = 1, 3 do
+    -- refused, garbled and cut answers to its creates, deletes, Events and status writes
+    fp:plan("POST " .. V .. "$", "500,drop,503,close")
+    fp:plan("DELETE " .. V .. "/", "503,close,drop")
+    fp:plan("PUT /apis/vmsnap.io/v1alpha1/namespaces/default/virtualmachinesnapshotschedules/flaky/status", "500,drop,close")
+    fp:plan("POST /api/v1/namespaces/default/events", "500,close")
+    local at = T0 + hour * 3600
+    set_clock(c, at)
+    until_("the run of hour " .. hour, function() return status_of().lastScheduleTime == F(at) end, 60)
+    for _, vm in ipairs({ "f1", "f2", "f3" }) do
+      local name = ("flaky-%s-%s"):format(vm, os.date("!%Y%m%d-%H%M", at))
+      local obj = until_(name, function() return c:get(VMS, name, { namespace = "default" }) end, 60)
+      obj.status = { phase = "Ready", consistent = true }
+      assert(c:update_status(obj))
+    end
+    until_("one snapshot per VM after hour " .. hour, function()
+      local l = c:list(VMS, { namespace = "default", label_selector = "vmsnap.io/schedule=flaky" })
+      if not l or #l.items ~= 3 then return false end
+      for _, x in ipairs(l.items) do
+        if x.metadata.annotations["vmsnap.io/scheduled-at"] ~= F(at) then return false end
+      end
+      return true
+    end, 60)
+  end
+  until_("the status caught up", function()
+    local st = status_of()
+    return st.held == 3 and st.lastRun and st.lastRun.ready == 3 and st.lastSuccessfulTime == F(T0 + 3 * 3600)
+  end, 60)
+  local stats = fp:stats()
+  t.ok(stats.faulted >= 3 * 9, ("faults were met: %d of the %d requests"):format(stats.faulted, stats.requests))
+  -- the deletes' faults came last: what is left of them is at most the last hour's
+  t.ok(stats.pending <= 3, ("faults left unused: %d"):format(stats.pending))
 end)
 
 return t.done()
