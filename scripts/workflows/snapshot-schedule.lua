@@ -225,6 +225,7 @@ function W.start(ctx, sched, facts)
   if #queue == 0 then st.queued = nil return true end
   local conc = sched.spec.concurrency or {}
   local cap = conc.maxInFlightPerDriver or freezes.limits.in_flight_per_driver
+  if cap == 0 then cap = nil end -- 0: no cap
   -- snapshots in progress per driver, over the namespace's VMs
   local inflight = {}
   local vms = {}

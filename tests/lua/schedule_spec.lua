@@ -504,4 +504,50 @@ t.test("API faults on every write the schedule makes: one snapshot per VM and ru
   t.ok(stats.pending <= 3, ("faults left unused: %d"):format(stats.pending))
 end)
 
+t.test("the schedule controller killed (SIGKILL) in the middle of a run of 40 VMs: the restart finishes it, once", function()
+  local srv <close> = h.platform({ args = { "--no-controllers" } })
+  local c = assert(k8s.client({ kubeconfig = srv.kubeconfig }))
+  local names = {}
+  for i = 1, 40 do
+    names[i] = ("k%02d"):format(i)
+    stopped_vm(c, names[i])
+  end
+  local T0 = P("2027-08-01T00:00:00Z")
+  set_clock(c, T0)
+  assert(c:create({ apiVersion = "vmsnap.io/v1alpha1", kind = "VirtualMachineSnapshotSchedule",
+    metadata = { name = "kill", namespace = "default" },
+    spec = { schedule = "@hourly", virtualMachineNames = names, retention = { keepLast = 1 } } }))
+  local function status_of() return (c:get(SCHED, "kill", { namespace = "default" }) or {}).status or {} end
+  local function count()
+    local l = assert(c:list(VMS, { namespace = "default", label_selector = "vmsnap.io/schedule=kill" }))
+    return #l.items, l.items
+  end
+  do
+    -- (no cap on snapshots in flight: nothing completes them here)
+    local ctl = schedule_controller(srv, { "--max-in-flight-per-driver", "0" })
+    until_("the start", function() return status_of().startTime end)
+    set_clock(c, T0 + 3600)
+    until_("some of the run's snapshots", function() return count() >= 5 end, 20)
+    ctl.p:kill("KILL") -- (not a <close> value: killed here, by PID)
+    ctl.p:wait(5)
+    ctl.p:close()
+  end
+  local made = count()
+  io.stderr:write(("# killed after %d of 40 creates\n"):format(made))
+  local ctl2 <close> = schedule_controller(srv, { "--max-in-flight-per-driver", "0" })
+  local ok = pcall(until_, "the run finished", function()
+    local st = status_of()
+    return st.lastScheduleTime == F(T0 + 3600) and st.held == 40 and count() == 40
+  end, 30)
+  t.ok(ok, "the run finished: " .. json.encode(status_of()):sub(1, 600) .. (" (%d snapshots)"):format(count()))
+  local n, items = count()
+  t.eq(n, 40, "one snapshot per VM")
+  local seen = {}
+  for _, x in ipairs(items) do
+    t.eq(x.metadata.annotations["vmsnap.io/scheduled-at"], F(T0 + 3600))
+    seen[x.spec.virtualMachineName] = (seen[x.spec.virtualMachineName] or 0) + 1
+  end
+  for _, v in ipairs(names) do t.eq(seen[v], 1, v) end
+end)
+
 return t.done()
