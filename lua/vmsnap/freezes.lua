@@ -34,6 +34,8 @@ local function families()
   if fam then return fam end
   local reg = metrics.process()
   fam = {
+    waiting = reg:gauge("vmsnap_freeze_slot_waiters",
+      "Snapshots waiting for a freeze slot (the --max-frozen caps) in this process.", {}),
     duration = reg:histogram("vmsnap_freeze_duration_seconds",
       "Seconds a guest was frozen, from the freeze call to the thaw's answer.", { "vm" }, FREEZE_BUCKETS),
     cut = reg:histogram("vmsnap_cut_latency_seconds",
@@ -305,6 +307,7 @@ function M.slot(ctx, obj, vm, drivers)
     elseif frozen[x.vm] then waiters[k] = nil
     else list[#list + 1] = { key = k, w = x } end
   end
+  families().waiting:set({}, #list)
   -- the fair order: each group's first waiter (oldest first), then each one's second, ...
   table.sort(list, function(a, b)
     if a.w.since ~= b.w.since then return a.w.since < b.w.since end
@@ -339,6 +342,7 @@ function M.slot(ctx, obj, vm, drivers)
     if e.key == me then
       if fits then
         waiters[me] = nil
+        families().waiting:set({}, #list - 1)
         reserved[vk] = { drivers = drivers, ["until"] = now + 60 }
         granted[vk] = group
         return true

@@ -24,6 +24,7 @@ local vtime = require("vmsnap.time")
 local object = require("vmsnap.k8s.object")
 local steps = require("vmsnap.reconcile.steps")
 local errors = require("vmsnap.errors")
+local metrics = require("vmsnap.metrics")
 
 local W = {}
 
@@ -254,6 +255,10 @@ function W.start(ctx, sched, facts)
         reason = ("%d snapshots in progress on driver %s (maxInFlightPerDriver %d)"):format(inflight[full], full, cap) }
     else
       local ok, err, code = W.create_snapshot(ctx, sched, vm, vtime.parse(q.when), q.asked)
+      if ok then
+        metrics.process():counter("vmsnap_schedule_snapshots_total",
+          "Snapshots a schedule's runs created.", { "schedule" }):inc({ sched.metadata.namespace .. "/" .. sched.metadata.name })
+      end
       if not ok and code ~= "AlreadyExists" and errors.is_transient(code) then
         -- a lost or refused answer that may clear: it stays queued, and the
         -- pass is tried again with back-off (a create that did happen is
@@ -349,6 +354,8 @@ function W.prune(ctx, sched, facts)
       local ok, err, code = ctx.client:delete(VMS, c.name, { namespace = sched.metadata.namespace,
         preconditions = { uid = c.object.metadata.uid } })
       if ok or code == "NotFound" then
+        metrics.process():counter("vmsnap_schedule_pruned_total",
+          "Snapshots a schedule's retention deleted.", { "schedule" }):inc({ sched.metadata.namespace .. "/" .. sched.metadata.name })
         ctx:event("Normal", "SnapshotPruned", ("Deleted VirtualMachineSnapshot %q of %q (%s): %s."):format(
           c.name, c.vm, vtime.format(c.at), d.rule))
       else

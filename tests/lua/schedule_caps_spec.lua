@@ -143,6 +143,11 @@ t.test("20 VMs, a cap of 2 frozen guests: never more than 2 frozen, all Ready; t
   t.ok(tseen.inflight <= 4, ("at most 4 in progress on the driver (saw %d)"):format(tseen.inflight))
   t.ok(tseen.status_queued > 0, "the schedule's status listed queued snapshots")
   t.contains(tseen.queue_reason or "", "snapshots in progress on driver local.vmsnap.io (maxInFlightPerDriver 4)")
+  -- the schedule's families, on the API's /metrics (vmsnap up serves its controllers' there too)
+  local m = assert(srv:get("/metrics"))
+  t.contains(m.body, 'vmsnap_schedule_snapshots_total{schedule="default/capped"} 20')
+  t.contains(m.body, 'vmsnap_schedule_snapshots_total{schedule="default/trickle"} 20')
+  t.contains(m.body, "vmsnap_freeze_slot_waiters 0")
   io.stderr:write(("# %d VMs, one run, 300 ms cuts: capped at 2 frozen %.1f s (max %d frozen); uncapped %.1f s (max %d frozen); "
     .. "4 in flight per driver %.1f s\n"):format(N, capped_s, capped_max, free_s, free_max, trickle_s))
   t.eq(count(), 0, "every guest thawed")
