@@ -66,6 +66,25 @@ t.test("applied in order, each object reaches Ready; the snapshots are consisten
   t.ok(c:get("vm", "linux-vm-2"), "the restored VM")
   t.ok(c:get("vd", "linux-vm-root-2"), "its restored disk")
   t.ok(c:get("vm", "linux-vm"), "beside the original")
+  -- the schedule: valid, its next run named; a run asked for makes a consistent snapshot
+  t.contains(apply("70-schedule.yaml"), "virtualmachinesnapshotschedule.vmsnap.io/linux-vm-nightly created")
+  local SCHED = "virtualmachinesnapshotschedules.vmsnap.io"
+  local sc = c:wait_for(SCHED, "linux-vm-nightly", function(o) return o and o.status and o.status.nextScheduleTime and o end,
+    { timeout = 20 })
+  t.ok(sc and sc.status.nextScheduleTime:match("T0[01]:30:00Z$"), "02:30 in Berlin is 00:30 or 01:30 UTC: "
+    .. tostring(sc and sc.status.nextScheduleTime))
+  local r = h.run_vmsnap({ "schedule", "run-now", "linux-vm-nightly", "--kubeconfig", srv.kubeconfig })
+  t.eq(r.status, 0, r.stderr)
+  sc = c:wait_for(SCHED, "linux-vm-nightly", function(o)
+    local run = o and o.status and o.status.lastRun
+    return run and run.ready == 1 and o
+  end, { timeout = 60 })
+  t.ok(sc, "the run's snapshot is Ready")
+  t.eq(sc and sc.status.snapshots[1].consistent, true)
+  local g = srv:kubectl({ "get", "vmssched" })
+  t.eq(g.status, 0, g.stderr)
+  t.contains(g.stdout, "linux-vm-nightly")
+  t.contains(g.stdout, "30 2 * * *")
 end)
 
 t.done()
