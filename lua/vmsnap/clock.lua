@@ -48,7 +48,7 @@ function M.set(t)
 end
 
 --- Follow the ConfigMap `spec` ("ns/name") through `client`: until it holds a
---- valid `data.now` the clock stands at the epoch (nothing is due). Returns
+--- valid `data.now` the clock stands at 0 (the schedule controller waits). Returns
 --- the informer (stop() it), or nil, message.
 function M.follow(client, spec)
   local ns, name = M.parse_source(spec)

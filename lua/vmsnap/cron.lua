@@ -53,7 +53,7 @@ local function field(f, text)
     if range == "*" then
       a, b = f.lo, f.hi
       if f.name == "day of week" then b = 6 end
-      if not step then any = true end
+      if not step or n == 1 then any = true end -- (*/1 is *)
     else
       local x, y = range:match("^([^-]+)-([^-]+)$")
       if x then
@@ -161,8 +161,9 @@ end
 function Schedule:next(t)
   local z = self.zone
   t = math.floor(t)
-  -- from an hour before t's wall time: a fold's second hour has walls before t's
-  local start = (z:wall(t) - 3600) // 60 * 60
+  -- from 3 hours before t's wall time: a fold's later hours (up to two in
+  -- any zone) have walls before t's
+  local start = (z:wall(t) - 3 * 3600) // 60 * 60
   local day0 = start // 86400
   local best, limit
   for day = day0, day0 + 366 * 8 + 2 do
@@ -181,7 +182,7 @@ function Schedule:next(t)
               if u > t and (not best or u < best) then
                 best = u
                 -- a later wall may still be an earlier instant within a fold
-                limit = limit or wall + 3600
+                limit = limit or wall + 3 * 3600
               end
             end
             if limit and wall > limit then break end

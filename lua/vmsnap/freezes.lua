@@ -343,7 +343,9 @@ function M.slot(ctx, obj, vm, drivers)
       if fits then
         waiters[me] = nil
         families().waiting:set({}, #list - 1)
-        reserved[vk] = { drivers = drivers, ["until"] = now + 60 }
+        -- held until its lease is written or M.release_slot (pre_freeze hooks may
+        -- take minutes); the time is only a net for a path that never returns
+        reserved[vk] = { drivers = drivers, ["until"] = now + 900 }
         granted[vk] = group
         return true
       end

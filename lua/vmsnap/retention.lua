@@ -52,17 +52,24 @@ M.period = period
 --- Does the policy delete anything at all (some rule is set)?
 function M.active(policy)
   if not policy then return false end
-  if policy.keepLast or policy.maxAge then return true end
-  for _, b in ipairs(M.BUCKETS) do if policy[b] then return true end end
+  if (policy.keepLast or 0) > 0 or policy.maxAge then return true end
+  for _, b in ipairs(M.BUCKETS) do if (policy[b] or 0) > 0 then return true end end
+  return false
+end
+
+-- is any rule other than maxAge set (one that chooses what to keep)?
+local function chooses(policy)
+  if (policy.keepLast or 0) > 0 then return true end
+  for _, b in ipairs(M.BUCKETS) do if (policy[b] or 0) > 0 then return true end end
   return false
 end
 
 --- The policy in words: "keepLast 3, hourly 24, daily 7, maxAge 30d".
 function M.describe(policy)
   local parts = {}
-  if policy.keepLast then parts[#parts + 1] = "keepLast " .. policy.keepLast end
+  if (policy.keepLast or 0) > 0 then parts[#parts + 1] = "keepLast " .. policy.keepLast end
   for _, b in ipairs(M.BUCKETS) do
-    if policy[b] then parts[#parts + 1] = b .. " " .. policy[b] end
+    if (policy[b] or 0) > 0 then parts[#parts + 1] = b .. " " .. policy[b] end
   end
   if policy.maxAge then parts[#parts + 1] = "maxAge " .. (policy.maxAgeText or (policy.maxAge .. "s")) end
   return table.concat(parts, ", ")
@@ -115,6 +122,10 @@ local function decide_vm(list, policy, now, zone, out)
       end
     end
   end
+  -- maxAge alone keeps every counted snapshot until it is too old
+  if not chooses(policy) then
+    for _, s in ipairs(counted) do ruled[s] = { "younger than maxAge" } end
+  end
   local too_old = {}
   for _, s in ipairs(counted) do
     if ruled[s] then
@@ -150,7 +161,7 @@ local function decide_vm(list, policy, now, zone, out)
     else
       local rule
       if s.phase == "Failed" then
-        rule = "failed, and a newer snapshot is Ready"
+        rule = "failed, and not the VM's newest snapshot"
       elseif s.phase == "Ready" and only_consistent and not s.consistent then
         rule = "inconsistent, and a newer snapshot exists (consistentOnly)"
       elseif too_old[s] then

@@ -271,6 +271,9 @@ function M.zone(name)
   if type(name) ~= "string" or #name > 128 or not name:match("^[%w_+-][%w_+/-]*$") or name:find("..", 1, true) then
     return nil, ("time zone %q: not an IANA zone name (such as Europe/Berlin)"):format(tostring(name))
   end
+  if name:match("^right/") then
+    return nil, ("time zone %q: the right/ zones count leap seconds; use %s"):format(name, name:sub(7))
+  end
   if cache[name] then return cache[name] end
   local path = (os.getenv("TZDIR") or M.DIR) .. "/" .. name
   local f = io.open(path, "rb")

@@ -164,9 +164,13 @@ function W.due(ctx, sched, facts)
   local since = math.max(vtime.parse(st.lastScheduleTime) or 0, vtime.parse(st.lastSkippedTime) or 0,
     vtime.parse(st.startTime) or 0)
   local asked = object.annotation(sched, W.RUN_NOW)
-  if asked and asked ~= st.lastRunNow and not sched.spec.suspend then
+  if asked and asked ~= st.lastRunNow then
     st.lastRunNow = asked
-    facts.run = { at = now, when = vtime.format(now), asked = true }
+    if sched.spec.suspend then
+      ctx:event("Warning", "RunNowRefused", "A run was asked for while the schedule is suspended: not taken.")
+      return true
+    end
+    facts.run = { at = now, when = vtime.format(now), asked = asked }
     ctx:event("Normal", "RunNow", ("A run was asked for: snapshots of %s."):format(vtime.format(now)))
     return true
   end
@@ -188,10 +192,13 @@ function W.due(ctx, sched, facts)
   return true
 end
 
---- The snapshot of `vm` for the run at `at` (a run asked for, to the second:
---- two asked within a minute are two runs).
+--- The snapshot of `vm` for the run at `at`; for a run asked for
+--- (`asked`: the request), named after the request, so that a pass repeated
+--- after its status write was lost makes the same snapshots, not new ones.
 function W.snapshot_name(sched, vmname, at, asked)
-  return object.bounded_name(sched.metadata.name .. "-" .. vmname, os.date(asked and "!%Y%m%d-%H%M%S" or "!%Y%m%d-%H%M", at), 253)
+  local tail = os.date("!%Y%m%d-%H%M", at)
+  if asked then tail = tail .. "-now-" .. object.fnv64(tostring(asked)):sub(1, 8):lower() end
+  return object.bounded_name(sched.metadata.name .. "-" .. vmname, tail, 253)
 end
 
 local drivers_of = freezes.drivers_of
@@ -203,7 +210,7 @@ function W.start(ctx, sched, facts)
   local st = sched.status
   local queue = {}
   for _, q in ipairs(st.queued or {}) do
-    queue[#queue + 1] = { vm = q.virtualMachineName, when = q.scheduledAt, asked = q.asked }
+    queue[#queue + 1] = { vm = q.virtualMachineName, when = q.scheduledAt, asked = q.asked and (q.request or true) or nil }
   end
   if facts.run then
     -- a newer run replaces what an older one still had queued for a VM
@@ -224,6 +231,16 @@ function W.start(ctx, sched, facts)
     end
   end
   if #queue == 0 then st.queued = nil return true end
+  if sched.spec.suspend then
+    -- suspended: nothing starts; what was queued waits for the resume
+    local held = {}
+    for _, q in ipairs(queue) do
+      held[#held + 1] = { virtualMachineName = q.vm, scheduledAt = q.when, asked = q.asked and true or nil,
+        request = type(q.asked) == "string" and q.asked or nil, reason = "the schedule is suspended" }
+    end
+    st.queued = held
+    return true
+  end
   local conc = sched.spec.concurrency or {}
   local cap = conc.maxInFlightPerDriver or freezes.limits.in_flight_per_driver
   if cap == 0 then cap = nil end -- 0: no cap
@@ -251,10 +268,21 @@ function W.start(ctx, sched, facts)
     if not vm then
       -- gone since it was queued: nothing to start
     elseif full then
-      rest[#rest + 1] = { virtualMachineName = q.vm, scheduledAt = q.when, asked = q.asked,
+      rest[#rest + 1] = { virtualMachineName = q.vm, scheduledAt = q.when, asked = q.asked and true or nil,
+        request = type(q.asked) == "string" and q.asked or nil,
         reason = ("%d snapshots in progress on driver %s (maxInFlightPerDriver %d)"):format(inflight[full], full, cap) }
     else
       local ok, err, code = W.create_snapshot(ctx, sched, vm, vtime.parse(q.when), q.asked)
+      if not ok and code == "AlreadyExists" then
+        -- ours from a pass before a restart, or another's of the same name
+        local name = W.snapshot_name(sched, q.vm, vtime.parse(q.when), q.asked)
+        local other = ctx:get(VMS, sched.metadata.namespace, name)
+        local labels = other and other.metadata.labels or {}
+        if other and (labels[W.LABEL] ~= sched.metadata.name or labels[W.VM_LABEL] ~= q.vm) then
+          code, err = "NameTaken", ("a VirtualMachineSnapshot named %q exists and is not this schedule's snapshot of %q"):format(
+            name, q.vm)
+        end
+      end
       if ok then
         metrics.process():counter("vmsnap_schedule_snapshots_total",
           "Snapshots a schedule's runs created.", { "schedule" }):inc({ sched.metadata.namespace .. "/" .. sched.metadata.name })
@@ -263,7 +291,8 @@ function W.start(ctx, sched, facts)
         -- a lost or refused answer that may clear: it stays queued, and the
         -- pass is tried again with back-off (a create that did happen is
         -- AlreadyExists then)
-        rest[#rest + 1] = { virtualMachineName = q.vm, scheduledAt = q.when, asked = q.asked,
+        rest[#rest + 1] = { virtualMachineName = q.vm, scheduledAt = q.when, asked = q.asked and true or nil,
+        request = type(q.asked) == "string" and q.asked or nil,
           reason = ("the create failed and is retried: %s"):format(tostring(err)) }
         facts.retry = facts.retry or { err, code }
       elseif not ok then
@@ -436,6 +465,9 @@ function W.report(ctx, sched, facts)
       ready == run.virtualMachines and "AllReady" or "InProgress",
       ("%d of %d snapshots of the run of %s are Ready."):format(ready, run.virtualMachines, run.scheduledAt))
   end
+  -- queued snapshots wait for others to end, some of which bring no pass of
+  -- this schedule (another's, a manual one): look again soon
+  if st.queued and not sched.spec.suspend then ctx:requeue_after(2) end
   -- on the wall clock, look again at the next run
   if nxt and not clock.is_fake() then ctx:requeue_after(math.max(1, math.min(nxt - facts.now, 300))) end
   return true
@@ -453,6 +485,8 @@ W.steps = steps.list({
 --- Every step, every pass (a schedule never finishes): a step that waits
 --- ends the pass with its reason on the Ready condition.
 function W.reconcile(ctx, sched)
+  -- a fake clock that holds no time yet: no pass (its first move requeues every schedule)
+  if clock.is_fake() and clock.now() == 0 then return end
   sched.status = sched.status or {}
   local facts = W.observe(ctx, sched)
   facts.now = math.floor(clock.now())

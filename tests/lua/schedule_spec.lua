@@ -323,6 +323,9 @@ t.test("downtime across 5 runs: one catch-up; the starting deadline; suspend; ru
     t.eq(status_of("every10").nextScheduleTime, nil)
     set_clock(c, T0 + 4800)
     until_("the suspended run skipped", function() return status_of("every10").lastSkippedTime == F(T0 + 4800) end)
+    local refused = vmsnap_cli(srv, { "run-now", "every10" })
+    t.eq(refused.status, 1)
+    t.contains(refused.stderr, 'schedule "every10" is suspended: resume it first')
     r = vmsnap_cli(srv, { "resume", "every10" })
     t.eq(r.status, 0, r.stderr)
     until_("resumed", function() return status_of("every10").nextScheduleTime == F(T0 + 5400) end)
@@ -548,6 +551,32 @@ t.test("the schedule controller killed (SIGKILL) in the middle of a run of 40 VM
     seen[x.spec.virtualMachineName] = (seen[x.spec.virtualMachineName] or 0) + 1
   end
   for _, v in ipairs(names) do t.eq(seen[v], 1, v) end
+end)
+
+t.test("two schedules whose snapshot names meet: the second's VM fails its run, named, nothing taken for done", function()
+  local srv <close> = h.platform({ args = { "--no-controllers" } })
+  local c = assert(k8s.client({ kubeconfig = srv.kubeconfig }))
+  stopped_vm(c, "db-a")
+  stopped_vm(c, "a")
+  local T0 = P("2027-09-01T00:00:00Z")
+  set_clock(c, T0)
+  local ctl <close> = schedule_controller(srv)
+  for _, x in ipairs({ { "nightly", "db-a" }, { "nightly-db", "a" } }) do
+    assert(c:create({ apiVersion = "vmsnap.io/v1alpha1", kind = "VirtualMachineSnapshotSchedule",
+      metadata = { name = x[1], namespace = "default" }, spec = { schedule = "@hourly", virtualMachineNames = { x[2] } } }))
+  end
+  local function status_of(n) return (c:get(SCHED, n, { namespace = "default" }) or {}).status or {} end
+  until_("both started", function() return status_of("nightly").startTime and status_of("nightly-db").startTime end)
+  set_clock(c, T0 + 3600)
+  local failed = until_("one of them failed its VM", function()
+    for _, n in ipairs({ "nightly", "nightly-db" }) do
+      local run = status_of(n).lastRun
+      if run and run.failed then return { n, run.failed[1] } end
+    end
+  end)
+  t.contains(failed[2].message, 'A VirtualMachineSnapshot named "nightly-db-a-20270901-0100" exists and is not this schedule')
+  local l = assert(c:list(VMS, { namespace = "default" }))
+  t.eq(#l.items, 1, "one snapshot, of one of them")
 end)
 
 return t.done()

@@ -29,7 +29,8 @@ t.test("time zones: offsets at DST changes, far future from the POSIX footer, UT
   t.eq(#fold, 2)
   t.eq(fold[2] - fold[1], 3600)
   t.eq(F(fold[1]), "2026-10-25T00:30:00Z")
-  for _, bad in ipairs({ "../etc/passwd", "/etc/passwd", "Europe/../../x", "Nowhere/City", "a b", string.rep("x", 200) }) do
+  for _, bad in ipairs({ "../etc/passwd", "/etc/passwd", "Europe/../../x", "Nowhere/City", "a b", string.rep("x", 200),
+    "right/Europe/Berlin" }) do
     local ok, err = tz.zone(bad)
     t.ok(ok == nil, bad)
     t.contains(err, "time zone", bad)
@@ -106,6 +107,9 @@ t.test("cron: fields, lists, ranges, steps, names, macros; next and last", funct
   t.eq(runs("5/15 9-10 * * *", nil, "2026-01-01T00:00:00Z", 5),
     "2026-01-01T09:05:00Z 2026-01-01T09:20:00Z 2026-01-01T09:35:00Z 2026-01-01T09:50:00Z 2026-01-01T10:05:00Z")
   t.eq(runs("@hourly", nil, "2026-01-01T00:00:00Z", 2), "2026-01-01T01:00:00Z 2026-01-01T02:00:00Z")
+  t.eq(runs("0 0 */1 * 1", nil, "2026-01-01T00:00:00Z", 2), "2026-01-05T00:00:00Z 2026-01-12T00:00:00Z",
+    "*/1 is *: Mondays only, not the either-day rule")
+  t.eq(runs("0 0 1 * */1", nil, "2026-01-02T00:00:00Z", 1), "2026-02-01T00:00:00Z", "the 1st only")
   t.eq(runs("@weekly", nil, "2026-01-01T00:00:00Z", 1), "2026-01-04T00:00:00Z")
   t.eq(runs("@yearly", nil, "2026-06-01T00:00:00Z", 1), "2027-01-01T00:00:00Z")
   t.eq(runs("@monthly", nil, "2026-01-31T10:00:00Z", 1), "2026-02-01T00:00:00Z")
@@ -134,6 +138,11 @@ t.test("cron: daylight saving — the gap skips, the fold runs once (twice for e
   end
   t.eq(table.concat(seq, " "), "2026-10-24T23:30:00Z 2026-10-25T00:30:00Z 2026-10-25T01:30:00Z 2026-10-25T02:30:00Z",
     "every hour, the fold's two 02:30s included")
+  -- a two-hour fold (Antarctica/Troll goes from +02 to +00): every hour still runs
+  local troll = assert(cron.parse("0 * * * *", "Antarctica/Troll"))
+  local u, list = P("2026-10-24T23:00:00Z"), {}
+  for _ = 1, 4 do u = troll:next(u) list[#list + 1] = F(u) end
+  t.eq(table.concat(list, " "), "2026-10-25T00:00:00Z 2026-10-25T01:00:00Z 2026-10-25T02:00:00Z 2026-10-25T03:00:00Z")
 end)
 
 t.test("cron: errors name the field and the value", function()
@@ -238,6 +247,27 @@ t.test("retention: inconsistent ones never fill a bucket; the newest consistent 
   t.eq(kept(d), "x1 x2")
 end)
 
+t.test("retention: maxAge alone keeps what is younger; a rule of 0 is no rule", function()
+  local base = P("2026-03-01T00:00:00Z")
+  local snaps = {}
+  for i = 1, 5 do snaps[i] = { name = "h" .. i, vm = "a", at = base + i * 3600, phase = "Ready", consistent = true } end
+  local d = retention.decide(snaps, { maxAge = 3 * 3600, maxAgeText = "3h" }, base + 6 * 3600, UTC)
+  t.eq(kept(d), "h3 h4 h5", "younger than 3 h, and nothing else")
+  t.eq(d.h4.why[1], "younger than maxAge")
+  t.eq(d.h1.rule, "older than maxAge 3h")
+  d = retention.decide(snaps, { daily = 0, keepLast = 0 }, base + 6 * 3600, UTC)
+  t.eq(kept(d), "h1 h2 h3 h4 h5", "0 is no rule: nothing is deleted")
+  t.ok(not retention.active({ keepLast = 0, hourly = 0 }))
+  -- two failures newer than anything Ready: the newest stays, the other goes, and says why
+  d = retention.decide({
+    { name = "ok", vm = "a", at = base, phase = "Ready", consistent = true },
+    { name = "f1", vm = "a", at = base + 60, phase = "Failed" },
+    { name = "f2", vm = "a", at = base + 120, phase = "Failed" },
+  }, { keepLast = 5 }, base + 200, UTC)
+  t.eq(kept(d), "f2 ok")
+  t.eq(d.f1.rule, "failed, and not the VM's newest snapshot")
+end)
+
 t.test("retention in a time zone: a day is the zone's day", function()
   local z = assert(tz.zone("Asia/Kolkata"))
   -- 19:00Z and 18:00Z on the same UTC day are two Kolkata days (00:30 and 23:30)
@@ -267,7 +297,11 @@ t.test("the schedule workflow's spec check, and the pinned-snapshots example rep
   t.eq(W.age("720h"), 720 * 3600)
   t.eq(W.age("soon"), nil)
   t.eq(W.snapshot_name(sched({}), "db", P("2027-03-01T01:30:00Z")), "s-db-20270301-0130")
-  t.eq(W.snapshot_name(sched({}), "db", P("2027-03-01T01:30:07Z"), true), "s-db-20270301-013007")
+  local a1 = W.snapshot_name(sched({}), "db", P("2027-03-01T01:30:07Z"), "2027-03-01T01:30:07Z/1")
+  t.ok(a1:match("^s%-db%-20270301%-0130%-now%-%x%x%x%x%x%x%x%x$"), a1)
+  t.eq(W.snapshot_name(sched({}), "db", P("2027-03-01T01:30:59Z"), "2027-03-01T01:30:07Z/1"), a1,
+    "the same request, the same names (a pass repeated after a lost status write)")
+  t.ok(W.snapshot_name(sched({}), "db", P("2027-03-01T01:30:07Z"), "2027-03-01T01:30:07Z/2") ~= a1, "another request")
   t.ok(#W.snapshot_name({ metadata = { name = string.rep("n", 200) } }, string.rep("v", 63), 0) <= 253)
   -- the worked example of docs/customizing.md, through the scripts path
   workflow.add_path(h.source .. "/scripts/examples/customizing")

@@ -200,7 +200,10 @@ local function facts_of(c, s)
   local snaps, e1 = c:list_all(VMS, { namespace = ns, label_selector = w.LABEL .. "=" .. s.metadata.name })
   if not snaps then cli.fail("error: " .. tostring(e1)) end
   local restores = {}
-  for _, r in ipairs(c:list_all(VMR, { namespace = ns }) or {}) do
+  local vmrs, e2 = c:list_all(VMR, { namespace = ns })
+  -- without the restores nothing may be deleted: one of them may use a snapshot
+  if not vmrs then cli.fail("error: cannot list the VirtualMachineRestores: " .. tostring(e2)) end
+  for _, r in ipairs(vmrs) do
     local ph = r.status and r.status.phase
     if ph ~= "Ready" and ph ~= "Failed" and r.spec and r.spec.virtualMachineSnapshotName then
       restores[r.spec.virtualMachineSnapshotName] = r.metadata.name
@@ -301,6 +304,7 @@ function M.main(args)
     return
   end
   if verb == "run-now" then
+    if s.spec.suspend then cli.fail(("error: schedule %q is suspended: resume it first"):format(name)) end
     local req = vtime.format(math.floor(vtime.now())) .. "/" .. tostring(math.random(1, 1e9))
     local _, err = c:patch(SCHED, name, { metadata = { annotations = { [W().RUN_NOW] = req } } }, { namespace = ns })
     if err then cli.fail("error: " .. tostring(err)) end
