@@ -111,7 +111,8 @@ t.test("a disk snapshot shows in the work queue's, the reconciles' and the phase
     passes = passes + (value(m, ('controller_runtime_reconcile_total{controller="disk-snapshot-controller",result="%s"}')
       :format(res)) or 0)
   end
-  t.ok(passes >= 2, ("passes counted by result: %d"):format(passes))
+  -- (one pass when the VolumeSnapshot is ready before the pass that made it ends, two otherwise)
+  t.ok(passes >= 1, ("passes counted by result: %d"):format(passes))
   t.eq(value(m, 'controller_runtime_reconcile_errors_total{controller="disk-snapshot-controller"}'), nil, "no failed pass")
   t.ok((value(m, 'controller_runtime_reconcile_time_seconds_count{controller="disk-snapshot-controller"}') or 0) >= 1)
   t.eq(value(m, 'vmsnap_snapshot_phase{kind="VirtualDiskSnapshot",phase="Ready"}'), 1)

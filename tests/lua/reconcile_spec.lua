@@ -148,8 +148,9 @@ t.test("a watch's changed filter: a modification it rejects brings no pass, one 
   assert(c:create(vds("owned")))
   assert(c:create({ apiVersion = "v1", kind = "ConfigMap", metadata = { name = "w", namespace = "default" },
     data = { owner = "owned", watched = "1" } }))
-  t.ok(eventually(function() return calls >= 2 end), "the object's own ADDED and the ConfigMap's ADDED")
-  task.sleep(0.3)
+  -- the object's own ADDED and the ConfigMap's (one pass or two: the queue merges a key's events)
+  t.ok(eventually(function() return calls >= 1 end), "a pass")
+  task.sleep(0.5)
   local before = calls
   for i = 1, 5 do assert(c:patch("configmaps", "w", { metadata = { labels = { n = tostring(i) } } }, { namespace = "default" })) end
   task.sleep(0.5)
