@@ -40,13 +40,6 @@ function M.parse_source(s)
   return ns, name
 end
 
---- Set the fake time directly (for tests in one process); nil goes back to the wall clock.
-function M.set(t)
-  source = t and (source or "set") or nil
-  fake = t
-  for fn in pairs(listeners) do fn(t) end
-end
-
 --- Follow the ConfigMap `spec` ("ns/name") through `client`: until it holds a
 --- valid `data.now` the clock stands at 0 (the schedule controller waits). Returns
 --- the informer (stop() it), or nil, message.

@@ -7,6 +7,8 @@ local workflow = require("vmsnap.workflow")
 local guest = require("vmsnap.guest")
 local log = require("vmsnap.log")
 local metrics = require("vmsnap.metrics")
+local clock = require("vmsnap.clock")
+local freezes = require("vmsnap.freezes")
 
 local M = {}
 
@@ -55,9 +57,9 @@ function M.for_workflow(client, name, opts)
     cache_reads = w.cache_reads,
     reconcile = function(ctx, obj)
       local cur = assert(workflow.load(name)) -- a changed file is picked up
-      if cur.recurring then return cur.reconcile(ctx, obj) end -- every step, every pass (a schedule)
-      if cur.steps then return steps.run(cur, ctx, obj) end
-      return cur.reconcile(ctx, obj)
+      -- a workflow's own reconcile (the schedule's: every step, every pass), else its steps
+      if cur.reconcile then return cur.reconcile(ctx, obj) end
+      return steps.run(cur, ctx, obj)
     end,
     finalize = (w.steps or w.finalize) and function(ctx, obj)
       local cur = assert(workflow.load(name))
@@ -103,19 +105,19 @@ M.OPTIONS = { ["--max-frozen"] = "frozen", ["--max-frozen-per-driver"] = "frozen
 
 --- Apply one of M.OPTIONS (flag, its text value); returns true, or nil and
 --- a message naming the flag.
-function M.apply_option(flag, val, client_later)
+function M.apply_option(flag, val)
   local key = M.OPTIONS[flag]
   if not key then return nil, "unknown option " .. tostring(flag) end
   if val == nil then return nil, flag .. " needs a value" end
   if key == "fake_clock" then
-    local ok, why = require("vmsnap.clock").parse_source(val)
+    local ok, why = clock.parse_source(val)
     if not ok then return nil, flag .. ": " .. why end
     M.fake_clock = val
     return true
   end
   local n = val:match("^%d+$") and tonumber(val)
   if not n or n > 1000000 then return nil, ("%s: %q is not a whole number from 0"):format(flag, val) end
-  require("vmsnap.freezes").limits[key] = n
+  freezes.limits[key] = n
   return true
 end
 
@@ -124,7 +126,7 @@ end
 function M.start_clock(client)
   local spec = M.fake_clock or os.getenv("VMSNAP_FAKE_CLOCK")
   if not spec or spec == "" then return nil end
-  local inf, err = require("vmsnap.clock").follow(client, spec)
+  local inf, err = clock.follow(client, spec)
   if not inf then error(err, 0) end
   return setmetatable({}, { __close = function() inf:stop() end })
 end

@@ -24,6 +24,7 @@ local steps = require("vmsnap.reconcile.steps")
 local object = require("vmsnap.k8s.object")
 local log = require("vmsnap.log")
 local metrics = require("vmsnap.metrics")
+local csi = require("vmsnap.csi")
 
 local M = {}
 
@@ -223,7 +224,7 @@ function M.drivers_of(ctx, vm)
         local sc
         if scname then sc = ctx:get(SC, nil, scname)
         else
-          default = default or require("vmsnap.csi").default_storage_class(ctx:list(SC)) or false
+          default = default or csi.default_storage_class(ctx:list(SC)) or false
           sc = default or nil
         end
         d = sc and sc.provisioner or "unknown"
@@ -236,7 +237,7 @@ function M.drivers_of(ctx, vm)
   return out
 end
 
-local waiters = {}  -- snapshot key -> {since, group, seen, caps, drivers}
+local waiters = {}  -- snapshot key -> {since, group, seen, K, KD, drivers, vm, wake}
 local reserved = {} -- VM key -> {drivers, until}: granted, lease not taken yet
 local granted = {}  -- VM key -> the group its slot was granted to (while it is frozen)
 local WAITER_TTL = 5
@@ -290,13 +291,13 @@ function M.slot(ctx, obj, vm, drivers)
   local group = obj.metadata.labels and obj.metadata.labels["vmsnap.io/schedule"]
   group = group and ((obj.metadata.namespace or "") .. "/" .. group) or ("manual:" .. me)
   local w = waiters[me] or { since = vtime.parse(annotation(obj, "vmsnap.io/scheduled-at"))
-    or vtime.parse(obj.metadata.creationTimestamp) or now, arrived = now }
+    or vtime.parse(obj.metadata.creationTimestamp) or now }
   w.group, w.seen, w.K, w.KD, w.drivers, w.vm = group, now, K, KD, drivers, vk
   -- woken when a slot frees (M.slot_freed); the wait's own recheck is the fallback
   local ctl, key = ctx.controller, (obj.metadata.namespace and (obj.metadata.namespace .. "/") or "") .. obj.metadata.name
   w.wake = ctl and ctl.queue and function() ctl.queue:add(key) end or nil
   waiters[me] = w
-  -- the frozen guests per driver and per group
+  -- the frozen guests per driver
   local per_driver = {}
   for _, ds in pairs(frozen) do
     for _, d in ipairs(ds) do per_driver[d] = (per_driver[d] or 0) + 1 end
@@ -385,6 +386,12 @@ function M.release_slot(vm)
   end
 end
 
+-- drop a lease this process took or adopted: its slot frees with it
+local function drop_lease(g, any)
+  g:drop_lease(any)
+  M.slot_freed()
+end
+
 --- Forget every waiter and grant (tests).
 function M.reset_slots()
   waiters, reserved, granted = {}, {}, {}
@@ -416,7 +423,10 @@ function M.freeze_or_join(ctx, obj, vm)
   end
   if lease then
     local mine = lease.holder == guest.holder() or guest.holder_alive(lease.holder) == false
-    if mine and guest.lease_joinable(lease) then return join(ctx, obj, g, lease, budget) end
+    if mine and guest.lease_joinable(lease) then
+      reserved[vm_key(cur)] = nil -- frozen meanwhile by another: a slot the step took is not needed
+      return join(ctx, obj, g, lease, budget)
+    end
     if not guest.lease_stale(lease) or (mine and (vtime.parse(lease.deadline) or 0) > vtime.now()) then
       return nil, ("the virtual machine %q is frozen by %s until %s: waiting for the thaw"):format(
         vm.metadata.name, tostring(lease.holder), tostring(lease.deadline)), "BUSY"
@@ -424,21 +434,26 @@ function M.freeze_or_join(ctx, obj, vm)
     -- expired: thaw what it left before freezing anew
     local r, terr, tcode = g:do_thaw()
     if r == nil then return nil, terr, tcode end
-    g:drop_lease(true)
+    drop_lease(g, true)
   end
-  local drivers = M.drivers_of(ctx, cur)
-  local sok, serr, scode = M.slot(ctx, obj, cur, drivers)
-  if not sok then return nil, serr, scode end
+  -- a slot: the one the step took before its pre_freeze hooks, or one now
+  local held_slot = reserved[vm_key(cur)]
+  local drivers = held_slot and held_slot.drivers or M.drivers_of(ctx, cur)
+  if not held_slot then
+    local sok, serr, scode = M.slot(ctx, obj, cur, drivers)
+    if not sok then return nil, serr, scode end
+  end
   local ok, lerr, lcode = g:take_lease(budget, { drivers = drivers })
   reserved[vm_key(cur)] = nil -- the lease holds the slot now
-  if not ok then M.slot_freed() end
-  if not ok then return nil, lerr, lcode end
+  if not ok then
+    M.slot_freed()
+    return nil, lerr, lcode
+  end
   local at = tonumber(guest.parse_lease(g.vm).at)
   -- the mark first: a holder that fails to freeze leaves no unmarked freeze behind
   local mok, merr, mcode = mark(ctx, obj, { [M.FROZEN_AT] = tostring(at) })
   if not mok then
-    g:drop_lease()
-    M.slot_freed()
+    drop_lease(g)
     return nil, merr, mcode
   end
   local t_freeze = vtime.now()
@@ -446,8 +461,7 @@ function M.freeze_or_join(ctx, obj, vm)
   if r == nil then
     -- the freeze was refused (an answer, not a lost request): final
     if type(fstatus) == "table" then fcode = "FreezeFailed" end
-    g:drop_lease()
-    M.slot_freed()
+    drop_lease(g)
     if M.vm_frozen(cur) then
       -- frozen by something that left no lease (the freeze was refused for
       -- that): held as it is; the last holder out thaws, as the reference does
@@ -564,8 +578,7 @@ function M.leave(ctx, obj, vm, opts)
       local r, terr, tcode = g:do_thaw()
       if r == nil then return nil, terr, tcode end
       thawed = vtime.now()
-      g:drop_lease(true)
-      M.slot_freed()
+      drop_lease(g, true)
     end
   end
   local since = opts.freeze and tonumber(opts.freeze.since)
@@ -603,8 +616,7 @@ function M.release_if_last(ctx, obj, vm)
   local g = guest.for_vm(ctx.client, vm, { transport = "api" })
   local r, err, code = g:do_thaw()
   if r == nil then return nil, err, code end
-  g:drop_lease(true)
-  M.slot_freed()
+  drop_lease(g, true)
   local line = about(obj)
   line.vm = vm_key(vm)
   flog:info("thawed a freeze nobody holds any more", line)

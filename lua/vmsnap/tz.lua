@@ -227,8 +227,8 @@ Zone.__index = Zone
 function Zone:offset(t)
   local times = self.times
   local n = #times
-  if n == 0 or t >= times[n] then
-    if self.rule and (n == 0 or t >= times[n]) then return rule_offset(self.rule, t) end
+  if n == 0 or t >= times[n] then -- past the table: its POSIX rule, or its last offset
+    if self.rule then return rule_offset(self.rule, t) end
     return n == 0 and self.first or self.offsets[n]
   end
   if t < times[1] then return self.first end

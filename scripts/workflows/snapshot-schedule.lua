@@ -29,7 +29,6 @@ local metrics = require("vmsnap.metrics")
 local W = {}
 
 W.kind = "VirtualMachineSnapshotSchedule"
-W.recurring = true
 
 W.LABEL = "vmsnap.io/schedule"                 -- on each snapshot: the schedule's name
 W.VM_LABEL = "vmsnap.io/schedule-vm"           -- and the VM's
@@ -117,11 +116,22 @@ end
 
 -- ------------------------------------------------------------ observing
 
+--- The snapshots the restores in progress use: name -> the restore's name.
+function W.restores_in_use(restores)
+  local out = {}
+  for _, r in ipairs(restores) do
+    if not terminal(r) and r.spec and r.spec.virtualMachineSnapshotName then
+      out[r.spec.virtualMachineSnapshotName] = r.metadata.name
+    end
+  end
+  return out
+end
+
 --- The schedule's VMs, its snapshots, the restores in progress.
 function W.observe(ctx, sched)
   local ns = sched.metadata.namespace
   local spec = sched.spec or {}
-  local f = { vms = {}, snapshots = {}, restores = {} }
+  local f = { vms = {}, snapshots = {} }
   if spec.virtualMachineNames then
     for _, name in ipairs(spec.virtualMachineNames) do
       local vm = ctx:get(VM, ns, name)
@@ -136,11 +146,7 @@ function W.observe(ctx, sched)
   for _, s in ipairs(ctx:by_index(VMS, "schedule", ns .. "/" .. sched.metadata.name)) do
     f.snapshots[#f.snapshots + 1] = s
   end
-  for _, r in ipairs(ctx:list(VMR, ns)) do
-    if not terminal(r) and r.spec and r.spec.virtualMachineSnapshotName then
-      f.restores[r.spec.virtualMachineSnapshotName] = r.metadata.name
-    end
-  end
+  f.restores = W.restores_in_use(ctx:list(VMR, ns))
   return f
 end
 
@@ -203,6 +209,17 @@ end
 
 local drivers_of = freezes.drivers_of
 
+-- the schedule's counter `name`, one series per schedule
+local function count(name, help, sched)
+  metrics.process():counter(name, help, { "schedule" }):inc({ sched.metadata.namespace .. "/" .. sched.metadata.name })
+end
+
+-- a queue entry as the status keeps it
+local function queued(q, reason)
+  return { virtualMachineName = q.vm, scheduledAt = q.when, asked = q.asked and true or nil,
+    request = type(q.asked) == "string" and q.asked or nil, reason = reason }
+end
+
 --- The run's snapshots, and the ones queued from earlier runs, started as
 --- far as `maxInFlightPerDriver` allows (the schedule's, else the
 --- controller's): the others stay queued, in order.
@@ -234,10 +251,7 @@ function W.start(ctx, sched, facts)
   if sched.spec.suspend then
     -- suspended: nothing starts; what was queued waits for the resume
     local held = {}
-    for _, q in ipairs(queue) do
-      held[#held + 1] = { virtualMachineName = q.vm, scheduledAt = q.when, asked = q.asked and true or nil,
-        request = type(q.asked) == "string" and q.asked or nil, reason = "the schedule is suspended" }
-    end
+    for _, q in ipairs(queue) do held[#held + 1] = queued(q, "the schedule is suspended") end
     st.queued = held
     return true
   end
@@ -253,8 +267,8 @@ function W.start(ctx, sched, facts)
     if not drivers[vmname] then drivers[vmname] = vms[vmname] and drivers_of(ctx, vms[vmname]) or {} end
     return drivers[vmname]
   end
-  for _, s in ipairs(ctx:list(VMS)) do
-    if not terminal(s) and s.metadata.namespace == sched.metadata.namespace then
+  for _, s in ipairs(ctx:list(VMS, sched.metadata.namespace)) do
+    if not terminal(s) then
       for _, d in ipairs(of(s.spec.virtualMachineName)) do inflight[d] = (inflight[d] or 0) + 1 end
     end
   end
@@ -268,9 +282,8 @@ function W.start(ctx, sched, facts)
     if not vm then
       -- gone since it was queued: nothing to start
     elseif full then
-      rest[#rest + 1] = { virtualMachineName = q.vm, scheduledAt = q.when, asked = q.asked and true or nil,
-        request = type(q.asked) == "string" and q.asked or nil,
-        reason = ("%d snapshots in progress on driver %s (maxInFlightPerDriver %d)"):format(inflight[full], full, cap) }
+      rest[#rest + 1] = queued(q,
+        ("%d snapshots in progress on driver %s (maxInFlightPerDriver %d)"):format(inflight[full], full, cap))
     else
       local ok, err, code = W.create_snapshot(ctx, sched, vm, vtime.parse(q.when), q.asked)
       if not ok and code == "AlreadyExists" then
@@ -284,27 +297,21 @@ function W.start(ctx, sched, facts)
         end
       end
       if ok then
-        metrics.process():counter("vmsnap_schedule_snapshots_total",
-          "Snapshots a schedule's runs created.", { "schedule" }):inc({ sched.metadata.namespace .. "/" .. sched.metadata.name })
-      end
-      if not ok and code ~= "AlreadyExists" and errors.is_transient(code) then
-        -- a lost or refused answer that may clear: it stays queued, and the
-        -- pass is tried again with back-off (a create that did happen is
-        -- AlreadyExists then)
-        rest[#rest + 1] = { virtualMachineName = q.vm, scheduledAt = q.when, asked = q.asked and true or nil,
-        request = type(q.asked) == "string" and q.asked or nil,
-          reason = ("the create failed and is retried: %s"):format(tostring(err)) }
-        facts.retry = facts.retry or { err, code }
-      elseif not ok then
-        if code ~= "AlreadyExists" then
-          st.lastRun = st.lastRun or { scheduledAt = q.when, virtualMachines = 0, ready = 0 }
-          st.lastRun.failed = st.lastRun.failed or {}
-          table.insert(st.lastRun.failed, { virtualMachineName = q.vm, message = steps.sentence(err) })
-          ctx:event("Warning", "SnapshotCreateFailed", ("Cannot create the snapshot of %q: %s"):format(q.vm, tostring(err)))
-        end
-      else
+        count("vmsnap_schedule_snapshots_total", "Snapshots a schedule's runs created.", sched)
         for _, d in ipairs(of(q.vm)) do inflight[d] = (inflight[d] or 0) + 1 end
         facts.snapshots[#facts.snapshots + 1] = ok
+      elseif code == "AlreadyExists" then
+        -- made by a pass before a restart: done
+      elseif errors.is_transient(code) then
+        -- a lost or refused answer that may clear: it stays queued and is
+        -- tried again (a create that did happen is AlreadyExists then)
+        rest[#rest + 1] = queued(q, ("the create failed and is retried: %s"):format(tostring(err)))
+        facts.retry = true
+      else
+        st.lastRun = st.lastRun or { scheduledAt = q.when, virtualMachines = 0, ready = 0 }
+        st.lastRun.failed = st.lastRun.failed or {}
+        table.insert(st.lastRun.failed, { virtualMachineName = q.vm, message = steps.sentence(err) })
+        ctx:event("Warning", "SnapshotCreateFailed", ("Cannot create the snapshot of %q: %s"):format(q.vm, tostring(err)))
       end
     end
   end
@@ -372,19 +379,23 @@ function W.retention(ctx, sched, facts)
   return true
 end
 
---- Delete what retention did not keep, with an Event naming the rule; never
---- a snapshot in progress, one a restore in progress uses, or the newest
---- consistent one (retention keeps those, and this checks again).
+--- Would prune delete candidate `c` under decision `d`? Only what retention
+--- did not keep, and never a snapshot in progress or one a restore in
+--- progress uses, whatever the decision (a replaced retention step included).
+function W.prunable(c, d)
+  return d ~= nil and d.keep == false and terminal(c.object) and not c.protect
+end
+
+--- Delete what retention did not keep (W.prunable), with an Event naming the rule.
 function W.prune(ctx, sched, facts)
   local left = {}
   for _, c in ipairs(facts.candidates or W.candidates(sched, facts)) do
     local d = facts.decisions[c.name]
-    if d and d.keep == false and terminal(c.object) and not c.protect then
+    if W.prunable(c, d) then
       local ok, err, code = ctx.client:delete(VMS, c.name, { namespace = sched.metadata.namespace,
         preconditions = { uid = c.object.metadata.uid } })
       if ok or code == "NotFound" then
-        metrics.process():counter("vmsnap_schedule_pruned_total",
-          "Snapshots a schedule's retention deleted.", { "schedule" }):inc({ sched.metadata.namespace .. "/" .. sched.metadata.name })
+        count("vmsnap_schedule_pruned_total", "Snapshots a schedule's retention deleted.", sched)
         ctx:event("Normal", "SnapshotPruned", ("Deleted VirtualMachineSnapshot %q of %q (%s): %s."):format(
           c.name, c.vm, vtime.format(c.at), d.rule))
       else
@@ -411,9 +422,10 @@ function W.report(ctx, sched, facts)
   local ready, failed = 0, {}
   for _, c in ipairs(facts.held) do
     local d = facts.decisions[c.name]
-    list[#list + 1] = { name = c.name, virtualMachineName = c.vm, scheduledAt = vtime.format(c.at), phase = c.phase,
+    local when = vtime.format(c.at)
+    list[#list + 1] = { name = c.name, virtualMachineName = c.vm, scheduledAt = when, phase = c.phase,
       consistent = c.consistent or nil, keptBy = d and d.keep and d.why or nil }
-    if run and vtime.format(c.at) == run.scheduledAt then
+    if run and when == run.scheduledAt then
       if c.phase == "Ready" then ready = ready + 1 end
       if c.phase == "Failed" then
         local cond = object.condition(c.object, "VirtualMachineSnapshotReady")
@@ -426,12 +438,13 @@ function W.report(ctx, sched, facts)
   st.held = #list
   if run then
     run.ready = ready
-    local created_failures = {}
+    -- the failures to start (no snapshot) as recorded, then its failed snapshots as they are now
+    local failures = {}
     for _, f in ipairs(run.failed or {}) do
-      if not f.snapshot then created_failures[#created_failures + 1] = f end
+      if not f.snapshot then failures[#failures + 1] = f end
     end
-    for _, f in ipairs(failed) do created_failures[#created_failures + 1] = f end
-    run.failed = #created_failures > 0 and created_failures or nil
+    for _, f in ipairs(failed) do failures[#failures + 1] = f end
+    run.failed = #failures > 0 and failures or nil
     if ready == run.virtualMachines and ready > 0 and not st.queued then st.lastSuccessfulTime = run.scheduledAt end
   end
   local nxt = facts.spec.cron:next(facts.now)
@@ -507,8 +520,6 @@ function W.reconcile(ctx, sched)
 end
 
 -- ------------------------------------------------------------ watches
-
-W.indexes = {}
 
 --- The snapshots by schedule, on the VirtualMachineSnapshot informer.
 local function by_schedule(s)

@@ -6,6 +6,7 @@ local workflow = require("vmsnap.workflow")
 local vtime = require("vmsnap.time")
 local clock = require("vmsnap.clock")
 local json = require("vmsnap.json")
+local retention = require("vmsnap.retention")
 
 local M = {}
 
@@ -153,7 +154,7 @@ local function list(c, ns)
   io.stdout:write(kube.columns(rows) .. "\n")
 end
 
-local function describe(c, s)
+local function describe(s)
   local out = {}
   local function p(fmt, ...) out[#out + 1] = fmt:format(...) end
   local spec, st = s.spec, s.status or {}
@@ -164,8 +165,8 @@ local function describe(c, s)
   else p("VM selector:   %s", json.encode(spec.virtualMachineSelector)) end
   local w = W()
   local rs = w.read_spec(s)
-  p("Retention:     %s", rs and require("vmsnap.retention").describe(rs.policy) ~= "" and
-    require("vmsnap.retention").describe(rs.policy) or "none (every snapshot is kept)")
+  local policy = rs and retention.describe(rs.policy) or ""
+  p("Retention:     %s", policy ~= "" and policy or "none (every snapshot is kept)")
   if spec.startingDeadlineSeconds then p("Deadline:      %d s", spec.startingDeadlineSeconds) end
   if spec.concurrency then p("Concurrency:   %s", json.encode(spec.concurrency)) end
   p("Last run:      %s", st.lastScheduleTime or "never")
@@ -199,17 +200,10 @@ local function facts_of(c, s)
   if not rs then cli.fail(("error: schedule %q: %s"):format(s.metadata.name, err)) end
   local snaps, e1 = c:list_all(VMS, { namespace = ns, label_selector = w.LABEL .. "=" .. s.metadata.name })
   if not snaps then cli.fail("error: " .. tostring(e1)) end
-  local restores = {}
   local vmrs, e2 = c:list_all(VMR, { namespace = ns })
   -- without the restores nothing may be deleted: one of them may use a snapshot
   if not vmrs then cli.fail("error: cannot list the VirtualMachineRestores: " .. tostring(e2)) end
-  for _, r in ipairs(vmrs) do
-    local ph = r.status and r.status.phase
-    if ph ~= "Ready" and ph ~= "Failed" and r.spec and r.spec.virtualMachineSnapshotName then
-      restores[r.spec.virtualMachineSnapshotName] = r.metadata.name
-    end
-  end
-  return { spec = rs, snapshots = snaps, restores = restores, now = math.floor(clock.now()) }, w
+  return { spec = rs, snapshots = snaps, restores = w.restores_in_use(vmrs), now = math.floor(clock.now()) }, w
 end
 
 local function prune(c, s, dry)
@@ -219,9 +213,9 @@ local function prune(c, s, dry)
   local ok, err = step.run(ctx, s, facts)
   if not ok then cli.fail("error: retention: " .. tostring(err)) end
   local n, kept = 0, 0
-  for _, cand in ipairs(w.candidates(s, facts)) do
+  for _, cand in ipairs(facts.candidates or w.candidates(s, facts)) do
     local d = facts.decisions[cand.name]
-    if d and d.keep == false and cand.phase ~= "Pending" and cand.phase ~= "InProgress" and not cand.protect then
+    if w.prunable(cand, d) then
       n = n + 1
       if dry then
         io.stdout:write(("would delete %s (%s, %s): %s\n"):format(cand.name, cand.vm, vtime.format(cand.at), d.rule))
@@ -296,7 +290,7 @@ function M.main(args)
   end
   if verb == "list" then return list(c, ns) end
   local s = get(c, name, ns)
-  if verb == "describe" then return describe(c, s) end
+  if verb == "describe" then return describe(s) end
   if verb == "suspend" or verb == "resume" then
     local _, err = c:patch(SCHED, name, { spec = { suspend = verb == "suspend" } }, { namespace = ns })
     if err then cli.fail("error: " .. tostring(err)) end
