@@ -753,6 +753,8 @@ function Server:serve()
   local controllers = require("vmsnap.apiserver.controllers")
   self.tasks = {
     task.spawn(controllers.run, self),
+    -- the requests of this process's own clients (vmsnap.apiserver.loopback)
+    task.spawn(require("vmsnap.apiserver.loopback").serve, self),
     task.spawn(function()
       local n = 0
       while not self.stopping do

@@ -17,7 +17,9 @@
 --- controller never reads a copy older than its own last write. A version
 --- is kept only when it is newer than the cached one (resourceVersions are
 --- compared as numbers when both are numbers, as etcd's and vmsnap's are),
---- and the watch event for the same version later is not delivered twice.
+--- and the watch event for the same version later is not delivered twice;
+--- an object the watch has seen deleted is not brought back by an answer
+--- that comes after the DELETED event.
 local task = require("vmsnap.task")
 local errors = require("vmsnap.errors")
 local log = require("vmsnap.log")
@@ -160,7 +162,14 @@ function Informer:observe(obj)
   if self.opts.label_selector or self.opts.field_selector then return end
   local old = self.store[key(md.namespace, md.name)]
   if old and not older(old.metadata.resourceVersion, md.resourceVersion) then return end
-  if not old and not self.synced then return end -- the list brings it
+  if not old then
+    if not self.synced then return end -- the list brings it
+    -- the watch is past this version and the object is not cached: it was
+    -- deleted since (the answer of the write that deleted it, or of one
+    -- before, can come after the DELETED event); it must not come back
+    local seen = self.watch and self.watch.rv
+    if seen and not older(seen, md.resourceVersion) then return end
+  end
   self:apply({ type = old and "MODIFIED" or "ADDED", object = obj })
 end
 

@@ -65,6 +65,7 @@ local TRANSIENT = { CLOSED = true, TIMEOUT = true, ECONNREFUSED = true, ECONNRES
 ---@field retries? integer         attempts after the first (default 6)
 ---@field field_manager? string    for writes and server-side apply (default "vmsnap")
 ---@field user_agent? string
+---@field transport? function      in place of vmsnap.http.request (vmsnap.apiserver.loopback: `vmsnap up`'s controllers)
 
 --- A client. Returns nil, message when no configuration can be found.
 ---@param opts? vmsnap.k8s.ClientOpts
@@ -87,7 +88,7 @@ function M.client(opts)
     auth = cfg.auth, timeout = opts.timeout or 30, deadline = opts.deadline or 60,
     retries = opts.retries or 6, field_manager = opts.field_manager or "vmsnap",
     user_agent = opts.user_agent or ("vmsnap/" .. require("vmsnap").versions().vmsnap),
-    log = log.new("k8s"), disc = nil, disc_at = -1e9,
+    log = log.new("k8s"), disc = nil, disc_at = -1e9, transport = opts.transport,
   }, Client)
   return self
 end
@@ -184,7 +185,8 @@ function Client:request(o)
   end
   local body = o.body
   if type(body) == "table" then body = assert(json.encode(body)) end
-  local url = self.server .. o.path .. encode_query(o.query)
+  -- (an in-process transport takes the path and query as they are)
+  local url = not self.transport and (self.server .. o.path .. encode_query(o.query)) or nil
   local start = task.now()
   local deadline = start + (o.deadline or self.deadline)
   local refreshed = false
@@ -203,10 +205,17 @@ function Client:request(o)
         cert_data = tls_extra.cert_data, key_data = tls_extra.key_data }
     end
     local remaining = deadline - task.now()
-    local res, err, code = http.request({ url = url, method = method, headers = hdrs, body = body,
+    local ro = { url = url, method = method, headers = hdrs, body = body,
       timeout = (not o.stream) and math.max(0.05, math.min(o.timeout or self.timeout, remaining)) or nil,
       connect_timeout = math.max(0.05, math.min(10, remaining)),
-      stream = o.stream, tls = tls, connect_to = self.connect_to })
+      stream = o.stream, tls = tls, connect_to = self.connect_to }
+    local res, err, code
+    if self.transport then
+      ro.path, ro.query = o.path, o.query
+      res, err, code = self.transport(ro)
+    else
+      res, err, code = http.request(ro)
+    end
     local again, wait
     if not res then
       if code == "TLS" then

@@ -4,6 +4,7 @@
 --- volumes (platform/volumes.lua), VirtualDisks (platform/disks.lua), and the
 --- VMs' freeze subresources (platform/freeze.lua).
 local k8s = require("vmsnap.k8s")
+local loopback = require("vmsnap.apiserver.loopback")
 local task = require("vmsnap.task")
 local fs = require("vmsnap.fs")
 local volumes = require("vmsnap.platform.volumes")
@@ -12,12 +13,16 @@ local vms = require("vmsnap.platform.vms")
 
 local M = {}
 
---- A client of an in-process server (its own address and credentials).
+--- A client of an in-process server (its own address and credentials). Its
+--- requests go to the server's handler in this process
+--- (vmsnap.apiserver.loopback), not over HTTPS, unless
+--- VMSNAP_LOOPBACK=0 (a comparison run of the benches).
 function M.client_for(server)
   local tls = server.tls.cert ~= nil
   return assert(k8s.client({ server = ("%s://127.0.0.1:%d"):format(tls and "https" or "http", server.port),
     token = server.opts.token, ca_data = tls and (server.tls.server_ca or server.tls.cert) or nil,
-    field_manager = "vmsnap-platform" }))
+    field_manager = "vmsnap-platform",
+    transport = os.getenv("VMSNAP_LOOPBACK") ~= "0" and loopback.transport(server) or nil }))
 end
 
 --- Create the default StorageClass and VolumeSnapshotClass "local" when no
