@@ -150,7 +150,7 @@ t.test("updates: each manager owns what it changed; untouched entries are kept a
   t.eq(owners(took).controller, ".spec.a")
 end)
 
-t.test("an update's changed and removed paths, walked side by side, are what its leaf sets say", function()
+t.test("an update's changed and removed paths, walked side by side, are what its leaf sets say; a create's fields are its leaves", function()
   -- 4,000 random pairs (objects nested 4 deep, empty objects, lists, nulls;
   -- a copy, a copy with a new spec, an unrelated object) against the
   -- definition: changed = leaves of new whose value differs, removed =
@@ -195,6 +195,23 @@ t.test("an update's changed and removed paths, walked side by side, are what its
     end
   end
   t.ok(differing > 2000, "most pairs differ somewhere: " .. differing)
+  -- a create's FieldsV1, walked once, is the tree of the object's leaf paths
+  local function tree_of_leaves(o)
+    local root = {}
+    for p in pairs(patch.leaves(o, false)) do
+      local node = root
+      for k in p:gmatch("\1([^\1]*)") do
+        node["f:" .. k] = node["f:" .. k] or {}
+        node = node["f:" .. k]
+      end
+    end
+    return root
+  end
+  for i = 1, 2000 do
+    local o = obj()
+    local want, got = tree_of_leaves(o), patch.fields_of(o)
+    if not patch.equal(got, want) then t.eq(got, want, ("object %d: %s"):format(i, json.encode(o))) end
+  end
 end)
 
 t.test("server-side apply: ownership, conflicts, force and removal of dropped fields", function()

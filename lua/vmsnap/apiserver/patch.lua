@@ -540,9 +540,49 @@ local function record_changes(old, new, manager, api_version, now, sub, changed,
   new.metadata.managedFields = #out > 0 and out or nil
 end
 
+-- the FieldsV1 tree of the leaf paths under v, as collect would list them
+local function tree(v)
+  local node = {}
+  for k, x in pairs(v) do
+    node["f:" .. k] = (is_object(x) and next(x) ~= nil) and tree(x) or {}
+  end
+  return node
+end
+
+-- to_fields(M.leaves(obj)) of a new object, walked once (no leaf set, no
+-- path texts)
+local function fields_of(obj)
+  local root = {}
+  for k, v in pairs(obj) do
+    if k == "metadata" then
+      if type(v) == "table" then
+        local m
+        for mk, mv in pairs(v) do
+          if not SKIP_META[mk] then
+            m = m or {}
+            m["f:" .. mk] = (is_object(mv) and next(mv) ~= nil) and tree(mv) or {}
+          end
+        end
+        if m then root["f:metadata"] = m end
+      end
+    elseif k ~= "status" and k ~= "apiVersion" and k ~= "kind" then
+      root["f:" .. k] = (is_object(v) and next(v) ~= nil) and tree(v) or {}
+    end
+  end
+  return root
+end
+M.fields_of = fields_of
+
 --- Record an Update by `manager`: it takes the leaf paths whose values
 --- changed between old and new (all of new's on a create).
 function M.record_update(old, new, manager, api_version, now, sub)
+  if old == nil and sub == nil and type(new.metadata) == "table" and new.metadata.managedFields == nil then
+    -- a create: the one entry owns every field
+    local f = fields_of(new)
+    new.metadata.managedFields = next(f) ~= nil and json.array({ { manager = manager, operation = "Update",
+      apiVersion = api_version, time = now, fieldsType = "FieldsV1", fieldsV1 = f } }) or nil
+    return
+  end
   if old and type(old.metadata) == "table" then
     local changed, removed = M.changes(old, new, sub == "status")
     return record_changes(old, new, manager, api_version, now, sub, changed, removed)
