@@ -212,6 +212,32 @@ t.test("an update's changed and removed paths, walked side by side, are what its
     local want, got = tree_of_leaves(o), patch.fields_of(o)
     if not patch.equal(got, want) then t.eq(got, want, ("object %d: %s"):format(i, json.encode(o))) end
   end
+  -- chains of updates by three managers, through the main object and
+  -- status: each step's managedFields as the leaf-set definition gives them
+  local managers = { "m1", "m2", "m3" }
+  local steps = 0
+  for chain = 1, 300 do
+    local a = obj()
+    patch.record_update(nil, a, "m1", "v1", "t0")
+    for step = 1, 8 do
+      local b = random(4) == 1 and obj() or schema.copy(a)
+      if random(2) == 1 then b.spec = gen(1) end
+      if random(2) == 1 then b.status = gen(1) end
+      if random(3) == 1 then b.metadata.labels = gen(2) end
+      b.metadata.managedFields = schema.copy(a.metadata.managedFields)
+      local mgr, sub = managers[random(3)], random(3) == 1 and "status" or nil
+      local fast, slow = schema.copy(b), schema.copy(b)
+      patch.record_update(a, fast, mgr, "v1", "t" .. step, sub)
+      patch.record_by_leaves(a, slow, mgr, "v1", "t" .. step, sub)
+      steps = steps + 1
+      if not patch.equal(fast.metadata.managedFields, slow.metadata.managedFields) then
+        t.eq(fast.metadata.managedFields, slow.metadata.managedFields,
+          ("chain %d step %d (%s %s): %s -> %s"):format(chain, step, mgr, tostring(sub), json.encode(a), json.encode(b)))
+      end
+      a = fast
+    end
+  end
+  t.eq(steps, 2400)
 end)
 
 t.test("server-side apply: ownership, conflicts, force and removal of dropped fields", function()

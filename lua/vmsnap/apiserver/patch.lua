@@ -519,6 +519,23 @@ local function record_changes(old, new, manager, api_version, now, sub, changed,
     end
     if same then
       mine.touched = true
+    elseif type(f) == "table" then
+      -- new fields for an entry that lost none: added to a copy of its
+      -- tree (what parsing it into a set, adding and writing it out makes)
+      local t = copy(f)
+      for p in pairs(changed) do
+        local node = t
+        for k in p:gmatch(SEP .. "([^" .. SEP .. "]*)") do
+          local key = "f:" .. k
+          local child = node[key]
+          if type(child) ~= "table" then
+            child = {}
+            node[key] = child
+          end
+          node = child
+        end
+      end
+      mine.touched, mine.tree = true, t
     else
       local set = parsed(mine)
       for p in pairs(changed) do set[p] = true end
@@ -529,7 +546,11 @@ local function record_changes(old, new, manager, api_version, now, sub, changed,
   local out = json.array()
   for _, e in ipairs(list) do
     if not e.set then
-      local x = copy(e.raw)
+      local x = {}
+      for k, v in pairs(e.raw) do
+        if k ~= "fieldsV1" then x[k] = copy(v) end
+      end
+      x.fieldsV1 = e.tree or copy(e.raw.fieldsV1)
       if e.touched then x.time, x.apiVersion = e.time, e.apiVersion end
       out[#out + 1] = x
     elseif next(e.set) ~= nil then
@@ -587,6 +608,13 @@ function M.record_update(old, new, manager, api_version, now, sub)
     local changed, removed = M.changes(old, new, sub == "status")
     return record_changes(old, new, manager, api_version, now, sub, changed, removed)
   end
+  return M.record_by_leaves(old, new, manager, api_version, now, sub)
+end
+
+--- record_update by its definition: every entry parsed into its leaf set,
+--- the sets changed, every entry written out again (the walk above must
+--- give what this gives: apiserver_units_spec)
+function M.record_by_leaves(old, new, manager, api_version, now, sub)
   local list = entries(old or new)
   local status_only = sub == "status"
   local before = old and M.leaves(old, status_only) or {}
