@@ -73,6 +73,7 @@ local cm_us, cm_wall = writes(CM .. "/w", function(i, rv)
 end)
 print(("status:   server CPU per VirtualDiskSnapshot status PUT %.0f µs (%.0f µs each, one after another), per ConfigMap PUT %.0f µs (%.0f µs) (%d each)"):format(
   vds_us, vds_wall, cm_us, cm_wall, W))
+h.bench_row("status_put", ("%.0f µs (a ConfigMap PUT %.0f µs)"):format(vds_us, cm_us))
 
 -- ---------------------------------------------------------- the watch replay
 local c = assert(k8s.client({ kubeconfig = srv.kubeconfig }))
@@ -100,6 +101,7 @@ for _ = 1, 5 do
 end
 print(("watch:    %d events replayed to a vmsnap.k8s watch: %.0f ms wall, %.0f ms client CPU (best of 5)"):format(
   E, best_wall, best_cpu))
+h.bench_row("watch", ("%.0f ms client CPU (%.0f ms wall)"):format(best_cpu, best_wall))
 
 -- ---------------------------------------------------------- the big LIST
 local pad = ("x"):rep(300)
@@ -130,3 +132,5 @@ local after = status_kb("VmRSS")
 print(("list:     %d ConfigMaps, body %.1f MB in %.0f ms; server RSS %.1f MB before, peak %.1f MB (+%.1f MB = %.1fx the body), %.1f MB 2 s after"):format(
   N + 1, body_mb, ms, before / 1024, peak / 1024, (peak - before) / 1024, (peak - before) / 1024 / body_mb,
   after / 1024))
+h.bench_row("list_rss", ("+%.0f MB = %.1fx the body; %.0f MB 2 s after (%.0f before)"):format((peak - before) / 1024,
+  (peak - before) / 1024 / body_mb, after / 1024, before / 1024))

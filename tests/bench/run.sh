@@ -5,6 +5,10 @@ BUILD=${1:-build}
 HERE=$(cd "$(dirname "$0")" && pwd)
 V="$BUILD/vmsnap"
 export VMSNAP_BUILD_DIR="$BUILD" VMSNAP_SOURCE_DIR="$HERE/../.."
+# each bench adds its figures for the closing table (summary.lua)
+VMSNAP_BENCH_ROWS=$(mktemp)
+export VMSNAP_BENCH_ROWS
+trap 'rm -f "$VMSNAP_BENCH_ROWS"' EXIT
 echo "== startup"
 sh "$HERE/startup.sh" "$V"
 echo "== tasks"
@@ -27,3 +31,4 @@ echo "== scaling: the API server at 1k, 10k, 100k objects; bursts of snapshots u
 "$V" --path "$HERE/../harness" "$HERE/scaling.lua"
 echo "== durability, concurrency and crash recovery (kill -9s)"
 "$V" --path "$HERE/../harness" "$HERE/durability.lua"
+"$V" "$HERE/summary.lua" "$VMSNAP_BENCH_ROWS"

@@ -63,6 +63,12 @@ for _, mode in ipairs({ "Cut", "Ready" }) do
     assert(o.status.consistent == true, name .. " not consistent")
   end
   print(("4 disks, freeze window, thaw at %s (200 ms cut, 1 s ready latency per disk): %s"):format(mode, stats(win)))
+  if mode == "Cut" then
+    local function med(xs) table.sort(xs) return xs[math.ceil(#xs / 2)] or 0 end
+    local p = {}
+    for _, k in ipairs({ "freeze", "issue", "cut", "thaw" }) do p[#p + 1] = ("%s %d"):format(k, med(parts[k] or {})) end
+    h.bench_row("freeze", ("median %d ms (%s)"):format(med(win), table.concat(p, ", ")))
+  end
   for _, k in ipairs({ "freeze", "issue", "cut", "thaw" }) do
     print(("  %-6s %s"):format(k, parts[k] and stats(parts[k]) or "not recorded"))
   end

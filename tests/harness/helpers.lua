@@ -477,6 +477,18 @@ function M.requests(srv, n, make, want, conc)
   return n / (task.now() - t0), errors
 end
 
+--- A bench's figure for the table `make bench` ends with (tests/bench/summary.lua):
+--- appended to $VMSNAP_BENCH_ROWS as "key<TAB>text" when run.sh set it.
+function M.bench_row(key, text)
+  local path = os.getenv("VMSNAP_BENCH_ROWS")
+  if not path or path == "" then return end
+  local f = io.open(path, "a")
+  if f then
+    f:write(key, "\t", (tostring(text):gsub("[\t\n]", " ")), "\n")
+    f:close()
+  end
+end
+
 --- Run the vmsnap program with args; returns the proc result.
 function M.run_vmsnap(args, opts)
   local argv = { M.vmsnap }

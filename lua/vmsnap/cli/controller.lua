@@ -33,6 +33,7 @@ function M.main(args)
   for flag, key in pairs(controllers.OPTIONS) do spec[flag] = { key, true } end
   local o, pos = kube.parse(args, spec)
   if o.help then io.stdout:write(M.help) return end
+  collectgarbage("generational") -- a long-lived process: docs/performance.md, "Fourth round"
   local cli = require("vmsnap.cli")
   if #pos > 0 then cli.usage("controller: unexpected argument '" .. pos[1] .. "'") end
   local only

@@ -213,6 +213,7 @@ end
 
 function M.main(args)
   local o = M.parse(args)
+  collectgarbage("generational") -- a long-lived process: docs/performance.md, "Fourth round"
   local pok, perr0 = M.prepare(o)
   if not pok then return nil, "serve: " .. tostring(perr0) end
   local srv, err = apiserver.new(M.server_options(o))

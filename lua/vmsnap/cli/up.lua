@@ -68,6 +68,7 @@ function M.main(args)
     end
     i = i + 1
   end
+  collectgarbage("generational") -- a long-lived process: docs/performance.md, "Fourth round"
   local o = serve.parse(rest)
   local pok, perr0 = serve.prepare(o)
   if not pok then return nil, "up: " .. tostring(perr0) end
