@@ -32,6 +32,10 @@ W.finalizer = "virtualization.deckhouse.io/vdsnapshot-cleanup"
 --- The controller trusts its synced cache: an object it lacks does not exist
 --- (a VolumeSnapshot not made yet is not looked up again).
 W.cache_reads = true
+--- A pass that stops at a wait owing no undo (no freeze: an unattached disk,
+--- a stopped VM) writes no steps record: the next pass runs the steps again,
+--- and they find the VolumeSnapshot they issued in the cache.
+W.waits_unrecorded = true
 W.VS_FINALIZER = "virtualization.deckhouse.io/vdsnapshot-protection"
 W.condition = "VirtualDiskSnapshotReady"
 W.failed_reason = "VirtualDiskSnapshotFailed"
@@ -146,7 +150,11 @@ end
 --- VolumeSnapshot issued yet?
 function W.needs_freeze(ctx, vds, facts)
   local vm = facts.vm
+  -- (a VolumeSnapshot that exists, issued under no freeze of this snapshot's
+  -- — a VM snapshot's child carries its parent's —, was cut or is being cut
+  -- without one: a freeze now would prove nothing about it)
   return vm ~= nil and (vm.status and vm.status.phase) ~= "Stopped" and ctx.memo.issued == nil
+    and (facts.vs == nil or freezes.frozen_at(vds) ~= nil)
 end
 
 --- Freeze the guest, or join the freeze it is under (Decision 8).
@@ -191,16 +199,22 @@ end
 --- Issue the VolumeSnapshot (right after the freeze: Decision 3).
 function W.volume_snapshot(ctx, vds, facts)
   local vs = facts.vs
+  local vm = facts.vm
+  local stopped = not vm or (vm.status and vm.status.phase) == "Stopped"
   if not vs then
     local err, code
     vs, err, code = W.issue_volume_snapshot(ctx.client, vds, facts, ctx.memo.class or vds.spec.volumeSnapshotClassName)
     if not vs then return nil, err, code end
     facts.vs = vs
+    ctx.memo.offline = stopped
+  elseif ctx.memo.offline == nil then
+    -- issued in an earlier pass that left no record (waits_unrecorded): that
+    -- pass considered no freeze (one would have been recorded), so the disk
+    -- had no running VM then; the cut's judge looks at the VM as it is now
+    ctx.memo.offline = true
   end
-  local vm = facts.vm
   ctx.memo.issued = ctx.memo.freeze and ctx.memo.freeze.at or false
   freezes.note(ctx.memo.freeze, "issued")
-  ctx.memo.offline = not vm or (vm.status and vm.status.phase) == "Stopped"
   vds.status.volumeSnapshotName = vs.metadata.name
   ctx:condition(W.condition, "False", "Snapshotting", MSG.DISK_STARTED:format(vds.spec.virtualDiskName))
   -- on to the cut in this pass: its wait (or the cut itself) is the status

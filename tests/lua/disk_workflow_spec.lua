@@ -464,7 +464,14 @@ t.test("the platform survives a restart in the middle: snapshots complete", func
     metadata = { name = "slower" }, driver = "local.vmsnap.io", deletionPolicy = "Delete",
     parameters = { readyLatency = "1s" } }))
   for i = 1, 3 do snapshot("restart-" .. i, "d-r", { volumeSnapshotClassName = "slower" }) end
-  task.sleep(0.3)
+  -- killed at their wait for the VolumeSnapshot, which leaves no steps
+  -- record (nothing owed): the restarted controller runs their steps again
+  for i = 1, 3 do
+    local s = assert(wait("vdsnapshot", "restart-" .. i, function(o)
+      return o and o.status and o.status.volumeSnapshotName and o end))
+    t.eq(s.status.phase, "InProgress")
+    t.eq((s.metadata.annotations or {})["vmsnap.io/steps"], nil, "no record at the wait")
+  end
   srv:kill9()
   srv:start()
   for i = 1, 3 do

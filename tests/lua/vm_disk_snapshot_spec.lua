@@ -125,6 +125,34 @@ t.test("d.1 #9: a disk of a Stopped VM: no freeze, consistent", function()
   t.eq(s.metadata.annotations and s.metadata.annotations["vmsnap.io/freeze-duration-ms"], nil, "never frozen")
 end)
 
+t.test("a stopped VM started while its disk's snapshot waits for the cut: no freeze after the fact, not consistent", function()
+  -- the snapshot's pass at its wait leaves no steps record (nothing owed):
+  -- the next pass runs its steps again, and must neither freeze the guest
+  -- for a VolumeSnapshot issued before nor call the cut consistent
+  disk("root-late")
+  vm("vm-late", "root-late", { runPolicy = "AlwaysOff" })
+  assert(wait("vm", "vm-late", phase_is("Stopped")))
+  assert(c:create({ apiVersion = "snapshot.storage.k8s.io/v1", kind = "VolumeSnapshotClass",
+    metadata = { name = "late-cut" }, driver = "local.vmsnap.io", deletionPolicy = "Delete",
+    parameters = { cutLatency = "3s" } }))
+  snap("s-late", "root-late", { volumeSnapshotClassName = "late-cut" })
+  local s = assert(wait("vdsnapshot", "s-late", function(o)
+    return o and o.status and o.status.phase == "InProgress" and o.status.volumeSnapshotName and o end))
+  t.eq((s.metadata.annotations or {})["vmsnap.io/steps"], nil, "no steps record at the wait")
+  assert(c:patch("vm", "vm-late", { spec = { runPolicy = "AlwaysOn" } }))
+  assert(wait("vm", "vm-late", agent_ready))
+  s = assert(wait("vdsnapshot", "s-late", function(o)
+    return o and o.status and (o.status.phase == "Ready" or o.status.phase == "Failed") and o end))
+  t.eq(s.status.phase, "Failed", "consistency was required and not proven")
+  t.contains(cond(s, "VirtualDiskSnapshotReady").message, "the virtual machine started before the cut")
+  t.eq((s.metadata.annotations or {})["vmsnap.io/freeze-duration-ms"], nil, "never frozen")
+  t.eq((s.metadata.annotations or {})[require("vmsnap.freezes").FROZEN_AT], nil)
+  local a <close> = assert(agent_of("vm-late"))
+  t.eq(a:fsfreeze_status(), "thawed")
+  assert(c:patch("vm", "vm-late", { spec = { runPolicy = "AlwaysOff" } }))
+  assert(wait("vm", "vm-late", phase_is("Stopped")))
+end)
+
 t.test("d.1 #15: a disk attached to two VMs fails the snapshot", function()
   disk("shared")
   vm("vm-a", "shared", { runPolicy = "AlwaysOff" })
