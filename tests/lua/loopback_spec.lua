@@ -199,6 +199,16 @@ t.test("other tasks run while one task asks in a loop", function()
   t.ok(ticks >= 150, ("the other task ran %d times in 200 requests"):format(ticks))
 end)
 
+t.test("vmsnap up's client of its own server (platform.client_for) goes in-process", function()
+  local platform = require("vmsnap.platform")
+  local pc = platform.client_for(s)
+  t.ok(pc.transport ~= nil, "the platform's client has the in-process transport")
+  local before = s.watchers.n
+  local res = assert(pc:request({ path = "/api/v1/namespaces/default" }))
+  t.eq(res.http_version, "in-process")
+  t.eq(s.watchers.n, before)
+end)
+
 t.test("once the server is closed a call fails at once", function()
   s:close()
   t.ok(task.wait(server_task, 5), "serve returns after close")

@@ -11,6 +11,7 @@
 --- metrics, bodies are JSON both ways (no table is shared between the client
 --- and the store), a watch is a stream of event lines.
 ---
+---   task.spawn(srv.serve, srv)   -- answers them (they wait in a queue until it runs)
 ---   local c = k8s.client({ server = url, token = t, transport = loopback.transport(srv) })
 ---
 --- The contract is vmsnap.http.request's: a response {status, headers,
@@ -216,6 +217,7 @@ function M.serve(server)
   end })
   while not server.stopping do
     if q.head > q.tail then
+      q.head, q.tail = 1, 0
       q.waiter = core.current()
       core.suspend()
       q.waiter = nil
