@@ -32,10 +32,8 @@ W.finalizer = "virtualization.deckhouse.io/vdsnapshot-cleanup"
 --- The controller trusts its synced cache: an object it lacks does not exist
 --- (a VolumeSnapshot not made yet is not looked up again).
 W.cache_reads = true
---- A pass that stops at a wait owing no undo (no freeze: an unattached disk,
---- a stopped VM) writes no steps record: the next pass runs the steps again,
---- and they find the VolumeSnapshot they issued in the cache.
-W.waits_unrecorded = true
+--- (W.waits_unrecorded stays off: a rerun after the cut would judge it again
+--- against the VM as it is then, and lose memo.class and the gates' verdicts)
 W.VS_FINALIZER = "virtualization.deckhouse.io/vdsnapshot-protection"
 W.condition = "VirtualDiskSnapshotReady"
 W.failed_reason = "VirtualDiskSnapshotFailed"
