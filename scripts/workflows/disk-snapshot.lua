@@ -32,8 +32,6 @@ W.finalizer = "virtualization.deckhouse.io/vdsnapshot-cleanup"
 --- The controller trusts its synced cache: an object it lacks does not exist
 --- (a VolumeSnapshot not made yet is not looked up again).
 W.cache_reads = true
---- (W.waits_unrecorded stays off: a rerun after the cut would judge it again
---- against the VM as it is then, and lose memo.class and the gates' verdicts)
 W.VS_FINALIZER = "virtualization.deckhouse.io/vdsnapshot-protection"
 W.condition = "VirtualDiskSnapshotReady"
 W.failed_reason = "VirtualDiskSnapshotFailed"
@@ -197,22 +195,16 @@ end
 --- Issue the VolumeSnapshot (right after the freeze: Decision 3).
 function W.volume_snapshot(ctx, vds, facts)
   local vs = facts.vs
-  local vm = facts.vm
-  local stopped = not vm or (vm.status and vm.status.phase) == "Stopped"
   if not vs then
     local err, code
     vs, err, code = W.issue_volume_snapshot(ctx.client, vds, facts, ctx.memo.class or vds.spec.volumeSnapshotClassName)
     if not vs then return nil, err, code end
     facts.vs = vs
-    ctx.memo.offline = stopped
-  elseif ctx.memo.offline == nil then
-    -- issued in an earlier pass that left no record (waits_unrecorded): that
-    -- pass considered no freeze (one would have been recorded), so the disk
-    -- had no running VM then; the cut's judge looks at the VM as it is now
-    ctx.memo.offline = true
   end
+  local vm = facts.vm
   ctx.memo.issued = ctx.memo.freeze and ctx.memo.freeze.at or false
   freezes.note(ctx.memo.freeze, "issued")
+  ctx.memo.offline = not vm or (vm.status and vm.status.phase) == "Stopped"
   vds.status.volumeSnapshotName = vs.metadata.name
   ctx:condition(W.condition, "False", "Snapshotting", MSG.DISK_STARTED:format(vds.spec.virtualDiskName))
   -- on to the cut in this pass: its wait (or the cut itself) is the status

@@ -37,9 +37,7 @@
 --- idempotent: a step that ran but was not recorded (a crash) runs again.
 --- A workflow that ends (Ready or Failed) owing no undo, and whose record
 --- owed none, is not recorded again: the record keeps its last pass in
---- progress (a terminal phase runs no step). With `W.waits_unrecorded`, a
---- pass that stops at a wait owing no undo (and whose record never owed
---- one) writes no record either: the next pass starts from the first step.
+--- progress (a terminal phase runs no step).
 ---
 --- Undo works like `defer`: before a step with `undo` runs, the record says
 --- its undo is owed; owed undos run in reverse step order when the workflow ends
@@ -244,17 +242,12 @@ end
 -- A terminal object (Ready or Failed) that owes nothing and was recorded
 -- owing nothing needs no new record: those phases run no step, and a pass
 -- over them marks every step done itself (one write fewer per snapshot).
--- A workflow with `W.waits_unrecorded` also writes no record at a wait
--- while it owes no undo and never did: its next pass runs its steps again
--- from the first (they read what they made from the cache; one write fewer
--- per snapshot of an unattached disk).
-local function save(ctx, at_wait)
+local function save(ctx)
   local st = ctx.steps
   local text = encode_record(st.W, st.rec)
   if text == st.rec.raw then return true end
   local phase = st.obj.status and st.obj.status.phase
-  if (phase == "Ready" or phase == "Failed" or (at_wait and st.W.waits_unrecorded))
-      and #st.rec.owed == 0 and not st.rec.owed_stored then
+  if (phase == "Ready" or phase == "Failed") and #st.rec.owed == 0 and not st.rec.owed_stored then
     return ctx:flush()
   end
   local ok, err, code = ctx:flush()
@@ -459,7 +452,7 @@ local function run_steps(W, ctx, obj, facts)
           end
         elseif M.is_result(r) and r.kind == "wait" then
           show_wait(W, ctx, obj, step, r)
-          return save(ctx, true)
+          return save(ctx)
         elseif obj.status.phase == "Failed" then
           return save(ctx) -- the step failed the workflow itself (steps.fail)
         elseif r == nil and errors.is_transient(code) then
