@@ -88,7 +88,7 @@ function Response:lines(timeout)
         end
         return nil
       end
-      local chunk, err, code = self._req:await("data", timeout)
+      local chunk, err, code = self:read(timeout)
       if chunk == nil and err then
         error(errors.new(code, err), 0)
       end
@@ -106,7 +106,7 @@ end
 function Response:read_all(timeout)
   local parts = {}
   while true do
-    local chunk, err, code = self._req:await("data", timeout)
+    local chunk, err, code = self:read(timeout)
     if chunk == nil then
       if err then return nil, err, code end
       return table.concat(parts)
@@ -120,6 +120,13 @@ function Response:close()
   self._req:close()
 end
 Response.__close = Response.close
+
+--- Give `class` (whose :read(timeout) keeps Response:read's contract) the
+--- :lines() and :read_all() of a streamed response.
+function M.reader(class)
+  class.lines, class.read_all = Response.lines, Response.read_all
+  return class
+end
 
 local close_owner = { __close = function(o) if o.req then o.req:close() end end }
 

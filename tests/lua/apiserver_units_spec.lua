@@ -371,4 +371,27 @@ t.test("base64 and names", function()
   t.eq(api.is_subdomain(string.rep("a", 254)), false)
 end)
 
+t.test("schemas: validation judges an update's subtree as sent, whatever a first pass defaulted in it", function()
+  local s = { type = "object", properties = { spec = { type = "object", properties = {
+    x = { type = "object", properties = { d = { type = "string", default = "dflt" }, n = { type = "integer" } },
+      ["x-kubernetes-validations"] = { { rule = "!has(self.d) || self.n >= 0", message = "n must not be negative with d" } } },
+    y = { type = "string", maxLength = 3 } } } } }
+  -- stored before the CRD grew its rule; the write omits the defaulted
+  -- field (as sent, x is not as stored: it is checked, with d defaulted)
+  local old = { spec = { x = { d = "dflt", n = -1 } } }
+  local causes = schema.apply(s, { spec = { x = { n = -1 } } }, { old = old })
+  t.eq(#causes, 1, "the changed subtree is checked: " .. json.encode(causes))
+  t.eq(causes[1] and causes[1].field, "spec.x")
+  -- the same answer when another field fails too
+  causes = schema.apply(s, { spec = { x = { n = -1 }, y = "toolong" } }, { old = old })
+  t.eq(#causes, 2, json.encode(causes))
+  -- unchanged as stored: ratcheted
+  causes = schema.apply(s, { spec = { x = { d = "dflt", n = -1 } } }, { old = old })
+  t.eq(#causes, 0, json.encode(causes))
+  -- and a write that passes is defaulted
+  local ok = { spec = { x = { n = 1 } } }
+  t.eq(#schema.apply(s, ok, { old = old }), 0)
+  t.eq(ok.spec.x.d, "dflt")
+end)
+
 t.done()

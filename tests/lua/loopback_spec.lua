@@ -148,6 +148,76 @@ t.test("the answer of the write that deletes an object comes after its DELETED e
   t.eq(inf:get("default", "fresh").metadata.resourceVersion, fresh.metadata.resourceVersion)
 end)
 
+t.test("the ghost rule judges only numeric versions, and not while the watch still holds events", function()
+  local informer = require("vmsnap.k8s.informer")
+  local function cm(name, rv) return { metadata = { namespace = "default", name = name, resourceVersion = rv } } end
+  local inf = informer.new(nil, "configmap")
+  inf.synced = true
+  inf.watch = { rv = "100", queue = {}, qpos = 1 }
+  inf:observe(cm("gone", "90"))
+  t.eq(inf:get("default", "gone"), nil, "an answer older than the watch, for an uncached object, is dropped")
+  inf:observe(cm("new", "101"))
+  t.ok(inf:get("default", "new"), "a newer one is cached")
+  -- a relist: its version is the watch's, its ADDED events still queued
+  inf.watch = { rv = "200", queue = { { type = "ADDED", object = cm("queued", "150") } }, qpos = 1 }
+  inf:observe(cm("queued", "150"))
+  t.ok(inf:get("default", "queued"), "not judged while the watch has events to hand over")
+  -- versions that are not numbers (another server's) say nothing of order
+  inf.watch = { rv = "opaque-b", queue = {}, qpos = 1 }
+  inf:observe(cm("opaque", "opaque-a"))
+  t.ok(inf:get("default", "opaque"), "an answer with an opaque version is cached")
+end)
+
+t.test("a reader blocked on a stream is woken by its close; :lines() reads the event lines", function()
+  local call = loopback.transport(s)
+  local function watch_none()
+    return assert(call({ path = "/api/v1/namespaces/default/configmaps", stream = true,
+      query = { watch = "true", fieldSelector = "metadata.name=no-such-one" },
+      headers = { Authorization = "Bearer admin-token" } }))
+  end
+  local res = watch_none()
+  t.eq(res.status, 200)
+  local reader = task.spawn(function() return table.pack(res:read()) end)
+  task.sleep(0.2)
+  res:close()
+  local got = task.wait(reader, 2)
+  t.ok(got, "the reader returned within 2 s of the close")
+  t.eq(got and got[1], nil)
+  t.eq(got and got[3], "CLOSED", "and says the stream was closed")
+  -- the same stream type through the HTTP response's line reader
+  local lr <close> = assert(call({ path = "/api/v1/namespaces/default/configmaps", stream = true,
+    query = { watch = "true", fieldSelector = "metadata.name=lines-cm" },
+    headers = { Authorization = "Bearer admin-token" } }))
+  assert(lb_c:create({ apiVersion = "v1", kind = "ConfigMap", metadata = { name = "lines-cm" } }))
+  local line = lr:lines(5)()
+  t.eq(json.decode(line).type, "ADDED")
+  t.eq(json.decode(line).object.metadata.name, "lines-cm")
+end)
+
+t.test("an in-process server whose request task ended refuses at once instead of queueing", function()
+  local d2 <close> = assert(fs.tempdir("vmsnap-loopback2"))
+  local s2 = assert(apiserver.new({ data = d2.path, token = "t2", crds = { h.source .. "/scripts/crds" } }))
+  assert(s2:listen())
+  local st = task.spawn(function() return s2:serve() end)
+  local _ <close> = setmetatable({}, { __close = function() s2:close() task.wait(st, 5) end })
+  local c2 = assert(k8s.client({ server = "http://127.0.0.1:" .. s2.port, token = "t2",
+    transport = loopback.transport(s2) }))
+  assert(c2:get("namespace", "default"))
+  -- the task answering in-process requests ends (an error, a cancel) while the server goes on
+  local lt
+  for _, x in ipairs(s2.tasks) do
+    if s2.loopq and s2.loopq.waiter == x then lt = x end
+  end
+  t.ok(lt, "found the task that answers in-process requests")
+  task.cancel(lt)
+  task.sleep(0.05)
+  local t0 = task.now()
+  local res, _, code = c2:request({ path = "/api/v1/namespaces", deadline = 1, retries = 0 })
+  t.eq(res, nil)
+  t.eq(code, "ECONNREFUSED", "refused, not queued until a timeout")
+  t.ok(task.now() - t0 < 1.5)
+end)
+
 t.test("a LIST over 1 MB (a streamed answer) arrives whole; a body over the limit is 413", function()
   local blob = string.rep("x", 4000)
   assert(lb_c:create({ apiVersion = "v1", kind = "Namespace", metadata = { name = "big" } }))
@@ -209,8 +279,27 @@ t.test("vmsnap up's client of its own server (platform.client_for) goes in-proce
   t.eq(s.watchers.n, before)
 end)
 
-t.test("once the server is closed a call fails at once", function()
+t.test("closing the server ends a request in flight in a subresource's task and a watch; later calls fail at once", function()
+  assert(lb_c:create({ apiVersion = "v1", kind = "ConfigMap", metadata = { name = "sub-close" } }))
+  local hung = task.spawn(function()
+    return table.pack(lb_c:request({ method = "POST", path = "/api/v1/namespaces/default/configmaps/sub-close/slow",
+      body = { hang = true }, timeout = 20, idempotent = false, retries = 0 }))
+  end)
+  local res = assert(loopback.transport(s)({ path = "/api/v1/namespaces/default/configmaps", stream = true,
+    query = { watch = "true", fieldSelector = "metadata.name=no-such-one" },
+    headers = { Authorization = "Bearer admin-token" } }))
+  local reader = task.spawn(function() return table.pack(res:read()) end)
+  task.sleep(0.2)
+  local t_close = task.now()
   s:close()
+  local got = task.wait(hung, 3)
+  t.ok(got, "the request in flight returned within 3 s of the close (its timeout is 20 s)")
+  t.eq(got and got[1], nil)
+  t.ok(got and (got[3] == "CLOSED" or got[3] == "ServiceUnavailable"), "as a failure of the call: " .. tostring(got and got[3]))
+  t.ok(task.now() - t_close < 3)
+  local ended = task.wait(reader, 3)
+  t.ok(ended, "the watch's reader returned")
+  t.eq(ended and ended[1], nil, "with no more data")
   t.ok(task.wait(server_task, 5), "serve returns after close")
   local t0 = task.now()
   local res, _, code = lb_c:request({ path = "/api/v1/namespaces", deadline = 1, retries = 0 })

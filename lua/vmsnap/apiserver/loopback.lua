@@ -15,11 +15,14 @@
 ---   local c = k8s.client({ server = url, token = t, transport = loopback.transport(srv) })
 ---
 --- The contract is vmsnap.http.request's: a response {status, headers,
---- body}, or with `stream` one with :read(timeout), :read_all(timeout) and
---- :close(); failures are nil, message, code (ECONNREFUSED once the server
---- is closed, TIMEOUT when an answer is not in within `timeout`).
+--- body}, or with `stream` one with :read(timeout), :lines(timeout),
+--- :read_all(timeout) and :close(); failures are nil, message, code
+--- (ECONNREFUSED once the server is closed, CLOSED for a request or stream
+--- the server's closing cut short, TIMEOUT when an answer is not in within
+--- `timeout`).
 local core = require("vmsnap.core.task")
 local handler = require("vmsnap.apiserver.handler")
+local http = require("vmsnap.http")
 
 local M = {}
 
@@ -34,9 +37,10 @@ local function unescape(s)
   end))
 end
 
+-- a query's pairs, '+' read as a space (as the HTTP server reads them)
 local function parse_query(q, out)
   for part in q:gmatch("[^&]+") do
-    local k, v = part:match("^([^=]*)=?(.*)$")
+    local k, v = part:gsub("%+", " "):match("^([^=]*)=?(.*)$")
     out[unescape(k)] = unescape(v)
   end
   return out
@@ -94,6 +98,7 @@ function Req:respond(code, hdrs, body)
   answered(self)
   self.state, self.status, self.rh, self.out = "answered", code, lower_keys(hdrs), body or ""
   wake(self)
+  if self.gone then return nil, "httpd: the client went away", "CLOSED" end
   return true
 end
 
@@ -159,7 +164,10 @@ end
 local Stream = {}
 Stream.__index = Stream
 
---- The next chunk, nil at the end, or nil, message, "TIMEOUT".
+local CUT = "the API server in this process closed"
+
+--- The next chunk, nil at the end, or nil, message, code: TIMEOUT, or
+--- CLOSED once this stream was closed or the server closed before the end.
 function Stream:read(timeout)
   local r = self._r
   if self.whole then
@@ -167,36 +175,43 @@ function Stream:read(timeout)
     self.whole = false
     return s ~= "" and s or nil
   end
-  if self.whole == false or r.gone then return nil end
+  if self.whole == false then return nil end
   local deadline = timeout and (core.now() + timeout)
   while true do
+    if r.gone then return nil, "the stream was closed", "CLOSED" end
     local s = take(r)
     if s then return s end
     if r.finished then return nil end
+    if r.lq.dead then return nil, CUT, "CLOSED" end
     if not await(r, deadline) then return nil, "no data within the timeout", "TIMEOUT" end
   end
 end
 
-function Stream:read_all(timeout)
-  local parts = {}
-  while true do
-    local s, err, code = self:read(timeout)
-    if not s then
-      if err then return nil, err, code end
-      return table.concat(parts)
-    end
-    parts[#parts + 1] = s
-  end
-end
+http.reader(Stream) -- :lines() and :read_all() over :read()
 
+--- Stop reading: the handler's next write fails (the client went away), and
+--- a task blocked in :read() on this stream returns CLOSED.
 function Stream:close()
   local r = self._r
   if not r.gone then
     r.gone = true
     r.parts, r.pend = {}, 0
+    r.lq.live[r] = nil
+    wake(r)
   end
 end
 Stream.__close = Stream.close
+
+-- the queue of a server's in-process requests; `live` holds every request
+-- queued or being answered (weakly: one its client dropped goes with it)
+local function queue_of(server)
+  local q = server.loopq
+  if not q then
+    q = { head = 1, tail = 0, live = setmetatable({}, { __mode = "k" }) }
+    server.loopq = q
+  end
+  return q
+end
 
 -- ------------------------------------------------------------ the transport
 
@@ -206,14 +221,13 @@ Stream.__close = Stream.close
 --- client's deadline or cancel does not reach them).
 ---@param server table  a vmsnap.apiserver server
 function M.serve(server)
-  local q = server.loopq or { head = 1, tail = 0 }
-  server.loopq = q
-  -- however this ends (a cancel at close), what is still queued is never
-  -- answered: its callers are woken to see the server closed
+  local q = queue_of(server)
+  -- however this ends (a cancel at close, an error), nothing queued or in
+  -- flight (in a subresource's task, a watch) is answered any more: their
+  -- callers are woken to see the server closed, and later ones are refused
   local _ <close> = setmetatable({}, { __close = function()
-    for i = q.head, q.tail do
-      if q[i] then wake(q[i]) end
-    end
+    q.dead = true
+    for r in pairs(q.live) do wake(r) end
   end })
   while not server.stopping do
     if q.head > q.tail then
@@ -238,7 +252,8 @@ end
 function M.transport(server)
   local max_body = server.opts.max_body or (3 * 1024 * 1024)
   return function(o)
-    if server.closed or server.stopping then
+    local lq = queue_of(server)
+    if server.closed or server.stopping or lq.dead then
       return nil, "the API server in this process is closed", "ECONNREFUSED"
     end
     local path, q = o.path, o.query
@@ -255,22 +270,21 @@ function M.transport(server)
       end
     end
     local r = setmetatable({ m = o.method or (o.body and "POST" or "GET"), p = unescape(path), q = args,
-      h = lower_keys(o.headers), b = o.body or "", max_body = max_body, state = "taken" }, Req)
+      h = lower_keys(o.headers), b = o.body or "", max_body = max_body, state = "taken", lq = lq }, Req)
     -- the client going away (a cancel, an error, a timeout) ends its request
     local guard <close> = setmetatable({}, { __close = function()
-      if not r.handed then r.gone = true end
+      if not r.handed then
+        r.gone = true
+        lq.live[r] = nil
+      end
     end })
-    local lq = server.loopq
-    if not lq then
-      lq = { head = 1, tail = 0 }
-      server.loopq = lq
-    end
     lq.tail = lq.tail + 1
     lq[lq.tail] = r
+    lq.live[r] = true
     if lq.waiter then core.wakeup(lq.waiter) end
     local deadline = (not o.stream and o.timeout) and (core.now() + o.timeout) or nil
     while r.state == "taken" do
-      if server.stopping then return nil, "the API server in this process closed", "CLOSED" end
+      if server.stopping or lq.dead then return nil, CUT, "CLOSED" end
       if not await(r, deadline) then return nil, "no answer within the timeout", "TIMEOUT" end
     end
     -- through the event loop once, as an answer off a socket comes: tasks
@@ -292,6 +306,8 @@ function M.transport(server)
           acc[#acc + 1] = s
         elseif r.finished then
           break
+        elseif lq.dead then
+          return nil, CUT, "CLOSED"
         elseif not await(r, deadline) then
           return nil, "no answer within the timeout", "TIMEOUT"
         end

@@ -297,7 +297,10 @@ local function v_schema(s, v, path, out, oldv)
     end
     if props then
       for _, d in ipairs(compiled_of(s, "properties", defaults_of)) do
-        if v[d[1]] == nil then v[d[1]] = copy(d[2]) end
+        if v[d[1]] == nil then
+          v[d[1]] = copy(d[2])
+          if out.filled then out.filled[#out.filled + 1] = { v, d[1] } end
+        end
       end
     end
     if s.required then
@@ -423,9 +426,14 @@ function M.apply(schema, obj, opts)
   -- first in no order and pruning nothing: with no cause and no unknown
   -- field (nearly every write) that is the answer, and the fields were
   -- never sorted (a tenth of a write's validation); else again, in order
-  local trial = { causes = {}, unknown = {}, keep_unknown = true, old = opts and opts.old, unsorted = true }
+  local trial = { causes = {}, unknown = {}, keep_unknown = true, old = opts and opts.old, unsorted = true,
+    filled = {} }
   apply_once(schema, obj, trial)
   if #trial.causes == 0 and #trial.unknown == 0 then return trial.causes, trial.unknown end
+  -- the second pass sees the object as it came: the trial's defaults would
+  -- make a subtree equal to the stored one, and ratcheting skip its fault
+  local filled = trial.filled
+  for i = #filled, 1, -1 do filled[i][1][filled[i][2]] = nil end
   local out = { causes = {}, unknown = {}, keep_unknown = opts and opts.keep_unknown, old = opts and opts.old }
   apply_once(schema, obj, out)
   return out.causes, out.unknown
@@ -436,6 +444,7 @@ function apply_once(schema, obj, out)
   for name, ps in pairs(props) do
     if name ~= "metadata" and name ~= "apiVersion" and name ~= "kind" and obj[name] == nil and ps.default ~= nil then
       obj[name] = copy(ps.default)
+      if out.filled then out.filled[#out.filled + 1] = { obj, name } end
     end
   end
   if schema.required then

@@ -166,9 +166,14 @@ function Informer:observe(obj)
     if not self.synced then return end -- the list brings it
     -- the watch is past this version and the object is not cached: it was
     -- deleted since (the answer of the write that deleted it, or of one
-    -- before, can come after the DELETED event); it must not come back
-    local seen = self.watch and self.watch.rv
-    if seen and not older(seen, md.resourceVersion) then return end
+    -- before, can come after the DELETED event); it must not come back.
+    -- Judged only on versions that are numbers, and only when the watch has
+    -- handed over every event it holds (after a relist, the version is the
+    -- list's while its events still wait in the queue)
+    local w = self.watch
+    local seen = w and tonumber(w.rv)
+    local mine = tonumber(md.resourceVersion)
+    if seen and mine and seen >= mine and w.qpos > #w.queue then return end
   end
   self:apply({ type = old and "MODIFIED" or "ADDED", object = obj })
 end
