@@ -36,7 +36,7 @@ deps:
 	@sh tools/deps.sh
 
 check: build
-	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 300
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 300 || { sh $(CURDIR)/tools/failures.sh .; exit 1; }
 
 demo: deps build
 	@sh tools/demo.sh $(BUILD)

@@ -15,7 +15,12 @@
 --- records it; the VolumeSnapshot gets `creationTime`, `restoreSize`, then
 --- `readyToUse`. The class's parameters inject latency and failures:
 --- `cutLatency` and `readyLatency` (durations: "200ms", "1s"), `failAt`
---- ("cut" or "ready") with `failMessage`.
+--- ("cut" or "ready") with `failMessage`. A content whose VolumeSnapshot is
+--- being deleted or gone (another of that name is not it: the uid decides)
+--- goes with its file under the policy Delete; the VolumeSnapshot carries no
+--- finalizer of the snapshotter's for it (a write less per snapshot), so a
+--- snapshot deleted while the snapshotter was down is cleaned up when it
+--- next lists the contents.
 local fs = require("vmsnap.fs")
 local json = require("vmsnap.json")
 local task = require("vmsnap.task")
@@ -27,6 +32,8 @@ local M = {}
 
 M.DRIVER = "local.vmsnap.io"
 M.PVC_FINALIZER = "local.vmsnap.io/volume"
+--- the finalizer earlier versions put on each VolumeSnapshot: removed
+--- where it is still found (a platform's data from before)
 M.VS_FINALIZER = "local.vmsnap.io/snapshot"
 M.RESIZE_SINCE = "local.vmsnap.io/resize-started-at"
 
@@ -240,9 +247,13 @@ local function snapshot(P, ctx, vs)
     -- ready latency counts from; with none, ready in the same write
     content.status = { creationTime = math.floor(vtime.now() * 1e9), snapshotHandle = snapfile, restoreSize = size,
       readyToUse = params.ready <= 0 and params.fail_at ~= "ready" }
-    local uerr
-    content, uerr = ctx.client:update_status(content)
-    if not content then return nil, uerr end
+    local uerr, ucode
+    content, uerr, ucode = ctx.client:update_status(content)
+    if not content then
+      -- the content went meanwhile (its snapshot was deleted): so does the copy
+      if ucode == "NotFound" then fs.remove(snapfile) end
+      return nil, uerr
+    end
     vs.status = { boundVolumeSnapshotContentName = cname, creationTime = vtime.format(),
       restoreSize = quantity.format(size), readyToUse = false }
     if params.ready > 0 then return { requeue_after = params.ready } end
@@ -267,13 +278,30 @@ local function snapshot(P, ctx, vs)
   return true
 end
 
-local function drop_snapshot(P, ctx, vs)
-  local cname = vs.status and vs.status.boundVolumeSnapshotContentName or ("snapcontent-" .. vs.metadata.uid)
-  local content = ctx:get(CONTENT, nil, cname)
-  if content then
-    if (content.spec.deletionPolicy or "Delete") == "Delete" then
-      if content.status and content.status.snapshotHandle then fs.remove(content.status.snapshotHandle) end
-      ctx.client:delete(CONTENT, cname)
+-- a content of ours whose snapshot is being deleted or gone: deleted with
+-- its file (policy Delete) or kept (Retain); the earlier versions'
+-- finalizer comes off the snapshot
+local function drop_content(ctx, content)
+  if content.spec.driver ~= M.DRIVER or content.metadata.deletionTimestamp then return true end
+  local ref = content.spec.volumeSnapshotRef or {}
+  local vs = ref.name and ctx:get(VS, ref.namespace, ref.name)
+  if vs and ref.uid and vs.metadata.uid ~= ref.uid then vs = nil end -- another snapshot of that name
+  if vs and not vs.metadata.deletionTimestamp then return true end -- in use
+  if (content.spec.deletionPolicy or "Delete") == "Delete" then
+    local ok, err, code = ctx.client:delete(CONTENT, content.metadata.name)
+    if not ok and code ~= "NotFound" then return nil, err, code end
+    if content.status and content.status.snapshotHandle then fs.remove(content.status.snapshotHandle) end
+  end
+  if vs then
+    local kept, had = json.array(), false
+    for _, f in ipairs(vs.metadata.finalizers or {}) do
+      if f == M.VS_FINALIZER then had = true else kept[#kept + 1] = f end
+    end
+    if had then
+      local ok, err, code = ctx.client:patch(VS, vs.metadata.name, { metadata = {
+        finalizers = #kept > 0 and kept or json.null, resourceVersion = vs.metadata.resourceVersion } },
+        { namespace = vs.metadata.namespace })
+      if not ok and code ~= "NotFound" then return nil, err, code end
     end
   end
   return true
@@ -292,7 +320,7 @@ function M.controllers(client, data)
     reconcile = function(ctx, pvc) return provision(P, ctx, pvc) end,
     finalize = function(ctx, pvc) return release(P, ctx, pvc) end })
   local snap = reconcile.controller({ client = client, name = "local-snapshotter", kind = "VolumeSnapshot",
-    finalizer = M.VS_FINALIZER, workers = 8, cache_reads = true,
+    workers = 8, cache_reads = true,
     indexes = { local_snapshots_by_claim = function(vs)
       local claim = vs.spec and vs.spec.source and vs.spec.source.persistentVolumeClaimName
       return claim and { (vs.metadata.namespace or "") .. "/" .. claim } or {}
@@ -313,9 +341,19 @@ function M.controllers(client, data)
         return keys
       end },
       { kind = PV, map = function() return {} end } },
-    reconcile = function(ctx, vs) return snapshot(P, ctx, vs) end,
-    finalize = function(ctx, vs) return drop_snapshot(P, ctx, vs) end })
-  return { prov, snap }
+    reconcile = function(ctx, vs) return snapshot(P, ctx, vs) end })
+  local contents = reconcile.controller({ client = client, name = "local-snapshot-contents", kind = CONTENT,
+    cache_reads = true,
+    watches = { { kind = VS, map = function(vs, ctl)
+      -- a snapshot being deleted, or gone (its DELETED event: the cache
+      -- has it no more), concerns its content
+      local inf = ctl:informer_for(VS)
+      local cur = inf and inf:get(vs.metadata.namespace, vs.metadata.name)
+      if cur and cur.metadata.uid == vs.metadata.uid and not cur.metadata.deletionTimestamp then return {} end
+      return { vs.status and vs.status.boundVolumeSnapshotContentName or ("snapcontent-" .. tostring(vs.metadata.uid)) }
+    end } },
+    reconcile = function(ctx, content) return drop_content(ctx, content) end })
+  return { prov, snap, contents }
 end
 
 return M
