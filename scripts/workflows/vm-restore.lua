@@ -6,8 +6,8 @@
 -- — an existing Static address must hold the stored address, an existing
 -- provisioning Secret must match in type and data (6); everything is
 -- validated, including a server-side dry run of every create, before
--- anything is created; a create that fails midway deletes what this restore
--- created; restored disks get back the labels and annotations they had at
+-- anything is created; a restore that fails midway deletes what it created
+-- (a transient failure is retried from what exists); restored disks get back the labels and annotations they had at
 -- snapshot time, and an attachment outside the snapshot that names the
 -- restored VM is a conflict (13). Each object this restore creates carries the annotation
 -- `virtualization.deckhouse.io/vmrestore: <restore uid>`, so that a pass
@@ -356,33 +356,70 @@ function W.dry_run(ctx, plan)
   return true
 end
 
---- c.2 step 12: create in order; a failure deletes what this pass created
---- (newest first). Returns true, or nil, message, code (terminal for a
---- refusal, transient otherwise: the next pass starts again).
+--- c.2 step 12: create in order. Returns true, or nil, message, code: a
+--- refusal is terminal (the restore fails, and the create step's undo,
+--- W.uncreate, deletes what it created), any other failure transient — what
+--- was created stays, and the next pass goes on from it (each object carries
+--- this restore's uid). An object of this restore that is being deleted (by
+--- someone else: a restore never deletes while it goes on) is waited for.
 function W.create_all(ctx, vmr, plan)
   local client = ctx.client
-  local made = {}
-  local function undo()
-    for i = #made, 1, -1 do
-      local it = made[i]
-      client:delete(RESOURCE[it.kind], it.name, { namespace = vmr.metadata.namespace })
-    end
-  end
+  local ns = vmr.metadata.namespace
+  ctx.memo.created = ctx.memo.created or {}
   for _, it in ipairs(plan.items) do
     if it.action == "create" then
+      local ref = it.kind .. "/" .. it.name
       local res, err, code = client:create(it.object)
       if res then
-        made[#made + 1] = it
+        ctx.memo.created[#ctx.memo.created + 1] = ref
       elseif code == "AlreadyExists" then
-        local cur = client:get(RESOURCE[it.kind], it.name, { namespace = vmr.metadata.namespace })
+        local cur, gerr, gcode = client:get(RESOURCE[it.kind], it.name, { namespace = ns })
+        if not cur and gcode ~= "NotFound" then return nil, gerr, gcode end
+        if not cur then
+          return nil, ("%s %q went while it was created: trying again"):format(it.kind, it.name), "Conflict"
+        end
         if not ours(vmr, cur) then
-          undo()
           return nil, ("failed to create %s %q: it was created by someone else meanwhile"):format(it.kind, it.name),
             "RestoreConflict"
         end
+        if cur.metadata.deletionTimestamp then
+          return nil, ("%s %q of this restore is being deleted: waiting to create it again"):format(it.kind, it.name),
+            "Conflict"
+        end
       else
-        undo()
         return nil, ("failed to create %s %q: %s"):format(it.kind, it.name, tostring(err)), code
+      end
+    end
+  end
+  return true
+end
+
+--- The create step's undo: when the restore fails, every object it created
+--- goes, newest first (those of the plan that carry its uid, and those its
+--- record names). A delete that fails leaves the undo owed: the next pass
+--- tries again, so a failed restore ends with nothing of it left.
+function W.uncreate(ctx, vmr, outcome, facts)
+  if outcome ~= "Failed" then return true end
+  local ns = vmr.metadata.namespace
+  local refs, seen = {}, {}
+  local function add(ref)
+    if not seen[ref] then
+      seen[ref] = true
+      refs[#refs + 1] = ref
+    end
+  end
+  local plan = facts.vms and W.plan(ctx, vmr, facts.vms)
+  for _, it in ipairs(plan and plan.items or {}) do add(it.kind .. "/" .. it.name) end
+  for _, ref in ipairs(ctx.memo.created or {}) do add(ref) end
+  for i = #refs, 1, -1 do
+    local kind, name = refs[i]:match("^([^/]+)/(.+)$")
+    local r = RESOURCE[kind]
+    if r then
+      local cur, err, code = ctx.client:get(r, name, { namespace = ns })
+      if not cur and code ~= "NotFound" then return nil, err, code end
+      if cur and ours(vmr, cur) and not cur.metadata.deletionTimestamp then
+        local ok, derr, dcode = ctx.client:delete(r, name, { namespace = ns })
+        if not ok and dcode ~= "NotFound" then return nil, derr, dcode end
       end
     end
   end
@@ -518,7 +555,8 @@ W.steps = steps.list({
     doc = "the plan, its conflicts and a server-side dry run of every create" },
   { name = "pre-restore", phase = "Pending", run = W.pre_restore, undo = W.post_restore,
     doc = "pre_restore hooks (undo: restore_failed, post_restore)" },
-  { name = "create", phase = "Pending", run = W.create, doc = "create every object in order; undone on failure" },
+  { name = "create", phase = "Pending", run = W.create, undo = W.uncreate,
+    doc = "create every object in order (undo: a failed restore deletes them)" },
   { name = "finish", run = W.finish, doc = "post_restore hooks, Ready" },
 })
 

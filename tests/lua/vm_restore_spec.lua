@@ -265,6 +265,46 @@ t.test("a restore whose third create is refused leaves none of its objects; a 50
   t.eq(#restored_by(r.metadata.uid), 4, "VM, two disks, one attachment: " .. table.concat(restored_by(r.metadata.uid), " "))
 end)
 
+t.test("a transient failure after the VM's create keeps what was made: the restore goes on from it, and never adopts its own object while it is deleted", function()
+  -- creates of disks: two dry runs, then rootkeep (held 0.8 s: the VM exists
+  -- meanwhile), then datakeep's create gets a 500
+  fp:plan("/apis/" .. G .. "/namespaces/default/virtualdisks$", "ok,ok,slow:800,500")
+  local r = restore("r-keep", "ms-never", { "VirtualMachine/vm1=vmkeep",
+    "VirtualDisk/root=rootkeep", "VirtualDisk/data=datakeep", "VirtualMachineBlockDeviceAttachment/att1=attkeep" })
+  -- the VM is held by a finalizer of the test's: were it deleted by the
+  -- failed pass, it would stay terminating, and a later pass adopt it so
+  assert(wait("vm", "vmkeep", function(o) return o end, 5))
+  assert(c:patch("vm", "vmkeep", { metadata = { finalizers = { "test.vmsnap.io/hold" } } }))
+  local _ <close> = setmetatable({}, { __close = function()
+    c:patch("vm", "vmkeep", { metadata = { finalizers = require("vmsnap.json").null } })
+  end })
+  r = assert(wait("vmrestore", "r-keep", terminal))
+  t.eq(fp:stats().faulted, 1, "the 500 was injected")
+  fp:clear()
+  t.eq(r.status.phase, "Ready", json.encode(r.status))
+  local vm = assert(c:get("vm", "vmkeep"))
+  t.eq(vm.metadata.deletionTimestamp, nil, "the restored VM is not being deleted")
+  t.eq(#restored_by(r.metadata.uid), 4, "VM, two disks, one attachment: " .. table.concat(restored_by(r.metadata.uid), " "))
+  -- a terminal failure after a transient one: everything of the restore
+  -- goes, even while deletes fail for a while (the undo stays owed)
+  fp:plan("/apis/" .. G .. "/namespaces/default/virtualdisks$", "ok,ok,500,ok,403")
+  fp:plan("DELETE /apis/" .. G .. "/namespaces/default/virtualmachines/vmundo", "503,503")
+  r = restore("r-undo", "ms-never", { "VirtualMachine/vm1=vmundo",
+    "VirtualDisk/root=rootundo", "VirtualDisk/data=dataundo", "VirtualMachineBlockDeviceAttachment/att1=attundo" })
+  r = assert(wait("vmrestore", "r-undo", terminal))
+  t.eq(r.status.phase, "Failed")
+  t.contains(cond(r, "VirtualMachineRestoreReady").message, 'Failed to create VirtualDisk "dataundo"')
+  local left
+  for _ = 1, 150 do
+    left = restored_by(r.metadata.uid)
+    if #left == 0 then break end
+    require("vmsnap.task").sleep(0.1)
+  end
+  t.eq(#left, 0, "no object of the failed restore remains: " .. table.concat(left, " "))
+  t.eq(fp:stats().pending, 0, "the failed deletes were all answered so")
+  fp:clear()
+end)
+
 t.test("vmsnap snapshot vm / restore vm: --dry-run prints the plan and conflicts, --wait follows", function()
   local r = h.run_vmsnap({ "snapshot", "vm", "vm1", "--keep-ip", "Never", "--name", "cli-snap", "--wait",
     "--kubeconfig", srv.kubeconfig }, { timeout = 60 })
