@@ -7,9 +7,10 @@
 -- provisioning Secret must match in type and data (6); everything is
 -- validated, including a server-side dry run of every create, before
 -- anything is created; a restore that fails midway deletes what it created
--- (a transient failure is retried from what exists); restored disks get back the labels and annotations they had at
--- snapshot time, and an attachment outside the snapshot that names the
--- restored VM is a conflict (13). Each object this restore creates carries the annotation
+-- (a transient failure is retried from what exists); restored disks get
+-- back the labels and annotations they had at snapshot time, and an
+-- attachment outside the snapshot that names the restored VM is a
+-- conflict (13). Each object this restore creates carries the annotation
 -- `virtualization.deckhouse.io/vmrestore: <restore uid>`, so that a pass
 -- interrupted midway continues where it stopped instead of finding its own
 -- objects in the way.

@@ -80,6 +80,18 @@ local function restored_by(uid)
   return out
 end
 
+-- the objects of a restore still there after up to `secs` (those being
+-- deleted are gone when the platform's finalizers have run)
+local function left_after(uid, secs)
+  local left
+  for _ = 1, secs * 10 do
+    left = restored_by(uid)
+    if #left == 0 then break end
+    require("vmsnap.task").sleep(0.1)
+  end
+  return left
+end
+
 -- vm1: root (with known data) and a hot-plugged disk data; stopped
 local root = disk("root")
 disk("data")
@@ -238,12 +250,7 @@ t.test("a restore whose third create is refused leaves none of its objects; a 50
   t.eq(x.reason, "VirtualMachineRestoreFailed")
   t.contains(x.message, 'Failed to create VirtualDisk "data3"')
   -- what it created is deleted at once (gone when the platform's finalizers have run)
-  local left
-  for _ = 1, 100 do
-    left = restored_by(r.metadata.uid)
-    if #left == 0 then break end
-    require("vmsnap.task").sleep(0.1)
-  end
+  local left = left_after(r.metadata.uid, 10)
   t.eq(#left, 0, "no object of the failed restore remains: " .. table.concat(left, " "))
   t.eq((c:get("vm", "vm3")), nil)
   t.eq((c:get("vd", "root3")), nil)
@@ -294,12 +301,7 @@ t.test("a transient failure after the VM's create keeps what was made: the resto
   r = assert(wait("vmrestore", "r-undo", terminal))
   t.eq(r.status.phase, "Failed")
   t.contains(cond(r, "VirtualMachineRestoreReady").message, 'Failed to create VirtualDisk "dataundo"')
-  local left
-  for _ = 1, 150 do
-    left = restored_by(r.metadata.uid)
-    if #left == 0 then break end
-    require("vmsnap.task").sleep(0.1)
-  end
+  local left = left_after(r.metadata.uid, 15)
   t.eq(#left, 0, "no object of the failed restore remains: " .. table.concat(left, " "))
   t.eq(fp:stats().pending, 0, "the failed deletes were all answered so")
   fp:clear()

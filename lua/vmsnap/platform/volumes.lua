@@ -27,6 +27,7 @@ local task = require("vmsnap.task")
 local quantity = require("vmsnap.quantity")
 local vtime = require("vmsnap.time")
 local reconcile = require("vmsnap.reconcile")
+local csi = require("vmsnap.csi")
 
 local M = {}
 
@@ -292,16 +293,9 @@ local function drop_content(ctx, content)
     if not ok and code ~= "NotFound" then return nil, err, code end
     if content.status and content.status.snapshotHandle then fs.remove(content.status.snapshotHandle) end
   end
-  if vs then
-    local kept, had = json.array(), false
-    for _, f in ipairs(vs.metadata.finalizers or {}) do
-      if f == M.VS_FINALIZER then had = true else kept[#kept + 1] = f end
-    end
-    if had then
-      local ok, err, code = ctx.client:patch(VS, vs.metadata.name, { metadata = {
-        finalizers = #kept > 0 and kept or json.null, resourceVersion = vs.metadata.resourceVersion } },
-        { namespace = vs.metadata.namespace })
-      if not ok and code ~= "NotFound" then return nil, err, code end
+  for _, f in ipairs(vs and vs.metadata.finalizers or {}) do
+    if f == M.VS_FINALIZER then -- (its deletion goes on: deleting it again changes nothing)
+      return csi.delete_snapshot(ctx.client, vs.metadata.namespace, vs.metadata.name, M.VS_FINALIZER)
     end
   end
   return true
