@@ -174,6 +174,10 @@ local function mark(ctx, obj, values)
 end
 
 -- join the freeze a lease of this process (or of its dead predecessor) records
+-- VM key -> the `at` of the freeze this process made there and saw
+-- answered, or adopted (a lease of this process is joinable only for that freeze)
+local confirmed = {}
+
 local function join(ctx, obj, g, lease, budget)
   if lease.holder ~= guest.holder() then
     local ok, aerr, acode = g:adopt_lease()
@@ -181,6 +185,7 @@ local function join(ctx, obj, g, lease, budget)
   end
   local since = guest.lease_since(lease) or vtime.now()
   local at = tonumber(lease.at) or math.floor(since * 1000)
+  confirmed[vm_key(g.vm)] = at -- (an adopted lease: its freeze is trusted as its holder's was)
   local ok, merr, mcode = mark(ctx, obj, { [M.FROZEN_AT] = tostring(at) })
   if not ok then return nil, merr, mcode end
   local now = vtime.now()
@@ -405,7 +410,7 @@ end
 --- budget: wait for the thaw and freeze anew).
 ---@param ctx vmsnap.reconcile.Context
 function M.freeze_or_join(ctx, obj, vm)
-  local _ <close> = guest.lock(vm)
+  local _ <close> = guest.lock(vm, about(obj).by)
   local budget = M.budget(obj)
   local g, gerr, gcode = guest.for_vm(ctx.client, vm, { transport = "api" })
   if not g then return nil, gerr, gcode end
@@ -420,6 +425,18 @@ function M.freeze_or_join(ctx, obj, vm)
     end
     local now = vtime.now()
     return true, "held", { at = held, deadline = deadline, since = now, frozen = now }
+  end
+  local vk = vm_key(cur)
+  if lease and lease.holder == guest.holder() and confirmed[vk] ~= tonumber(lease.at) then
+    -- a lease of this process for a freeze it never saw answered (a lease
+    -- write or a freeze whose answer was lost, a cleanup that failed): no
+    -- snapshot may join it, as nothing says the guest is frozen under it.
+    -- Thawed to be sure and taken off; this snapshot freezes anew
+    flog:warn("a freeze lease of this process without a freeze it saw: taking it off", { vm = vk, at = lease.at })
+    local r, terr, tcode = g:thaw_retrying()
+    if r == nil then return nil, terr, tcode end
+    drop_lease(g)
+    lease = nil
   end
   if lease then
     local mine = lease.holder == guest.holder() or guest.holder_alive(lease.holder) == false
@@ -446,7 +463,14 @@ function M.freeze_or_join(ctx, obj, vm)
   local ok, lerr, lcode = g:take_lease(budget, { drivers = drivers })
   reserved[vm_key(cur)] = nil -- the lease holds the slot now
   if not ok then
-    M.slot_freed()
+    if lcode == "FROZEN_BY_OTHER" or lcode == "Conflict" then
+      M.slot_freed()
+    else
+      -- the write's answer may have been lost after the lease was written
+      -- (a cut connection): a lease of this process that nobody holds
+      -- would keep the VM from others until its deadline; take it off
+      drop_lease(g)
+    end
     return nil, lerr, lcode
   end
   local at = tonumber(guest.parse_lease(g.vm).at)
@@ -468,14 +492,17 @@ function M.freeze_or_join(ctx, obj, vm)
       return true, "foreign", { at = at, deadline = at / 1000 + budget, foreign = true, since = t_freeze,
         frozen = vtime.now() }
     end
-    -- an answer means the freeze did not happen (the agent undoes a freeze
-    -- that fails half-way); without one, it may have: thaw to be sure, and
-    -- try again when that thaw is lost too (no lease says the guest is
-    -- frozen any more; else only the unfreeze timeout would thaw it)
-    if type(fstatus) ~= "table" then g:thaw_retrying() end
+    -- the freeze may have happened all the same: the answer that came is
+    -- the last attempt's, and an earlier one may have reached the guest
+    -- before its answer was lost (a 5xx from a gateway says nothing of
+    -- that). Thaw to be sure, and try again when that thaw is lost too (no
+    -- lease says the guest is frozen any more; else only the unfreeze
+    -- timeout would thaw it)
+    g:thaw_retrying()
     mark(ctx, obj, { [M.FROZEN_AT] = json.null })
     return nil, ferr, fcode
   end
+  confirmed[vk] = at
   local f = { at = at, deadline = at / 1000 + budget, since = t_freeze, frozen = vtime.now() }
   local line = about(obj)
   line.vm, line.budget, line.call_ms = vm_key(vm), budget, math.floor((f.frozen - t_freeze) * 1000 + 0.5)
@@ -564,7 +591,7 @@ end
 ---@param opts? {force?: boolean, skip?: fun(obj: table): boolean, thaw?: boolean, freeze?: table}
 function M.leave(ctx, obj, vm, opts)
   opts = opts or {}
-  local _ <close> = vm and guest.lock(vm) or nil
+  local _ <close> = vm and guest.lock(vm, about(obj).by) or nil
   local at = M.frozen_at(obj)
   local thawed = false
   if vm and opts.thaw ~= false and (at or opts.force) and (opts.force or M.can_unfreeze(ctx, obj, vm, opts.skip)) then
@@ -610,7 +637,7 @@ function M.release_if_last(ctx, obj, vm)
   local lease = guest.parse_lease(vm)
   if not lease then return true end
   if lease.holder ~= guest.holder() and guest.holder_alive(lease.holder) ~= false then return true end
-  local _ <close> = guest.lock(vm)
+  local _ <close> = guest.lock(vm, about(obj).by)
   local left = M.holders(ctx, vm, function(s) return same(s, obj) end)
   if #left > 0 then return true end
   local g = guest.for_vm(ctx.client, vm, { transport = "api" })

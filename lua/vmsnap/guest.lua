@@ -119,20 +119,41 @@ function M.lease_joinable(lease, now, margin)
 end
 
 local locks = {}
+M.LOCK_WARN = 5 -- seconds: a longer wait for the lock is logged, with who holds it
 --- Serialize, within this process, the freeze decisions about one VM (who
---- freezes, who joins, who thaws last): returns a to-be-closed lock.
+--- freezes, who joins, who thaws last): returns a to-be-closed lock. `who`
+--- (a snapshot's "Kind ns/name") is named when another waits long for it.
 ---@param vm table
-function M.lock(vm)
+---@param who? string
+function M.lock(vm, who)
   local key = vm.metadata.namespace .. "/" .. vm.metadata.name
-  local ch = locks[key]
-  if not ch then
-    ch = task.channel(1)
-    ch:send(true)
-    locks[key] = ch
+  local l = locks[key]
+  if not l then
+    l = { ch = task.channel(1) }
+    l.ch:send(true)
+    locks[key] = l
   end
-  local v, err, code = ch:recv()
+  local v, err, code = l.ch:recv(0)
+  if v == nil then
+    -- (a watcher, so that the wait keeps its place in the line)
+    local since = task.now()
+    local warn = task.spawn(function()
+      task.sleep(M.LOCK_WARN)
+      glog:warn("waiting for the freeze lock", { vm = key, by = who, held_by = l.holder,
+        held_s = l.since and math.floor((task.now() - l.since) * 10 + 0.5) / 10, waited_s = M.LOCK_WARN })
+    end)
+    v, err, code = l.ch:recv()
+    task.cancel(warn)
+    if v and task.now() - since >= M.LOCK_WARN then
+      glog:info("took the freeze lock", { vm = key, by = who, waited_s = math.floor((task.now() - since) * 10 + 0.5) / 10 })
+    end
+  end
   if v == nil then error(("waiting for the freeze lock of %s: %s"):format(key, tostring(err)), code == "CANCELLED" and 0 or 2) end
-  return setmetatable({}, { __close = function() ch:send(true) end })
+  l.holder, l.since = who, task.now()
+  return setmetatable({}, { __close = function()
+    l.holder, l.since = nil, nil
+    l.ch:send(true)
+  end })
 end
 
 --- Is this lease over (its holder gone, or its deadline passed)?
@@ -359,12 +380,23 @@ end
 --- Remove the lease if this process holds it (with `any`, also when its
 --- holder is not known to be running).
 function Guest:drop_lease(any)
-  local vm = self:refresh_vm()
-  local cur = vm and parse_lease(vm)
-  if cur and (cur.holder == M.holder() or (any and M.holder_alive(cur.holder) ~= true)) then
-    local ok, err = patch_annotation(self, nil)
-    if not ok then glog:warn("cannot remove the freeze lease", { vm = self.name, error = err }) end
+  -- tried three times (a lease left behind keeps the VM from other
+  -- snapshots until its deadline, when the orphan sweep takes it)
+  local err
+  for attempt = 1, 3 do
+    local vm, gerr = self:refresh_vm()
+    local cur = vm and parse_lease(vm)
+    if vm and not (cur and (cur.holder == M.holder() or (any and M.holder_alive(cur.holder) ~= true))) then return end
+    if vm then
+      local ok, perr = patch_annotation(self, nil)
+      if ok then return end
+      err = perr
+    else
+      err = gerr
+    end
+    if attempt < 3 then task.sleep(0.2 * attempt) end
   end
+  glog:warn("cannot remove the freeze lease", { vm = self.name, error = err })
 end
 
 -- ------------------------------------------------------------ freeze guard

@@ -71,6 +71,7 @@ function M.apiserver(opts)
       argv[#argv + 1] = "--listen"
       argv[#argv + 1] = "127.0.0.1:" .. self.port
     end
+    if opts.log_file then argv = M.logging_to(opts.log_file, argv) end
     self.proc = assert(proc.spawn(argv, { stdout = "null", stderr = opts.stderr or "inherit", env = M.child_env(opts.env) }))
     for _ = 1, 1000 do
       local s = fs.read_file(self.kubeconfig)
@@ -289,14 +290,36 @@ function M.qga_env()
   return setmetatable(env, { __close = function(e) e:cleanup() end })
 end
 
+--- argv run with its stderr appended to `file` (the process keeps its PID:
+--- the shell execs it), for a spec that reads the log back (M.log_lines).
+function M.logging_to(file, argv)
+  local out = { "/bin/sh", "-c", 'f=$1; shift; exec "$@" 2>>"$f"', "sh", file }
+  for _, a in ipairs(argv) do out[#out + 1] = a end
+  return out
+end
+
+--- The last `n` lines of the log `file` that contain one of the plain
+--- strings `words`, joined by " / " (a failure message's evidence).
+function M.log_lines(file, words, n)
+  local hits = {}
+  for line in ((fs.read_file(file) or "") .. "\n"):gmatch("([^\n]*)\n") do
+    for _, w in ipairs(words) do
+      if line:find(w, 1, true) then hits[#hits + 1] = line break end
+    end
+  end
+  return table.concat(hits, " / ", math.max(1, #hits - n + 1))
+end
+
 --- `vmsnap controller` talking to srv through the fault proxy fp: returns
 --- the process and a to-be-closed guard that stops it (TERM, then KILL).
 ---   local ctl, _ <close> = h.controller_behind(srv, fp)
-function M.controller_behind(srv, fp)
+function M.controller_behind(srv, fp, opts)
+  opts = opts or {}
   local kc = srv.data .. "/kubeconfig-proxied"
   assert(fs.write_atomic(kc, (assert(fs.read_file(srv.kubeconfig)):gsub("server: %S+", "server: " .. fp.url))))
-  local ctl = assert(proc.spawn({ M.vmsnap, "controller", "--kubeconfig", kc }, { stdout = "null", stderr = "inherit",
-    env = M.child_env() }))
+  local argv = { M.vmsnap, "controller", "--kubeconfig", kc }
+  if opts.log_file then argv = M.logging_to(opts.log_file, argv) end
+  local ctl = assert(proc.spawn(argv, { stdout = "null", stderr = "inherit", env = M.child_env() }))
   return ctl, setmetatable({}, { __close = function()
     ctl:kill("TERM")
     if not ctl:wait(10) then ctl:kill("KILL") ctl:wait(5) end

@@ -119,6 +119,11 @@ function M.skip(name, why)
   io.stdout:write(("ok %d - %s # SKIP %s\n"):format(count, name, why))
 end
 
+--- How many tests failed so far (a spec that prints its evidence on failure).
+function M.failures()
+  return failed
+end
+
 function M.done()
   io.stdout:write(("1..%d\n%d passed, %d failed\n"):format(count, passed, failed))
   io.stdout:flush()

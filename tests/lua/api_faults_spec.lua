@@ -24,10 +24,16 @@ probe:cleanup()
 
 local G = "virtualization.deckhouse.io/v1alpha2"
 local cond = require("vmsnap.k8s.object").condition
-local srv <close> = h.platform({ args = { "--no-controllers" } })
+-- the two processes log to files: a late object's failure names what they
+-- said of it (a CI log keeps only its tail), and a failed run prints them whole
+-- (VMSNAP_FAULT_LOGS=DIR keeps them there)
+local logs <close> = assert(require("vmsnap.fs").tempdir("vmsnap-faultlogs"))
+local LOGDIR = os.getenv("VMSNAP_FAULT_LOGS") or logs.path
+local PLOG, CLOG = LOGDIR .. "/platform.log", LOGDIR .. "/controller.log"
+local srv <close> = h.platform({ args = { "--no-controllers" }, log_file = PLOG })
 local c = assert(k8s.client({ kubeconfig = srv.kubeconfig }))
 local fp <close> = h.faultproxy(srv.port)
-local ctl, _ <close> = h.controller_behind(srv, fp)
+local ctl, _ <close> = h.controller_behind(srv, fp, { log_file = CLOG })
 
 local function terminal(o) return o and o.status and (o.status.phase == "Ready" or o.status.phase == "Failed") and o end
 local function create(o) return assert(c:create(o)) end
@@ -157,10 +163,17 @@ local function scenario(mode, rules, seconds)
         json.encode(ch and ch.metadata.annotations or {}), events_of(cn))
     end
     local vmf = c:get("vm", "vm-f")
-    t.ok(false, ("%s %s terminal within 60 s after the faults: %s; events: %s; children: %s; vm-f annotations: %s"):format(p[1], p[2],
-      json.encode(o and o.status or "absent"), events_of(p[2]), table.concat(children, " || "),
-      json.encode(vmf and vmf.metadata.annotations or {})))
+    local vs = p[1] == "vdsnapshot" and c:get("volumesnapshot", p[2])
+    local words = { p[2] }
+    for _, cn in ipairs(o and o.status and o.status.virtualDiskSnapshotNames or {}) do words[#words + 1] = cn end
+    t.ok(false, ("%s %s terminal within 60 s after the faults (now %s): %s; events: %s; children: %s; vm-f annotations: %s;"
+      .. " its VolumeSnapshot: %s; the controller said: %s; of freezes: %s; the platform said: %s"):format(p[1], p[2],
+      os.date("!%H:%M:%S"), json.encode(o and o.status or "absent"), events_of(p[2]), table.concat(children, " || "),
+      json.encode(vmf and vmf.metadata.annotations or {}), json.encode(vs and vs.status or "absent"),
+      h.log_lines(CLOG, words, 12), h.log_lines(CLOG, { " freeze: " }, 6),
+      h.log_lines(PLOG, { p[2], "platform.freeze" }, 6)))
   end
+
   t.eq(#late, 0, "all 25 terminal")
   -- no VolumeSnapshot twice, none without its disk snapshot
   local vds_names = {}
@@ -209,8 +222,13 @@ local function scenario(mode, rules, seconds)
     end
   end
   -- the guest is thawed and no lease remains
-  local vm = assert(c:wait_for("vm", "vm-f", function(o) return o and not lease_of(o) and o end, { timeout = 15 }))
-  t.ok(vm, "no freeze lease on the VM")
+  local vm = c:wait_for("vm", "vm-f", function(o) return o and not lease_of(o) and o end, { timeout = 15 })
+  if not vm then
+    local now = c:get("vm", "vm-f")
+    error(("a freeze lease stays on the VM 15 s after all were terminal (now %s): %s; the controller said: %s; the platform said: %s")
+      :format(os.date("!%H:%M:%S"), tostring(now and lease_of(now)), h.log_lines(CLOG, { " freeze: ", " guest: " }, 12),
+        h.log_lines(PLOG, { "platform.freeze", "launcher" }, 6)))
+  end
   local a <close> = assert(require("vmsnap.qga").connect(vm.metadata.annotations["vmsnap.io/agent"], { timeout = 5 }))
   t.eq(a:fsfreeze_status(), "thawed", "the guest is not frozen")
   figures[#figures + 1] = ("%s: %d requests faulted of %d; all terminal %.1f s after the faults; disk snapshots %d Ready, %d Failed; restores %d Ready")
@@ -241,6 +259,48 @@ t.test("answers that are not the object asked for (a 200 with {}, a watch event,
     json.encode(hit and hit.status or {}))
   t.ok(c:get("vm", "vm-g-r-1"), "and made its VM")
   t.ok(ctl:running(), "the controller is alive")
+  fp:clear()
+end)
+
+t.test("the answer to the freeze is lost after the guest froze: the retried freeze stands, the snapshot is Ready and consistent, thawed at its cut", function()
+  local FREEZE = "PUT /apis/subresources.virtualization.deckhouse.io/v1alpha2/namespaces/default/virtualmachines/vm-f/freeze$"
+  fp:plan(FREEZE, "lost")
+  create({ apiVersion = G, kind = "VirtualDiskSnapshot", metadata = { name = "lost-freeze",
+    annotations = { ["vmsnap.io/freeze-budget"] = "20" } },
+    spec = { virtualDiskName = "root-f", volumeSnapshotClassName = "slow" } })
+  local o = c:wait_for("vdsnapshot", "lost-freeze", terminal, { timeout = 30 })
+  local ready_at = task.now()
+  t.eq(fp:stats().pending, 0, "the freeze's answer was lost")
+  t.eq(o and o.status.phase, "Ready", "Ready: " .. json.encode(o and o.status or {}))
+  t.eq(o and o.status.consistent, true, "and consistent")
+  -- thawed by its holder at the cut, not 20 s later by the unfreeze timeout
+  local vm = assert(c:wait_for("vm", "vm-f", function(x) return x and not lease_of(x) and x end, { timeout = 5 }))
+  local a <close> = assert(require("vmsnap.qga").connect(vm.metadata.annotations["vmsnap.io/agent"], { timeout = 5 }))
+  t.eq(a:fsfreeze_status(), "thawed", "the guest is thawed")
+  t.ok(task.now() - ready_at < 5, "at once")
+  t.eq(h.log_lines(PLOG, { "unfreezeTimeout passed" }, 1), "", "no thaw by the unfreeze timeout")
+  fp:clear()
+end)
+
+t.test("the answer to the freeze lease's write is lost: no snapshot joins that lease (nothing froze under it); a freeze of its own, Ready and consistent", function()
+  local LEASE = "PATCH /apis/" .. G .. "/namespaces/default/virtualmachines/vm-f$"
+  local function freezes_seen()
+    local n = 0
+    for _ in (require("vmsnap.fs").read_file(PLOG) or ""):gmatch("launcher%[%d+%][^\n]*: frozen") do n = n + 1 end
+    return n
+  end
+  local before = freezes_seen()
+  fp:plan(LEASE, "lost")
+  create({ apiVersion = G, kind = "VirtualDiskSnapshot", metadata = { name = "lost-lease",
+    annotations = { ["vmsnap.io/freeze-budget"] = "20" } },
+    spec = { virtualDiskName = "root-f", volumeSnapshotClassName = "slow" } })
+  local o = c:wait_for("vdsnapshot", "lost-lease", terminal, { timeout = 30 })
+  t.eq(fp:stats().pending, 0, "the lease write's answer was lost")
+  t.eq(o and o.status.phase, "Ready", "Ready: " .. json.encode(o and o.status or {}))
+  t.eq(o and o.status.consistent, true, "and consistent")
+  t.ok(freezes_seen() > before, "the guest was frozen for it (the launcher says so)")
+  local vm = c:wait_for("vm", "vm-f", function(x) return x and not lease_of(x) and x end, { timeout = 5 })
+  t.ok(vm, "no lease left")
   fp:clear()
 end)
 
@@ -282,4 +342,10 @@ t.test("a storm: 30% of the requests on every path faulted for 15 s (5xx, 429, c
     "slow:400", "cut:100", "cut:1500", "gone", "empty200", "junk200" }, 60) } }, 15)
 end)
 
+-- a failed run prints both logs whole (the failure's own message has the lines that name it)
+if t.failures() > 0 then
+  for _, f in ipairs({ CLOG, PLOG }) do
+    io.stderr:write("==== ", f, "\n", require("vmsnap.fs").read_file(f) or "", "\n")
+  end
+end
 t.done()

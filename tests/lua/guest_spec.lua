@@ -242,6 +242,33 @@ t.test("the API transport: freeze/unfreeze subresources; the server thaws after 
   _ = vm2
 end)
 
+t.test("a freeze asked again while frozen (its first answer lost) is 200 and starts the unfreeze timeout again", function()
+  local function freeze(timeout)
+    return c:subresource("vm", "vm-1", "freeze", { method = "PUT", group = guest.SUBRESOURCE_GROUP,
+      body = { unfreezeTimeout = timeout } })
+  end
+  assert(freeze("1s"))
+  t.eq(env:frozen(), true)
+  task.sleep(0.5)
+  local again, err, reason = freeze("2s")
+  t.ok(again, "the second freeze is answered 200: " .. tostring(err) .. " " .. tostring(reason))
+  -- past the first timeout: still frozen, the second one runs from its call
+  task.sleep(1.0)
+  t.eq(env:frozen(), true, "frozen past the first freeze's timeout")
+  local thawed
+  local t0 = task.now()
+  while task.now() - t0 < 3 do
+    if not env:frozen() then thawed = task.now() - t0 break end
+    task.sleep(0.05)
+  end
+  t.ok(thawed and thawed < 1.6, ("thawed by the second timeout, %.2f s after the check"):format(thawed or -1))
+  -- and an unfreeze ends it at once, as before
+  assert(freeze("5s"))
+  assert(freeze("5s"))
+  assert(c:subresource("vm", "vm-1", "unfreeze", { method = "PUT", group = guest.SUBRESOURCE_GROUP }))
+  t.eq(env:frozen(), false)
+end)
+
 t.test("vmsnap guest: ping, status, exec, freeze with a budget", function()
   local function run(args) return h.run_vmsnap(args, { timeout = 30 }) end
   t.eq(run({ "guest", "ping", env.socket }).stdout, "ok\n")

@@ -32,6 +32,8 @@
 **   close        close the connection without answering
 **   slow:MS      pass the request through after MS milliseconds
 **   cut:MS       pass it through, close the connection MS ms later (breaks a watch)
+**   lost         pass it through; when its answer comes, close the connection
+**                instead (the server did it, the client never hears)
 **   gone         answer a watch with one ERROR event (410 Expired), then end
 **   empty200     answer 200 with `{}`                 (none of these is the
 **   event200     answer 200 with a watch ERROR event   object asked for, and
@@ -80,6 +82,7 @@ typedef struct Conn {
 	int open_handles;
 	int closing;
 	int delayed; /* a slow: request is waiting on the timer */
+	int lose;    /* lost: the answer's first bytes close the connection */
 	char *delayed_req;
 	SSL *ssl; /* --upstream-tls: the upstream session (memory BIOs) */
 	BIO *rbio, *wbio;
@@ -196,12 +199,19 @@ static void up_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 		int k;
 		BIO_write(c->rbio, b->base, (int)n);
 		tls_pump(c);
-		while (!c->closing && (k = SSL_read(c->ssl, plain, sizeof plain)) > 0)
-			send_client(c, plain, (size_t)k);
+		while (!c->closing && (k = SSL_read(c->ssl, plain, sizeof plain)) > 0) {
+			if (c->lose)
+				conn_close(c); /* lost: the answer goes no further */
+			else
+				send_client(c, plain, (size_t)k);
+		}
 		if (!c->closing)
 			tls_flush(c); /* what the session answers (tickets, key updates) */
 	} else if (n > 0) {
-		send_client(c, b->base, (size_t)n);
+		if (c->lose)
+			conn_close(c);
+		else
+			send_client(c, b->base, (size_t)n);
 	}
 	free(b->base);
 	if (n < 0)
@@ -485,6 +495,9 @@ static int handle(Conn *c, const char *req, size_t n)
 		c->delayed_len = n;
 		c->delayed = 1;
 		uv_timer_start(&c->timer, slow_cb, (uint64_t)atol(a + 5), 0);
+	} else if (strcmp(a, "lost") == 0) {
+		c->lose = 1;
+		forward(c, req, n);
 	} else if (strncmp(a, "cut:", 4) == 0) {
 		forward(c, req, n);
 		uv_timer_start(&c->timer, cut_cb, (uint64_t)atol(a + 4), 0);

@@ -61,6 +61,7 @@ function M.register(S)
     if not ok then error(a, 0) end
     return a, b
   end
+  S.freeze_locked = locked
   local function thaw(target, k, call)
     local st = S.frozen[k]
     S.frozen[k] = nil
@@ -118,8 +119,14 @@ function M.do_freeze(S, call, thaw)
         local ok, err, class = a:call("vmsnap-unfreeze-timeout", { seconds = timeout })
         if ok == nil and class ~= "CommandNotFound" then return nil, err end
       end
-      if mps and #mps > 0 then return a:fsfreeze_freeze_list(mps) end
-      return a:fsfreeze_freeze()
+      local r, err
+      if mps and #mps > 0 then r, err = a:fsfreeze_freeze_list(mps) else r, err = a:fsfreeze_freeze() end
+      -- frozen already (a freeze asked again after its answer was lost on
+      -- the way, or a freeze nobody here made): as KubeVirt's launcher does,
+      -- the freeze stands and its unfreeze timeout starts again. (A freeze
+      -- that failed half-way was undone by the agent: thawed, an error.)
+      if r == nil and a:fsfreeze_status() == "frozen" then return "frozen already" end
+      return r, err
     end)
     local k = key(call)
     local st = { gen = (S.frozen[k] and S.frozen[k].gen or 0) + 1, call = { namespace = call.namespace, name = call.name } }
@@ -128,10 +135,13 @@ function M.do_freeze(S, call, thaw)
     if timeout > 0 then
       st.timer = task.spawn(function()
         task.sleep(timeout)
-        if S.frozen[k] == st then
+        -- under the VM's lock, as every freeze and thaw: a freeze in flight
+        -- (one asked again re-arms the timeout) is not thawed behind its back
+        pcall(S.freeze_locked, k, function()
+          if S.frozen[k] ~= st then return end
           plog:warn("unfreezeTimeout passed: thawing", { vm = k, timeout = timeout })
-          pcall(thaw, target, k)
-        end
+          thaw(target, k)
+        end)
       end)
     end
     return 200, nil

@@ -219,7 +219,12 @@ end
 function Controller:process(key)
   local t0 = task.now()
   local ok, res, err, code = xpcall(self.reconcile_key, debug.traceback, self, key)
-  self.m.time:observe({ self.name }, task.now() - t0)
+  local took = task.now() - t0
+  self.m.time:observe({ self.name }, took)
+  if took >= M.SLOW_PASS then
+    -- a pass this long holds a worker (waits inside a pass: locks, retries)
+    self.log:warn("a slow reconcile pass", { key = key, seconds = math.floor(took * 10 + 0.5) / 10 })
+  end
   if not ok then
     if not self.stopping and errors.code_of(res) ~= "CANCELLED" then
       self.log:error("reconcile raised", { key = key, error = tostring(res) })
@@ -266,6 +271,7 @@ function Controller:spawn_worker(i)
   end)
 end
 
+M.SLOW_PASS = 10     -- seconds: a pass that takes longer is logged
 M.CRASHES = 5        -- worker crashes ...
 M.CRASH_WINDOW = 60  -- ... within this many seconds make a controller give up
 
