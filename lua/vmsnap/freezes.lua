@@ -173,11 +173,11 @@ local function mark(ctx, obj, values)
   return true
 end
 
--- join the freeze a lease of this process (or of its dead predecessor) records
 -- VM key -> the `at` of the freeze this process made there and saw
 -- answered, or adopted (a lease of this process is joinable only for that freeze)
 local confirmed = {}
 
+-- join the freeze a lease of this process (or of its dead predecessor) records
 local function join(ctx, obj, g, lease, budget)
   if lease.holder ~= guest.holder() then
     local ok, aerr, acode = g:adopt_lease()
@@ -463,14 +463,10 @@ function M.freeze_or_join(ctx, obj, vm)
   local ok, lerr, lcode = g:take_lease(budget, { drivers = drivers })
   reserved[vm_key(cur)] = nil -- the lease holds the slot now
   if not ok then
-    if lcode == "FROZEN_BY_OTHER" or lcode == "Conflict" then
-      M.slot_freed()
-    else
-      -- the write's answer may have been lost after the lease was written
-      -- (a cut connection): a lease of this process that nobody holds
-      -- would keep the VM from others until its deadline; take it off
-      drop_lease(g)
-    end
+    -- the write's answer may have been lost after the lease was written (a
+    -- cut connection): a lease of this process that nobody holds would keep
+    -- the VM from others until its deadline; taken off (only if ours)
+    drop_lease(g)
     return nil, lerr, lcode
   end
   local at = tonumber(guest.parse_lease(g.vm).at)

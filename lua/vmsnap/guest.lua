@@ -136,7 +136,6 @@ function M.lock(vm, who)
   local v, err, code = l.ch:recv(0)
   if v == nil then
     -- (a watcher, so that the wait keeps its place in the line)
-    local since = task.now()
     local warn = task.spawn(function()
       task.sleep(M.LOCK_WARN)
       glog:warn("waiting for the freeze lock", { vm = key, by = who, held_by = l.holder,
@@ -144,9 +143,6 @@ function M.lock(vm, who)
     end)
     v, err, code = l.ch:recv()
     task.cancel(warn)
-    if v and task.now() - since >= M.LOCK_WARN then
-      glog:info("took the freeze lock", { vm = key, by = who, waited_s = math.floor((task.now() - since) * 10 + 0.5) / 10 })
-    end
   end
   if v == nil then error(("waiting for the freeze lock of %s: %s"):format(key, tostring(err)), code == "CANCELLED" and 0 or 2) end
   l.holder, l.since = who, task.now()

@@ -14,6 +14,7 @@ local k8s = require("vmsnap.k8s")
 local json = require("vmsnap.json")
 local task = require("vmsnap.task")
 local h = require("helpers")
+local fs = require("vmsnap.fs")
 
 local probe <close>, why = h.qga_env()
 if not probe then
@@ -27,7 +28,7 @@ local cond = require("vmsnap.k8s.object").condition
 -- the two processes log to files: a late object's failure names what they
 -- said of it (a CI log keeps only its tail), and a failed run prints them whole
 -- (VMSNAP_FAULT_LOGS=DIR keeps them there)
-local logs <close> = assert(require("vmsnap.fs").tempdir("vmsnap-faultlogs"))
+local logs <close> = assert(fs.tempdir("vmsnap-faultlogs"))
 local LOGDIR = os.getenv("VMSNAP_FAULT_LOGS") or logs.path
 local PLOG, CLOG = LOGDIR .. "/platform.log", LOGDIR .. "/controller.log"
 local srv <close> = h.platform({ args = { "--no-controllers" }, log_file = PLOG })
@@ -38,6 +39,13 @@ local ctl, _ <close> = h.controller_behind(srv, fp, { log_file = CLOG })
 local function terminal(o) return o and o.status and (o.status.phase == "Ready" or o.status.phase == "Failed") and o end
 local function create(o) return assert(c:create(o)) end
 local function lease_of(vm) return vm and (vm.metadata.annotations or {})["vmsnap.io/frozen-by"] end
+-- vm-f once no freeze lease is on it (nil after `secs`), and its guest's freeze status
+local function free_vm(secs)
+  local vm = c:wait_for("vm", "vm-f", function(o) return o and not lease_of(o) and o end, { timeout = secs })
+  if not vm then return nil end
+  local a <close> = assert(require("vmsnap.qga").connect(vm.metadata.annotations["vmsnap.io/agent"], { timeout = 5 }))
+  return vm, a:fsfreeze_status()
+end
 local function disk(name, size)
   create({ apiVersion = G, kind = "VirtualDisk", metadata = { name = name }, spec = { persistentVolumeClaim = { size = size or "16Mi" } } })
 end
@@ -222,15 +230,14 @@ local function scenario(mode, rules, seconds)
     end
   end
   -- the guest is thawed and no lease remains
-  local vm = c:wait_for("vm", "vm-f", function(o) return o and not lease_of(o) and o end, { timeout = 15 })
+  local vm, status = free_vm(15)
   if not vm then
     local now = c:get("vm", "vm-f")
     error(("a freeze lease stays on the VM 15 s after all were terminal (now %s): %s; the controller said: %s; the platform said: %s")
       :format(os.date("!%H:%M:%S"), tostring(now and lease_of(now)), h.log_lines(CLOG, { " freeze: ", " guest: " }, 12),
         h.log_lines(PLOG, { "platform.freeze", "launcher" }, 6)))
   end
-  local a <close> = assert(require("vmsnap.qga").connect(vm.metadata.annotations["vmsnap.io/agent"], { timeout = 5 }))
-  t.eq(a:fsfreeze_status(), "thawed", "the guest is not frozen")
+  t.eq(status, "thawed", "the guest is not frozen")
   figures[#figures + 1] = ("%s: %d requests faulted of %d; all terminal %.1f s after the faults; disk snapshots %d Ready, %d Failed; restores %d Ready")
     :format(mode, faulted.faulted, faulted.requests, took, ready, failed, restored)
   print("# " .. figures[#figures])
@@ -274,9 +281,9 @@ t.test("the answer to the freeze is lost after the guest froze: the retried free
   t.eq(o and o.status.phase, "Ready", "Ready: " .. json.encode(o and o.status or {}))
   t.eq(o and o.status.consistent, true, "and consistent")
   -- thawed by its holder at the cut, not 20 s later by the unfreeze timeout
-  local vm = assert(c:wait_for("vm", "vm-f", function(x) return x and not lease_of(x) and x end, { timeout = 5 }))
-  local a <close> = assert(require("vmsnap.qga").connect(vm.metadata.annotations["vmsnap.io/agent"], { timeout = 5 }))
-  t.eq(a:fsfreeze_status(), "thawed", "the guest is thawed")
+  local vm, status = free_vm(5)
+  assert(vm, "the lease went")
+  t.eq(status, "thawed", "the guest is thawed")
   t.ok(task.now() - ready_at < 5, "at once")
   t.eq(h.log_lines(PLOG, { "unfreezeTimeout passed" }, 1), "", "no thaw by the unfreeze timeout")
   fp:clear()
@@ -286,7 +293,7 @@ t.test("the answer to the freeze lease's write is lost: no snapshot joins that l
   local LEASE = "PATCH /apis/" .. G .. "/namespaces/default/virtualmachines/vm-f$"
   local function freezes_seen()
     local n = 0
-    for _ in (require("vmsnap.fs").read_file(PLOG) or ""):gmatch("launcher%[%d+%][^\n]*: frozen") do n = n + 1 end
+    for _ in (fs.read_file(PLOG) or ""):gmatch("launcher%[%d+%][^\n]*: frozen") do n = n + 1 end
     return n
   end
   local before = freezes_seen()
@@ -301,8 +308,7 @@ t.test("the answer to the freeze lease's write is lost: no snapshot joins that l
   t.eq(o and o.status.phase, "Ready", "Ready: " .. json.encode(o and o.status or {}))
   t.eq(o and o.status.consistent, true, "and consistent")
   t.ok(freezes_seen() > before, "the guest was frozen for it (the launcher says so)")
-  local vm = c:wait_for("vm", "vm-f", function(x) return x and not lease_of(x) and x end, { timeout = 5 })
-  t.ok(vm, "no lease left")
+  t.ok(free_vm(5), "no lease left")
   fp:clear()
 end)
 
@@ -347,7 +353,7 @@ end)
 -- a failed run prints both logs whole (the failure's own message has the lines that name it)
 if t.failures() > 0 then
   for _, f in ipairs({ CLOG, PLOG }) do
-    io.stderr:write("==== ", f, "\n", require("vmsnap.fs").read_file(f) or "", "\n")
+    io.stderr:write("==== ", f, "\n", fs.read_file(f) or "", "\n")
   end
 end
 t.done()

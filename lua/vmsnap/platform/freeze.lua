@@ -61,7 +61,6 @@ function M.register(S)
     if not ok then error(a, 0) end
     return a, b
   end
-  S.freeze_locked = locked
   local function thaw(target, k, call)
     local st = S.frozen[k]
     S.frozen[k] = nil
@@ -72,7 +71,7 @@ function M.register(S)
   end
   S:subresource("subresources.virtualization.deckhouse.io", "v1alpha2", "virtualmachines", "freeze", function(_, call)
     if call.method ~= "PUT" then api.fail(405, "MethodNotAllowed", "freeze takes PUT") end
-    return locked(key(call), function() return M.do_freeze(S, call, thaw) end)
+    return locked(key(call), function() return M.do_freeze(S, call, thaw, locked) end)
   end)
   S:subresource("subresources.virtualization.deckhouse.io", "v1alpha2", "virtualmachines", "unfreeze", function(_, call)
     if call.method ~= "PUT" then api.fail(405, "MethodNotAllowed", "unfreeze takes PUT") end
@@ -100,7 +99,7 @@ function M.forget_lease(S, call)
   if not ok then plog:warn("cannot remove the freeze lease", { vm = call.namespace .. "/" .. call.name, error = tostring(err) }) end
 end
 
-function M.do_freeze(S, call, thaw)
+function M.do_freeze(S, call, thaw, locked)
   local key = M.key
   do
     local target, mps = agent_for(call.object)
@@ -137,7 +136,7 @@ function M.do_freeze(S, call, thaw)
         task.sleep(timeout)
         -- under the VM's lock, as every freeze and thaw: a freeze in flight
         -- (one asked again re-arms the timeout) is not thawed behind its back
-        pcall(S.freeze_locked, k, function()
+        pcall(locked, k, function()
           if S.frozen[k] ~= st then return end
           plog:warn("unfreezeTimeout passed: thawing", { vm = k, timeout = timeout })
           thaw(target, k)
