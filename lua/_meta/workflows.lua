@@ -106,6 +106,7 @@ Context.memo = {}
 ---@field THAW_AT string
 ---@field BUDGET string
 ---@field CUT string
+---@field BY_PARENT string
 ---@field vm_frozen fun(vm: table?): boolean
 ---@field budget fun(obj: table): number
 ---@field thaw_at_ready fun(obj: table): boolean

@@ -59,7 +59,11 @@ M.FREEZE_HELD = "vmsnap.io/freeze-held"         -- FROZEN_AT's value once left: 
 M.THAW_AT = "vmsnap.io/thaw-at"                 -- "Cut" (default) or "Ready"
 M.BUDGET = "vmsnap.io/freeze-budget"            -- seconds (default 30)
 M.CUT = "vmsnap.io/cut"                         -- a VM snapshot's verdict on its child's cut:
-                                                -- "consistent" or "inconsistent"
+                                                -- "consistent", "inconsistent", or "none"
+                                                -- (it ended before it issued the child's VolumeSnapshot)
+M.BY_PARENT = "vmsnap.io/issued-by-parent"      -- "true" on a VM snapshot's child: the VM snapshot
+                                                -- issues its VolumeSnapshot (marked FROZEN_AT: the
+                                                -- freeze it was issued under) and judges its cut
 
 local VDS = "virtualdisksnapshots.virtualization.deckhouse.io"
 local VMS = "virtualmachinesnapshots.virtualization.deckhouse.io"

@@ -53,6 +53,7 @@ W.events = { failed = "VirtualDiskSnapshottingFailed",
 local VD = "virtualdisks.virtualization.deckhouse.io"
 local VM = "virtualmachines.virtualization.deckhouse.io"
 local VS = "volumesnapshots.snapshot.storage.k8s.io"
+local VMS = "virtualmachinesnapshots.virtualization.deckhouse.io"
 local COND_VD = "VirtualDiskReady"
 
 -- Messages in the reference's wording, kept verbatim (typos included).
@@ -67,14 +68,30 @@ W.MSG = {
   VS_ERROR = "VolumeSnapshot %q has an error: %s.",
   LOST = "The underlying volume snapshot %q is not ready to use.",
   FREEZE_FAILED = "Failed to freeze virtual machine %s/%s: %s",
+  -- vmsnap's own (a VM snapshot's child whose VolumeSnapshot the VM snapshot issues)
+  WAITING_PARENT = "Waiting for the virtual machine snapshot %q to issue the volume snapshot of the virtual disk %q.",
+  PARENT_ENDED = "The virtual machine snapshot %q ended before it issued the volume snapshot of the virtual disk %q",
+  PARENT_GONE = "The virtual machine snapshot %q is gone before it issued the volume snapshot of the virtual disk %q",
 }
 local MSG = W.MSG
 
--- a child of a VM snapshot: its parent freezes, issues its VolumeSnapshot,
--- judges its cut and thaws
-local function vm_snapshot_child(vds)
-  return object.owner(vds, "VirtualMachineSnapshot") ~= nil and freezes.frozen_at(vds) ~= nil
-    or object.annotation(vds, freezes.CUT) ~= nil
+-- a child of a VM snapshot whose VolumeSnapshot the VM snapshot issues
+-- (freezes.BY_PARENT): the child neither freezes nor issues
+local function by_parent(vds)
+  return object.annotation(vds, freezes.BY_PARENT) == "true" and object.owner(vds, "VirtualMachineSnapshot") ~= nil
+end
+
+-- the freeze a VM snapshot's child's cut was taken under: its VolumeSnapshot
+-- says it (or the child itself: one made by an earlier vmsnap), when its
+-- parent froze, issued it, judges its cut and thaws
+local function parent_freeze(vds, vs)
+  if object.owner(vds, "VirtualMachineSnapshot") == nil then return nil end
+  return freezes.frozen_at(vds) or (vs and freezes.frozen_at(vs))
+end
+
+-- does the VM snapshot judge this child's cut?
+local function parent_judges(vds, vs)
+  return parent_freeze(vds, vs) ~= nil or object.annotation(vds, freezes.CUT) ~= nil
 end
 
 -- ------------------------------------------------------------ every pass
@@ -150,7 +167,7 @@ function W.needs_freeze(ctx, vds, facts)
   -- — a VM snapshot's child carries its parent's —, was cut or is being cut
   -- without one: a freeze now would prove nothing about it)
   return vm ~= nil and (vm.status and vm.status.phase) ~= "Stopped" and ctx.memo.issued == nil
-    and (facts.vs == nil or freezes.frozen_at(vds) ~= nil)
+    and (facts.vs == nil or freezes.frozen_at(vds) ~= nil) and not by_parent(vds)
 end
 
 --- Freeze the guest, or join the freeze it is under (Decision 8).
@@ -175,16 +192,17 @@ end
 
 --- The freeze's undo: leave it (the last holder out thaws; the budget forces it).
 function W.leave(ctx, vds, outcome, facts)
-  return freezes.leave(ctx, vds, facts.vm, { force = outcome == "Budget", thaw = not vm_snapshot_child(vds),
+  return freezes.leave(ctx, vds, facts.vm, { force = outcome == "Budget", thaw = not parent_judges(vds, facts.vs),
     freeze = ctx.memo.freeze })
 end
 
 --- b.3.2 step 7c: the VolumeSnapshot of `vds` for the disk in `facts`,
 --- with the class `class` (the VM snapshot issues its children's with this
---- too). Returns it, or nil, message, code.
-function W.issue_volume_snapshot(client, vds, facts, class)
+--- too, `frozen_at` the freeze it holds). Returns it, or nil, message, code.
+function W.issue_volume_snapshot(client, vds, facts, class, frozen_at)
   local vd, pvc = facts.vd, facts.pvc
   local ann = { accessModes = table.concat(pvc and pvc.status and pvc.status.accessModes or {}, ",") }
+  if frozen_at then ann[freezes.FROZEN_AT] = tostring(frozen_at) end
   if pvc and (pvc.spec.storageClassName or "") ~= "" then ann.storageClass = pvc.spec.storageClassName end
   if pvc and pvc.spec.volumeMode then ann.volumeMode = pvc.spec.volumeMode end
   return csi.create_snapshot(client, { namespace = vds.metadata.namespace, name = vds.metadata.name,
@@ -192,9 +210,11 @@ function W.issue_volume_snapshot(client, vds, facts, class)
     finalizers = { W.VS_FINALIZER } })
 end
 
---- Issue the VolumeSnapshot (right after the freeze: Decision 3).
+--- Issue the VolumeSnapshot (right after the freeze: Decision 3); a VM
+--- snapshot's child waits for the one its parent issues.
 function W.volume_snapshot(ctx, vds, facts)
   local vs = facts.vs
+  if not vs and by_parent(vds) then return W.wait_for_parent(ctx, vds) end
   if not vs then
     local err, code
     vs, err, code = W.issue_volume_snapshot(ctx.client, vds, facts, ctx.memo.class or vds.spec.volumeSnapshotClassName)
@@ -210,6 +230,21 @@ function W.volume_snapshot(ctx, vds, facts)
   -- on to the cut in this pass: its wait (or the cut itself) is the status
   -- this pass writes, the VolumeSnapshot's name with it (Decision 15)
   return true
+end
+
+--- A child whose VolumeSnapshot its VM snapshot issues, before it is
+--- issued: it waits, or fails when the VM snapshot ended without it (the
+--- verdict "none") or is gone.
+function W.wait_for_parent(ctx, vds)
+  local parent = object.owner(vds, "VirtualMachineSnapshot")
+  local disk = vds.spec.virtualDiskName
+  if object.annotation(vds, freezes.CUT) ~= nil then
+    return nil, MSG.PARENT_ENDED:format(parent, disk), "ParentFailed"
+  end
+  if not ctx:fetch(VMS, vds.metadata.namespace, parent) then
+    return nil, MSG.PARENT_GONE:format(parent, disk), "ParentFailed"
+  end
+  return steps.wait("Snapshotting", MSG.WAITING_PARENT:format(parent, disk))
 end
 
 local function vs_failed(vds, state)
@@ -233,14 +268,14 @@ function W.cut(ctx, vds, facts)
   local state = csi.state(vs)
   if state.error then return vs_failed(vds, state) end
   local waiting = steps.wait("Snapshotting", MSG.WAITING_READY:format(vds.metadata.name))
-  if vm_snapshot_child(vds) then
+  if parent_judges(vds, vs) then
     -- the VM snapshot judged the cut when it thawed
     local verdict = object.annotation(vds, freezes.CUT)
     if verdict == nil then
       -- it thaws by the freeze's deadline at the latest: a verdict that has
       -- not come W.VERDICT_GRACE seconds after it will not come
       local f = ctx.memo.freeze
-      local at = freezes.frozen_at(vds)
+      local at = parent_freeze(vds, vs)
       local deadline = f and f.deadline or (at and at / 1000 + freezes.budget(vds))
       if not deadline then return waiting end
       local late = vtime.now() - (deadline + W.VERDICT_GRACE)

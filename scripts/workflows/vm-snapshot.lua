@@ -3,13 +3,13 @@
 -- Behaviour: docs/behaviour.md b.4 (the snapshot Secret of b.4.3), with
 -- vmsnap's Decisions: transient errors are retried (1); a cleanup
 -- finalizer, and Failed and deletion thaw a guest this snapshot froze (2);
--- one freeze for the whole VM, every disk's VolumeSnapshot issued right
--- after it, the thaw as soon as all are cut (or at Ready with
--- `vmsnap.io/thaw-at: Ready`) (3); a freeze budget (4, `vmsnap.io/freeze-budget`);
--- classes resolved when spec.volumeSnapshotClasses is empty (5); the
--- consistency claim proved at the cut (8); every gate a file, run before
--- the guest is touched, and the children proved acceptable to the server by
--- a dry run first (9).
+-- the children created before the freeze, one freeze for the whole VM,
+-- every disk's VolumeSnapshot issued right after it, the thaw as soon as all
+-- are cut (or at Ready with `vmsnap.io/thaw-at: Ready`) (3); a freeze budget
+-- (4, `vmsnap.io/freeze-budget`); classes resolved when
+-- spec.volumeSnapshotClasses is empty (5); the consistency claim proved at
+-- the cut (8); every gate a file, run before the guest is touched, and the
+-- children accepted by the server before it is touched too (9).
 --
 -- Hooks (docs/hooks.md): pre_snapshot when it starts (its partner
 -- post_snapshot at the end, whatever the outcome; snapshot_failed on
@@ -219,7 +219,7 @@ W.DISK_METADATA = secret_format.DISK_METADATA
 
 --- The child VirtualDiskSnapshot of one disk, as it is created. The class is
 --- in spec.volumeSnapshotClassName, or — on a server whose schema lacks it
---- (ctx.memo.no_class_field, learnt by the dry run) — in an annotation: a
+--- (ctx.memo.no_class_field, learnt by the first create) — in an annotation: a
 --- field the served schema lacks is never sent.
 ---
 --- Each child records the disk's own labels and annotations of the moment
@@ -273,9 +273,17 @@ local function failed_hooks(ctx, vms, vm)
   end
 end
 
---- The start's undo, when the snapshot ends: snapshot_failed (on failure),
---- then post_snapshot.
+--- The start's undo, when the snapshot ends: the children it was to issue
+--- a VolumeSnapshot for and did not are told so (the verdict "none": they
+--- fail), snapshot_failed (on failure), then post_snapshot.
 function W.finish_hooks(ctx, vms, outcome, facts)
+  for _, child in ipairs(facts.children or {}) do
+    if child and object.annotation(child, freezes.BY_PARENT) and object.annotation(child, freezes.CUT) == nil
+        and object.owned_by(child, vms) and not ctx:fetch(VS, child.metadata.namespace, child.metadata.name) then
+      local ok, err, code = W.verdict(ctx, child, "none")
+      if not ok then return nil, err, code end
+    end
+  end
   if outcome == "Failed" then failed_hooks(ctx, vms, facts.vm) end
   return unwind_hooks(ctx, vms, facts.vm, "post_snapshot", outcome)
 end
@@ -303,27 +311,6 @@ function W.store(ctx, vms, facts)
     return nil, MSG.SECRET_FAILED:format(cerr), ccode
   end
   vms.status.virtualMachineSnapshotSecretName = res.metadata.name
-  return true
-end
-
---- Decision 9: every child this snapshot will create, as a server-side dry
---- run, before the guest is touched.
-function W.prove(ctx, vms, facts)
-  for _, d in ipairs(facts.disks) do
-    local child = W.child_of(ctx, vms, d, nil)
-    local res, err, code = ctx.client:create(child, { dry_run = true })
-    if not res and not ctx.memo.no_class_field and child.spec.volumeSnapshotClassName
-        and tostring(err):find('unknown field "spec.volumeSnapshotClassName"', 1, true) then
-      -- the served schema has no such field (the upstream CRD): the class goes
-      -- in an annotation, and the dry run is made again
-      ctx.memo.no_class_field = true
-      child = W.child_of(ctx, vms, d, nil)
-      res, err, code = ctx.client:create(child, { dry_run = true })
-    end
-    if not res and code ~= "AlreadyExists" then
-      return nil, ("the virtual disk snapshot %q would be refused: %s"):format(child.metadata.name, tostring(err)), code
-    end
-  end
   return true
 end
 
@@ -363,13 +350,29 @@ function W.freeze(ctx, vms, facts)
   return run_hooks(ctx, vms, vm, "post_freeze")
 end
 
--- the children that carry this snapshot's freeze
-local function marked_children(vms, facts)
+-- the children owed a verdict on their cut: those whose VolumeSnapshot was
+-- issued under a freeze of this snapshot (or that carry one: a child made by
+-- an earlier vmsnap), each with its VolumeSnapshot's state and freeze
+local function judged_children(ctx, vms, facts)
   local out = {}
   for _, child in ipairs(facts.children) do
-    if child and freezes.frozen_at(child) and object.owned_by(child, vms) then out[#out + 1] = child end
+    if child and object.owned_by(child, vms) and object.annotation(child, freezes.CUT) == nil then
+      local vs = ctx:fetch(VS, child.metadata.namespace, child.metadata.name)
+      local at = freezes.frozen_at(child) or (vs and freezes.frozen_at(vs))
+      if at then out[#out + 1] = { child = child, at = at, state = csi.state(vs) } end
+    end
   end
   return out
+end
+
+--- Tell a child what became of its cut (freezes.CUT): "consistent",
+--- "inconsistent", or "none" (this snapshot ended before it issued the
+--- child's VolumeSnapshot). A child gone needs no verdict.
+function W.verdict(ctx, child, verdict)
+  local _, err, code = ctx.client:patch(VDS, child.metadata.name,
+    { metadata = { annotations = { [freezes.CUT] = verdict } } }, { namespace = child.metadata.namespace })
+  if err and code ~= "NotFound" then return nil, err, code end
+  return true
 end
 
 --- The freeze's undo: leave it (the thaw, unless another holder needs it;
@@ -377,58 +380,119 @@ end
 --- then the post_thaw hooks owed.
 function W.thaw(ctx, vms, outcome, facts)
   local vm = facts.vm
-  local children = marked_children(vms, facts)
+  local children = judged_children(ctx, vms, facts)
   local left_frozen = freezes.frozen_at(vms) ~= nil
   -- each child's verdict, before the thaw: its cut is seen, under this freeze
-  local held = vm and freezes.still_held(vms, freezes.current(ctx, vm), ctx.memo.freeze)
+  local freeze = ctx.memo.freeze
+  local held = vm and freezes.still_held(vms, freezes.current(ctx, vm), freeze)
   local verdicts = {}
-  for i, child in ipairs(children) do
-    local st = csi.state(ctx:fetch(VS, child.metadata.namespace, child.metadata.name))
+  for i, e in ipairs(children) do
+    local st = e.state
     local cut = freezes.thaw_at_ready(vms) and st.ready or (not freezes.thaw_at_ready(vms) and st.cut)
-    verdicts[i] = (held and cut and not st.error) and "consistent" or "inconsistent"
+    local this = freeze and tonumber(freeze.at) == e.at
+    verdicts[i] = (held and this and cut and not st.error) and "consistent" or "inconsistent"
   end
   local ok, err, code = freezes.leave(ctx, vms, vm, { force = outcome == "Budget",
     skip = function(s) return object.owned_by(s, vms) end, freeze = ctx.memo.freeze })
   if not ok then return nil, err, code end
   if left_frozen and vm then ctx:event("Normal", "VirtualMachineSnapshottingThawed", MSG.THAWED:format(vm.metadata.name)) end
-  for i, child in ipairs(children) do
-    if object.annotation(child, freezes.CUT) == nil then
-      local _, err, code = ctx.client:patch(VDS, child.metadata.name,
-        { metadata = { annotations = { [freezes.CUT] = verdicts[i] } } }, { namespace = child.metadata.namespace })
-      if err and code ~= "NotFound" then return nil, err, code end
-    end
+  for i, e in ipairs(children) do
+    local ok, err, code = W.verdict(ctx, e.child, verdicts[i])
+    if not ok then return nil, err, code end
   end
   return unwind_hooks(ctx, vms, vm, "post_thaw", outcome)
 end
 
---- b.4.2 steps 14-15 with Decision 3: every child, and — under the freeze —
---- every child's VolumeSnapshot, issued at once (one task per disk).
+--- b.4.2 step 14, before the freeze (Decisions 3, 9): every child, created
+--- while the guest still runs (the server accepting them is proved before the
+--- guest is touched, and their own controllers' first passes are done by the
+--- time the freeze answers). When this snapshot will freeze, each child is
+--- marked freezes.BY_PARENT: this snapshot issues its VolumeSnapshot under
+--- the freeze and judges its cut; the child itself neither freezes nor issues.
 function W.children(ctx, vms, facts)
   local names = json.array()
   for i, d in ipairs(facts.disks) do names[i] = W.child_name(vms, d.name) end
   vms.status.virtualDiskSnapshotNames = names
-  local freeze = ctx.memo.freeze
   local marks = { [freezes.BUDGET] = tostring(freezes.budget(vms)),
     [freezes.THAW_AT] = freezes.thaw_at_ready(vms) and "Ready" or nil,
-    [freezes.FROZEN_AT] = freeze and tostring(freeze.at) or nil }
-  local disk_wf = freeze and assert(workflow.load("disk-snapshot"))
+    [freezes.BY_PARENT] = W.needs_freeze(ctx, vms, facts) and "true" or nil }
   local failure, tasks = nil, {}
   for i, d in ipairs(facts.disks) do
-    tasks[i] = task.spawn(function()
-      local child = facts.children[i] or W.child_of(ctx, vms, d, marks)
-      if not facts.children[i] then
+    if not facts.children[i] then
+      tasks[#tasks + 1] = task.spawn(function()
+        local child = W.child_of(ctx, vms, d, marks)
         local res, err, code = ctx.client:create(child)
-        if not res and code == "AlreadyExists" then res, err, code = ctx.client:get(VDS, child.metadata.name,
-          { namespace = child.metadata.namespace }) end
-        if not res then failure = failure or { err, code } return end
+        if not res and not ctx.memo.no_class_field and child.spec.volumeSnapshotClassName
+            and tostring(err):find('unknown field "spec.volumeSnapshotClassName"', 1, true) then
+          -- the served schema has no such field (the upstream CRD): the class
+          -- goes in an annotation, and the create is made again
+          ctx.memo.no_class_field = true
+          child = W.child_of(ctx, vms, d, marks)
+          res, err, code = ctx.client:create(child)
+        end
+        if not res and code == "AlreadyExists" then
+          -- ours, from a pass that was not recorded?
+          res, err, code = ctx.client:get(VDS, child.metadata.name, { namespace = child.metadata.namespace })
+          if res and not object.owned_by(res, vms) then
+            res, err, code = nil, ("the virtual disk snapshot %q exists and is not this snapshot's"):format(
+              child.metadata.name), "AlreadyExists"
+          end
+        end
+        if not res then
+          failure = failure or { ("create the virtual disk snapshot %q: %s"):format(child.metadata.name, tostring(err)), code }
+          return
+        end
         facts.children[i] = res
-        child = res
+      end)
+    end
+  end
+  task.wait_all(tasks)
+  if failure then return nil, failure[1], failure[2] end
+  return true
+end
+
+-- the children whose VolumeSnapshot this snapshot issues
+-- (each with its disk, by name: the VM's disks may have changed since the
+-- children were made)
+local function by_parent(vms, facts)
+  local disks, out = {}, {}
+  for _, d in ipairs(facts.disks) do disks[d.name] = d end
+  for _, child in ipairs(facts.children) do
+    if child and object.annotation(child, freezes.BY_PARENT) and object.owned_by(child, vms) then
+      out[#out + 1] = { child = child, disk = disks[child.spec.virtualDiskName] }
+    end
+  end
+  return out
+end
+
+--- Decision 3: under the freeze, every child's VolumeSnapshot at once (one
+--- task per disk), each marked with the freeze it was issued under. A
+--- snapshot that did not freeze after all (its VM stopped meanwhile) gives
+--- its children back their own VolumeSnapshots: the mark goes.
+function W.issue(ctx, vms, facts)
+  local freeze = ctx.memo.freeze
+  local disk_wf = assert(workflow.load("disk-snapshot"))
+  local failure, tasks = nil, {}
+  for _, e in ipairs(by_parent(vms, facts)) do
+    local child, d = e.child, e.disk
+    -- (no look-up first: a VolumeSnapshot issued by an earlier pass is
+    -- AlreadyExists, and kept; its mark says the freeze it was issued under)
+    tasks[#tasks + 1] = task.spawn(function()
+      local res, err, code
+      if freeze and not (d and d.vd and d.pvc_name ~= "") then
+        err, code = ("the virtual disk %q is not a ready block device of the virtual machine %q any more"):format(
+          child.spec.virtualDiskName, vms.spec.virtualMachineName), "NotFound"
+      elseif freeze then
+        res, err, code = disk_wf.issue_volume_snapshot(ctx.client, child, { vd = d.vd, pvc = d.pvc },
+          child.spec.volumeSnapshotClassName or ctx.memo.classes[child.spec.virtualDiskName], freeze.at)
+      elseif not ctx:fetch(VS, child.metadata.namespace, child.metadata.name) then
+        res, err, code = ctx.client:patch(VDS, child.metadata.name,
+          { metadata = { annotations = { [freezes.BY_PARENT] = json.null } } }, { namespace = child.metadata.namespace })
+        if not res and code == "NotFound" then res = true end
+      else
+        res = true
       end
-      if disk_wf and not ctx:fetch(VS, child.metadata.namespace, child.metadata.name) then
-        local vs, err, code = disk_wf.issue_volume_snapshot(ctx.client, child, { vd = d.vd, pvc = d.pvc },
-          child.spec.volumeSnapshotClassName or ctx.memo.classes[d.name])
-        if not vs then failure = failure or { err, code } end
-      end
+      if not res then failure = failure or { err, code } end
     end)
   end
   task.wait_all(tasks)
@@ -579,10 +643,10 @@ W.steps = steps.list({
   { name = "start", phase = "Pending", run = W.start, undo = W.finish_hooks,
     doc = "pre_snapshot hooks; InProgress (undo: snapshot_failed, post_snapshot)" },
   { name = "store", run = W.store, doc = "the Secret with the VM's definition" },
-  { name = "prove", run = W.prove, doc = "a server-side dry run of every child" },
+  { name = "children", run = W.children, doc = "every child, before the guest is touched" },
   { name = "freeze", when = W.needs_freeze, run = W.freeze, undo = W.thaw, hold = true,
     doc = "pre_freeze hooks, one freeze for the VM, post_freeze hooks (undo: thaw, post_thaw)" },
-  { name = "children", run = W.children, doc = "every child and its VolumeSnapshot, at once" },
+  { name = "issue", run = W.issue, doc = "every child's VolumeSnapshot under the freeze, at once" },
   { name = "cut", when = function(ctx) return ctx.memo.freeze ~= nil and steps.owed(ctx, "freeze") end, run = W.cut,
     doc = "wait for every cut (or Ready) or the budget; judge the cut" },
   { name = "thaw", run = W.thaw_at_cut, doc = "leave the freeze: the last holder thaws" },

@@ -44,7 +44,7 @@ t.test("vmsnap workflow show prints the order of operations with the extension's
   t.eq(r.status, 0, r.stderr)
   local order = {}
   for name in r.stdout:gmatch("\n%s+%d+%. (%S+)") do order[#order + 1] = name end
-  t.eq(table.concat(order, " "), "gates start store prove freeze verify-frozen children cut thaw disks finish")
+  t.eq(table.concat(order, " "), "gates start store children freeze verify-frozen issue cut thaw disks finish")
   t.contains(r.stdout, "extended by " .. EXAMPLES .. "/workflows/vm-snapshot.d/20-verify-frozen.lua")
   local gates = r.stdout:match("gates %(.-%):\n(.*)$")
   t.ok(gates and gates:match("^%s+5%s+no%-backup%-skip"), "the example gate runs first: " .. tostring(gates))
@@ -80,7 +80,7 @@ t.test("the step inserted after the freeze runs inside the freeze window and the
   t.eq(ev.FreezeVerified, 1, "the guest agent said frozen, inside the freeze")
   t.eq(ev.VirtualMachineSnapshottingFrozen, 1)
   local rec = json.decode(s.metadata.annotations["vmsnap.io/steps"])
-  t.contains(table.concat(rec.done, " "), "freeze verify-frozen children")
+  t.contains(table.concat(rec.done, " "), "freeze verify-frozen issue")
 end)
 
 t.done()

@@ -136,7 +136,7 @@ t.test("Decision 9: a VM snapshot whose children the server refuses (a VirtualDi
   stop()
   t.eq(s.status.phase, "Failed")
   local msg = cond(s, "VirtualMachineSnapshotReady").message
-  t.contains(msg, "would be refused")
+  t.contains(msg, "Create the virtual disk snapshot")
   t.contains(msg, "spec.origin: Required value")
   t.eq(events("vms-refused").VirtualMachineSnapshottingFrozen, nil, "never frozen")
   for _, e in ipairs(hist) do t.eq(e.lease, nil, "no freeze lease at any time") end

@@ -78,6 +78,19 @@ return function(W)
 end
 ]])
 
+write("workflows/vm-snapshot.d/20-no-freeze.lua", [[
+-- (a test's extension) a snapshot named nofreeze-*: its VM is freezable when
+-- its children are made and not by the freeze step (as a VM stopped between)
+return function(W)
+  local step = W.steps:find("freeze")
+  local when = step.when
+  step.when = function(ctx, vms, facts)
+    if vms.metadata.name:find("^nofreeze") then return false end
+    return when(ctx, vms, facts)
+  end
+end
+]])
+
 local srv <close> = h.platform({ env = { VMSNAP_SCRIPTS_PATH = S } })
 local c = assert(k8s.client({ kubeconfig = srv.kubeconfig }))
 local G = "virtualization.deckhouse.io/v1alpha2"
@@ -159,6 +172,18 @@ t.test("a failing pre hook aborts; the partners of the hooks that started still 
   t.eq(fs.read_file(O .. "/probe.log"), "pre\npost\n")
   t.eq(events("h2").VirtualMachineSnapshottingFrozen, nil, "never frozen")
   t.ok(thawed(), "the guest is thawed, no lease")
+  -- its children were made before the freeze, for it to issue their
+  -- VolumeSnapshots: told that it ended without them, they fail, and issue none
+  t.ok(#s.status.virtualDiskSnapshotNames > 0, "children named")
+  for _, n in ipairs(s.status.virtualDiskSnapshotNames) do
+    local child = assert(c:wait_for("vdsnapshot", n, function(o) return o and o.status and o.status.phase == "Failed" and o end,
+      { timeout = 10 }))
+    t.eq(child.metadata.annotations["vmsnap.io/cut"], "none")
+    t.eq(cond(child, "VirtualDiskSnapshotReady").message,
+      ('The virtual machine snapshot "h2" ended before it issued the volume snapshot of the virtual disk "%s"'):format(
+        child.spec.virtualDiskName))
+    t.eq(c:get("volumesnapshot", n), nil, n .. ": no VolumeSnapshot")
+  end
 end)
 
 t.test("hooks over their timeout are stopped (a busy loop, a guest command); the guest is thawed", function()
@@ -237,6 +262,29 @@ t.test("the MySQL example on a real MariaDB: FLUSH TABLES WITH READ LOCK held ac
   w = db:sql("SET SESSION lock_wait_timeout = 1; INSERT INTO app.t VALUES (3)")
   t.eq(w.status, 0, w.stderr)
   t.ok(thawed(), "thawed, no lease")
+end)
+
+t.test("a VM snapshot that does not freeze after all takes its children's mark off: each issues its own VolumeSnapshot, none claims a consistency it lacks", function()
+  use_hooks({})
+  local s = snapshot("nofreeze-1", { requiredConsistency = false })
+  t.eq(s.status.phase, "Ready", json.encode(s.status))
+  t.eq(events("nofreeze-1").VirtualMachineSnapshottingFrozen, nil, "the VM snapshot never froze")
+  t.eq(#s.status.virtualDiskSnapshotNames, 1)
+  local n = s.status.virtualDiskSnapshotNames[1]
+  local child = assert(c:get("vdsnapshot", n))
+  local ann = child.metadata.annotations or {}
+  t.eq(child.status.phase, "Ready")
+  t.eq(ann["vmsnap.io/issued-by-parent"], nil, n .. ": the mark is off")
+  t.eq(ann["vmsnap.io/cut"], nil, n .. ": no verdict of the parent")
+  local vs = assert(c:get("volumesnapshot", n))
+  t.eq((vs.metadata.annotations or {})["vmsnap.io/frozen-at"], nil, n .. ": not issued by the parent")
+  -- the child went on as a disk snapshot: consistent only under a freeze of
+  -- its own (its first pass may come after the mark went), never else
+  if child.status.consistent then
+    t.ok(tonumber(ann["vmsnap.io/freeze-held"]), n .. " consistent: it froze the guest itself")
+  end
+  t.eq(s.status.consistent, child.status.consistent, "the VM snapshot says what its one child says")
+  t.ok(thawed(), "the guest is thawed, no lease")
 end)
 
 t.done()

@@ -169,7 +169,7 @@ t.test("d.2 #27: a running VM with an agent: one freeze, the children neither fr
   assert_thawed("vm-r")
 end)
 
-t.test("a VM with 4 disks: one freeze, the four VolumeSnapshots issued within it, one thaw", function()
+t.test("a VM with 4 disks: the children made before the freeze, one freeze, the four VolumeSnapshots issued within it by the VM snapshot, one thaw", function()
   local refs = {}
   for i = 1, 4 do disk("q" .. i) refs[i] = "q" .. i end
   vm("vm-q", refs)
@@ -177,8 +177,34 @@ t.test("a VM with 4 disks: one freeze, the four VolumeSnapshots issued within it
   assert(c:create({ apiVersion = "snapshot.storage.k8s.io/v1", kind = "VolumeSnapshotClass",
     metadata = { name = "cut200" }, driver = "local.vmsnap.io", deletionPolicy = "Delete",
     parameters = { cutLatency = "200ms" } }))
+  -- the order of what happened: each child's creation, the VM's freeze lease
+  local order, stop = {}, false
+  local wc <close> = assert(c:watch("vdsnapshot", { resource_version = assert(c:list("vdsnapshot")).metadata.resourceVersion }))
+  local wv <close> = assert(c:watch("vm", { field_selector = "metadata.name=vm-q",
+    resource_version = assert(c:get("vm", "vm-q")).metadata.resourceVersion }))
+  local watchers = {
+    task.spawn(function()
+      while not stop do
+        local ev = wc:next(0.2)
+        if ev and ev.type == "ADDED" then order[#order + 1] = "child" end
+      end
+    end),
+    task.spawn(function()
+      local leased = false
+      while not stop do
+        local ev = wv:next(0.2)
+        local lease = ev and ev.object and (ev.object.metadata.annotations or {})["vmsnap.io/frozen-by"]
+        if lease and not leased then order[#order + 1] = "lease" end
+        leased = lease ~= nil
+      end
+    end),
+  }
   local ms = vmsnap("mq", "vm-q", { volumeSnapshotClasses = { { storageClassName = "local", volumeSnapshotClassName = "cut200" } } })
   local s = assert(wait("vmsnapshot", "mq", function(o) return o and o.status and (o.status.phase == "Ready" or o.status.phase == "Failed") and o end))
+  task.sleep(0.3)
+  stop = true
+  task.wait_all(watchers)
+  t.eq(table.concat(order, " "), "child child child child lease", "the children exist before the freeze's lease is taken")
   t.eq(s.status.phase, "Ready", json.encode(s.status))
   t.eq(s.status.consistent, true)
   local ev = events("mq")
@@ -188,10 +214,19 @@ t.test("a VM with 4 disks: one freeze, the four VolumeSnapshots issued within it
   local window = tonumber(s.metadata.annotations["vmsnap.io/freeze-duration-ms"])
   -- each cut took 200 ms: issued one after another they would need 800 ms
   t.ok(window and window < 800, "the four cuts overlapped: frozen for " .. tostring(window) .. " ms")
+  local held = s.metadata.annotations["vmsnap.io/freeze-held"]
+  t.ok(tonumber(held), "the snapshot records the freeze it held")
   for i = 1, 4 do
-    local vs = assert(c:get("volumesnapshot", ("q%d-%s"):format(i, ms.metadata.uid)))
+    local name = ("q%d-%s"):format(i, ms.metadata.uid)
+    local vs = assert(c:get("volumesnapshot", name))
     t.eq(vs.metadata.ownerReferences[1].kind, "VirtualDiskSnapshot")
     t.eq(vs.status.readyToUse, true)
+    t.eq(vs.metadata.annotations["vmsnap.io/frozen-at"], held, name .. " issued under the snapshot's freeze")
+    local child = assert(c:get("vdsnapshot", name))
+    t.eq(child.metadata.annotations["vmsnap.io/issued-by-parent"], "true")
+    t.eq(child.metadata.annotations["vmsnap.io/cut"], "consistent")
+    t.eq(child.metadata.annotations["vmsnap.io/freeze-duration-ms"], nil, name .. " never froze")
+    t.eq(child.status.consistent, true)
   end
   assert_thawed("vm-q")
 end)

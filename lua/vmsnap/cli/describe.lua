@@ -50,11 +50,33 @@ local function target_of(obj)
   if spec.virtualMachineSnapshotName then return "VirtualMachineSnapshot " .. spec.virtualMachineSnapshotName end
 end
 
+-- the freeze a snapshot held (or holds): its own mark, or — a VM snapshot's
+-- child, whose VolumeSnapshot its parent issued — its VolumeSnapshot's
+local function freeze_of(o, vs)
+  return tonumber(ann(o, "vmsnap.io/frozen-at") or ann(o, "vmsnap.io/freeze-held") or "")
+    or (vs and tonumber(ann(vs, "vmsnap.io/frozen-at") or ""))
+end
+
+-- the VolumeSnapshots of a namespace by name, once (nil: not readable)
+local function volume_snapshots(c, ns)
+  local out = {}
+  for _, v in ipairs(c:list_all("volumesnapshots.snapshot.storage.k8s.io", { namespace = ns }) or {}) do
+    out[v.metadata.name] = v
+  end
+  return out
+end
+
 -- the freeze this snapshot was under, and the other snapshots that held it
 local function freeze_lines(c, obj, now)
   local lines = {}
-  local held = ann(obj, "vmsnap.io/frozen-at") or ann(obj, "vmsnap.io/freeze-held")
-  local at = tonumber(held or "")
+  local ns = obj.metadata.namespace
+  local vss
+  local function vs_of(o)
+    if o.kind ~= "VirtualDiskSnapshot" then return nil end
+    vss = vss or volume_snapshots(c, ns)
+    return vss[o.metadata.name]
+  end
+  local at = freeze_of(obj, vs_of(obj))
   local dur = ann(obj, "vmsnap.io/freeze-duration-ms")
   if not at and not dur then return lines end
   if at then
@@ -70,10 +92,9 @@ local function freeze_lines(c, obj, now)
   if at then
     local with = {}
     for _, kind in ipairs({ "virtualdisksnapshots." .. G, "virtualmachinesnapshots." .. G }) do
-      local all = c:list_all(kind, { namespace = obj.metadata.namespace }) or {}
+      local all = c:list_all(kind, { namespace = ns }) or {}
       for _, o in ipairs(all) do
-        local other = tonumber(ann(o, "vmsnap.io/frozen-at") or ann(o, "vmsnap.io/freeze-held") or "")
-        if o.metadata.uid ~= obj.metadata.uid and other == at then
+        if o.metadata.uid ~= obj.metadata.uid and freeze_of(o, vs_of(o)) == at then
           with[#with + 1] = o.kind .. " " .. o.metadata.name
         end
       end
