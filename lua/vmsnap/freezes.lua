@@ -146,7 +146,11 @@ function M.holders(ctx, vm, skip)
   local out = {}
   local function consider(s)
     if skip and skip(s) then return end
-    if M.frozen_at(s) or (joinable and in_progress(s)) then out[#out + 1] = s end
+    -- (a VM snapshot's child whose VolumeSnapshot its parent issues never
+    -- joins: its parent holds the freeze for it)
+    if M.frozen_at(s) or (joinable and in_progress(s) and annotation(s, M.BY_PARENT) ~= "true") then
+      out[#out + 1] = s
+    end
   end
   for _, s in ipairs(ctx:list(VDS, ns)) do
     if disks[s.spec.virtualDiskName] then consider(s) end

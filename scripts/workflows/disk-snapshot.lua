@@ -86,6 +86,9 @@ end
 -- parent froze, issued it, judges its cut and thaws
 local function parent_freeze(vds, vs)
   if object.owner(vds, "VirtualMachineSnapshot") == nil then return nil end
+  -- (a child its parent gave back its VolumeSnapshot — the mark "false" — is
+  -- a disk snapshot: a freeze of its own is its own to judge and thaw)
+  if object.annotation(vds, freezes.BY_PARENT) == "false" then return nil end
   return freezes.frozen_at(vds) or (vs and freezes.frozen_at(vs))
 end
 
@@ -241,7 +244,12 @@ function W.wait_for_parent(ctx, vds)
   if object.annotation(vds, freezes.CUT) ~= nil then
     return nil, MSG.PARENT_ENDED:format(parent, disk), "ParentFailed"
   end
-  if not ctx:fetch(VMS, vds.metadata.namespace, parent) then
+  local p = ctx:fetch(VMS, vds.metadata.namespace, parent)
+  local uid
+  for _, r in ipairs(vds.metadata.ownerReferences or {}) do
+    if r.kind == "VirtualMachineSnapshot" then uid = r.uid end
+  end
+  if not p or (uid and p.metadata.uid ~= uid) then -- (gone, or another of that name)
     return nil, MSG.PARENT_GONE:format(parent, disk), "ParentFailed"
   end
   return steps.wait("Snapshotting", MSG.WAITING_PARENT:format(parent, disk))

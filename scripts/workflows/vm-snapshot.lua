@@ -468,9 +468,10 @@ end
 --- Decision 3: under the freeze, every child's VolumeSnapshot at once (one
 --- task per disk), each marked with the freeze it was issued under. A
 --- snapshot that did not freeze after all (its VM stopped meanwhile) gives
---- its children back their own VolumeSnapshots: the mark goes.
+--- its children back their own VolumeSnapshots: the mark says "false".
 function W.issue(ctx, vms, facts)
-  local freeze = ctx.memo.freeze
+  -- (the freeze held now: one given back since is no freeze to issue under)
+  local freeze = steps.owed(ctx, "freeze") and ctx.memo.freeze or nil
   local disk_wf = assert(workflow.load("disk-snapshot"))
   local failure, tasks = nil, {}
   for _, e in ipairs(by_parent(vms, facts)) do
@@ -487,7 +488,7 @@ function W.issue(ctx, vms, facts)
           child.spec.volumeSnapshotClassName or ctx.memo.classes[child.spec.virtualDiskName], freeze.at)
       elseif not ctx:fetch(VS, child.metadata.namespace, child.metadata.name) then
         res, err, code = ctx.client:patch(VDS, child.metadata.name,
-          { metadata = { annotations = { [freezes.BY_PARENT] = json.null } } }, { namespace = child.metadata.namespace })
+          { metadata = { annotations = { [freezes.BY_PARENT] = "false" } } }, { namespace = child.metadata.namespace })
         if not res and code == "NotFound" then res = true end
       else
         res = true

@@ -231,6 +231,29 @@ t.test("a VM with 4 disks: the children made before the freeze, one freeze, the 
   assert_thawed("vm-q")
 end)
 
+t.test("a disk snapshot frozen while a VM snapshot's children wait for readyToUse thaws at its own cut (the children hold no freeze)", function()
+  assert(c:create({ apiVersion = "snapshot.storage.k8s.io/v1", kind = "VolumeSnapshotClass",
+    metadata = { name = "slowready" }, driver = "local.vmsnap.io", deletionPolicy = "Delete",
+    parameters = { readyLatency = "8s" } }))
+  vmsnap("mq-slow", "vm-q", { volumeSnapshotClasses = { { storageClassName = "local", volumeSnapshotClassName = "slowready" } } })
+  -- thawed at the cut; its children wait for readyToUse
+  local s = assert(wait("vmsnapshot", "mq-slow", function(o)
+    return o and o.metadata.annotations and o.metadata.annotations["vmsnap.io/freeze-duration-ms"] and o
+  end))
+  t.eq(s.status.phase, "InProgress", "the children wait for readyToUse")
+  assert(c:create({ apiVersion = G, kind = "VirtualDiskSnapshot", metadata = { name = "x-q1" },
+    spec = { virtualDiskName = "q1", volumeSnapshotClassName = "cut200" } }))
+  local x = assert(wait("vdsnapshot", "x-q1", function(o) return o and o.status and
+    (o.status.phase == "Ready" or o.status.phase == "Failed") and o end))
+  t.eq(x.status.phase, "Ready", json.encode(x.status))
+  t.eq(x.status.consistent, true)
+  t.eq(assert(c:get("vmsnapshot", "mq-slow")).status.phase, "InProgress", "the VM snapshot's children still wait")
+  assert_thawed("vm-q")
+  t.ok(tonumber(x.metadata.annotations["vmsnap.io/freeze-duration-ms"]) < 3000,
+    "thawed at its cut: " .. tostring(x.metadata.annotations["vmsnap.io/freeze-duration-ms"]) .. " ms")
+  t.eq(assert(wait("vmsnapshot", "mq-slow", phase_is("Ready"), 30)).status.consistent, true)
+end)
+
 t.test("d.2 #28, #29: no agent: Pending when consistency is required; without it Ready and consistent absent", function()
   disk("root-n")
   vm("vm-n", { "root-n" }, { annotations = { ["vmsnap.io/no-agent"] = "true" } })

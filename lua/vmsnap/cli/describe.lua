@@ -57,7 +57,7 @@ local function freeze_of(o, vs)
     or (vs and tonumber(ann(vs, "vmsnap.io/frozen-at") or ""))
 end
 
--- the VolumeSnapshots of a namespace by name, once (nil: not readable)
+-- the VolumeSnapshots of a namespace by name (none when they cannot be listed)
 local function volume_snapshots(c, ns)
   local out = {}
   for _, v in ipairs(c:list_all("volumesnapshots.snapshot.storage.k8s.io", { namespace = ns }) or {}) do
