@@ -182,18 +182,14 @@ local function mark(ctx, obj, values)
 end
 
 -- VM key -> the `at` of the freeze this process made there and saw
--- answered, or adopted (a lease of this process is joinable only for that freeze)
+-- answered (a lease is joinable, and a cut under it proves anything, only
+-- for that freeze)
 local confirmed = {}
 
--- join the freeze a lease of this process (or of its dead predecessor) records
+-- join the freeze a lease of this process records (one it saw answered)
 local function join(ctx, obj, g, lease, budget)
-  if lease.holder ~= guest.holder() then
-    local ok, aerr, acode = g:adopt_lease()
-    if not ok then return nil, aerr, acode end
-  end
   local since = guest.lease_since(lease) or vtime.now()
   local at = tonumber(lease.at) or math.floor(since * 1000)
-  confirmed[vm_key(g.vm)] = at -- (an adopted lease: its freeze is trusted as its holder's was)
   local ok, merr, mcode = mark(ctx, obj, { [M.FROZEN_AT] = tostring(at) })
   if not ok then return nil, merr, mcode end
   local now = vtime.now()
@@ -399,7 +395,7 @@ function M.release_slot(vm)
   end
 end
 
--- drop a lease this process took or adopted: its slot frees with it
+-- drop a lease this process took: its slot frees with it
 local function drop_lease(g, any)
   g:drop_lease(any)
   M.slot_freed()
@@ -426,6 +422,19 @@ function M.freeze_or_join(ctx, obj, vm)
   if not cur then return nil, err, code end
   local lease = guest.parse_lease(cur)
   local held = M.frozen_at(obj)
+  local vk = vm_key(cur)
+  if held and confirmed[vk] ~= held then
+    -- the mark of a freeze this process never saw answered: the mark is
+    -- written before the freeze call, so a process killed before the answer
+    -- (or whose call never reached the guest) leaves it behind, and a guest
+    -- whose freezer died may have been thawed since (its launcher thaws
+    -- then). Nothing says the guest is frozen under it: the mark goes, and
+    -- the lease of that freeze with it (below); the snapshot freezes anew
+    flog:warn("a freeze mark without a freeze this process saw: freezing anew", { vm = vk, at = held, by = about(obj).by })
+    local mok, merr, mcode = mark(ctx, obj, { [M.FROZEN_AT] = json.null })
+    if not mok then return nil, merr, mcode end
+    held = nil
+  end
   if held then
     local deadline = held / 1000 + budget
     if lease and tonumber(lease.at) == held then
@@ -434,13 +443,16 @@ function M.freeze_or_join(ctx, obj, vm)
     local now = vtime.now()
     return true, "held", { at = held, deadline = deadline, since = now, frozen = now }
   end
-  local vk = vm_key(cur)
-  if lease and lease.holder == guest.holder() and confirmed[vk] ~= tonumber(lease.at) then
+  if lease and (lease.holder == guest.holder() or guest.holder_alive(lease.holder) == false)
+      and confirmed[vk] ~= tonumber(lease.at) then
     -- a lease of this process for a freeze it never saw answered (a lease
-    -- write or a freeze whose answer was lost, a cleanup that failed): no
-    -- snapshot may join it, as nothing says the guest is frozen under it.
-    -- Thawed to be sure and taken off; this snapshot freezes anew
-    flog:warn("a freeze lease of this process without a freeze it saw: taking it off", { vm = vk, at = lease.at })
+    -- write or a freeze whose answer was lost, a cleanup that failed), or of
+    -- a process that is gone (its freeze may never have been answered, and
+    -- its death may have thawed the guest): no snapshot may join it, as
+    -- nothing says the guest is frozen under it. Thawed to be sure and
+    -- taken off; this snapshot freezes anew
+    flog:warn("a freeze lease without a freeze this process saw: taking it off", { vm = vk, at = lease.at,
+      holder = lease.holder })
     local r, terr, tcode = g:thaw_retrying()
     if r == nil then return nil, terr, tcode end
     drop_lease(g)
@@ -576,6 +588,10 @@ function M.still_held(obj, vm, freeze)
     if lease or not M.vm_frozen(vm) then return false, "the guest was thawed before the cut" end
   elseif not lease or tonumber(lease.at) ~= at then
     return false, "the guest was thawed before the cut"
+  elseif confirmed[vm_key(vm)] ~= at then
+    -- (a freeze of a process that is gone, recorded in a step's memo: its
+    -- answer may never have come, its death may have thawed the guest)
+    return false, "the freeze was not made by this process: nothing proves the guest stayed frozen"
   end
   return true
 end

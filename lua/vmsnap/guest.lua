@@ -357,22 +357,6 @@ function Guest:try_take_lease(budget, extra)
   return true
 end
 
---- Take over a live lease whose holder is gone (a restarted controller
---- continuing its snapshots): the holder becomes this process; since,
---- budget and deadline stay.
-function Guest:adopt_lease()
-  local vm, err, reason = self:refresh_vm()
-  if not vm then return nil, err, reason end
-  local cur = parse_lease(vm)
-  if not cur then return nil, ("guest %s: no freeze lease to adopt"):format(self.name), "NotFound" end
-  if cur.holder == M.holder() then return true end
-  cur.holder, cur.raw = M.holder(), nil
-  local res, e2, r2 = patch_annotation(self, json.encode(cur), vm.metadata.resourceVersion)
-  if not res then return nil, ("guest %s: cannot adopt the freeze lease: %s"):format(self.name, e2), r2 end
-  self.vm = res
-  return true
-end
-
 --- Remove the lease if this process holds it (with `any`, also when its
 --- holder is not known to be running).
 function Guest:drop_lease(any)
@@ -517,8 +501,8 @@ end
 --- holder, ok, error} handled.
 ---@param client vmsnap.k8s.Client
 --- opts.expired_only: only leases whose deadline has passed (a controller's
---- sweep: a lease of its own dead predecessor is adopted by the snapshots
---- it continues, and thawed by them or at its deadline).
+--- sweep: a lease of its own dead predecessor is thawed and taken off by
+--- the first snapshot of the VM that freezes, or at its deadline).
 ---@param opts? {namespace?: string, socket_for?: fun(vm: table): string?, expired_only?: boolean}
 function M.thaw_orphans(client, opts)
   opts = opts or {}

@@ -350,6 +350,41 @@ t.test("a storm: 30% of the requests on every path faulted for 15 s (5xx, 429, c
     "slow:400", "cut:100", "cut:1500", "gone", "empty200", "junk200" }, 60) } }, 15)
 end)
 
+t.test("the controller killed (-9) after it marked a snapshot frozen and before its freeze was answered: the restarted one does not trust that mark; a freeze of its own, Ready and consistent", function()
+  local FREEZE = "PUT /apis/subresources.virtualization.deckhouse.io/v1alpha2/namespaces/default/virtualmachines/vm-f/freeze$"
+  assert(free_vm(30), "vm-f free of earlier leases")
+  local function freezes_seen()
+    local n = 0
+    for _ in (fs.read_file(PLOG) or ""):gmatch("launcher%[%d+%][^\n]*: frozen") do n = n + 1 end
+    return n
+  end
+  -- the freeze call is held on its way; the controller dies with it (the
+  -- proxy drops a held request whose client is gone: the guest never froze)
+  fp:plan(FREEZE, "slow:5000")
+  create({ apiVersion = G, kind = "VirtualDiskSnapshot", metadata = { name = "killed-freeze",
+    annotations = { ["vmsnap.io/freeze-budget"] = "20" } },
+    spec = { virtualDiskName = "root-f", volumeSnapshotClassName = "slow" } })
+  assert(c:wait_for("vdsnapshot", "killed-freeze", function(o)
+    return o and (o.metadata.annotations or {})["vmsnap.io/frozen-at"] and o
+  end, { timeout = 15 }), "marked frozen")
+  task.sleep(0.5)
+  t.eq(fp:stats().pending, 0, "the freeze call reached the proxy, which holds it")
+  ctl:kill("KILL")
+  ctl:wait(5)
+  task.sleep(0.2)
+  fp:clear()
+  local before = freezes_seen()
+  local ctl2, _c <close> = h.controller_behind(srv, fp, { log_file = CLOG })
+  local o = c:wait_for("vdsnapshot", "killed-freeze", terminal, { timeout = 40 })
+  t.eq(o and o.status.phase, "Ready", "Ready: " .. json.encode(o and o.status or {}))
+  t.eq(o and o.status.consistent, true, "and consistent")
+  t.ok(freezes_seen() > before, "the guest was frozen for it after the restart (the launcher says so)")
+  local vm, status = free_vm(10)
+  t.ok(vm, "no lease left")
+  t.eq(status, "thawed")
+  t.ok(ctl2:running(), "the restarted controller is alive")
+end)
+
 -- a failed run prints both logs whole (the failure's own message has the lines that name it)
 if t.failures() > 0 then
   for _, f in ipairs({ CLOG, PLOG }) do
