@@ -189,8 +189,9 @@ function M.sweep_orphans(client, every, stopped)
 end
 
 --- Thaw the guests whose freeze lease has expired (its deadline passed). A
---- lease whose holder died before its deadline is left to the snapshots that
---- hold it: a restarted controller adopts it, and thaws when the last is cut.
+--- lease whose holder died before its deadline is left to the snapshots of
+--- its VM: the first that freezes thaws it and takes it off (nothing proves
+--- its freeze), or this sweep does at its deadline.
 function M.thaw_orphans(client)
   local done, err, code = guest.thaw_orphans(client, { expired_only = true })
   if not done then

@@ -444,7 +444,7 @@ function M.freeze_or_join(ctx, obj, vm)
     return true, "held", { at = held, deadline = deadline, since = now, frozen = now }
   end
   if lease and (lease.holder == guest.holder() or guest.holder_alive(lease.holder) == false)
-      and confirmed[vk] ~= tonumber(lease.at) then
+      and (tonumber(lease.at) == nil or confirmed[vk] ~= tonumber(lease.at)) then
     -- a lease of this process for a freeze it never saw answered (a lease
     -- write or a freeze whose answer was lost, a cleanup that failed), or of
     -- a process that is gone (its freeze may never have been answered, and
@@ -455,7 +455,7 @@ function M.freeze_or_join(ctx, obj, vm)
       holder = lease.holder })
     local r, terr, tcode = g:thaw_retrying()
     if r == nil then return nil, terr, tcode end
-    drop_lease(g)
+    drop_lease(g, true)
     lease = nil
   end
   if lease then

@@ -218,14 +218,20 @@ end
 function W.volume_snapshot(ctx, vds, facts)
   local vs = facts.vs
   if not vs and by_parent(vds) then return W.wait_for_parent(ctx, vds) end
+  local freeze = ctx.memo.freeze
+  local at = freeze and freeze.at
   if not vs then
     local err, code
-    vs, err, code = W.issue_volume_snapshot(ctx.client, vds, facts, ctx.memo.class or vds.spec.volumeSnapshotClassName)
+    vs, err, code = W.issue_volume_snapshot(ctx.client, vds, facts, ctx.memo.class or vds.spec.volumeSnapshotClassName, at)
     if not vs then return nil, err, code end
     facts.vs = vs
+  elseif at and freezes.frozen_at(vs) ~= tonumber(at) then
+    -- issued before, under another freeze or none (a pass that was not
+    -- recorded): this freeze proves nothing about its cut
+    at = nil
   end
   local vm = facts.vm
-  ctx.memo.issued = ctx.memo.freeze and ctx.memo.freeze.at or false
+  ctx.memo.issued = at or false
   freezes.note(ctx.memo.freeze, "issued")
   ctx.memo.offline = not vm or (vm.status and vm.status.phase) == "Stopped"
   vds.status.volumeSnapshotName = vs.metadata.name
