@@ -106,6 +106,7 @@ Context.memo = {}
 ---@field THAW_AT string
 ---@field BUDGET string
 ---@field CUT string
+---@field issued_by_parent fun(obj: table): boolean
 ---@field BY_PARENT string
 ---@field vm_frozen fun(vm: table?): boolean
 ---@field budget fun(obj: table): number

@@ -108,6 +108,12 @@ function M.frozen_at(obj)
   return tonumber(annotation(obj, M.FROZEN_AT) or "")
 end
 
+--- Is `obj` a VM snapshot's child whose VolumeSnapshot its parent issues
+--- (M.BY_PARENT "true"; "false" once given back)?
+function M.issued_by_parent(obj)
+  return annotation(obj, M.BY_PARENT) == "true"
+end
+
 --- Has the snapshot frozen (or joined) and left already?
 function M.left(obj)
   return annotation(obj, M.FREEZE_DURATION) ~= nil
@@ -148,7 +154,7 @@ function M.holders(ctx, vm, skip)
     if skip and skip(s) then return end
     -- (a VM snapshot's child whose VolumeSnapshot its parent issues never
     -- joins: its parent holds the freeze for it)
-    if M.frozen_at(s) or (joinable and in_progress(s) and annotation(s, M.BY_PARENT) ~= "true") then
+    if M.frozen_at(s) or (joinable and in_progress(s) and not M.issued_by_parent(s)) then
       out[#out + 1] = s
     end
   end
@@ -459,7 +465,8 @@ function M.freeze_or_join(ctx, obj, vm)
     lease = nil
   end
   if lease then
-    local mine = lease.holder == guest.holder() or guest.holder_alive(lease.holder) == false
+    -- (a dead holder's lease went above: what is left is ours or a live one's)
+    local mine = lease.holder == guest.holder()
     if mine and guest.lease_joinable(lease) then
       reserved[vm_key(cur)] = nil -- frozen meanwhile by another: a slot the step took is not needed
       return join(ctx, obj, g, lease, budget)

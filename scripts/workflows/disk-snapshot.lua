@@ -78,7 +78,7 @@ local MSG = W.MSG
 -- a child of a VM snapshot whose VolumeSnapshot the VM snapshot issues
 -- (freezes.BY_PARENT): the child neither freezes nor issues
 local function by_parent(vds)
-  return object.annotation(vds, freezes.BY_PARENT) == "true" and object.owner(vds, "VirtualMachineSnapshot") ~= nil
+  return freezes.issued_by_parent(vds) and object.owner(vds, "VirtualMachineSnapshot") ~= nil
 end
 
 -- the freeze a VM snapshot's child's cut was taken under: its VolumeSnapshot
@@ -251,11 +251,7 @@ function W.wait_for_parent(ctx, vds)
     return nil, MSG.PARENT_ENDED:format(parent, disk), "ParentFailed"
   end
   local p = ctx:fetch(VMS, vds.metadata.namespace, parent)
-  local uid
-  for _, r in ipairs(vds.metadata.ownerReferences or {}) do
-    if r.kind == "VirtualMachineSnapshot" then uid = r.uid end
-  end
-  if not p or (uid and p.metadata.uid ~= uid) then -- (gone, or another of that name)
+  if not (p and object.owned_by(vds, p)) then -- (gone, or another of that name)
     return nil, MSG.PARENT_GONE:format(parent, disk), "ParentFailed"
   end
   return steps.wait("Snapshotting", MSG.WAITING_PARENT:format(parent, disk))

@@ -278,7 +278,7 @@ end
 --- fail), snapshot_failed (on failure), then post_snapshot.
 function W.finish_hooks(ctx, vms, outcome, facts)
   for _, child in ipairs(facts.children or {}) do
-    if child and object.annotation(child, freezes.BY_PARENT) and object.annotation(child, freezes.CUT) == nil
+    if child and freezes.issued_by_parent(child) and object.annotation(child, freezes.CUT) == nil
         and object.owned_by(child, vms) and not ctx:fetch(VS, child.metadata.namespace, child.metadata.name) then
       local ok, err, code = W.verdict(ctx, child, "none")
       if not ok then return nil, err, code end
@@ -458,7 +458,7 @@ local function by_parent(vms, facts)
   local disks, out = {}, {}
   for _, d in ipairs(facts.disks) do disks[d.name] = d end
   for _, child in ipairs(facts.children) do
-    if child and object.annotation(child, freezes.BY_PARENT) and object.owned_by(child, vms) then
+    if child and freezes.issued_by_parent(child) and object.owned_by(child, vms) then
       out[#out + 1] = { child = child, disk = disks[child.spec.virtualDiskName] }
     end
   end
