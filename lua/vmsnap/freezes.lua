@@ -142,6 +142,14 @@ end
 --- marked snapshots, and in-progress ones that will join it (when the lease
 --- is joinable). Read from the process's cache where it has the kinds,
 --- else from the API.
+---
+--- Will join: a disk snapshot that has not issued its VolumeSnapshot yet
+--- (one issued without a freeze is never followed by one), and is no VM
+--- snapshot's child whose parent issues it (the parent holds the freeze for
+--- it); a VM snapshot that has not made its children yet, or made them to
+--- issue their VolumeSnapshots itself (marked M.BY_PARENT) — one whose
+--- children are not marked does not freeze (its VM was stopped, or could not
+--- be frozen, when it made them).
 ---@param ctx vmsnap.reconcile.Context
 function M.holders(ctx, vm, skip)
   vm = M.current(ctx, vm)
@@ -149,20 +157,25 @@ function M.holders(ctx, vm, skip)
   local disks = disks_of(vm)
   local lease = guest.parse_lease(vm)
   local joinable = lease ~= nil and guest.lease_joinable(lease)
-  local out = {}
-  local function consider(s)
+  local out, freezing_parents = {}, {}
+  local function take(s, will_join)
     if skip and skip(s) then return end
-    -- (a VM snapshot's child whose VolumeSnapshot its parent issues never
-    -- joins: its parent holds the freeze for it)
-    if M.frozen_at(s) or (joinable and in_progress(s) and not M.issued_by_parent(s)) then
-      out[#out + 1] = s
-    end
+    if M.frozen_at(s) or (joinable and will_join and in_progress(s)) then out[#out + 1] = s end
   end
   for _, s in ipairs(ctx:list(VDS, ns)) do
-    if disks[s.spec.virtualDiskName] then consider(s) end
+    if disks[s.spec.virtualDiskName] then
+      local by_parent = M.issued_by_parent(s)
+      if by_parent then
+        local parent = object.owner(s, "VirtualMachineSnapshot")
+        if parent then freezing_parents[parent] = true end
+      end
+      take(s, not by_parent and ((s.status or {}).volumeSnapshotName or "") == "")
+    end
   end
   for _, s in ipairs(ctx:list(VMS, ns)) do
-    if s.spec.virtualMachineName == vm.metadata.name then consider(s) end
+    if s.spec.virtualMachineName == vm.metadata.name then
+      take(s, (s.status or {}).virtualDiskSnapshotNames == nil or freezing_parents[s.metadata.name] == true)
+    end
   end
   return out
 end
@@ -613,15 +626,13 @@ end
 --- thawed (seconds since the epoch; false when it did not); or nil,
 --- message, code.
 ---@param ctx vmsnap.reconcile.Context
---- With `opts.thaw == false` it only leaves (a VM snapshot's child: its
---- parent thaws).
----@param opts? {force?: boolean, skip?: fun(obj: table): boolean, thaw?: boolean, freeze?: table}
+---@param opts? {force?: boolean, skip?: fun(obj: table): boolean, freeze?: table}
 function M.leave(ctx, obj, vm, opts)
   opts = opts or {}
   local _ <close> = vm and guest.lock(vm, about(obj).by) or nil
   local at = M.frozen_at(obj)
   local thawed = false
-  if vm and opts.thaw ~= false and (at or opts.force) and (opts.force or M.can_unfreeze(ctx, obj, vm, opts.skip)) then
+  if vm and (at or opts.force) and (opts.force or M.can_unfreeze(ctx, obj, vm, opts.skip)) then
     -- the VM as this process sees it now (the cache has its own lease
     -- writes, also those of this pass): a freeze with no lease any more was
     -- thawed already (by the VM snapshot it belongs to, at the deadline),

@@ -81,20 +81,20 @@ local function by_parent(vds)
   return freezes.issued_by_parent(vds) and object.owner(vds, "VirtualMachineSnapshot") ~= nil
 end
 
--- the freeze a VM snapshot's child's cut was taken under: its VolumeSnapshot
--- says it (or the child itself: one made by an earlier vmsnap), when its
--- parent froze, issued it, judges its cut and thaws
+-- the freeze a VM snapshot's child's cut was taken under, when its parent
+-- issued its VolumeSnapshot (and so judges the cut and thaws): the
+-- VolumeSnapshot says it. Any other child — not marked (its VM was stopped
+-- or could not be frozen when it was made), or given back its VolumeSnapshot
+-- (the mark "false") — is a disk snapshot: a freeze of its own is its own to
+-- judge and thaw.
 local function parent_freeze(vds, vs)
-  if object.owner(vds, "VirtualMachineSnapshot") == nil then return nil end
-  -- (a child its parent gave back its VolumeSnapshot — the mark "false" — is
-  -- a disk snapshot: a freeze of its own is its own to judge and thaw)
-  if object.annotation(vds, freezes.BY_PARENT) == "false" then return nil end
-  return freezes.frozen_at(vds) or (vs and freezes.frozen_at(vs))
+  if not by_parent(vds) then return nil end
+  return vs and freezes.frozen_at(vs)
 end
 
 -- does the VM snapshot judge this child's cut?
 local function parent_judges(vds, vs)
-  return parent_freeze(vds, vs) ~= nil or object.annotation(vds, freezes.CUT) ~= nil
+  return by_parent(vds) and (parent_freeze(vds, vs) ~= nil or object.annotation(vds, freezes.CUT) ~= nil)
 end
 
 -- ------------------------------------------------------------ every pass
@@ -195,8 +195,7 @@ end
 
 --- The freeze's undo: leave it (the last holder out thaws; the budget forces it).
 function W.leave(ctx, vds, outcome, facts)
-  return freezes.leave(ctx, vds, facts.vm, { force = outcome == "Budget", thaw = not parent_judges(vds, facts.vs),
-    freeze = ctx.memo.freeze })
+  return freezes.leave(ctx, vds, facts.vm, { force = outcome == "Budget", freeze = ctx.memo.freeze })
 end
 
 --- b.3.2 step 7c: the VolumeSnapshot of `vds` for the disk in `facts`,

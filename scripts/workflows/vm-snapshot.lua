@@ -30,6 +30,7 @@ local workflow = require("vmsnap.workflow")
 local steps = require("vmsnap.reconcile.steps")
 local object = require("vmsnap.k8s.object")
 local secret_format = require("vmsnap.snapshot_secret")
+local vtime = require("vmsnap.time")
 
 local W = {}
 
@@ -350,15 +351,16 @@ function W.freeze(ctx, vms, facts)
   return run_hooks(ctx, vms, vm, "post_freeze")
 end
 
--- the children owed a verdict on their cut: those whose VolumeSnapshot was
--- issued under a freeze of this snapshot (or that carry one: a child made by
--- an earlier vmsnap), each with its VolumeSnapshot's state and freeze
+-- the children owed a verdict on their cut: those whose VolumeSnapshot this
+-- snapshot issued (freezes.BY_PARENT), each with its VolumeSnapshot's state
+-- and the freeze it was issued under
 local function judged_children(ctx, vms, facts)
   local out = {}
   for _, child in ipairs(facts.children) do
-    if child and object.owned_by(child, vms) and object.annotation(child, freezes.CUT) == nil then
+    if child and freezes.issued_by_parent(child) and object.owned_by(child, vms)
+        and object.annotation(child, freezes.CUT) == nil then
       local vs = ctx:fetch(VS, child.metadata.namespace, child.metadata.name)
-      local at = freezes.frozen_at(child) or (vs and freezes.frozen_at(vs))
+      local at = vs and freezes.frozen_at(vs)
       if at then out[#out + 1] = { child = child, at = at, state = csi.state(vs) } end
     end
   end
@@ -614,12 +616,51 @@ function W.resources(ctx, vms, vm)
   return out
 end
 
---- b.4.2 steps 17-20: consistent when every child is, the resources, the
---- post_snapshot hooks, Ready.
+-- the freeze a child's cut was taken under (its VolumeSnapshot says it),
+-- or false: none
+local function cut_under(ctx, child)
+  local vs = ctx:fetch(VS, child.metadata.namespace, child.metadata.name)
+  return vs and freezes.frozen_at(vs) or false
+end
+
+local function freeze_text(at)
+  if not at then return "no freeze" end
+  return ("the freeze of %s (%s %d)"):format(vtime.format(math.floor(at / 1000)), freezes.FROZEN_AT, math.floor(at))
+end
+
+--- Decision 8 across the disks: the VM's disks are consistent together only
+--- when they were cut at one moment — all under one freeze, or all with the
+--- VM stopped (each child proved that of itself). A set cut under freezes of
+--- their own (a VM stopped when its children were made and started before
+--- all were cut; an agent that came late) is consistent disk by disk only.
+--- Returns true, or false and why.
+function W.one_cut(ctx, vms, facts)
+  local first, first_name
+  for _, child in ipairs(facts.children) do
+    if child then
+      local at = cut_under(ctx, child)
+      if first == nil then
+        first, first_name = at, child.metadata.name
+      elseif at ~= first then
+        return false, ("the virtual disks were not cut at one moment: %q under %s, %q under %s"):format(
+          first_name, freeze_text(first), child.metadata.name, freeze_text(at))
+      end
+    end
+  end
+  return true
+end
+
+--- b.4.2 steps 17-20: consistent when every child is and all were cut at
+--- one moment, the resources, the post_snapshot hooks, Ready.
 function W.finish(ctx, vms, facts)
   local consistent = true
   for _, child in ipairs(facts.children) do
     if not (child and child.status and child.status.consistent == true) then consistent = false end
+  end
+  if consistent then
+    local why
+    consistent, why = W.one_cut(ctx, vms, facts)
+    ctx.memo.why = ctx.memo.why or why
   end
   if not consistent and vms.spec.requiredConsistency ~= false then
     return nil, "the snapshot is not consistent: " .. (ctx.memo.why or "a virtual disk snapshot is not consistent"),

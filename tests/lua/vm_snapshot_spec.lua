@@ -17,7 +17,24 @@ if not probe then
 end
 probe:cleanup()
 
-local srv <close> = h.platform()
+-- (a test's gate) a disk snapshot of a disk annotated test.vmsnap.io/hold
+-- waits: it holds one child of a VM snapshot back while the VM starts
+local fs = require("vmsnap.fs")
+local scripts <close> = assert(fs.tempdir("vmsnap-vms-gates"))
+assert(fs.mkdir_p(scripts.path .. "/preconditions"))
+assert(fs.write_atomic(scripts.path .. "/preconditions/test-hold.lua", [[
+return {
+  applies_to = { "disk-snapshot" },
+  order = 1,
+  check = function(ctx, vds, facts)
+    local a = facts.vd and facts.vd.metadata.annotations or {}
+    if a["test.vmsnap.io/hold"] then return false, "WaitingForTheVirtualDisk", "held by the test" end
+    return true
+  end,
+}
+]]))
+
+local srv <close> = h.platform({ env = { VMSNAP_SCRIPTS_PATH = scripts.path } })
 local c = assert(k8s.client({ kubeconfig = srv.kubeconfig }))
 local G = "virtualization.deckhouse.io/v1alpha2"
 
@@ -253,6 +270,57 @@ t.test("a disk snapshot frozen while a VM snapshot's children wait for readyToUs
     "thawed at its cut: " .. tostring(x.metadata.annotations["vmsnap.io/freeze-duration-ms"]) .. " ms")
   t.eq(assert(wait("vmsnapshot", "mq-slow", phase_is("Ready"), 30)).status.consistent, true)
 end)
+
+t.timeout = 120 -- (two VM starts)
+t.test("Decision 8 across disks: a VM stopped when its children were made and started before all were cut is not consistent (each disk cut under a freeze of its own, or none)", function()
+  disk("st1")
+  disk("st2")
+  assert(c:patch("vd", "st2", { metadata = { annotations = { ["test.vmsnap.io/hold"] = "1" } } }))
+  vm("vm-st", { "st1", "st2" }, { runPolicy = "AlwaysOff" })
+  assert(wait("vm", "vm-st", phase_is("Stopped")))
+  local ms = vmsnap("mst", "vm-st")
+  local first = "st1-" .. ms.metadata.uid
+  local held = "st2-" .. ms.metadata.uid
+  -- st1 is cut with the VM stopped: consistent on its own
+  local a = assert(wait("vdsnapshot", first, phase_is("Ready")))
+  t.eq(a.status.consistent, true, "st1, cut offline, is consistent")
+  t.eq(assert(c:get("vdsnapshot", held)).status.phase, "Pending", "st2 held back")
+  -- the VM starts; st2 goes on, freezes the guest itself: consistent on its own
+  assert(c:patch("vm", "vm-st", { spec = { runPolicy = "AlwaysOn" } }))
+  assert(wait("vm", "vm-st", agent_ready, 60))
+  assert(c:patch("vd", "st2", { metadata = { annotations = { ["test.vmsnap.io/hold"] = json.null } } }))
+  local b = assert(wait("vdsnapshot", held, phase_is("Ready"), 30))
+  t.eq(b.status.consistent, true, "st2, cut under its own freeze, is consistent")
+  t.ok(tonumber(b.metadata.annotations["vmsnap.io/freeze-held"]), "st2 froze the guest itself")
+  local fd = tonumber(b.metadata.annotations["vmsnap.io/freeze-duration-ms"])
+  t.ok(fd and fd < 5000, "st2 thawed the guest at its own cut (no verdict of the parent awaited): " .. tostring(fd) .. " ms")
+  -- but not the two together: the VM snapshot must not say so
+  local s = assert(wait("vmsnapshot", "mst", function(o)
+    return o and o.status and (o.status.phase == "Ready" or o.status.phase == "Failed") and o end))
+  t.eq(s.status.phase, "Failed", json.encode(s.status))
+  t.eq(s.status.consistent, nil)
+  local r = cond(s, "VirtualMachineSnapshotReady")
+  t.contains(r.message, "The snapshot is not consistent: the virtual disks were not cut at one moment: ")
+  t.contains(r.message, ("%q under no freeze"):format(first))
+  t.contains(r.message, ("%q under the freeze of "):format(held))
+  assert_thawed("vm-st")
+  -- without consistency required: Ready, and consistent absent
+  assert(c:patch("vm", "vm-st", { spec = { runPolicy = "AlwaysOff" } }))
+  assert(wait("vm", "vm-st", phase_is("Stopped"), 30))
+  assert(c:patch("vd", "st2", { metadata = { annotations = { ["test.vmsnap.io/hold"] = "1" } } }))
+  ms = vmsnap("mst-2", "vm-st", { requiredConsistency = false })
+  assert(wait("vdsnapshot", "st1-" .. ms.metadata.uid, phase_is("Ready")))
+  assert(c:patch("vm", "vm-st", { spec = { runPolicy = "AlwaysOn" } }))
+  assert(wait("vm", "vm-st", agent_ready, 60))
+  assert(c:patch("vd", "st2", { metadata = { annotations = { ["test.vmsnap.io/hold"] = json.null } } }))
+  s = assert(wait("vmsnapshot", "mst-2", function(o)
+    return o and o.status and (o.status.phase == "Ready" or o.status.phase == "Failed") and o end, 30))
+  t.eq(s.status.phase, "Ready", json.encode(s.status))
+  t.eq(s.status.consistent, nil, "not consistent: the disks were cut at two moments")
+  assert_thawed("vm-st")
+  assert(c:patch("vm", "vm-st", { spec = { runPolicy = "AlwaysOff" } }))
+end)
+t.timeout = 20
 
 t.test("d.2 #28, #29: no agent: Pending when consistency is required; without it Ready and consistent absent", function()
   disk("root-n")
