@@ -35,6 +35,10 @@ local condition = object.condition
 local W = {}
 
 W.kind = "VirtualMachineRestore"
+--- vmsnap's own (the reference's restore has none): a restore deleted while
+--- it creates takes back what it created before it goes (Decision 6); one
+--- that ended keeps nothing owed, and goes at once.
+W.finalizer = "vmsnap.io/vmrestore-cleanup"
 W.condition = "VirtualMachineRestoreReady"
 W.failed_reason = "VirtualMachineRestoreFailed"
 --- Events (the reference's VirtualMachineRestore records none: Decision 14,
@@ -80,8 +84,12 @@ local COND_RTU = "VirtualMachineSnapshotReadyToUse"
 --- The VirtualMachineSnapshotReadyToUse condition; returns the snapshot.
 function W.snapshot_ready_to_use(ctx, vmr)
   local name = vmr.spec.virtualMachineSnapshotName
-  if vmr.metadata.deletionTimestamp then return ctx:condition(COND_RTU, "Unknown", "Unknown", "") end
   local vms = ctx:get(VMS, vmr.metadata.namespace, name)
+  if vmr.metadata.deletionTimestamp then
+    -- (the snapshot still serves the undo: its plan names what this restore made)
+    ctx:condition(COND_RTU, "Unknown", "Unknown", "")
+    return vms
+  end
   if not vms then
     ctx:condition(COND_RTU, "False", "VirtualMachineSnapshotNotFound", ("The virtual machine snapshot %q not found."):format(name))
     return nil
@@ -395,12 +403,14 @@ function W.create_all(ctx, vmr, plan)
   return true
 end
 
---- The create step's undo: when the restore fails, every object it created
---- goes, newest first (those of the plan that carry its uid, and those its
---- record names). A delete that fails leaves the undo owed: the next pass
---- tries again, so a failed restore ends with nothing of it left.
+--- The create step's undo: when the restore fails, or is deleted before it
+--- is Ready, every object it created goes, newest first (those of the plan
+--- that carry its uid, and those its record names). A delete that fails
+--- leaves the undo owed: the next pass tries again (a deleted restore waits
+--- behind its finalizer), so a restore that did not complete ends with
+--- nothing of it left.
 function W.uncreate(ctx, vmr, outcome, facts)
-  if outcome ~= "Failed" then return true end
+  if outcome ~= "Failed" and outcome ~= "Deleted" then return true end
   local ns = vmr.metadata.namespace
   local refs, seen = {}, {}
   local function add(ref)
@@ -557,7 +567,7 @@ W.steps = steps.list({
   { name = "pre-restore", phase = "Pending", run = W.pre_restore, undo = W.post_restore,
     doc = "pre_restore hooks (undo: restore_failed, post_restore)" },
   { name = "create", phase = "Pending", run = W.create, undo = W.uncreate,
-    doc = "create every object in order (undo: a failed restore deletes them)" },
+    doc = "create every object in order (undo: a restore failed or deleted before Ready deletes them)" },
   { name = "finish", run = W.finish, doc = "post_restore hooks, Ready" },
 })
 

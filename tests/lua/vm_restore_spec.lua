@@ -307,6 +307,27 @@ t.test("a transient failure after the VM's create keeps what was made: the resto
   fp:clear()
 end)
 
+t.test("Decision 6: a restore deleted while it creates takes back what it created before it goes; a Ready one deleted keeps its objects", function()
+  -- creates of disks: two dry runs, then rootdel's held 2 s: the VM exists meanwhile
+  fp:plan("/apis/" .. G .. "/namespaces/default/virtualdisks$", "ok,ok,slow:2000")
+  local r = restore("r-del", "ms-never", { "VirtualMachine/vm1=vmdel",
+    "VirtualDisk/root=rootdel", "VirtualDisk/data=datadel", "VirtualMachineBlockDeviceAttachment/att1=attdel" })
+  assert(wait("vm", "vmdel", function(o) return o end, 10))
+  local before = assert(c:get("vmrestore", "r-del"))
+  assert(c:delete("vmrestore", "r-del"))
+  t.eq(wait("vmrestore", "r-del", function(o) return o == nil end, 20), true, "the restore went once it was undone")
+  fp:clear()
+  local left = left_after(r.metadata.uid, 15)
+  t.eq(#left, 0, "no object of the deleted restore remains: " .. table.concat(left, " "))
+  t.eq((c:get("vm", "vmdel")), nil)
+  t.eq(json.encode(before.metadata.finalizers), '["vmsnap.io/vmrestore-cleanup"]', "held by its cleanup finalizer")
+  -- a restore that is Ready owes nothing: deleted, it goes at once and its objects stay
+  local ok = assert(wait("vmrestore", "r-retry2", phase_is("Ready")))
+  assert(c:delete("vmrestore", "r-retry2"))
+  t.eq(wait("vmrestore", "r-retry2", function(o) return o == nil end, 10), true)
+  t.eq(#restored_by(ok.metadata.uid), 4, "the restored VM, its disks and attachment stay")
+end)
+
 t.test("vmsnap snapshot vm / restore vm: --dry-run prints the plan and conflicts, --wait follows", function()
   local r = h.run_vmsnap({ "snapshot", "vm", "vm1", "--keep-ip", "Never", "--name", "cli-snap", "--wait",
     "--kubeconfig", srv.kubeconfig }, { timeout = 60 })
