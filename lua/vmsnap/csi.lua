@@ -12,6 +12,7 @@ local json = require("vmsnap.json")
 local task = require("vmsnap.task")
 local quantity = require("vmsnap.quantity")
 local object = require("vmsnap.k8s.object")
+local errors = require("vmsnap.errors")
 
 local M = {}
 
@@ -92,9 +93,30 @@ function M.default_storage_class(classes)
   end
 end
 
---- Create (or find, when it exists for the same PVC) a VolumeSnapshot.
---- o: namespace, name, pvc, class, owner (an object: its ownerReference is
---- set), finalizers, labels, annotations. Returns the VolumeSnapshot.
+-- the VolumeSnapshot found where o's was to be made, when it is o's: of the
+-- same claim (and of the same owner, when o has one)
+local function same_snapshot(cur, o)
+  local src = cur.spec and cur.spec.source and cur.spec.source.persistentVolumeClaimName
+  if src ~= o.pvc then
+    return nil, ("VolumeSnapshot %s/%s exists for PVC %q, not %q"):format(o.namespace, o.name, tostring(src), o.pvc),
+      "AlreadyExists"
+  end
+  if o.owner and not object.owned_by(cur, o.owner) then
+    return nil, ("VolumeSnapshot %s/%s exists and belongs to another %s %q"):format(o.namespace, o.name,
+      o.owner.kind, o.owner.metadata.name), "AlreadyExists"
+  end
+  return cur
+end
+
+--- Create (or find, when it exists for the same PVC and owner) a
+--- VolumeSnapshot. o: namespace, name, pvc, class, owner (an object: its
+--- ownerReference is set), finalizers, labels, annotations. Returns the
+--- VolumeSnapshot, or nil, message, code.
+---
+--- A create that fails the way a lost or garbled answer does (a transient
+--- code: the request may or may not have been made) is looked up at once,
+--- and made once more when it was not: a snapshot taken under a freeze need
+--- not give its freeze back for one answer the network spoilt.
 function M.create_snapshot(client, o)
   assert(o.namespace and o.name and o.pvc, "create_snapshot: namespace, name and pvc are required")
   local vs = { apiVersion = "snapshot.storage.k8s.io/v1", kind = "VolumeSnapshot",
@@ -105,17 +127,15 @@ function M.create_snapshot(client, o)
     vs.metadata.ownerReferences = json.array({ { apiVersion = o.owner.apiVersion, kind = o.owner.kind,
       name = o.owner.metadata.name, uid = o.owner.metadata.uid } })
   end
-  local res, err, reason, st = client:create(vs)
-  if res then return res end
-  if reason == "AlreadyExists" then
+  local res, err, reason, st
+  for attempt = 1, 2 do
+    res, err, reason, st = client:create(vs)
+    if res then return res end
+    if reason ~= "AlreadyExists" and not errors.is_transient(reason) then break end
     local cur, gerr, greason = client:get(VS, o.name, { namespace = o.namespace })
-    if not cur then return nil, gerr, greason end
-    local src = cur.spec and cur.spec.source and cur.spec.source.persistentVolumeClaimName
-    if src ~= o.pvc then
-      return nil, ("VolumeSnapshot %s/%s exists for PVC %q, not %q"):format(o.namespace, o.name, tostring(src), o.pvc),
-        "AlreadyExists"
-    end
-    return cur
+    if cur then return same_snapshot(cur, o) end
+    if reason == "AlreadyExists" then return nil, gerr, greason end
+    if greason ~= "NotFound" or attempt == 2 then break end
   end
   return nil, err, reason, st
 end

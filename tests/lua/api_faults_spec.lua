@@ -312,6 +312,33 @@ t.test("the answer to the freeze lease's write is lost: no snapshot joins that l
   fp:clear()
 end)
 
+t.test("the answer to a VolumeSnapshot's create under the freeze is garbled or lost: the create is looked up, the snapshot stays under its one freeze, Ready and consistent", function()
+  local CREATE = "POST /apis/snapshot.storage.k8s.io/v1/namespaces/default/volumesnapshots$"
+  local function freezes_seen()
+    local n = 0
+    for _ in (fs.read_file(PLOG) or ""):gmatch("launcher%[%d+%][^\n]*: frozen") do n = n + 1 end
+    return n
+  end
+  for _, mode in ipairs({ "junk200", "lost" }) do
+    local name = "vs-" .. mode
+    local before = freezes_seen()
+    fp:plan(CREATE, mode)
+    create({ apiVersion = G, kind = "VirtualDiskSnapshot", metadata = { name = name,
+      annotations = { ["vmsnap.io/freeze-budget"] = "20" } },
+      spec = { virtualDiskName = "root-f", volumeSnapshotClassName = "slow" } })
+    local o = c:wait_for("vdsnapshot", name, terminal, { timeout = 30 })
+    t.eq(fp:stats().pending, 0, mode .. ": the create's answer was spoilt")
+    fp:clear()
+    t.eq(o and o.status.phase, "Ready", mode .. ": Ready: " .. json.encode(o and o.status or {}))
+    t.eq(o and o.status.consistent, true, mode .. ": and consistent")
+    t.eq(freezes_seen() - before, 1, mode .. ": one freeze (not given back for the answer)")
+    local vs = assert(c:get("volumesnapshot", name))
+    t.eq(vs.metadata.annotations["vmsnap.io/frozen-at"], o.metadata.annotations["vmsnap.io/freeze-held"],
+      mode .. ": issued under the freeze it held")
+    t.ok(free_vm(5), mode .. ": no lease left")
+  end
+end)
+
 t.test("dropped and cut connections on every path: all terminal once they stop, no duplicates, nothing frozen", function()
   scenario("drop", { { "/", "ok,close,ok,ok,drop,ok,cut:150,ok,close,ok" } })
 end)
