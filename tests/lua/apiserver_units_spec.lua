@@ -298,6 +298,24 @@ t.test("schema: defaults, required, types, enums, bounds, pruning", function()
   t.eq(causes[1].message, "Required value")
 end)
 
+t.test("schema: maxProperties and minProperties count what is kept (defaults in, pruned fields out)", function()
+  local s = { type = "object", properties = {
+    labels = { type = "object", maxProperties = 2, minProperties = 1, additionalProperties = { type = "string" } },
+    fixed = { type = "object", maxProperties = 1, properties = { a = { type = "string" }, b = { type = "string", default = "x" } } } } }
+  local function check(obj)
+    local got = {}
+    for _, c in ipairs((schema.apply(s, obj))) do got[#got + 1] = c.field .. ": " .. c.reason .. ": " .. c.message end
+    table.sort(got)
+    return table.concat(got, "\n")
+  end
+  t.eq(check({ labels = { a = "1", b = "2" }, fixed = {} }), "", "at the bounds; b's default alone")
+  t.eq(check({ labels = { a = "1", b = "2", c = "3" } }), "labels: FieldValueTooMany: Too many: 3: must have at most 2 properties")
+  t.eq(check({ labels = {} }), "labels: FieldValueInvalid: Invalid value: 0: labels in body should have at least 1 properties")
+  -- the default makes two; an unknown field (pruned) does not count
+  t.eq(check({ fixed = { a = "1" } }), "fixed: FieldValueTooMany: Too many: 2: must have at most 1 properties")
+  t.eq(check({ fixed = { zzz = "pruned" } }), "", "a pruned field is not counted")
+end)
+
 t.test("tables: human durations, JSONPath columns, filters", function()
   local H = tbl.human_duration
   t.eq(H(45), "45s")

@@ -303,6 +303,24 @@ local function v_schema(s, v, path, out, oldv)
         end
       end
     end
+    if s.maxProperties or s.minProperties then
+      -- (counted as Kubernetes counts them: after the defaults, without the
+      -- unknown fields pruning takes off; its reasons: TooMany, and Invalid)
+      local any = s.additionalProperties ~= nil and s.additionalProperties ~= false
+        or s["x-kubernetes-preserve-unknown-fields"] == true
+      local n = 0
+      for k in pairs(v) do
+        if any or (props and props[k]) then n = n + 1 end
+      end
+      if s.maxProperties and n > s.maxProperties then
+        out.causes[#out.causes + 1] = { reason = "FieldValueTooMany", field = path,
+          message = ("Too many: %d: must have at most %d properties"):format(n, s.maxProperties) }
+      end
+      if s.minProperties and n < s.minProperties then
+        out.causes[#out.causes + 1] = { reason = "FieldValueInvalid", field = path,
+          message = ("Invalid value: %d: %s in body should have at least %d properties"):format(n, path, s.minProperties) }
+      end
+    end
     if s.required then
       for _, name in ipairs(s.required) do
         if v[name] == nil then
