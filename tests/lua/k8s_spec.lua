@@ -406,6 +406,26 @@ t.test("faults: a cut watch reconnects; answered with 410 it relists and reports
   t.eq(assert(w:next(5)).object.data.v, "2")
 end)
 
+t.test("faults: a watch stream that goes silent and stays open past its timeoutSeconds is opened again; nothing it missed is lost", function()
+  fp:clear()
+  assert(c:create({ apiVersion = "v1", kind = "ConfigMap", metadata = { name = "stalled" }, data = { v = "0" } }))
+  -- the list passes; the watch's answer passes for 200 ms, then nothing more, the connection left open
+  fp:plan(CM, "ok,stall:200")
+  local w <close> = assert(fc:watch("configmap", { field_selector = "metadata.name=stalled", synced = true,
+    timeout_seconds = 2, idle_grace = 1 }))
+  t.eq(assert(w:next(5)).type, "ADDED")
+  t.eq(assert(w:next(5)).type, "SYNCED")
+  t.eq(select(3, w:next(0.5)), "TIMEOUT") -- the watch request is open, and stalls
+  assert(c:patch("configmap", "stalled", { data = { v = "1" } }))
+  local t0 = task.now()
+  local ev = assert(w:next(10))
+  t.eq(ev.type, "MODIFIED")
+  t.eq(ev.object.data.v, "1")
+  t.eq(w.stalls, 1, "taken for dead once")
+  t.ok(task.now() - t0 < 5, ("seen %.1f s after the change (timeoutSeconds 2 + grace 1)"):format(task.now() - t0))
+  t.eq(fp:stats().faulted, 1)
+end)
+
 t.test("faults: an informer whose watch and lists fail for a while forgets what was deleted meanwhile; garbled events are not objects", function()
   fp:clear()
   for _, n in ipairs({ "keep-a", "gone-b" }) do

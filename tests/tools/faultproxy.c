@@ -32,6 +32,8 @@
 **   close        close the connection without answering
 **   slow:MS      pass the request through after MS milliseconds
 **   cut:MS       pass it through, close the connection MS ms later (breaks a watch)
+**   stall:MS     pass it through, its answer for MS ms, then nothing more while
+**                the connection stays open (a peer that hangs mid-stream)
 **   lost         pass it through; when its answer comes, close the connection
 **                instead (the server did it, the client never hears)
 **   gone         answer a watch with one ERROR event (410 Expired), then end
@@ -83,6 +85,7 @@ typedef struct Conn {
 	int closing;
 	int delayed; /* a slow: request is waiting on the timer */
 	int lose;    /* lost: the answer's first bytes close the connection */
+	int stalled; /* stall: the answer's bytes go no further, the connection stays */
 	char *delayed_req;
 	SSL *ssl; /* --upstream-tls: the upstream session (memory BIOs) */
 	BIO *rbio, *wbio;
@@ -202,7 +205,7 @@ static void up_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 		while (!c->closing && (k = SSL_read(c->ssl, plain, sizeof plain)) > 0) {
 			if (c->lose)
 				conn_close(c); /* lost: the answer goes no further */
-			else
+			else if (!c->stalled)
 				send_client(c, plain, (size_t)k);
 		}
 		if (!c->closing)
@@ -210,7 +213,7 @@ static void up_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 	} else if (n > 0) {
 		if (c->lose)
 			conn_close(c);
-		else
+		else if (!c->stalled)
 			send_client(c, b->base, (size_t)n);
 	}
 	free(b->base);
@@ -306,6 +309,11 @@ static void answer_200(Conn *c, const char *ctype, const char *body)
 static void cut_cb(uv_timer_t *t)
 {
 	conn_close((Conn *)t->data);
+}
+
+static void stall_cb(uv_timer_t *t)
+{
+	((Conn *)t->data)->stalled = 1;
 }
 
 static void slow_cb(uv_timer_t *t)
@@ -495,6 +503,9 @@ static int handle(Conn *c, const char *req, size_t n)
 		c->delayed_len = n;
 		c->delayed = 1;
 		uv_timer_start(&c->timer, slow_cb, (uint64_t)atol(a + 5), 0);
+	} else if (strncmp(a, "stall:", 6) == 0) {
+		forward(c, req, n);
+		uv_timer_start(&c->timer, stall_cb, (uint64_t)atol(a + 6), 0);
 	} else if (strcmp(a, "lost") == 0) {
 		c->lose = 1;
 		forward(c, req, n);

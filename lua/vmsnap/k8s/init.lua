@@ -739,6 +739,7 @@ end
 ---@field bookmarks? boolean         also return BOOKMARK events
 ---@field synced? boolean            return {type = "SYNCED"} after the initial list's events
 ---@field timeout_seconds? integer   server-side length of one watch request (default 300; reconnects after)
+---@field idle_grace? number          a stream still open this long after timeout_seconds is taken for dead and opened again (default 30)
 
 --- A watch: `w:next([timeout])` returns the next event {type, object}, or
 --- nil, message, code. Bookmarks move its resourceVersion; a broken stream
@@ -751,13 +752,14 @@ function Client:watch(kind, opts)
   local r, err, reason = self:resource(kind)
   if not r then return nil, err, reason end
   return setmetatable({ client = self, r = r, opts = opts, ns = self:ns_of(r, opts),
-    rv = opts.resource_version, known = {}, queue = {}, qpos = 1, buf = "", reconnects = 0, relists = 0,
+    rv = opts.resource_version, known = {}, queue = {}, qpos = 1, buf = "", reconnects = 0, relists = 0, stalls = 0,
     need_list = opts.resource_version == nil }, Watch)
 end
 
 ---@class vmsnap.k8s.Watch
 ---@field reconnects integer  streams re-opened after a break
 ---@field relists integer     lists after 410 Gone
+---@field stalls integer      streams opened again because they outlived timeoutSeconds (idle_grace)
 
 function Watch:push(ev)
   self.queue[#self.queue + 1] = ev
@@ -809,6 +811,10 @@ function Watch:connect()
   if not res then return nil, err, reason, st end
   self.res = res
   self.buf, self.bpos, self.parts = "", 1, nil
+  -- the server ends the request after timeoutSeconds: a stream open well
+  -- past that is a peer that hangs (a half-open connection, a proxy that
+  -- stopped passing bytes), and is opened again from the last version seen
+  self.stream_deadline = task.now() + q.timeoutSeconds + (o.idle_grace or 30)
   return true
 end
 
@@ -888,9 +894,19 @@ function Watch:next(timeout)
           end
         end
       else
-        local wait = until_t and (until_t - task.now()) or nil
+        local now = task.now()
+        local wait = until_t and (until_t - now) or nil
         if wait and wait <= 0 then return nil, "no watch event within the timeout", "TIMEOUT" end
-        local chunk, err, code = self.res:read(wait)
+        local left = self.stream_deadline - now
+        local chunk, err, code
+        if left <= 0 then
+          err, code = "the watch stream outlived its timeoutSeconds: taken for dead", "STALLED"
+        else
+          chunk, err, code = self.res:read(wait and math.min(wait, left) or left)
+          if not chunk and code == "TIMEOUT" and not (wait and wait <= left) then
+            err, code = "the watch stream outlived its timeoutSeconds: taken for dead", "STALLED"
+          end
+        end
         if chunk then
           if not chunk:find("\n", 1, true) then
             -- a long event in many pieces: joined once its end has come
@@ -909,6 +925,7 @@ function Watch:next(timeout)
           -- the stream ended or broke: reconnect from the last version seen
           self:drop_stream()
           self.reconnects = self.reconnects + 1
+          if code == "STALLED" then self.stalls = self.stalls + 1 end
           if err then task.sleep(backoff(math.min(self.reconnects, 5))) end
         end
       end
