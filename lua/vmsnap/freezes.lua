@@ -425,6 +425,14 @@ function M.reset_slots()
   waiters, reserved, granted = {}, {}, {}
 end
 
+--- Does `obj` hold a freeze of `vm` that this process made and saw
+--- answered? (Its mark alone may be a dead process's: freeze_or_join takes
+--- such a mark off and freezes anew, through a slot like any freeze.)
+function M.held_here(obj, vm)
+  local at = M.frozen_at(obj)
+  return at ~= nil and vm ~= nil and confirmed[vm_key(vm)] == at
+end
+
 --- Freeze the VM for `obj`, or join the freeze it is under. Returns true,
 --- how ("frozen", "joined", "foreign": frozen by something that left no
 --- lease, "held": obj holds it already) and the freeze {at = ms, deadline =

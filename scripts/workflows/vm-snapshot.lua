@@ -329,8 +329,9 @@ end
 function W.freeze(ctx, vms, facts)
   local vm = facts.vm
   -- a freeze slot first (the caps: docs/schedules.md "Concurrency"), so that
-  -- no pre_freeze hook holds a database while the snapshot queues
-  if not freezes.frozen_at(vms) then
+  -- no pre_freeze hook holds a database while the snapshot queues (also
+  -- after a restart: the mark of a freeze the dead process made is no freeze)
+  if not freezes.held_here(vms, vm) then
     local sok, why = freezes.slot(ctx, vms, freezes.current(ctx, vm))
     if not sok then return steps.wait("FreezeQueued", why, 0.5) end
   end
