@@ -8,7 +8,7 @@ echo "=== failed tests (from $log) ==="
 awk '
   /^[0-9]+\/[0-9]+ Testing: / { spec = $3 }
   /^not ok / { print spec ": " $0; n = 8; first = 1; next }
-  # the first detail line (the assertion's message: what the object showed)
+  # the first detail line (the message of the assertion: what the object showed)
   # whole, in pieces of 300 up to 6,000 characters; the traceback cut short
   n > 0 && /^  # / {
     if (first) { for (i = 1; i <= length($0) && i <= 6000; i += 300) print "    " substr($0, i, 300) }

@@ -101,6 +101,11 @@ local function same_snapshot(cur, o)
     return nil, ("VolumeSnapshot %s/%s exists for PVC %q, not %q"):format(o.namespace, o.name, tostring(src), o.pvc),
       "AlreadyExists"
   end
+  if cur.metadata.deletionTimestamp then
+    -- (an earlier snapshot's of the same name, on its way out: wait for it)
+    return nil, ("VolumeSnapshot %s/%s is being deleted: waiting to create it again"):format(o.namespace, o.name),
+      "Conflict"
+  end
   if o.owner and not object.owned_by(cur, o.owner) then
     return nil, ("VolumeSnapshot %s/%s exists and belongs to another %s %q"):format(o.namespace, o.name,
       o.owner.kind, o.owner.metadata.name), "AlreadyExists"

@@ -224,9 +224,11 @@ function W.volume_snapshot(ctx, vds, facts)
     vs, err, code = W.issue_volume_snapshot(ctx.client, vds, facts, ctx.memo.class or vds.spec.volumeSnapshotClassName, at)
     if not vs then return nil, err, code end
     facts.vs = vs
-  elseif at and freezes.frozen_at(vs) ~= tonumber(at) then
+  end
+  if at and freezes.frozen_at(vs) ~= tonumber(at) then
     -- issued before, under another freeze or none (a pass that was not
-    -- recorded): this freeze proves nothing about its cut
+    -- recorded; one the cache had not seen yet, found by the create):
+    -- this freeze proves nothing about its cut
     at = nil
   end
   local vm = facts.vm

@@ -30,6 +30,7 @@ local hooks = require("vmsnap.hooks")
 local steps = require("vmsnap.reconcile.steps")
 local object = require("vmsnap.k8s.object")
 local secret_format = require("vmsnap.snapshot_secret")
+local errors = require("vmsnap.errors")
 local condition = object.condition
 
 local W = {}
@@ -378,9 +379,14 @@ function W.create_all(ctx, vmr, plan)
   for _, it in ipairs(plan.items) do
     if it.action == "create" then
       local ref = it.kind .. "/" .. it.name
+      -- named before the create: one whose answer is lost is ours all the same
+      -- (the undo deletes only what carries this restore's uid)
+      local named = false
+      for _, x in ipairs(ctx.memo.created) do if x == ref then named = true break end end
+      if not named then ctx.memo.created[#ctx.memo.created + 1] = ref end
       local res, err, code = client:create(it.object)
       if res then
-        ctx.memo.created[#ctx.memo.created + 1] = ref
+        -- (named above)
       elseif code == "AlreadyExists" then
         local cur, gerr, gcode = client:get(RESOURCE[it.kind], it.name, { namespace = ns })
         if not cur and gcode ~= "NotFound" then return nil, gerr, gcode end
@@ -408,9 +414,13 @@ end
 --- that carry its uid, and those its record names). A delete that fails
 --- leaves the undo owed: the next pass tries again (a deleted restore waits
 --- behind its finalizer), so a restore that did not complete ends with
---- nothing of it left.
+--- nothing of it left — but a deleted restore does not wait for good on a
+--- delete the server refuses for a reason no retry changes (a 403): that
+--- object stays, said so in an Event. A restore that is Ready (its record
+--- still owing this undo: a record write that failed) deletes nothing.
 function W.uncreate(ctx, vmr, outcome, facts)
   if outcome ~= "Failed" and outcome ~= "Deleted" then return true end
+  if outcome == "Deleted" and vmr.status.phase == "Ready" then return true end
   local ns = vmr.metadata.namespace
   local refs, seen = {}, {}
   local function add(ref)
@@ -419,7 +429,12 @@ function W.uncreate(ctx, vmr, outcome, facts)
       refs[#refs + 1] = ref
     end
   end
-  local plan = facts.vms and W.plan(ctx, vmr, facts.vms)
+  local plan, perr, pcode
+  if facts.vms then
+    plan, perr, pcode = W.plan(ctx, vmr, facts.vms)
+    -- (a plan that cannot be made for good — its Secret gone — leaves the record's names)
+    if not plan and errors.is_transient(pcode) then return nil, perr, pcode end
+  end
   for _, it in ipairs(plan and plan.items or {}) do add(it.kind .. "/" .. it.name) end
   for _, ref in ipairs(ctx.memo.created or {}) do add(ref) end
   for i = #refs, 1, -1 do
@@ -430,7 +445,11 @@ function W.uncreate(ctx, vmr, outcome, facts)
       if not cur and code ~= "NotFound" then return nil, err, code end
       if cur and ours(vmr, cur) and not cur.metadata.deletionTimestamp then
         local ok, derr, dcode = ctx.client:delete(r, name, { namespace = ns })
-        if not ok and dcode ~= "NotFound" then return nil, derr, dcode end
+        if not ok and dcode ~= "NotFound" then
+          if outcome ~= "Deleted" or errors.is_transient(dcode) then return nil, derr, dcode end
+          ctx:event("Warning", "VirtualMachineRestoreCleanupFailed",
+            ("%s %q of this restore could not be deleted and stays: %s"):format(kind, name, tostring(derr)))
+        end
       end
     end
   end

@@ -320,6 +320,16 @@ end
 function W.needs_freeze(ctx, vms, facts)
   local vm = facts.vm
   if not vm or ctx.memo.issued ~= nil then return false end
+  -- children made for no freeze of this snapshot (its VM was stopped then)
+  -- go on as disk snapshots, each with its own freeze if its VM started
+  local made, marked = false, false
+  for _, child in ipairs(facts.children or {}) do
+    if child then
+      made = true
+      marked = marked or freezes.issued_by_parent(child)
+    end
+  end
+  if made and not marked then return false end
   local ok, phase = freezes.can_freeze(vm)
   return ok and phase ~= "Stopped"
 end
@@ -396,7 +406,8 @@ function W.thaw(ctx, vms, outcome, facts)
     verdicts[i] = (held and this and cut and not st.error) and "consistent" or "inconsistent"
   end
   local ok, err, code = freezes.leave(ctx, vms, vm, { force = outcome == "Budget",
-    skip = function(s) return object.owned_by(s, vms) end, freeze = ctx.memo.freeze })
+    -- (its children whose VolumeSnapshots it issued hold no freeze of their own)
+    skip = function(s) return object.owned_by(s, vms) and freezes.issued_by_parent(s) end, freeze = ctx.memo.freeze })
   if not ok then return nil, err, code end
   if left_frozen and vm then ctx:event("Normal", "VirtualMachineSnapshottingThawed", MSG.THAWED:format(vm.metadata.name)) end
   for i, e in ipairs(children) do

@@ -321,6 +321,18 @@ t.test("Decision 6: a restore deleted while it creates takes back what it create
   t.eq(#left, 0, "no object of the deleted restore remains: " .. table.concat(left, " "))
   t.eq((c:get("vm", "vmdel")), nil)
   t.eq(json.encode(before.metadata.finalizers), '["vmsnap.io/vmrestore-cleanup"]', "held by its cleanup finalizer")
+  -- deleted together with its snapshot (whose Secret, the plan, goes with it): what it made still goes
+  snapshot("ms-del", "vm1", { keepIPAddress = "Never" })
+  fp:plan("/apis/" .. G .. "/namespaces/default/virtualdisks$", "ok,ok,slow:2000")
+  r = restore("r-del2", "ms-del", { "VirtualMachine/vm1=vmdel2",
+    "VirtualDisk/root=rootdel2", "VirtualDisk/data=datadel2", "VirtualMachineBlockDeviceAttachment/att1=attdel2" })
+  assert(wait("vm", "vmdel2", function(o) return o end, 10))
+  assert(c:delete("vmsnapshot", "ms-del"))
+  assert(c:delete("vmrestore", "r-del2"))
+  t.eq(wait("vmrestore", "r-del2", function(o) return o == nil end, 20), true)
+  fp:clear()
+  left = left_after(r.metadata.uid, 15)
+  t.eq(#left, 0, "no object of the restore deleted with its snapshot remains: " .. table.concat(left, " "))
   -- a restore that is Ready owes nothing: deleted, it goes at once and its objects stay
   local ok = assert(wait("vmrestore", "r-retry2", phase_is("Ready")))
   assert(c:delete("vmrestore", "r-retry2"))

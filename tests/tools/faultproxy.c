@@ -86,6 +86,7 @@ typedef struct Conn {
 	int delayed; /* a slow: request is waiting on the timer */
 	int lose;    /* lost: the answer's first bytes close the connection */
 	int stalled; /* stall: the answer's bytes go no further, the connection stays */
+	int stall_armed; /* stall: its timer runs */
 	char *delayed_req;
 	SSL *ssl; /* --upstream-tls: the upstream session (memory BIOs) */
 	BIO *rbio, *wbio;
@@ -313,7 +314,9 @@ static void cut_cb(uv_timer_t *t)
 
 static void stall_cb(uv_timer_t *t)
 {
-	((Conn *)t->data)->stalled = 1;
+	Conn *c = (Conn *)t->data;
+	c->stall_armed = 0;
+	c->stalled = 1;
 }
 
 static void slow_cb(uv_timer_t *t)
@@ -463,6 +466,11 @@ static int handle(Conn *c, const char *req, size_t n)
 		return 0;
 	}
 	n_requests++;
+	if (c->stalled || c->stall_armed) {
+		/* a stall: is one request's; a later one on the connection starts clean */
+		uv_timer_stop(&c->timer);
+		c->stalled = c->stall_armed = 0;
+	}
 	if (getenv("FAULTPROXY_LOG"))
 		fprintf(stderr, "faultproxy: %s %s\n", method, target);
 	const char *a = next_action(method, path, query);
@@ -505,6 +513,7 @@ static int handle(Conn *c, const char *req, size_t n)
 		uv_timer_start(&c->timer, slow_cb, (uint64_t)atol(a + 5), 0);
 	} else if (strncmp(a, "stall:", 6) == 0) {
 		forward(c, req, n);
+		c->stall_armed = 1;
 		uv_timer_start(&c->timer, stall_cb, (uint64_t)atol(a + 6), 0);
 	} else if (strcmp(a, "lost") == 0) {
 		c->lose = 1;

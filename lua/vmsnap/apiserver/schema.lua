@@ -309,8 +309,10 @@ local function v_schema(s, v, path, out, oldv)
       local any = s.additionalProperties ~= nil and s.additionalProperties ~= false
         or s["x-kubernetes-preserve-unknown-fields"] == true
       local n = 0
+      local embedded = s["x-kubernetes-embedded-resource"]
       for k in pairs(v) do
-        if any or (props and props[k]) then n = n + 1 end
+        if any or (props and props[k])
+            or (embedded and (k == "apiVersion" or k == "kind" or k == "metadata")) then n = n + 1 end
       end
       if s.maxProperties and n > s.maxProperties then
         out.causes[#out.causes + 1] = { reason = "FieldValueTooMany", field = path,
