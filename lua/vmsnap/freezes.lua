@@ -624,6 +624,16 @@ function M.still_held(obj, vm, freeze)
   return true
 end
 
+--- still_held for the VM as this process sees it now, under the VM's freeze
+--- lock: a freeze attempt of another snapshot in this process (its lease
+--- taken for the call, given back when the guest was frozen already) is over
+--- before the cut is judged, so it is not taken for a thaw.
+function M.held_now(ctx, obj, vm, freeze)
+  if not vm then return false, "the virtual machine is gone" end
+  local _ <close> = guest.lock(vm, about(obj).by)
+  return M.still_held(obj, M.current(ctx, vm), freeze)
+end
+
 --- Leave the VM's freeze: thaw it when nobody else holds it (`opts.skip`
 --- leaves holders out of that count) or when `opts.force` (the budget is
 --- spent), drop the lease, remove the mark and record how long the guest

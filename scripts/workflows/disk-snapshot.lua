@@ -307,7 +307,7 @@ function W.cut(ctx, vds, facts)
   local reached, left = freezes.reached(vds, state.cut, state.ready, freeze)
   if reached then
     freezes.note(freeze, "cut")
-    return judge(ctx, vds, freezes.still_held(vds, freezes.current(ctx, facts.vm), freeze))
+    return judge(ctx, vds, freezes.held_now(ctx, vds, facts.vm, freeze))
   end
   if left > 0 then
     return steps.wait(waiting.reason, waiting.message, math.min(0.2, math.max(0.01, left)))

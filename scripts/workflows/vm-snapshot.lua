@@ -397,7 +397,7 @@ function W.thaw(ctx, vms, outcome, facts)
   local left_frozen = freezes.frozen_at(vms) ~= nil
   -- each child's verdict, before the thaw: its cut is seen, under this freeze
   local freeze = ctx.memo.freeze
-  local held = vm and freezes.still_held(vms, freezes.current(ctx, vm), freeze)
+  local held = vm and freezes.held_now(ctx, vms, vm, freeze)
   local verdicts = {}
   for i, e in ipairs(children) do
     local st = e.state
@@ -557,7 +557,7 @@ function W.cut(ctx, vms, facts)
   local reached, left = freezes.reached(vms, all_cut, all_ready, freeze)
   if reached then
     freezes.note(freeze, "cut")
-    local held, hwhy = freezes.still_held(vms, freezes.current(ctx, facts.vm), freeze)
+    local held, hwhy = freezes.held_now(ctx, vms, facts.vm, freeze)
     ctx.memo.why = not held and hwhy or nil -- the thaw tells each child
     return true
   end
