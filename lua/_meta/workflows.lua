@@ -118,10 +118,12 @@ Context.memo = {}
 ---@field freeze_or_join fun(ctx: vmsnap.reconcile.Context, obj: table, vm: table): true|nil, string?, vmsnap.freezes.Freeze|string?
 ---@field current fun(ctx: vmsnap.reconcile.Context, vm: table?): table?
 ---@field still_held fun(obj: table, vm: table, freeze: vmsnap.freezes.Freeze?): boolean, string?
+---@field held_now fun(ctx: vmsnap.reconcile.Context, obj: table, vm: table?, freeze: vmsnap.freezes.Freeze?): boolean, string?
+---@field held_here fun(obj: table, vm: table?): boolean
 ---@field can_freeze fun(vm: table): boolean, string, boolean
 ---@field reached fun(obj: table, cut: boolean, ready: boolean, freeze: vmsnap.freezes.Freeze?): boolean, number?
 ---@field overrun fun(ctx: vmsnap.reconcile.Context, obj: table, step: string, what: string): string?, string?, string?
----@field leave fun(ctx: vmsnap.reconcile.Context, obj: table, vm: table?, opts?: {force?: boolean, skip?: fun(obj: table): boolean, thaw?: boolean, since?: number}): true|nil, number|false|string?, string?
+---@field leave fun(ctx: vmsnap.reconcile.Context, obj: table, vm: table?, opts?: {force?: boolean, skip?: fun(obj: table): boolean, freeze?: vmsnap.freezes.Freeze}): true|nil, number|false|string?, string?
 ---@field release_if_last fun(ctx: vmsnap.reconcile.Context, obj: table, vm: table?): true|nil, string?, string?
 
 ---@class vmsnap.snapshot_secret

@@ -381,13 +381,11 @@ function W.create_all(ctx, vmr, plan)
       local ref = it.kind .. "/" .. it.name
       -- named before the create: one whose answer is lost is ours all the same
       -- (the undo deletes only what carries this restore's uid)
-      local named = false
-      for _, x in ipairs(ctx.memo.created) do if x == ref then named = true break end end
-      if not named then ctx.memo.created[#ctx.memo.created + 1] = ref end
+      local known = false
+      for _, x in ipairs(ctx.memo.created) do known = known or x == ref end
+      if not known then ctx.memo.created[#ctx.memo.created + 1] = ref end
       local res, err, code = client:create(it.object)
-      if res then
-        -- (named above)
-      elseif code == "AlreadyExists" then
+      if not res and code == "AlreadyExists" then
         local cur, gerr, gcode = client:get(RESOURCE[it.kind], it.name, { namespace = ns })
         if not cur and gcode ~= "NotFound" then return nil, gerr, gcode end
         if not cur then
@@ -401,7 +399,7 @@ function W.create_all(ctx, vmr, plan)
           return nil, ("%s %q of this restore is being deleted: waiting to create it again"):format(it.kind, it.name),
             "Conflict"
         end
-      else
+      elseif not res then
         return nil, ("failed to create %s %q: %s"):format(it.kind, it.name, tostring(err)), code
       end
     end

@@ -397,7 +397,7 @@ function W.thaw(ctx, vms, outcome, facts)
   local left_frozen = freezes.frozen_at(vms) ~= nil
   -- each child's verdict, before the thaw: its cut is seen, under this freeze
   local freeze = ctx.memo.freeze
-  local held = vm and freezes.held_now(ctx, vms, vm, freeze)
+  local held = freezes.held_now(ctx, vms, vm, freeze)
   local verdicts = {}
   for i, e in ipairs(children) do
     local st = e.state
@@ -646,7 +646,7 @@ end
 --- their own (a VM stopped when its children were made and started before
 --- all were cut; an agent that came late) is consistent disk by disk only.
 --- Returns true, or false and why.
-function W.one_cut(ctx, vms, facts)
+function W.one_cut(ctx, facts)
   local first, first_name
   for _, child in ipairs(facts.children) do
     if child then
@@ -671,7 +671,7 @@ function W.finish(ctx, vms, facts)
   end
   if consistent then
     local why
-    consistent, why = W.one_cut(ctx, vms, facts)
+    consistent, why = W.one_cut(ctx, facts)
     ctx.memo.why = ctx.memo.why or why
   end
   if not consistent and vms.spec.requiredConsistency ~= false then

@@ -899,13 +899,9 @@ function Watch:next(timeout)
         if wait and wait <= 0 then return nil, "no watch event within the timeout", "TIMEOUT" end
         local left = self.stream_deadline - now
         local chunk, err, code
-        if left <= 0 then
+        if left > 0 then chunk, err, code = self.res:read(wait and math.min(wait, left) or left) end
+        if left <= 0 or (not chunk and code == "TIMEOUT" and not (wait and wait <= left)) then
           err, code = "the watch stream outlived its timeoutSeconds: taken for dead", "STALLED"
-        else
-          chunk, err, code = self.res:read(wait and math.min(wait, left) or left)
-          if not chunk and code == "TIMEOUT" and not (wait and wait <= left) then
-            err, code = "the watch stream outlived its timeoutSeconds: taken for dead", "STALLED"
-          end
         end
         if chunk then
           if not chunk:find("\n", 1, true) then
