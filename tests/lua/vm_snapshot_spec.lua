@@ -194,8 +194,10 @@ t.test("a VM with 4 disks: the children made before the freeze, one freeze, the 
   assert(c:create({ apiVersion = "snapshot.storage.k8s.io/v1", kind = "VolumeSnapshotClass",
     metadata = { name = "cut200" }, driver = "local.vmsnap.io", deletionPolicy = "Delete",
     parameters = { cutLatency = "200ms" } }))
-  -- the order of what happened: each child's creation, the VM's freeze lease
-  local order, stop = {}, false
+  -- the order of what happened: each child's creation, the VM's freeze lease,
+  -- by resourceVersion (one global counter): two watches' events may arrive
+  -- in any order
+  local seen, stop = {}, false
   local wc <close> = assert(c:watch("vdsnapshot", { resource_version = assert(c:list("vdsnapshot")).metadata.resourceVersion }))
   local wv <close> = assert(c:watch("vm", { field_selector = "metadata.name=vm-q",
     resource_version = assert(c:get("vm", "vm-q")).metadata.resourceVersion }))
@@ -203,7 +205,7 @@ t.test("a VM with 4 disks: the children made before the freeze, one freeze, the 
     task.spawn(function()
       while not stop do
         local ev = wc:next(0.2)
-        if ev and ev.type == "ADDED" then order[#order + 1] = "child" end
+        if ev and ev.type == "ADDED" then seen[#seen + 1] = { tonumber(ev.object.metadata.resourceVersion), "child" } end
       end
     end),
     task.spawn(function()
@@ -211,7 +213,7 @@ t.test("a VM with 4 disks: the children made before the freeze, one freeze, the 
       while not stop do
         local ev = wv:next(0.2)
         local lease = ev and ev.object and (ev.object.metadata.annotations or {})["vmsnap.io/frozen-by"]
-        if lease and not leased then order[#order + 1] = "lease" end
+        if lease and not leased then seen[#seen + 1] = { tonumber(ev.object.metadata.resourceVersion), "lease" } end
         leased = lease ~= nil
       end
     end),
@@ -221,6 +223,9 @@ t.test("a VM with 4 disks: the children made before the freeze, one freeze, the 
   task.sleep(0.3)
   stop = true
   task.wait_all(watchers)
+  table.sort(seen, function(x, y) return x[1] < y[1] end)
+  local order = {}
+  for i, e in ipairs(seen) do order[i] = e[2] end
   t.eq(table.concat(order, " "), "child child child child lease", "the children exist before the freeze's lease is taken")
   t.eq(s.status.phase, "Ready", json.encode(s.status))
   t.eq(s.status.consistent, true)
