@@ -3,9 +3,14 @@
 -- freeze window (one freeze for the VM, the four VolumeSnapshots issued at
 -- once) thawing at the cut vs at Ready, and VM snapshot create -> Ready; then
 -- VM restore create -> Ready (objects created) of that VM under new names.
+-- A writer in the guest (tests/bench/guest_writer.lua, a write every millisecond
+-- to the VM's root) tells how long the guest's writes stood still in each window.
 local k8s = require("vmsnap.k8s")
 local task = require("vmsnap.task")
 local h = require("helpers")
+local fs = require("vmsnap.fs")
+local json = require("vmsnap.json")
+local proc = require("vmsnap.proc")
 
 local probe, why = h.qga_env()
 if not probe then
@@ -43,10 +48,18 @@ assert(c:wait_for("vm", "vm4", function(o)
     if x.type == "AgentReady" and x.status == "True" then return true end
   end
 end, { timeout = 30 }))
+local vm = assert(c:get("vm", "vm4"))
+local wdir <close> = assert(fs.tempdir("vmsnap-bench-writer"))
+local wout, wstop = wdir.path .. "/blocked", wdir.path .. "/stop"
+local writer <close> = assert(proc.spawn({ h.vmsnap, "--path", h.source .. "/tests/harness", h.source .. "/tests/bench/guest_writer.lua",
+  json.decode(vm.metadata.annotations["vmsnap.io/freeze-mountpoints"])[1], wout, wstop }, { stdout = "null" }))
+local freeze_row
+local spans = {} -- per mode: { {t0, t1}, ... } of each snapshot, on task.now()'s clock
 assert(c:create({ apiVersion = "snapshot.storage.k8s.io/v1", kind = "VolumeSnapshotClass", metadata = { name = "lat" },
   driver = "local.vmsnap.io", deletionPolicy = "Delete", parameters = { cutLatency = "200ms", readyLatency = "1s" } }))
 for _, mode in ipairs({ "Cut", "Ready" }) do
   local win, total, parts = {}, {}, {}
+  spans[mode] = {}
   for i = 1, 7 do
     local name = ("ms-%s-%d"):format(mode:lower(), i)
     local t0 = task.now()
@@ -56,6 +69,7 @@ for _, mode in ipairs({ "Cut", "Ready" }) do
     local o = terminal("vmsnapshot", name)
     total[i] = (task.now() - t0) * 1000
     win[i] = tonumber(o.metadata.annotations["vmsnap.io/freeze-duration-ms"])
+    spans[mode][i] = { t0, task.now(), window = win[i] }
     for k, v in (o.metadata.annotations["vmsnap.io/freeze-parts-ms"] or ""):gmatch("(%w+)=(%d+)") do
       parts[k] = parts[k] or {}
       table.insert(parts[k], tonumber(v))
@@ -67,7 +81,7 @@ for _, mode in ipairs({ "Cut", "Ready" }) do
     local function med(xs) table.sort(xs) return xs[math.ceil(#xs / 2)] or 0 end
     local p = {}
     for _, k in ipairs({ "freeze", "issue", "cut", "thaw" }) do p[#p + 1] = ("%s %d"):format(k, med(parts[k] or {})) end
-    h.bench_row("freeze", ("median %d ms (%s)"):format(med(win), table.concat(p, ", ")))
+    freeze_row = ("median %d ms (%s"):format(med(win), table.concat(p, ", "))
   end
   for _, k in ipairs({ "freeze", "issue", "cut", "thaw" }) do
     print(("  %-6s %s"):format(k, parts[k] and stats(parts[k]) or "not recorded"))
@@ -81,6 +95,31 @@ for _, mode in ipairs({ "Cut", "Ready" }) do
   end
   print(("4 disks, VM snapshot create -> Ready (thaw at %s): %s"):format(mode, stats(total)))
 end
+-- the writer's longest blocked write in each snapshot's life
+assert(fs.write_atomic(wstop, ""))
+local wr = writer:wait(10)
+assert(wr and wr.status == 0, "the guest writer failed: " .. tostring(wr and wr.stderr))
+local blocks = {}
+for line in (fs.read_file(wout) or ""):gmatch("[^\n]+") do
+  local t, ms = line:match("^(%S+) (%S+)$")
+  blocks[#blocks + 1] = { tonumber(t), tonumber(ms) }
+end
+local writer_med
+for _, mode in ipairs({ "Cut", "Ready" }) do
+  local longest, short = {}, {}
+  for i, sp in ipairs(spans[mode]) do
+    longest[i] = 0
+    for _, b in ipairs(blocks) do
+      if b[1] >= sp[1] and b[1] <= sp[2] then longest[i] = math.max(longest[i], b[2]) end
+    end
+    short[i] = sp.window - longest[i]
+  end
+  print(("4 disks, a writer in the guest (a write each ms to the VM's root), its longest stalled write, thaw at %s: %s"):format(mode, stats(longest)))
+  print(("  the window minus that stall: %s"):format(stats(short)))
+  if mode == "Cut" then writer_med = longest[math.ceil(#longest / 2)] end
+end
+h.bench_row("freeze", ("%s; a guest writer stalled %d ms)"):format(freeze_row, writer_med))
+
 -- restores next to the running original: a snapshot that does not keep the address
 assert(c:create({ apiVersion = G, kind = "VirtualMachineSnapshot", metadata = { name = "ms-clone" },
   spec = { virtualMachineName = "vm4", keepIPAddress = "Never" } }))
