@@ -27,6 +27,7 @@ local function stats(xs)
   local function p(q) return xs[math.max(1, math.ceil(#xs * q))] end
   return ("median %.0f ms, p90 %.0f ms, max %.0f ms (n=%d)"):format(p(0.5), p(0.9), p(1), #xs)
 end
+local function med(xs) table.sort(xs) return xs[math.ceil(#xs / 2)] or 0 end
 local function terminal(kind, name)
   local o = assert(c:wait_for(kind, name, function(x)
     return x and x.status and (x.status.phase == "Ready" or x.status.phase == "Failed") and x
@@ -51,9 +52,9 @@ end, { timeout = 30 }))
 local vm = assert(c:get("vm", "vm4"))
 local wdir <close> = assert(fs.tempdir("vmsnap-bench-writer"))
 local wout, wstop = wdir.path .. "/blocked", wdir.path .. "/stop"
-local writer <close> = assert(proc.spawn({ h.vmsnap, "--path", h.source .. "/tests/harness", h.source .. "/tests/bench/guest_writer.lua",
+local writer <close> = assert(proc.spawn({ h.vmsnap, h.source .. "/tests/bench/guest_writer.lua",
   json.decode(vm.metadata.annotations["vmsnap.io/freeze-mountpoints"])[1], wout, wstop }, { stdout = "null" }))
-local freeze_row
+local window_med, parts_med -- of the snapshots thawing at the cut, for the bench row
 local spans = {} -- per mode: { {t0, t1}, ... } of each snapshot, on task.now()'s clock
 assert(c:create({ apiVersion = "snapshot.storage.k8s.io/v1", kind = "VolumeSnapshotClass", metadata = { name = "lat" },
   driver = "local.vmsnap.io", deletionPolicy = "Delete", parameters = { cutLatency = "200ms", readyLatency = "1s" } }))
@@ -78,10 +79,9 @@ for _, mode in ipairs({ "Cut", "Ready" }) do
   end
   print(("4 disks, freeze window, thaw at %s (200 ms cut, 1 s ready latency per disk): %s"):format(mode, stats(win)))
   if mode == "Cut" then
-    local function med(xs) table.sort(xs) return xs[math.ceil(#xs / 2)] or 0 end
     local p = {}
     for _, k in ipairs({ "freeze", "issue", "cut", "thaw" }) do p[#p + 1] = ("%s %d"):format(k, med(parts[k] or {})) end
-    freeze_row = ("median %d ms (%s"):format(med(win), table.concat(p, ", "))
+    window_med, parts_med = med(win), table.concat(p, ", ")
   end
   for _, k in ipairs({ "freeze", "issue", "cut", "thaw" }) do
     print(("  %-6s %s"):format(k, parts[k] and stats(parts[k]) or "not recorded"))
@@ -116,9 +116,9 @@ for _, mode in ipairs({ "Cut", "Ready" }) do
   end
   print(("4 disks, a writer in the guest (a write each ms to the VM's root), its longest stalled write, thaw at %s: %s"):format(mode, stats(longest)))
   print(("  the window minus that stall: %s"):format(stats(short)))
-  if mode == "Cut" then writer_med = longest[math.ceil(#longest / 2)] end
+  if mode == "Cut" then writer_med = med(longest) end
 end
-h.bench_row("freeze", ("%s; a guest writer stalled %d ms)"):format(freeze_row, writer_med))
+h.bench_row("freeze", ("median %d ms (%s; a guest writer stalled %.0f ms)"):format(window_med, parts_med, writer_med))
 
 -- restores next to the running original: a snapshot that does not keep the address
 assert(c:create({ apiVersion = G, kind = "VirtualMachineSnapshot", metadata = { name = "ms-clone" },
