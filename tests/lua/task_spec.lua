@@ -54,6 +54,89 @@ t.test("a CPU-bound loop past its deadline fails with TIMEOUT even inside pcall"
   t.eq({ v, code }, { nil, "TIMEOUT" })
 end)
 
+t.test("a CPU-bound loop inside plain coroutines past its deadline fails with TIMEOUT", function()
+  -- tasks run without a Lua hook until a kill is due; the signal that
+  -- sets one must find the coroutine that is running, however nested
+  local v, _, code = task.timeout(0.05, function()
+    coroutine.wrap(function()
+      local co = coroutine.create(function() while true do end end)
+      while true do pcall(coroutine.resume, co) end
+    end)()
+  end)
+  t.eq({ v, code }, { nil, "TIMEOUT" })
+  v, _, code = task.timeout(0.05, function()
+    local co = coroutine.create(function() coroutine.yield() while true do end end)
+    coroutine.resume(co)
+    coroutine.resume(co)
+  end)
+  t.eq({ v, code }, { nil, "TIMEOUT" })
+end)
+
+t.test("a busy task is stopped at its own deadline, not at another task's", function()
+  local t0 = task.now()
+  -- a long deadline arms the timer first (and waits); then a short one computes
+  local long = task.spawn(function()
+    return task.timeout(0.4, function() task.sleep(0.01) while true do end end)
+  end)
+  task.sleep(0)
+  local v, _, code = task.timeout(0.05, function() while true do end end)
+  local short_took = task.now() - t0
+  t.eq({ v, code }, { nil, "TIMEOUT" })
+  t.ok(short_took < 0.3, "stopped at 0.05 s, not at the long deadline: " .. short_took)
+  -- the timer fired for the short one; the long one must still be stopped
+  t.eq(select(3, task.wait(long)), "TIMEOUT")
+end)
+
+t.test("coroutine.resume, wrap and close keep the base library's behaviour", function()
+  local co = coroutine.create(function(a, b)
+    local c = coroutine.yield(a + b)
+    local d, e = coroutine.yield(c * 2)
+    return d, e, "end"
+  end)
+  t.eq({ coroutine.resume(co, 1, 2) }, { true, 3 })
+  t.eq({ coroutine.resume(co, 10) }, { true, 20 })
+  t.eq({ coroutine.resume(co, "x", "y") }, { true, "x", "y", "end" })
+  t.eq({ coroutine.resume(co) }, { false, "cannot resume dead coroutine" })
+  t.eq({ coroutine.resume(coroutine.running()) }, { false, "cannot resume non-suspended coroutine" })
+  local ok, err = pcall(coroutine.resume, 1)
+  t.eq(ok, false)
+  t.contains(err, "bad argument #1 to 'coroutine.resume' (thread expected, got number)")
+  t.eq(select("#", coroutine.wrap(function() return table.unpack({}, 1, 200) end)()), 200)
+
+  local w = coroutine.wrap(function(...) coroutine.yield(select("#", ...)) error("boom") end)
+  t.eq(w(1, nil, 3), 3)
+  ok, err = pcall(w)
+  t.eq(ok, false)
+  t.ok(err:match("^[^:]+:%d+: boom$"), "the error keeps its position: " .. err)
+  t.eq({ pcall(w) }, { false, "cannot resume dead coroutine" })
+  ok, err = pcall(coroutine.wrap(function() error({ code = 7 }) end))
+  t.eq({ ok, err.code }, { false, 7 })
+
+  local closed = {}
+  local c = coroutine.create(function()
+    local _ <close> = setmetatable({}, { __close = function() closed[#closed + 1] = "x" end })
+    coroutine.yield(1)
+  end)
+  coroutine.resume(c)
+  t.eq(coroutine.close(c), true)
+  t.eq({ closed[1], coroutine.status(c) }, { "x", "dead" })
+  c = coroutine.create(function()
+    local _ <close> = setmetatable({}, { __close = function() error("in close", 0) end })
+    coroutine.yield(1)
+  end)
+  coroutine.resume(c)
+  t.eq({ coroutine.close(c) }, { false, "in close" })
+  t.eq(coroutine.close(coroutine.create(print)), true)
+  t.eq({ pcall(coroutine.close, coroutine.running()) }, { false, "cannot close a running coroutine" })
+  local outer
+  outer = coroutine.create(function()
+    return coroutine.resume(coroutine.create(function() return pcall(coroutine.close, outer) end))
+  end)
+  local r = { coroutine.resume(outer) }
+  t.eq({ r[1], r[2], r[3] }, { true, true, false })
+  t.contains(r[4], "cannot close a normal coroutine")
+end)
+
 t.test("cancel raises CANCELLED at the wait; <close> handlers may still wait", function()
   local log = {}
   local a = task.spawn(function()

@@ -538,6 +538,7 @@ VMSNAP_API void vmsnap_close(vmsnap_runtime *rt)
 		lua_close(rt->L);
 		rt->L = NULL;
 	}
+	Vmsnap_sched_unbind(rt);
 	if (rt->http_free)
 		rt->http_free(rt);
 	if (rt->loop_open) {
@@ -949,6 +950,7 @@ VMSNAP_API void vmsnap_cancel(vmsnap_runtime *rt)
 	if (!rt)
 		return;
 	rt->cancel_requested = 1;
+	Vmsnap_sched_interrupt(rt); /* a task busy computing checks at once */
 	if (rt->loop_open)
 		uv_async_send(&rt->wakeup);
 }

@@ -11,9 +11,11 @@
 #ifndef VMSNAP_RUNTIME_H
 #define VMSNAP_RUNTIME_H
 
+#include <pthread.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -74,6 +76,15 @@ struct vmsnap_runtime {
 	uv_idle_t idle; /* active while tasks are ready (sched.c) */
 	volatile sig_atomic_t cancel_requested;
 	int cancel_seen;
+
+	/* preemption (sched.c): tasks run without a Lua hook; a signal sets
+	** one on the running thread when a kill may be due */
+	lua_State *volatile running;   /* the Lua thread executing a task's code, or NULL */
+	volatile sig_atomic_t preempt; /* a signal asked `running` to check for kills */
+	int wd_state;                  /* 0 = unbound, 1 = timer on wd_thread, -1 = no preemption */
+	pthread_t wd_thread;           /* the thread the runtime runs on */
+	timer_t wd_timer;              /* fires the preemption signal at a deadline */
+	double wd_due;                 /* when it fires (monotonic seconds), 0 = disarmed */
 	long registry_refs; /* references taken and not yet released */
 
 	/* host event loop integration (api) */

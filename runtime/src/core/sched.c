@@ -11,15 +11,29 @@
 ** lua_pcallk with Vmsnap_msghandler.  Because the pcall is inside the
 ** coroutine, an error raised at a wait point (CANCELLED, TIMEOUT) unwinds
 ** through yieldable frames: `<close>` handlers may still wait (a thaw).
+**
+** Kills between waits (a deadline passed in a busy loop, a cancel, a cleanup
+** that computes too long) are delivered by a Lua hook.  Any count hook makes
+** Lua 5.4 trace every instruction (about half the VM's speed), so trusted
+** tasks run without one until a kill may be due: a POSIX timer armed at the
+** running task's deadline, or vmsnap_cancel(), sends PREEMPT_SIGNAL to the
+** runtime's thread, whose handler sets a one-instruction hook on the thread
+** running now (rt->running, kept by the scheduler and by our
+** coroutine.resume/wrap/close).  The hook then decides as before.  Tasks
+** that are sandboxed (hooks), bounded in memory, profiled, covered (fuzz
+** build) or already being killed keep the count hook always on; so do all
+** tasks when the signal cannot be used (docs/embedding.md).
 */
 #include "scheduler.h"
 #include "vmsnap_plugin.h"
 
+#include <errno.h>
 #include <math.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define TASK_MT "vmsnap.task.Task"
 #define HOOK_COUNT 1000
@@ -383,18 +397,282 @@ static void profile_sample(lua_State *L)
 		profile_dump(L);
 }
 
+static int profile_on(void)
+{
+	if (profile_state == 0) {
+		profile_path = getenv("VMSNAP_PROFILE");
+		profile_state = profile_path && *profile_path ? 2 : 1;
+	}
+	return profile_state == 2;
+}
+
+/* ----------------------------------------------------------- preemption */
+
+#define PREEMPT_SIGNAL (SIGRTMAX - 2)
+static pthread_once_t preempt_once = PTHREAD_ONCE_INIT;
+static int preempt_installed; /* the signal's handler is ours */
+
+/* Ask the thread running a task's code to check for kills at its next
+** instruction.  Async-signal-safe; on the runtime's own thread only (Lua
+** allows lua_sethook there even from a signal handler). */
+static void preempt_here(vmsnap_runtime *rt)
+{
+	lua_State *L = rt->running;
+	rt->preempt = 1;
+	if (L)
+		lua_sethook(L, Vmsnap_sched_hook, LUA_MASKCOUNT, 1);
+}
+
+static void preempt_signal(int sig, siginfo_t *si, void *uc)
+{
+	int saved = errno;
+	(void)sig;
+	(void)uc;
+	/* our timers, or vmsnap_cancel() on another thread of this process; only
+	** on the thread the runtime runs on (a timer whose thread has exited may
+	** signal another one) */
+	if ((si->si_code == SI_TIMER || (si->si_code == SI_QUEUE && si->si_pid == getpid())) &&
+	    si->si_value.sival_ptr) {
+		vmsnap_runtime *rt = si->si_value.sival_ptr;
+		if (pthread_equal(pthread_self(), rt->wd_thread))
+			preempt_here(rt);
+	}
+	errno = saved;
+}
+
+static void preempt_install(void)
+{
+	struct sigaction sa, old;
+	if (sigaction(PREEMPT_SIGNAL, NULL, &old) != 0)
+		return;
+	if (!(old.sa_flags & SA_SIGINFO) && old.sa_handler != SIG_DFL)
+		return; /* the host uses the signal: keep the count hook always on */
+	if ((old.sa_flags & SA_SIGINFO) && old.sa_sigaction != preempt_signal)
+		return;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_sigaction = preempt_signal;
+	sa.sa_flags = SA_SIGINFO | SA_RESTART;
+	sigemptyset(&sa.sa_mask);
+	preempt_installed = sigaction(PREEMPT_SIGNAL, &sa, NULL) == 0;
+}
+
+/* Bind the runtime's preemption to the calling thread (once per thread it
+** runs on); 1 if tasks may run without a hook. */
+static int preempt_bind(vmsnap_runtime *rt)
+{
+	struct sigevent sev;
+	sigset_t cur;
+	if (rt->wd_state != 0 && pthread_equal(rt->wd_thread, pthread_self()))
+		return rt->wd_state == 1;
+	pthread_once(&preempt_once, preempt_install);
+	if (rt->wd_state == 1)
+		timer_delete(rt->wd_timer);
+	rt->wd_state = -1;
+	rt->wd_due = 0;
+	rt->wd_thread = pthread_self();
+	if (!preempt_installed || pthread_sigmask(SIG_BLOCK, NULL, &cur) != 0 ||
+	    sigismember(&cur, PREEMPT_SIGNAL))
+		return 0;
+	memset(&sev, 0, sizeof sev);
+	sev.sigev_notify = SIGEV_THREAD_ID;
+	sev.sigev_signo = PREEMPT_SIGNAL;
+	sev.sigev_value.sival_ptr = rt;
+	sev._sigev_un._tid = (pid_t)gettid();
+	if (timer_create(CLOCK_MONOTONIC, &sev, &rt->wd_timer) != 0)
+		return 0;
+	rt->wd_state = 1;
+	return 1;
+}
+
+/* Make sure the timer fires by `deadline` (Vmsnap_now()'s clock, which is
+** CLOCK_MONOTONIC): re-armed only when it would fire too late or has fired. */
+static void preempt_at(vmsnap_runtime *rt, double deadline)
+{
+	struct itimerspec its;
+	double due = deadline + 0.001, now = Vmsnap_now(); /* never before the deadline */
+	if (rt->wd_due > now && rt->wd_due <= due)
+		return;
+	memset(&its, 0, sizeof its);
+	its.it_value.tv_sec = (time_t)due;
+	its.it_value.tv_nsec = (long)((due - floor(due)) * 1e9);
+	if (timer_settime(rt->wd_timer, TIMER_ABSTIME, &its, NULL) == 0)
+		rt->wd_due = due;
+}
+
+/* Whether t's threads carry the count hook all the time. */
+static int hook_always(vmsnap_runtime *rt, const Vmsnap_task *t)
+{
+#ifdef VMSNAP_FUZZ_COVERAGE
+	(void)rt;
+	(void)t;
+	return 1;
+#else
+	return rt->wd_state != 1 || t->sandboxed || t->acct || t->kill_code || profile_on();
+#endif
+}
+
+/* Give thread co the hook that task t (or no task) needs now. */
+static void watch_thread(vmsnap_runtime *rt, lua_State *co, const Vmsnap_task *t)
+{
+	int mask = 0, count = 0;
+	if (t && t->kill_hard) {
+		mask = LUA_MASKLINE | LUA_MASKCOUNT;
+		count = 1;
+	} else if (t && hook_always(rt, t)) {
+		mask = TASK_HOOK_MASK;
+		count = HOOK_COUNT;
+	}
+	if (lua_gethookmask(co) != mask || (mask && lua_gethookcount(co) != count))
+		lua_sethook(co, mask ? Vmsnap_sched_hook : NULL, mask, count);
+}
+
+/* co starts or goes on running the current task's code (NULL: none). */
+static void enter_thread(vmsnap_runtime *rt, lua_State *co)
+{
+	rt->running = co;
+	if (!co)
+		return;
+	watch_thread(rt, co, rt->current);
+	if (rt->preempt) /* a signal came while we switched */
+		lua_sethook(co, Vmsnap_sched_hook, LUA_MASKCOUNT, 1);
+}
+
+void Vmsnap_sched_interrupt(vmsnap_runtime *rt)
+{
+	if (rt->wd_state != 1 || !rt->running)
+		return; /* nothing runs between waits (or the count hook is on) */
+	if (pthread_equal(pthread_self(), rt->wd_thread)) {
+		preempt_here(rt);
+	} else {
+		union sigval v;
+		v.sival_ptr = rt;
+		pthread_sigqueue(rt->wd_thread, PREEMPT_SIGNAL, v);
+	}
+}
+
+void Vmsnap_sched_unbind(vmsnap_runtime *rt)
+{
+	if (rt->wd_state == 1)
+		timer_delete(rt->wd_timer);
+	rt->wd_state = 0;
+}
+
+/* ---------------------------------------------------- tracked coroutines */
+
+/* coroutine.resume, .wrap and .close, as the base library's, but keeping
+** rt->running up to date so that preemption finds a busy plain coroutine. */
+
+static int resume_thread(lua_State *L, lua_State *co, int narg)
+{
+	vmsnap_runtime *rt = Vmsnap_rt(L);
+	lua_State *prev = rt->running;
+	int st, nres;
+	if (!lua_checkstack(co, narg)) {
+		lua_pushliteral(L, "too many arguments to resume");
+		return -1;
+	}
+	lua_xmove(L, co, narg);
+	enter_thread(rt, co);
+	st = lua_resume(co, L, narg, &nres);
+	enter_thread(rt, prev);
+	if (st != LUA_OK && st != LUA_YIELD) {
+		lua_xmove(co, L, 1); /* the error */
+		return -1;
+	}
+	if (!lua_checkstack(L, nres + 1)) {
+		lua_pop(co, nres);
+		lua_pushliteral(L, "too many results to resume");
+		return -1;
+	}
+	lua_xmove(co, L, nres);
+	return nres;
+}
+
+static int co_resume(lua_State *L)
+{
+	lua_State *co = lua_tothread(L, 1);
+	int n;
+	luaL_argexpected(L, co, 1, "thread");
+	n = resume_thread(L, co, lua_gettop(L) - 1);
+	lua_pushboolean(L, n >= 0);
+	lua_insert(L, n >= 0 ? -(n + 1) : -2);
+	return n >= 0 ? n + 1 : 2;
+}
+
+/* Close co's pending to-be-closed variables, tracked; returns the status. */
+static int close_thread(lua_State *L, lua_State *co)
+{
+	vmsnap_runtime *rt = Vmsnap_rt(L);
+	lua_State *prev = rt->running;
+	int st;
+	enter_thread(rt, co);
+#if LUA_VERSION_RELEASE_NUM >= 50406
+	st = lua_closethread(co, L);
+#else
+	st = lua_resetthread(co);
+#endif
+	enter_thread(rt, prev);
+	return st;
+}
+
+static int co_wrapped(lua_State *L)
+{
+	lua_State *co = lua_tothread(L, lua_upvalueindex(1));
+	int n = resume_thread(L, co, lua_gettop(L)), st;
+	if (n >= 0)
+		return n;
+	st = lua_status(co);
+	if (st != LUA_OK && st != LUA_YIELD) { /* it died: close it, its error goes on */
+		lua_pop(L, 1);
+		st = close_thread(L, co);
+		lua_xmove(co, L, 1);
+	}
+	if (st != LUA_ERRMEM && lua_type(L, -1) == LUA_TSTRING) {
+		luaL_where(L, 1); /* where the wrapper was called */
+		lua_insert(L, -2);
+		lua_concat(L, 2);
+	}
+	return lua_error(L);
+}
+
+static int co_wrap(lua_State *L)
+{
+	lua_State *co;
+	luaL_checktype(L, 1, LUA_TFUNCTION);
+	co = lua_newthread(L);
+	lua_pushvalue(L, 1);
+	lua_xmove(L, co, 1);
+	lua_pushcclosure(L, co_wrapped, 1);
+	return 1;
+}
+
+static int co_close(lua_State *L)
+{
+	lua_State *co = lua_tothread(L, 1);
+	lua_Debug ar;
+	int st;
+	luaL_argexpected(L, co, 1, "thread");
+	st = lua_status(co);
+	if (co == L)
+		return luaL_error(L, "cannot close a running coroutine");
+	if (st == LUA_OK && lua_getstack(co, 0, &ar))
+		return luaL_error(L, "cannot close a normal coroutine");
+	st = close_thread(L, co);
+	if (st == LUA_OK) {
+		lua_pushboolean(L, 1);
+		return 1;
+	}
+	lua_pushboolean(L, 0);
+	lua_xmove(co, L, 1);
+	return 2;
+}
+
 void Vmsnap_sched_hook(lua_State *L, lua_Debug *ar)
 {
 	vmsnap_runtime *rt = Vmsnap_rt(L);
 	Vmsnap_task *t = rt->current;
-	if (profile_state != 1) {
-		if (profile_state == 0) {
-			profile_path = getenv("VMSNAP_PROFILE");
-			profile_state = profile_path && *profile_path ? 2 : 1;
-		}
-		if (profile_state == 2 && ar->event == LUA_HOOKCOUNT)
-			profile_sample(L);
-	}
+	if (ar->event == LUA_HOOKCOUNT && profile_on())
+		profile_sample(L);
 #ifdef VMSNAP_FUZZ_COVERAGE
 	if (ar->event == LUA_HOOKLINE) {
 		cover_line(L, ar);
@@ -402,14 +680,24 @@ void Vmsnap_sched_hook(lua_State *L, lua_Debug *ar)
 			return;
 	}
 #endif
-	if (!t || !kill_due(rt, t, 1))
+	rt->preempt = 0;
+	if (!t || !kill_due(rt, t, 1)) {
+		/* nothing to deliver: back to the hook the task runs with */
+		if (t)
+			watch_thread(rt, L, t);
+		else
+			lua_sethook(L, NULL, 0, 0);
+		if (rt->preempt) /* a signal came meanwhile */
+			lua_sethook(L, Vmsnap_sched_hook, LUA_MASKCOUNT, 1);
+		else if (t && t->deadline > 0 && rt->wd_state == 1 && !hook_always(rt, t))
+			preempt_at(rt, t->deadline); /* it fired early (for another task) */
 		return;
-	if (t->kill_hard) {
-		/* from now on every line raises, so pcall cannot hold it */
-		lua_sethook(L, Vmsnap_sched_hook, LUA_MASKLINE | LUA_MASKCOUNT, 1);
-		if (L != t->co)
-			lua_sethook(t->co, Vmsnap_sched_hook, LUA_MASKLINE | LUA_MASKCOUNT, 1);
 	}
+	/* from now on the task's threads carry the count hook (its cleanups get
+	** short slices); once hard, every line raises, so pcall cannot hold it */
+	watch_thread(rt, L, t);
+	if (L != t->co)
+		watch_thread(rt, t->co, t);
 	raise_kill(L, t);
 }
 
@@ -522,7 +810,7 @@ Vmsnap_task *Vmsnap_sched_spawn(lua_State *L, int nargs, double deadline)
 	t->refs = 1;
 	t->boxed = 1;
 	*(vmsnap_runtime **)lua_getextraspace(co) = rt;
-	lua_sethook(co, Vmsnap_sched_hook, TASK_HOOK_MASK, HOOK_COUNT);
+	/* its hook is set at each resume (watch_thread) */
 
 	lua_pushcfunction(co, task_main);
 	lua_xmove(L, co, nargs + 1); /* fn and args */
@@ -709,7 +997,13 @@ static void resume(vmsnap_runtime *rt, Vmsnap_task *t)
 	rt->current = t;
 	rt->acct = t->acct;
 	t->slice_start = Vmsnap_now();
+	preempt_bind(rt);
+	kill_due(rt, t, 0); /* a kill that came while it was ready: its hook */
+	enter_thread(rt, co);
+	if (t->deadline > 0 && !hook_always(rt, t))
+		preempt_at(rt, t->deadline);
 	st = lua_resume(co, rt->L, nargs, &nres);
+	rt->running = NULL;
 	rt->current = NULL;
 	rt->acct = NULL;
 	if (st == LUA_YIELD) {
@@ -1124,6 +1418,16 @@ void Vmsnap_sched_open(lua_State *L)
 		luaL_newlibtable(L, task_meth);
 		luaL_setfuncs(L, task_meth, 0);
 		lua_setfield(L, -2, "__index");
+	}
+	lua_pop(L, 1);
+	/* coroutine.resume, .wrap and .close that preemption can follow */
+	if (lua_getglobal(L, "coroutine") == LUA_TTABLE) {
+		lua_pushcfunction(L, co_resume);
+		lua_setfield(L, -2, "resume");
+		lua_pushcfunction(L, co_wrap);
+		lua_setfield(L, -2, "wrap");
+		lua_pushcfunction(L, co_close);
+		lua_setfield(L, -2, "close");
 	}
 	lua_pop(L, 1);
 }

@@ -4,7 +4,8 @@
 ** Provides: spawning a Lua function as a task, the cosocket wait protocol
 ** (register an operation and yield; the loop wakes the task; the task's
 ** continuation pushes the results), cancellation with a grace period for
-** cleanups, deadlines enforced by a count hook, and the run loop.
+** cleanups, deadlines enforced by a Lua hook (set on demand by a signal;
+** sched.c), and the run loop.
 **
 ** The wait protocol, for a C function that must wait:
 **
@@ -118,8 +119,13 @@ void Vmsnap_sched_init(vmsnap_runtime *rt);
 void Vmsnap_sched_open(lua_State *L);
 /* Push the outcome of a done task: its values, or nil, message, code. */
 int Vmsnap_sched_push_result(lua_State *L, Vmsnap_task *t);
-/* The count hook installed on every task coroutine. */
+/* The hook that delivers kills to a task's running code. */
 void Vmsnap_sched_hook(lua_State *L, lua_Debug *ar);
+/* Make the code running now check for kills (a cancel) soon, from any
+** thread or a signal handler. */
+void Vmsnap_sched_interrupt(vmsnap_runtime *rt);
+/* Release the preemption timer (close, on the runtime's thread). */
+void Vmsnap_sched_unbind(vmsnap_runtime *rt);
 
 int luaopen_vmsnap_core_task(lua_State *L);
 
