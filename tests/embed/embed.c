@@ -114,6 +114,35 @@ static void *cancel_later(void *arg)
 }
 
 
+/* a busy loop past the runtime's deadline, on the calling thread; with
+** *block set, the preemption signal is blocked there first (the runtime
+** must fall back to its count hook) */
+struct busy_run {
+	vmsnap_runtime *rt;
+	int block;
+	vmsnap_status st;
+};
+static void *busy_on_thread(void *arg)
+{
+	struct busy_run *b = arg;
+	if (b->block) {
+		sigset_t set;
+		sigemptyset(&set);
+		sigaddset(&set, SIGRTMAX - 2);
+		pthread_sigmask(SIG_BLOCK, &set, NULL);
+	}
+	b->st = run(b->rt, "local i = 0 while true do i = i + 1 end");
+	return NULL;
+}
+static vmsnap_status busy_thread(vmsnap_runtime *rt, int block)
+{
+	pthread_t th;
+	struct busy_run b = {rt, block, VMSNAP_OK};
+	pthread_create(&th, NULL, busy_on_thread, &b);
+	pthread_join(th, NULL);
+	return b.st;
+}
+
 /* ------------------------------------ the shipped hooks through the C API */
 
 /* a one-shot HTTP server on 127.0.0.1: it keeps the request it got and
@@ -486,6 +515,18 @@ int main(int argc, char **argv)
 		st = run(rt, "return 1");
 		CHECK(st == VMSNAP_OK, "the runtime is usable after a cancel");
 	}
+	/* ... and of a run busy computing (no wait point to raise at) */
+	{
+		pthread_t th;
+		static const char code[] = "local i = 0 while true do i = i + 1 end\n";
+		st = vmsnap_start_buffer(rt, code, sizeof code - 1, "=busy");
+		pthread_create(&th, NULL, cancel_later, rt);
+		do
+			st = vmsnap_step(rt, -1);
+		while (st == VMSNAP_AGAIN);
+		pthread_join(th, NULL);
+		CHECK(st == VMSNAP_ERR_CANCELLED, "vmsnap_cancel from another thread stops a busy loop");
+	}
 	vmsnap_close(rt);
 
 	/* deadline and memory limit */
@@ -498,6 +539,13 @@ int main(int argc, char **argv)
 		vmsnap_config_free(cfg);
 		st = run(rt, "while true do end");
 		CHECK(st == VMSNAP_ERR_TIMEOUT, "a busy loop past the deadline is VMSNAP_ERR_TIMEOUT");
+		/* the runtime moved to another thread, and back: its timer follows */
+		CHECK(busy_thread(rt, 0) == VMSNAP_ERR_TIMEOUT, "a busy loop on another thread is stopped");
+		st = run(rt, "while true do end");
+		CHECK(st == VMSNAP_ERR_TIMEOUT, "and again on the first thread");
+		/* a thread that blocks the signal: the count hook stops it instead */
+		CHECK(busy_thread(rt, 1) == VMSNAP_ERR_TIMEOUT,
+		      "a busy loop is stopped on a thread that blocks the preemption signal");
 		vmsnap_close(rt);
 	}
 	rt = open_rt(4 * 1024 * 1024);

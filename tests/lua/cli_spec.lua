@@ -144,6 +144,17 @@ task.sleep(30)
   t.contains(r.stderr, "interrupted")
 end)
 
+t.test("SIGINT stops a script that is busy computing (no wait to raise at)", function()
+  local child = assert(proc.spawn({ h.vmsnap, "-e",
+    "io.stdout:write('ready\\n') io.stdout:flush() local i = 0 while true do i = i + 1 end" }))
+  require("vmsnap.task").sleep(0.3)
+  child:kill("INT")
+  local r = assert(child:wait(10))
+  t.eq(r.status, 130)
+  t.eq(r.stdout, "ready\n")
+  t.contains(r.stderr, "interrupted")
+end)
+
 t.test("logs are text by default and JSON lines with --log-json", function()
   local code = "local log = require('vmsnap.log') log.info('hello', {vm = 'vm 1', n = 3}) log.debug('hidden')"
   local r = h.run_vmsnap({ "-e", code })
