@@ -249,7 +249,8 @@ VMSNAP_API void vmsnap_wakeup(vmsnap_runtime *rt);
 /* --------------------------------------------------------------- control */
 
 /* Request cancellation of every task: running code sees CANCELLED at its
-** next wait or hook point and gets the cancel grace for its cleanups.
+** next wait, or at once when it is computing (a signal, SIGRTMAX - 2, makes
+** it check; docs/embedding.md), and gets the cancel grace for its cleanups.
 ** Async-signal-safe and thread safe. */
 VMSNAP_API void vmsnap_cancel(vmsnap_runtime *rt);
 
