@@ -28,3 +28,31 @@ local c = task.spawn(function() for _ = 1, M do ch:recv() end end)
 for i = 1, M do ch:send(i) end
 task.wait(c)
 print(("tasks: %d channel handoffs in %.3f s, %.2f us each"):format(M, task.now() - t0, (task.now() - t0) / M * 1e6))
+
+-- The Lua VM's speed in a task, beside the same code under the count hook
+-- that memory-bounded and sandboxed tasks keep (any count hook makes Lua
+-- trace every instruction); plain tasks run without one (docs/runtime.md).
+local function vm_work()
+  local c0 = os.clock()
+  local s = 0
+  for i = 1, 2e7 do s = s + i % 7 end
+  local c1 = os.clock()
+  local function f(x) return x + 1 end
+  local y = 0
+  for _ = 1, 5e6 do y = f(y) end
+  return c1 - c0, os.clock() - c1
+end
+local function best(runner)
+  local bl, bc = math.huge, math.huge
+  for _ = 1, 3 do
+    local l, c = runner()
+    bl, bc = math.min(bl, l), math.min(bc, c)
+  end
+  return bl, bc
+end
+local pl, pc = best(function() return assert(task.wait(task.spawn(vm_work))) end)
+local hl, hc = best(function()
+  return assert(task.bounded({ timeout = 60, memory = 64 * 1024 * 1024 }, vm_work))
+end)
+print(("tasks: Lua VM, 20M loop steps %.0f ms and 5M calls %.0f ms in a task; %.0f ms and %.0f ms under the count hook (%.1fx, %.1fx)"):format(
+  pl * 1e3, pc * 1e3, hl * 1e3, hc * 1e3, hl / pl, hc / pc))
