@@ -351,7 +351,7 @@ end
 
 --- Persist and deliver one change; returns the stored JSON text.
 function Server:commit(r, ns, name, typ, obj, old)
-  local _, body = self.store:write(r.key, ns or "", name, typ, obj)
+  local _, body = self.store:write(r.key, ns or "", name, typ, obj, old)
   self.watchers:emit(r.key, typ, obj, old, body)
   if r.group == rbac.GROUP then self.rbac = nil end
   if r.key == "apiextensions.k8s.io/customresourcedefinitions" then

@@ -66,6 +66,9 @@ function M.open(path, opts)
   local q = {
     get = "SELECT body, rv FROM objects WHERE res=?1 AND ns=?2 AND name=?3",
     put = "INSERT OR REPLACE INTO objects(res, ns, name, uid, rv, body) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+    -- an update of the same object (its uid unchanged) rewrites its row in
+    -- place: REPLACE is a delete and an insert, and wrote every index again
+    upd = "UPDATE objects SET rv=?4, body=?5 WHERE res=?1 AND ns=?2 AND name=?3 AND uid=?6",
     del = "DELETE FROM objects WHERE res=?1 AND ns=?2 AND name=?3",
     hist = "INSERT INTO history(rv, res, ns, name, type, body) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
     setrv = "INSERT OR REPLACE INTO meta(k, v) VALUES('rv', ?1)",
@@ -92,11 +95,17 @@ function M.open(path, opts)
   for k, sql in pairs(q) do
     self.q[k] = must(db:prepare(sql))
   end
-  local rv = db:prepare("SELECT v FROM meta WHERE k='rv'"):first()
-  local hmax = db:prepare("SELECT max(rv) FROM history"):first()
-  local omax = db:prepare("SELECT max(rv) FROM objects"):first()
-  self.rv = math.max(rv or 0, hmax or 0, omax or 0)
-  self.compacted = db:prepare("SELECT v FROM meta WHERE k='compacted'"):first() or 0
+  -- (each statement finalized at once: one left to the collector keeps the
+  -- connection, and the file's lock, after Store:close)
+  local function one(sql)
+    local st = must(db:prepare(sql))
+    local v = st:first()
+    st:finalize()
+    return v
+  end
+  self.rv = math.max(one("SELECT v FROM meta WHERE k='rv'") or 0, one("SELECT max(rv) FROM history") or 0,
+    one("SELECT max(rv) FROM objects") or 0)
+  self.compacted = one("SELECT v FROM meta WHERE k='compacted'") or 0
   return self
 end
 
@@ -197,10 +206,23 @@ local function owner_uids(obj)
   return out
 end
 
+local function same_list(a, b)
+  if #a ~= #b then return false end
+  for i = 1, #a do
+    if a[i] ~= b[i] then return false end
+  end
+  return true
+end
+
 --- Write obj (a table) as the new state of (res, ns, name), or delete it
---- when typ is "DELETED". Assigns and returns the new resourceVersion and
---- the stored JSON text.
-function Store:write(res, ns, name, typ, obj)
+--- when typ is "DELETED". old, when given, is the state it replaces (its
+--- owners' rows are then kept when they did not change). Assigns and
+--- returns the new resourceVersion and the stored JSON text.
+---
+--- The newest resourceVersion is the largest in the history (every write
+--- adds a row there); the meta row keeps it only for when compaction has
+--- emptied the history (M.open reads the largest of the three).
+function Store:write(res, ns, name, typ, obj, old)
   local q = self.q
   local rv = self.rv + 1
   obj.metadata.resourceVersion = tostring(rv)
@@ -211,14 +233,18 @@ function Store:write(res, ns, name, typ, obj)
       must(q.del:run(res, ns, name))
       must(q.own_del:run(res, ns, name))
     else
-      must(q.put:run(res, ns, name, obj.metadata.uid or "", rv, body))
-      must(q.own_del:run(res, ns, name))
-      for _, uid in ipairs(owner_uids(obj)) do
-        must(q.own_add:run(uid, res, ns, name))
+      local uid = obj.metadata.uid or ""
+      local owners = owner_uids(obj)
+      local in_place = typ == "MODIFIED" and must(q.upd:run(res, ns, name, rv, body, uid)) == 1
+      if not in_place then must(q.put:run(res, ns, name, uid, rv, body)) end
+      if not (in_place and old and same_list(owners, owner_uids(old))) then
+        must(q.own_del:run(res, ns, name))
+        for _, o in ipairs(owners) do
+          must(q.own_add:run(o, res, ns, name))
+        end
       end
     end
     must(q.hist:run(rv, res, ns, name, typ, body))
-    must(q.setrv:run(rv))
     must(q.commit:run())
   end)
   if not ok then
@@ -236,6 +262,8 @@ function Store:compact()
   self.since_compact = 0
   local upto = self.rv - self.history
   if upto > self.compacted then
+    -- (before the history that holds the newest resourceVersion can go)
+    self.q.setrv:run(self.rv)
     self.q.compact:run(upto)
     self.q.setcompact:run(upto)
     self.compacted = upto
