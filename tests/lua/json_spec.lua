@@ -43,6 +43,68 @@ t.test("objects encode with sorted keys; arrays by sequence or marker", function
   t.eq(json.encode({ [1] = "a", [3] = "c" }), '{"1":"a","3":"c"}')
 end)
 
+t.test("random wide and deep objects encode as a plain sorted walk writes them", function()
+  -- the encoder keeps one stack of keys for every level: a child with many
+  -- keys moves it while its parent still has keys to write
+  local rnd = math.random
+  math.randomseed(16)
+  local function key()
+    local parts = { "a", "b", "ab", "a\0", "k", "\u{e9}", ("long"):rep(12), "" }
+    return parts[rnd(#parts)] .. tostring(rnd(60))
+  end
+  local function value(d)
+    local c = rnd(d > 3 and 3 or 6)
+    if c == 1 then return rnd(-5, 5) end
+    if c == 2 then return "s" .. rnd(100) end
+    if c == 3 then return rnd(2) == 1 end
+    if c == 4 then
+      local a = json.array()
+      for i = 1, rnd(0, 4) do a[i] = value(d + 1) end
+      return a
+    end
+    local o = {}
+    for _ = 1, rnd(0, c == 6 and 40 or 5) do o[key()] = value(d + 1) end
+    if rnd(10) == 1 then o[rnd(3)] = "n" end -- a number key: the other way
+    return o
+  end
+  local function ref(v)
+    if type(v) ~= "table" then return json.encode(v) end
+    local n, max = 0, 0
+    for k in pairs(v) do
+      n = n + 1
+      max = math.type(k) == "integer" and k > 0 and math.max(max, k) or math.huge
+    end
+    if json.is_array(v) or (n > 0 and max == n) then
+      local out = {}
+      for i = 1, #v do out[i] = ref(v[i]) end
+      return "[" .. table.concat(out, ",") .. "]"
+    end
+    local ks, text = {}, {}
+    for k in pairs(v) do
+      ks[#ks + 1] = tostring(k)
+      text[tostring(k)] = k
+    end
+    table.sort(ks)
+    local out = {}
+    for i, k in ipairs(ks) do out[i] = json.encode(k) .. ":" .. ref(v[text[k]]) end
+    return "{" .. table.concat(out, ",") .. "}"
+  end
+  for _ = 1, 300 do
+    local v = value(0)
+    local got, err = json.encode(v)
+    if got == nil then
+      t.contains(err, "two keys written") -- 1 and "1" both drawn
+    else
+      local want = ref(v)
+      if got ~= want then
+        local i = 1
+        while got:sub(i, i) == want:sub(i, i) do i = i + 1 end
+        t.eq(got:sub(i - 40, i + 40), want:sub(i - 40, i + 40), "the first difference")
+      end
+    end
+  end
+end)
+
 t.test("indent pretty-prints", function()
   t.eq(json.encode({ a = { 1 } }, { indent = 2 }), '{\n  "a": [\n    1\n  ]\n}')
 end)

@@ -37,7 +37,7 @@ lua_Integer Vmsnap_seq_len(lua_State *L, int idx)
 	return n == max ? n : 0;
 }
 
-static int key_cmp(const void *a, const void *b)
+int Vmsnap_key_cmp(const void *a, const void *b)
 {
 	const Vmsnap_key *x = (const Vmsnap_key *)a, *y = (const Vmsnap_key *)b;
 	int c = memcmp(x->s, y->s, x->n < y->n ? x->n : y->n);
@@ -85,7 +85,7 @@ Vmsnap_key *Vmsnap_sorted_keys(lua_State *L, int idx, int allow_bool, size_t *co
 		ks[j].s = lua_tolstring(L, -1, &ks[j].n); /* anchored in `keys` */
 		j++;
 	}
-	qsort(ks, nk, sizeof *ks, key_cmp);
+	qsort(ks, nk, sizeof *ks, Vmsnap_key_cmp);
 	*count = nk;
 	return ks;
 }

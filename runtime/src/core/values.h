@@ -22,6 +22,9 @@ typedef struct Vmsnap_key {
 	size_t n;
 } Vmsnap_key;
 
+/* qsort's order of two Vmsnap_key: bytewise, a prefix first. */
+int Vmsnap_key_cmp(const void *a, const void *b);
+
 /* The keys of the table at idx as text, sorted bytewise (NULs included).
 ** Pushes two values: a table from each text to its original key, and the
 ** array returned (a userdata; *count entries).  Keys must be strings or

@@ -213,6 +213,10 @@ static int json_decode(lua_State *L)
 typedef struct Enc {
 	lua_State *L;
 	Vmsnap_buf *b;
+	/* the keys of the objects being written, outermost first: a stack of
+	** Vmsnap_key shared by every level (made at the first object) */
+	Vmsnap_buf *keys;
+	int keys_slot; /* its userdata's stack index */
 	const char *indent; /* NULL: compact */
 	char err[256];
 } Enc;
@@ -299,6 +303,61 @@ static void newline(Enc *e, int depth)
 
 static int enc_value(Enc *e, int idx, int depth);
 
+/* An object whose keys are all strings (nearly every one): their texts
+** sorted on e->keys above the levels outside this one, each value read by
+** its key. 1 (nothing written) when a key is not a string: such a table
+** goes through Vmsnap_sorted_keys, which writes numbers as text and
+** refuses 1 and "1" together. The strings stay valid while popped: they
+** are the keys of the table, which nothing changes meanwhile. */
+static int enc_string_keyed(Enc *e, int idx, int depth)
+{
+	lua_State *L = e->L;
+	const size_t K = sizeof(Vmsnap_key);
+	size_t base, nk, j;
+	if (!e->keys) {
+		e->keys = Vmsnap_buf_new(L);
+		lua_replace(L, e->keys_slot); /* anchored for the whole encoding */
+	}
+	base = e->keys->n / K;
+	lua_pushnil(L);
+	while (lua_next(L, idx)) {
+		Vmsnap_key k;
+		lua_pop(L, 1);
+		if (lua_type(L, -1) != LUA_TSTRING) {
+			lua_pop(L, 1);
+			e->keys->n = base * K;
+			return 1;
+		}
+		k.s = lua_tolstring(L, -1, &k.n);
+		Vmsnap_buf_add(e->keys, (const char *)&k, K);
+	}
+	nk = e->keys->n / K - base;
+	if (nk == 0) {
+		Vmsnap_buf_adds(e->b, "{}");
+		return 0;
+	}
+	qsort((Vmsnap_key *)(void *)e->keys->p + base, nk, K, Vmsnap_key_cmp);
+	Vmsnap_buf_addc(e->b, '{');
+	for (j = 0; j < nk; j++) {
+		/* (read again each time: a level below may have moved the stack) */
+		Vmsnap_key k = ((Vmsnap_key *)(void *)e->keys->p)[base + j];
+		if (j > 0)
+			Vmsnap_buf_addc(e->b, ',');
+		newline(e, depth + 1);
+		enc_string(e, k.s, k.n);
+		Vmsnap_buf_adds(e->b, e->indent ? ": " : ":");
+		lua_pushlstring(L, k.s, k.n);
+		lua_rawget(L, idx);
+		if (enc_value(e, lua_gettop(L), depth + 1))
+			return -1;
+		lua_pop(L, 1);
+	}
+	newline(e, depth);
+	Vmsnap_buf_addc(e->b, '}');
+	e->keys->n = base * K;
+	return 0;
+}
+
 static int enc_table(Enc *e, int idx, int depth)
 {
 	lua_State *L = e->L;
@@ -331,6 +390,11 @@ static int enc_table(Enc *e, int idx, int depth)
 		newline(e, depth);
 		Vmsnap_buf_addc(e->b, ']');
 		return 0;
+	}
+	switch (enc_string_keyed(e, idx, depth)) {
+	case 0: return 0;
+	case -1: return -1;
+	default: break; /* a key that is not a string: below */
 	}
 	/* object: keys as text, sorted */
 	size_t nk, j;
@@ -423,12 +487,20 @@ static int json_encode(lua_State *L)
 	}
 	e.b = Vmsnap_buf_new(L);
 	int buf = lua_gettop(L);
+	e.keys = NULL;
+	lua_pushnil(L); /* the key stack's place, filled at the first object */
+	e.keys_slot = lua_gettop(L);
 	if (enc_value(&e, 1, 0)) {
 		Vmsnap_buf_free(e.b);
+		if (e.keys)
+			Vmsnap_buf_free(e.keys);
 		return Vmsnap_pushfail(L, "JSON_ENCODE", "json: %s", e.err);
 	}
 	lua_pushlstring(L, e.b->p, e.b->n);
 	Vmsnap_buf_free(e.b);
+	if (e.keys)
+		Vmsnap_buf_free(e.keys);
+	lua_remove(L, e.keys_slot);
 	lua_remove(L, buf);
 	return 1;
 }
