@@ -279,6 +279,90 @@ t.test("a pathological pattern against a long value answers in bounded time", fu
   t.ok(require("vmsnap.task").now() - t0 < 3, "answered in < 3 s")
 end)
 
+t.test("the quick checks of plain leaves judge as the whole walk does: random objects against every CRD at hand", function()
+  local schema = require("vmsnap.apiserver.schema")
+  local deep = require("vmsnap.deep")
+  local schemas = {}
+  local dirs = { h.source .. "/scripts/crds", h.source .. "/deploy/crds",
+    h.source .. "/../shared/upstream/dvp-crds", h.source .. "/../shared/upstream/dvp-crds/embedded" }
+  for _, d in ipairs(dirs) do
+    for _, f in ipairs(fs.exists(d) and assert(fs.list(d)) or {}) do
+      if f:match("%.yaml$") then
+        for _, doc in ipairs(assert(yaml.load_all(assert(fs.read_file(d .. "/" .. f))))) do
+          if type(doc) == "table" and doc.kind == "CustomResourceDefinition" then
+            for _, v in ipairs(doc.spec.versions or {}) do
+              if v.schema and v.schema.openAPIV3Schema then schemas[#schemas + 1] = v.schema.openAPIV3Schema end
+            end
+          end
+        end
+      end
+    end
+  end
+  t.ok(#schemas >= 10, #schemas .. " schemas")
+  math.randomseed(20261204)
+  local rnd = math.random
+  local WRONG = { "x", 7, 2.5, true, json.null, {}, json.array({ 1 }) }
+  -- a value for schema node s: mostly what it asks for, now and then not
+  local function gen(s, d)
+    if type(s) ~= "table" then return "x" end
+    if rnd(12) == 1 then return WRONG[rnd(#WRONG)] end
+    if type(s.enum) == "table" and #s.enum > 0 and rnd(4) > 1 then return deep.copy(s.enum[rnd(#s.enum)]) end
+    local ty = s.type
+    if ty == "string" then
+      local pick = { "abc", "", "2026-12-01T00:00:00Z", "Ready", "not-in-any-enum", ("y"):rep(300), "a\u{e9}" }
+      return pick[rnd(#pick)]
+    elseif ty == "integer" then
+      return ({ 0, 1, -3, 3000000000, 42 })[rnd(5)]
+    elseif ty == "number" then
+      return ({ 0, 1.5, -2, 1e9 })[rnd(4)]
+    elseif ty == "boolean" then
+      return rnd(2) == 1
+    elseif ty == "array" then
+      local a = json.array()
+      if d < 6 then
+        for i = 1, rnd(0, 3) do a[i] = gen(s.items, d + 1) end
+      end
+      return a
+    end
+    local o = {}
+    if d < 6 then
+      for k, ps in pairs(type(s.properties) == "table" and s.properties or {}) do
+        if rnd(3) > 1 and k ~= "metadata" then o[k] = gen(ps, d + 1) end
+      end
+      if type(s.additionalProperties) == "table" and rnd(2) == 1 then o["k" .. rnd(9)] = gen(s.additionalProperties, d + 1) end
+    end
+    if rnd(10) == 1 then o["unknown" .. rnd(3)] = "u" end
+    return o
+  end
+  local function judged(s, obj, old, quick)
+    schema.quick = quick
+    local o = deep.copy(obj)
+    local causes, unknown = schema.apply(s, o, { keep_unknown = false, old = old and deep.copy(old) })
+    schema.quick = true
+    return { causes = causes, unknown = unknown, obj = o }
+  end
+  local n, refused = 0, 0
+  for _ = 1, 8 do
+    for _, s in ipairs(schemas) do
+      local obj, old = gen(s, 0), nil
+      if type(obj) ~= "table" or obj == json.null or json.is_array(obj) then obj = {} end
+      if rnd(2) == 1 then
+        old = gen(s, 0)
+        if type(old) ~= "table" or old == json.null or json.is_array(old) then old = nil end
+      end
+      local fast, whole = judged(s, obj, old, true), judged(s, obj, old, false)
+      n = n + 1
+      if #whole.causes > 0 then refused = refused + 1 end
+      if not deep.equal(fast, whole) then
+        t.eq(json.encode(fast), json.encode(whole), "the same causes, unknown fields and object")
+      end
+    end
+  end
+  -- both kinds were judged: a test of accepted objects alone would miss a
+  -- quick check that lets a bad value through
+  t.ok(refused > n / 10 and refused < n, ("%d of %d objects refused"):format(refused, n))
+end)
+
 local UP = h.source .. "/../shared/upstream/dvp-crds"
 if not fs.exists(UP) then
   t.skip("the upstream platform's CRDs", "not beside the clone: " .. UP)

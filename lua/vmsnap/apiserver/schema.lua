@@ -9,6 +9,10 @@ local json = require("vmsnap.json")
 
 local M = {}
 
+--- The quick checks of plain leaves (below); off only in the test that
+--- compares them with the whole walk.
+M.quick = true
+
 local null = json.null
 
 local deep = require("vmsnap.deep")
@@ -69,8 +73,21 @@ end
 local B64 = "^[A-Za-z0-9+/]*=?=?$"
 
 -- the formats Kubernetes checks (the others are accepted as they are)
+-- the date-times found good lately (a status write carries the same
+-- lastTransitionTime again and again; parsing one is most of its check)
+local good_times, n_good = {}, 0
+local function date_time(v)
+  if good_times[v] then return true end
+  local ok = vtime.parse(v) ~= nil and v:match("^%d%d%d%d%-%d%d%-%d%d[Tt ]%d%d:%d%d:%d%d") ~= nil
+  if ok then
+    if n_good >= 512 then good_times, n_good = {}, 0 end
+    good_times[v], n_good = true, n_good + 1
+  end
+  return ok
+end
+
 local FORMATS = {
-  ["date-time"] = function(v) return vtime.parse(v) ~= nil and v:match("^%d%d%d%d%-%d%d%-%d%d[Tt ]%d%d:%d%d:%d%d") ~= nil end,
+  ["date-time"] = date_time,
   date = function(v)
     local y, m, d = v:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)$")
     return y ~= nil and tonumber(m) >= 1 and tonumber(m) <= 12 and tonumber(d) >= 1 and tonumber(d) <= 31
@@ -169,7 +186,52 @@ local function shown_map(item, keys)
   return ("map[string]interface {}{%s}"):format(table.concat(kv, ", "))
 end
 
+-- what a leaf's check comes down to, worked out once per schema node: a
+-- scalar whose only constraint is its type (and a string's enum of
+-- strings) is accepted by a type test and a set look-up, without the walk
+-- through every keyword below; anything else (or a value that fails the
+-- quick test) goes the whole way, which says why
+local LEAF_TYPES = { string = true, boolean = true, integer = true, number = true }
+local NOT_LEAF = { "x-kubernetes-int-or-string", "x-kubernetes-validations", "anyOf", "oneOf", "not",
+  "minLength", "maxLength", "pattern", "minimum", "maximum" }
+local function leaf_plan(s)
+  local p = {}
+  local ty = s.type
+  if not LEAF_TYPES[ty] then return p end
+  for _, k in ipairs(NOT_LEAF) do
+    if s[k] ~= nil then return p end
+  end
+  if ty ~= "string" and s.format == "int32" then return p end
+  if ty == "string" then p.format = FORMATS[s.format] end
+  if s.enum ~= nil then
+    if ty ~= "string" or type(s.enum) ~= "table" then return p end
+    local set = {}
+    for _, e in ipairs(s.enum) do
+      if type(e) == "string" then set[e] = true end
+    end
+    p.enum = set
+  end
+  p.leaf = ty
+  return p
+end
+local plans = setmetatable({}, { __mode = "k" })
+local math_type = math.type
+
 local function v_schema(s, v, path, out, oldv)
+  local plan = plans[s]
+  if not plan then
+    plan = leaf_plan(s)
+    plans[s] = plan
+  end
+  local leaf = M.quick and plan.leaf
+  if leaf then
+    local t = type(v)
+    if t == leaf then
+      if (not plan.enum or plan.enum[v]) and (not plan.format or plan.format(v)) then return end
+    elseif t == "number" and (leaf == "number" or (leaf == "integer" and math_type(v) == "integer")) then
+      return
+    end
+  end
   -- defaults of the children first (structural defaulting happens before validation)
   local vt = type_of(v)
   if vt == "null" then
