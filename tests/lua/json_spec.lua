@@ -141,6 +141,96 @@ t.test("ill-formed UTF-8 and NULs: U+FFFD on decode and encode, NULs in keys kep
   end
 end)
 
+t.test("decoding is RFC 8259's grammar: what it refuses names what it expected, and where", function()
+  local cases = {
+    { "1.", "a digit after the decimal point", 3 }, { "01", "a number (no leading zeros)", 1 }, { "+1", "a value", 1 },
+    { ".5", "a value", 1 }, { "1e", "a digit of the exponent", 3 }, { "[1,]", "a value but found ']'", 4 },
+    { '{"a":1,}', "a key (a string) but found '}'", 8 }, { "tru", "a value", 1 }, { "{} x", "the end of the text", 4 },
+    { '"a\tb"', "control characters are escaped", 3 }, { '"\\x"', "an escape", 3 }, { '"\\u12"', "four hex digits", 2 },
+    { '{"a" 1}', "':' but found '1'", 6 }, { "[1 2]", "',' or ']'", 4 }, { '"abc', "the string's end", 5 },
+    { "", "a value but found the end", 1 }, { "[NaN]", "a value but found 'N'", 2 },
+  }
+  for _, c in ipairs(cases) do
+    local v, err, code = json.decode(c[1])
+    t.eq({ v, code }, { nil, "JSON_DECODE" }, c[1])
+    t.contains(err, "json: expected ", c[1])
+    t.contains(err, c[2], c[1])
+    t.contains(err, ("at character %d (line 1 column %d)"):format(c[3], c[3]), c[1])
+  end
+end)
+
+t.test("decoded numbers: integers exactly while they fit in 64 bits, integral values as integers, the rest floats", function()
+  local function dec(s) local v = json.decode(s) return v, math.type(v) end
+  t.eq({ dec("9223372036854775807") }, { math.maxinteger, "integer" })
+  t.eq({ dec("-9223372036854775808") }, { math.mininteger, "integer" })
+  t.eq({ dec("9007199254740993") }, { 9007199254740993, "integer" }, "not rounded through a double")
+  t.eq(select(2, dec("9223372036854775808")), "float")
+  t.eq(select(2, dec("18446744073709551615")), "float")
+  t.eq({ dec("1e3") }, { 1000, "integer" })
+  t.eq({ dec("1.0") }, { 1, "integer" })
+  t.eq({ dec("-0") }, { 0, "integer" })
+  t.eq({ dec("2.5e-3") }, { 0.0025, "float" })
+  t.eq({ dec("-1.5E+2") }, { -150, "integer" })
+  t.eq(select(3, json.decode("1e400")), "JSON_DECODE")
+  -- strtod under a decimal comma would read 1.5 as 1
+  t.eq(json.decode('{"x":1.5}').x, 1.5)
+end)
+
+t.test("\\u escapes: pairs make one character, half a pair is U+FFFD (as Go reads it), NUL is kept", function()
+  t.eq(json.decode('"\\ud83d\\ude00"'), "\u{1F600}")
+  t.eq(json.decode('"\\ud800x"'), "\u{FFFD}x")
+  t.eq(json.decode('"\\udc00\\ud800"'), "\u{FFFD}\u{FFFD}")
+  t.eq(json.decode('"a\\u0000b"'), "a\0b")
+  t.eq(json.decode('"\\u00e9\\/\\b\\f\\n\\r\\t\\"\\\\"'), "\u{e9}/\b\f\n\r\t\"\\")
+end)
+
+t.test("random texts decode as lua-cjson decodes them (numbers compared by value, [] by emptiness)", function()
+  local cjson = require("cjson")
+  math.randomseed(4)
+  local rnd = math.random
+  local function ws() return ({ "", " ", "\n", "\t ", "\r\n" })[rnd(5)] end
+  local function text(d)
+    local c = rnd(d > 3 and 5 or 7)
+    if c == 1 then return tostring(rnd(-1000, 1000)) end
+    if c == 2 then return ({ "1.5", "-0.25", "1e3", "2E-2", "0", "123456.75" })[rnd(6)] end
+    if c == 3 then return ({ '"a"', '""', '"\\u00e9\\n"', '"\u{e9}t\\"q"', '"\\ud83d\\ude00"' })[rnd(5)] end
+    if c == 4 then return ({ "true", "false", "null" })[rnd(3)] end
+    if c == 5 or c == 6 then
+      local parts = {}
+      for i = 1, rnd(0, 4) do parts[i] = ws() .. text(d + 1) .. ws() end
+      return "[" .. ws() .. table.concat(parts, ",") .. "]"
+    end
+    local parts = {}
+    for i = 1, rnd(0, 5) do parts[i] = ws() .. '"k' .. rnd(6) .. '"' .. ws() .. ":" .. text(d + 1) .. ws() end
+    return "{" .. ws() .. table.concat(parts, ",") .. "}"
+  end
+  local function same(a, b)
+    if type(a) == "number" and type(b) == "number" then return a == b end
+    if type(a) ~= "table" or type(b) ~= "table" then return a == b end
+    for k, v in pairs(a) do
+      if not same(v, b[k]) then return false end
+    end
+    for k in pairs(b) do
+      if a[k] == nil then return false end
+    end
+    return true
+  end
+  for _ = 1, 500 do
+    local s = ws() .. text(0) .. ws()
+    local mine = json.decode(s)
+    t.ok(same(mine, cjson.decode(s)), s)
+    t.eq(json.encode(json.decode(json.encode(mine))), json.encode(mine), "a round trip: " .. s)
+  end
+end)
+
+t.test("a decode past a task's memory bound is NOMEM, and the runtime decodes on afterwards", function()
+  local task = require("vmsnap.task")
+  local big = "[" .. ('{"a":"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb","c":[1,2,3]},'):rep(40000) .. "0]"
+  local v, err, code = task.bounded({ memory = 1 << 20 }, function() return json.decode(big) end)
+  t.eq({ v, code }, { nil, "NOMEM" }, tostring(err))
+  t.eq(#assert(json.decode(big)), 40001)
+end)
+
 t.test("strings that look like the empty-array marker's brackets are left alone", function()
   local v = assert(json.decode('{"s":"[]","t":"[ ]"}'))
   t.eq(v.s, "[]")

@@ -1,19 +1,22 @@
 /*
 ** json.c -- `vmsnap.core.json`: JSON for Kubernetes objects.
 **
-** Decoding uses lua-cjson, then fixes up what cjson 2.1.0 cannot express:
-** integral numbers become Lua integers (cjson yields floats), and empty
-** arrays become empty tables with the shared array metatable
-** (vmsnap.array_mt), so that `[]` and `{}` survive a round trip.  The text
-** is scanned once for `[ ]`; only when one is present is it rewritten with
-** a marker element that the fix-up pass removes.
+** Decoding is our own, as strict as RFC 8259 (and Go's encoding/json):
+** an integer's text becomes a Lua integer, exactly, while it fits in 64
+** bits, and so does an integral value written otherwise (1.0, 1e3); other
+** numbers are floats; `[]` becomes an empty table with the shared array
+** metatable (vmsnap.array_mt), so that `[]` and `{}` survive a round trip;
+** `null` is vmsnap.null (a NULL light userdata, as cjson's); half a
+** surrogate pair in a \u escape is U+FFFD, as Go reads it.  It runs under
+** the memory limits (a value too large for them is NOMEM).
 **
-** Encoding is our own: cjson 2.1.0 has no empty-array marker and emits
+** Encoding is our own too: cjson 2.1.0 has no empty-array marker and emits
 ** keys in table order.  We emit object keys sorted (stable output), arrays
 ** for sequences and array_mt tables, `null` for vmsnap.null (cjson.null,
 ** a NULL light userdata), and the shortest float text that reads back the
 ** same.  Failures return nil, message, code (JSON_DECODE, JSON_ENCODE).
 */
+#include <locale.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,137 +27,421 @@
 #include "../core/runtime.h"
 #include "../core/values.h"
 
-#include <lua-cjson.h>
+#include <lauxlib.h>
 
 #define ARRAY_MT VMSNAP_ARRAY_MT
-#define EMPTY_MARK "\x01vmsnap:empty-array\x01"
-#define EMPTY_MARK_JSON "\"\\u0001vmsnap:empty-array\\u0001\""
 #define MAX_DEPTH 200
 
 /* ---------------------------------------------------------------- decode */
 
-/* Does the text contain `[` ws* `]` outside strings? */
-static int has_empty_array(const char *s, size_t n)
+typedef struct Dec {
+	lua_State *L;
+	const char *s, *p, *end;
+	Vmsnap_buf *tmp; /* a string with escapes, unescaped (made at the first) */
+	int tmp_slot;
+	char err[200];
+	size_t at; /* where the error is: a byte offset */
+} Dec;
+
+/* what stands at p, for a message: "'x'", "byte 0xNN" or "the end" */
+static void found(const Dec *d, const char *p, char *out, size_t n)
 {
-	size_t i;
-	int instr = 0;
-	for (i = 0; i < n; i++) {
-		char c = s[i];
-		if (instr) {
-			if (c == '\\')
-				i++;
-			else if (c == '"')
-				instr = 0;
-		} else if (c == '"') {
-			instr = 1;
-		} else if (c == '[') {
-			size_t j = i + 1;
-			while (j < n && (s[j] == ' ' || s[j] == '\t' || s[j] == '\n' || s[j] == '\r'))
-				j++;
-			if (j < n && s[j] == ']')
-				return 1;
-		}
+	unsigned char c;
+	if (p >= d->end) {
+		snprintf(out, n, "the end");
+		return;
 	}
+	c = (unsigned char)*p;
+	if (c > 0x20 && c < 0x7f)
+		snprintf(out, n, "'%c'", c);
+	else
+		snprintf(out, n, "byte 0x%02x", c);
+}
+
+static int dec_fail(Dec *d, const char *p, const char *expected)
+{
+	char f[24];
+	found(d, p, f, sizeof f);
+	snprintf(d->err, sizeof d->err, "expected %s but found %s", expected, f);
+	d->at = (size_t)(p - d->s);
+	return -1;
+}
+
+static void skip_ws(Dec *d)
+{
+	const char *p = d->p;
+	while (p < d->end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
+		p++;
+	d->p = p;
+}
+
+static int hex4(const char *p, const char *end, unsigned *out)
+{
+	unsigned v = 0;
+	int i;
+	if (end - p < 4)
+		return -1;
+	for (i = 0; i < 4; i++) {
+		char c = p[i];
+		v <<= 4;
+		if (c >= '0' && c <= '9')
+			v |= (unsigned)(c - '0');
+		else if (c >= 'a' && c <= 'f')
+			v |= (unsigned)(c - 'a' + 10);
+		else if (c >= 'A' && c <= 'F')
+			v |= (unsigned)(c - 'A' + 10);
+		else
+			return -1;
+	}
+	*out = v;
 	return 0;
 }
 
-/* Push a copy of the text with every empty array holding the marker. */
-static void push_marked(lua_State *L, const char *s, size_t n)
+static void add_utf8(Vmsnap_buf *b, unsigned cp)
 {
-	Vmsnap_buf *b = Vmsnap_buf_new(L);
-	size_t i;
-	int instr = 0;
-	for (i = 0; i < n; i++) {
-		char c = s[i];
-		Vmsnap_buf_addc(b, c);
-		if (instr) {
-			if (c == '\\' && i + 1 < n)
-				Vmsnap_buf_addc(b, s[++i]);
-			else if (c == '"')
-				instr = 0;
-		} else if (c == '"') {
-			instr = 1;
-		} else if (c == '[') {
-			size_t j = i + 1;
-			while (j < n && (s[j] == ' ' || s[j] == '\t' || s[j] == '\n' || s[j] == '\r'))
-				j++;
-			if (j < n && s[j] == ']')
-				Vmsnap_buf_adds(b, EMPTY_MARK_JSON);
-		}
+	char u[4];
+	size_t n;
+	if (cp < 0x80) {
+		u[0] = (char)cp;
+		n = 1;
+	} else if (cp < 0x800) {
+		u[0] = (char)(0xC0 | (cp >> 6));
+		u[1] = (char)(0x80 | (cp & 0x3F));
+		n = 2;
+	} else if (cp < 0x10000) {
+		u[0] = (char)(0xE0 | (cp >> 12));
+		u[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+		u[2] = (char)(0x80 | (cp & 0x3F));
+		n = 3;
+	} else {
+		u[0] = (char)(0xF0 | (cp >> 18));
+		u[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+		u[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+		u[3] = (char)(0x80 | (cp & 0x3F));
+		n = 4;
 	}
-	lua_pushlstring(L, b->p, b->n);
-	Vmsnap_buf_free(b);
-	lua_remove(L, -2);
+	Vmsnap_buf_add(b, u, n);
 }
 
-/* Fix up the decoded value at the top of the stack (see the header).
-** Returns -1 when a number is out of a double's range (1e999). */
-static int fixup(lua_State *L, int depth)
+/* the string at d->p (its opening quote), pushed */
+static int dec_string(Dec *d)
 {
-	int t = lua_gettop(L);
-	if (depth > MAX_DEPTH)
+	const char *p = d->p + 1, *start = p, *end = d->end;
+	/* nearly every string has no escape: pushed as it stands */
+	while (p < end && *p != '"' && *p != '\\' && (unsigned char)*p >= 0x20)
+		p++;
+	if (p < end && *p == '"') {
+		lua_pushlstring(d->L, start, (size_t)(p - start));
+		d->p = p + 1;
 		return 0;
-	if (lua_type(L, t) != LUA_TTABLE)
-		return 0;
-	luaL_checkstack(L, 4, "json: nesting too deep"); /* two slots a level, and the next */
-	if (lua_rawlen(L, t) == 1) {
-		lua_rawgeti(L, t, 1);
-		if (lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), EMPTY_MARK) == 0) {
-			lua_pop(L, 1);
-			lua_pushnil(L);
-			lua_rawseti(L, t, 1);
-			luaL_setmetatable(L, ARRAY_MT);
+	}
+	if (!d->tmp) {
+		d->tmp = Vmsnap_buf_new(d->L);
+		lua_replace(d->L, d->tmp_slot);
+	}
+	Vmsnap_buf *b = d->tmp;
+	b->n = 0;
+	Vmsnap_buf_add(b, start, (size_t)(p - start));
+	for (;;) {
+		if (p >= end)
+			return dec_fail(d, p, "'\"' (the string's end)");
+		unsigned char c = (unsigned char)*p;
+		if (c == '"')
+			break;
+		if (c < 0x20)
+			return dec_fail(d, p, "a character of the string (control characters are escaped in JSON)");
+		if (c != '\\') {
+			const char *q = p;
+			while (q < end && *q != '"' && *q != '\\' && (unsigned char)*q >= 0x20)
+				q++;
+			Vmsnap_buf_add(b, p, (size_t)(q - p));
+			p = q;
+			continue;
+		}
+		if (p + 1 >= end)
+			return dec_fail(d, p + 1, "an escape");
+		switch (p[1]) {
+		case '"': Vmsnap_buf_addc(b, '"'); break;
+		case '\\': Vmsnap_buf_addc(b, '\\'); break;
+		case '/': Vmsnap_buf_addc(b, '/'); break;
+		case 'b': Vmsnap_buf_addc(b, '\b'); break;
+		case 'f': Vmsnap_buf_addc(b, '\f'); break;
+		case 'n': Vmsnap_buf_addc(b, '\n'); break;
+		case 'r': Vmsnap_buf_addc(b, '\r'); break;
+		case 't': Vmsnap_buf_addc(b, '\t'); break;
+		case 'u': {
+			unsigned cp, lo;
+			if (hex4(p + 2, end, &cp))
+				return dec_fail(d, p, "four hex digits after \\u");
+			p += 6;
+			if (cp >= 0xD800 && cp <= 0xDBFF && end - p >= 6 && p[0] == '\\' && p[1] == 'u' &&
+			    !hex4(p + 2, end, &lo) && lo >= 0xDC00 && lo <= 0xDFFF) {
+				cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+				p += 6;
+			} else if (cp >= 0xD800 && cp <= 0xDFFF) {
+				cp = 0xFFFD; /* half a surrogate pair: as Go reads it */
+			}
+			add_utf8(b, cp);
+			continue;
+		}
+		default:
+			return dec_fail(d, p + 1, "an escape (\\\" \\\\ \\/ \\b \\f \\n \\r \\t \\uXXXX)");
+		}
+		p += 2;
+	}
+	lua_pushlstring(d->L, b->p, b->n);
+	d->p = p + 1;
+	return 0;
+}
+
+/* the number at d->p, pushed: an integer when its text is one that fits,
+** or when its value is integral and fits (1.0, 1e3), else a float */
+static int dec_number(Dec *d)
+{
+	const char *p = d->p, *start = p, *end = d->end;
+	int neg = 0, plain = 1;
+	if (p < end && *p == '-') {
+		neg = 1;
+		p++;
+	}
+	if (p >= end || *p < '0' || *p > '9')
+		return dec_fail(d, start, "a number");
+	if (*p == '0') {
+		p++;
+		if (p < end && *p >= '0' && *p <= '9')
+			return dec_fail(d, start, "a number (no leading zeros)");
+	} else {
+		while (p < end && *p >= '0' && *p <= '9')
+			p++;
+	}
+	const char *int_end = p;
+	if (p < end && *p == '.') {
+		plain = 0;
+		p++;
+		if (p >= end || *p < '0' || *p > '9')
+			return dec_fail(d, p, "a digit after the decimal point");
+		while (p < end && *p >= '0' && *p <= '9')
+			p++;
+	}
+	if (p < end && (*p == 'e' || *p == 'E')) {
+		plain = 0;
+		p++;
+		if (p < end && (*p == '+' || *p == '-'))
+			p++;
+		if (p >= end || *p < '0' || *p > '9')
+			return dec_fail(d, p, "a digit of the exponent");
+		while (p < end && *p >= '0' && *p <= '9')
+			p++;
+	}
+	d->p = p;
+	if (plain) {
+		/* exact, while it fits: -9223372036854775808 .. 9223372036854775807 */
+		unsigned long long v = 0, lim = neg ? 9223372036854775808ULL : 9223372036854775807ULL;
+		const char *q = neg ? start + 1 : start;
+		int fits = 1;
+		for (; q < int_end; q++) {
+			unsigned dig = (unsigned)(*q - '0');
+			if (v > (lim - dig) / 10) {
+				fits = 0;
+				break;
+			}
+			v = v * 10 + dig;
+		}
+		if (fits) {
+			lua_pushinteger(d->L, neg ? (lua_Integer)(0 - v) : (lua_Integer)v);
 			return 0;
 		}
-		lua_pop(L, 1);
 	}
-	lua_pushnil(L);
-	while (lua_next(L, t)) {
-		int vt = lua_type(L, -1);
-		if (vt == LUA_TNUMBER && !lua_isinteger(L, -1)) {
-			lua_Number d = lua_tonumber(L, -1);
-			if (!isfinite(d)) {
-				lua_settop(L, t);
-				return -1;
-			}
-			if (d == floor(d) && fabs(d) < 9223372036854775808.0) {
-				lua_pushvalue(L, -2);
-				lua_pushinteger(L, (lua_Integer)d);
-				lua_rawset(L, t);
-			}
-		} else if (vt == LUA_TTABLE) {
-			if (fixup(L, depth + 1)) {
-				lua_settop(L, t);
-				return -1;
-			}
-		}
-		lua_pop(L, 1);
+	/* strtod reads the locale's decimal point: the text is copied with it */
+	char tmp[64], *num = tmp;
+	size_t n = (size_t)(p - start);
+	if (n >= sizeof tmp) {
+		num = (char *)lua_newuserdatauv(d->L, n + 1, 0);
+		lua_pop(d->L, 1); /* (not collected before this function returns) */
 	}
+	memcpy(num, start, n);
+	num[n] = 0;
+	const char *dp = localeconv()->decimal_point;
+	if (dp && dp[0] && dp[0] != '.' && !dp[1]) {
+		char *dot = strchr(num, '.');
+		if (dot)
+			*dot = dp[0];
+	}
+	double x = strtod(num, NULL);
+	if (!isfinite(x)) {
+		snprintf(d->err, sizeof d->err, "a number is out of range");
+		d->at = (size_t)(start - d->s);
+		return -1;
+	}
+	if (x == floor(x) && fabs(x) < 9223372036854775808.0)
+		lua_pushinteger(d->L, (lua_Integer)x);
+	else
+		lua_pushnumber(d->L, x);
 	return 0;
 }
 
-/* cjson reports "... at character N"; turn N into line and column */
-static void push_decode_error(lua_State *L, const char *text, size_t n, const char *msg)
+static int dec_value(Dec *d, int depth);
+
+static int dec_nested(Dec *d, int depth, const char *open)
 {
-	const char *at = strstr(msg, "at character ");
-	if (at) {
-		long pos = strtol(at + 13, NULL, 10);
-		long line = 1, col = 1, i;
-		for (i = 0; i < pos - 1 && (size_t)i < n; i++) {
-			if (text[i] == '\n') {
-				line++;
-				col = 1;
-			} else {
-				col++;
-			}
+	if (depth > MAX_DEPTH) {
+		snprintf(d->err, sizeof d->err, "too many nested data structures (%d)", depth);
+		d->at = (size_t)(open - d->s);
+		return -1;
+	}
+	luaL_checkstack(d->L, 4, "json: nesting too deep");
+	return 0;
+}
+
+static int dec_array(Dec *d, int depth)
+{
+	lua_State *L = d->L;
+	lua_Integer i = 0;
+	if (dec_nested(d, depth, d->p))
+		return -1;
+	d->p++;
+	lua_newtable(L);
+	skip_ws(d);
+	if (d->p < d->end && *d->p == ']') {
+		d->p++;
+		luaL_setmetatable(L, ARRAY_MT); /* [] stays an array, not {} */
+		return 0;
+	}
+	for (;;) {
+		if (dec_value(d, depth))
+			return -1;
+		lua_rawseti(L, -2, ++i);
+		skip_ws(d);
+		if (d->p < d->end && *d->p == ',') {
+			d->p++;
+			continue;
 		}
-		lua_pushfstring(L, "json: %s (line %d column %d)", msg, (int)line, (int)col);
-	} else {
-		lua_pushfstring(L, "json: %s", msg);
+		if (d->p < d->end && *d->p == ']') {
+			d->p++;
+			return 0;
+		}
+		return dec_fail(d, d->p, "',' or ']'");
 	}
 }
 
-/* json.decode(text) -> value | nil, message, "JSON_DECODE" */
+static int dec_object(Dec *d, int depth)
+{
+	lua_State *L = d->L;
+	if (dec_nested(d, depth, d->p))
+		return -1;
+	d->p++;
+	lua_createtable(L, 0, 4); /* (most objects have a few keys: fewer rehashes) */
+	skip_ws(d);
+	if (d->p < d->end && *d->p == '}') {
+		d->p++;
+		return 0;
+	}
+	for (;;) {
+		skip_ws(d);
+		if (d->p >= d->end || *d->p != '"')
+			return dec_fail(d, d->p, "a key (a string)");
+		if (dec_string(d))
+			return -1;
+		skip_ws(d);
+		if (d->p >= d->end || *d->p != ':')
+			return dec_fail(d, d->p, "':'");
+		d->p++;
+		if (dec_value(d, depth))
+			return -1;
+		lua_rawset(L, -3); /* the last of two equal keys wins, as in Go */
+		skip_ws(d);
+		if (d->p < d->end && *d->p == ',') {
+			d->p++;
+			continue;
+		}
+		if (d->p < d->end && *d->p == '}') {
+			d->p++;
+			return 0;
+		}
+		return dec_fail(d, d->p, "',' or '}'");
+	}
+}
+
+static int literal(Dec *d, const char *word, size_t n)
+{
+	if ((size_t)(d->end - d->p) < n || memcmp(d->p, word, n) != 0)
+		return dec_fail(d, d->p, "a value");
+	d->p += n;
+	return 0;
+}
+
+static int dec_value(Dec *d, int depth)
+{
+	skip_ws(d);
+	if (d->p >= d->end)
+		return dec_fail(d, d->p, "a value");
+	switch (*d->p) {
+	case '{': return dec_object(d, depth + 1);
+	case '[': return dec_array(d, depth + 1);
+	case '"': return dec_string(d);
+	case 't':
+		if (literal(d, "true", 4))
+			return -1;
+		lua_pushboolean(d->L, 1);
+		return 0;
+	case 'f':
+		if (literal(d, "false", 5))
+			return -1;
+		lua_pushboolean(d->L, 0);
+		return 0;
+	case 'n':
+		if (literal(d, "null", 4))
+			return -1;
+		lua_pushlightuserdata(d->L, NULL); /* vmsnap.json.null */
+		return 0;
+	default:
+		if (*d->p == '-' || (*d->p >= '0' && *d->p <= '9'))
+			return dec_number(d);
+		return dec_fail(d, d->p, "a value");
+	}
+}
+
+/* (protected) text -> value | nil, message */
+static int decode_run(lua_State *L)
+{
+	Dec d;
+	size_t n;
+	d.L = L;
+	d.s = d.p = lua_tolstring(L, 1, &n);
+	d.end = d.s + n;
+	d.tmp = NULL;
+	d.err[0] = 0;
+	d.at = 0;
+	lua_pushnil(L); /* the unescaping buffer's place */
+	d.tmp_slot = lua_gettop(L);
+	int bad = dec_value(&d, 0);
+	if (!bad) {
+		skip_ws(&d);
+		if (d.p < d.end)
+			bad = dec_fail(&d, d.p, "the end of the text");
+	}
+	if (d.tmp)
+		Vmsnap_buf_free(d.tmp);
+	if (!bad)
+		return 1;
+	/* the place as a line and a column (and the byte, 1-based) */
+	long line = 1, col = 1;
+	size_t i;
+	for (i = 0; i < d.at && i < n; i++) {
+		if (d.s[i] == '\n') {
+			line++;
+			col = 1;
+		} else {
+			col++;
+		}
+	}
+	lua_pushnil(L);
+	lua_pushfstring(L, "json: %s at character %d (line %d column %d)", d.err, (int)(d.at + 1), (int)line,
+	                (int)col);
+	return 2;
+}
+
+/* json.decode(text) -> value | nil, message, "JSON_DECODE" | nil, message, "NOMEM" */
 static int json_decode(lua_State *L)
 {
 	size_t n;
@@ -166,45 +453,19 @@ static int json_decode(lua_State *L)
 		** error either way */
 		Vmsnap_utf8_push_fixed(L, s, n);
 		lua_replace(L, 1);
-		s = lua_tolstring(L, 1, &n);
 	}
-	lua_pushvalue(L, lua_upvalueindex(1)); /* cjson.decode */
-	if (has_empty_array(s, n)) {
-		push_marked(L, s, n);
-	} else {
-		lua_pushvalue(L, 1);
-	}
-	/* lua-cjson leaks its buffers when a Lua allocation fails in the
-	** middle of a decode, so the decode runs exempt from the memory
-	** limit and the limit is checked right after */
-	vmsnap_runtime *rt = Vmsnap_rt(L);
-	rt->alloc_exempt++;
-	int st = lua_pcall(L, 1, 1, 0);
-	rt->alloc_exempt--;
-	if (rt->cfg.memory_limit && rt->mem_used > rt->cfg.memory_limit) {
-		lua_settop(L, 1); /* drop the value; the collector reclaims it */
+	lua_pushcfunction(L, decode_run);
+	lua_pushvalue(L, 1);
+	int st = lua_pcall(L, 1, 2, 0);
+	if (st == LUA_ERRMEM)
 		return Vmsnap_pushfail(L, "NOMEM", "json: the decoded value exceeds the memory limit");
-	}
-	if (st != LUA_OK) {
-		const char *msg = lua_tostring(L, -1);
-		if (!msg)
-			msg = "decode error";
-		lua_pushnil(L);
-		push_decode_error(L, s, n, msg);
+	if (st != LUA_OK)
+		return Vmsnap_pushfail(L, "JSON_DECODE", "json: %s", lua_tostring(L, -1));
+	if (lua_isnil(L, -2)) {
 		lua_pushliteral(L, "JSON_DECODE");
 		return 3;
 	}
-	if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1)) {
-		lua_Number d = lua_tonumber(L, -1);
-		if (!isfinite(d))
-			return Vmsnap_pushfail(L, "JSON_DECODE", "json: a number is out of range");
-		if (d == floor(d) && fabs(d) < 9223372036854775808.0) {
-			lua_pop(L, 1);
-			lua_pushinteger(L, (lua_Integer)d);
-		}
-	}
-	if (fixup(L, 0))
-		return Vmsnap_pushfail(L, "JSON_DECODE", "json: a number is out of range");
+	lua_pop(L, 1);
 	return 1;
 }
 
@@ -516,22 +777,10 @@ int luaopen_vmsnap_core_json(lua_State *L)
 	luaL_newmetatable(L, ARRAY_MT); /* shared with yaml */
 	lua_pop(L, 1);
 	lua_newtable(L);
-	luaopen_cjson(L);
-	/* what decodes also encodes (and is fixed up): one depth limit for both */
-	lua_getfield(L, -1, "decode_max_depth");
-	lua_pushinteger(L, MAX_DEPTH);
-	lua_call(L, 1, 0);
-	/* JSON has no NaN, Infinity or hex numbers (cjson accepts them by
-	** default; they would then fail to encode) */
-	lua_getfield(L, -1, "decode_invalid_numbers");
-	lua_pushboolean(L, 0);
-	lua_call(L, 1, 0);
-	lua_getfield(L, -1, "decode");
-	lua_pushcclosure(L, json_decode, 1);
-	lua_setfield(L, -3, "decode");
-	lua_getfield(L, -1, "null");
-	lua_setfield(L, -3, "null");
-	lua_pop(L, 1);
+	lua_pushcfunction(L, json_decode);
+	lua_setfield(L, -2, "decode");
+	lua_pushlightuserdata(L, NULL); /* cjson.null too */
+	lua_setfield(L, -2, "null");
 	lua_pushcfunction(L, json_encode);
 	lua_setfield(L, -2, "encode");
 	lua_pushcfunction(L, json_is_array);
