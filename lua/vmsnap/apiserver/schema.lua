@@ -217,7 +217,8 @@ end
 local plans = setmetatable({}, { __mode = "k" })
 local math_type = math.type
 
-local function v_schema(s, v, path, out, oldv)
+-- does the quick test accept v for s (nothing to say, nothing to walk)?
+local function quick_ok(s, v)
   local plan = plans[s]
   if not plan then
     plan = leaf_plan(s)
@@ -227,11 +228,16 @@ local function v_schema(s, v, path, out, oldv)
   if leaf then
     local t = type(v)
     if t == leaf then
-      if (not plan.enum or plan.enum[v]) and (not plan.format or plan.format(v)) then return end
-    elseif t == "number" and (leaf == "number" or (leaf == "integer" and math_type(v) == "integer")) then
-      return
+      return (not plan.enum or plan.enum[v]) and (not plan.format or plan.format(v))
+    elseif t == "number" then
+      return leaf == "number" or (leaf == "integer" and math_type(v) == "integer")
     end
   end
+  return false
+end
+
+local function v_schema(s, v, path, out, oldv)
+  if quick_ok(s, v) then return end
   -- defaults of the children first (structural defaulting happens before validation)
   local vt = type_of(v)
   if vt == "null" then
@@ -335,8 +341,10 @@ local function v_schema(s, v, path, out, oldv)
         olds = {}
         for i = 1, #v do olds[i] = ids[i] and by[ids[i]] end
       end
+      local items = s.items
       for i = 1, #v do
-        M.walk(s.items, v, i, ("%s[%d]"):format(path, i - 1), out, olds)
+        -- (a leaf the quick test accepts needs no path: none is made)
+        if not quick_ok(items, v[i]) then M.walk(items, v, i, ("%s[%d]"):format(path, i - 1), out, olds) end
       end
     end
     if ids then
@@ -405,16 +413,16 @@ local function v_schema(s, v, path, out, oldv)
       end
       if k == nil then break end
       local ps = props and props[k]
-      local cpath = join(path, tostring(k))
+      if not ps and type(s.additionalProperties) == "table" then ps = s.additionalProperties end
       if ps then
-        M.walk(ps, v, k, cpath, out, type(oldv) == "table" and oldv or nil)
-      elseif type(s.additionalProperties) == "table" then
-        M.walk(s.additionalProperties, v, k, cpath, out, type(oldv) == "table" and oldv or nil)
+        if not quick_ok(ps, v[k]) then
+          M.walk(ps, v, k, join(path, tostring(k)), out, type(oldv) == "table" and oldv or nil)
+        end
       elseif s.additionalProperties == true or s["x-kubernetes-preserve-unknown-fields"] then
         -- kept as is
       elseif props or s.additionalProperties == false or s.type == "object" then
         if not (s["x-kubernetes-embedded-resource"] and (k == "apiVersion" or k == "kind" or k == "metadata")) then
-          out.unknown[#out.unknown + 1] = cpath
+          out.unknown[#out.unknown + 1] = join(path, tostring(k))
           if not out.keep_unknown then v[k] = nil end
         end
       end
