@@ -23,9 +23,10 @@ PRAGMA cache_size=-2000;
 PRAGMA temp_store=MEMORY;
 CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS objects(
+  id INTEGER PRIMARY KEY,
   res TEXT NOT NULL, ns TEXT NOT NULL, name TEXT NOT NULL,
-  uid TEXT NOT NULL, rv INTEGER NOT NULL, body TEXT NOT NULL,
-  PRIMARY KEY(res, ns, name)) WITHOUT ROWID;
+  uid TEXT NOT NULL, rv INTEGER NOT NULL, body TEXT NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS objects_key ON objects(res, ns, name);
 CREATE INDEX IF NOT EXISTS objects_uid ON objects(uid);
 CREATE INDEX IF NOT EXISTS objects_ns ON objects(ns);
 CREATE INDEX IF NOT EXISTS objects_name ON objects(res, name);
@@ -37,6 +38,28 @@ CREATE TABLE IF NOT EXISTS owners(
   owner TEXT NOT NULL, res TEXT NOT NULL, ns TEXT NOT NULL, name TEXT NOT NULL,
   PRIMARY KEY(owner, res, ns, name)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS owners_dep ON owners(res, ns, name);
+]]
+
+-- A store made before 2026-12-04 keeps its objects in a WITHOUT ROWID
+-- table: there a row holds at most ~1,000 bytes in its page and the rest of
+-- a body in overflow pages, written again with every update (6.3 pages to
+-- the WAL per update of a 1.2 kB object, 4.0 in a table with rowids, whose
+-- rows keep up to ~4,000 bytes in place: docs/performance.md). Moved over
+-- once, in one transaction, when such a store is opened.
+local MIGRATE = [[
+BEGIN IMMEDIATE;
+ALTER TABLE objects RENAME TO objects_before;
+DROP INDEX IF EXISTS objects_uid;
+DROP INDEX IF EXISTS objects_ns;
+DROP INDEX IF EXISTS objects_name;
+CREATE TABLE objects(
+  id INTEGER PRIMARY KEY,
+  res TEXT NOT NULL, ns TEXT NOT NULL, name TEXT NOT NULL,
+  uid TEXT NOT NULL, rv INTEGER NOT NULL, body TEXT NOT NULL);
+INSERT INTO objects(res, ns, name, uid, rv, body)
+  SELECT res, ns, name, uid, rv, body FROM objects_before ORDER BY res, ns, name;
+DROP TABLE objects_before;
+COMMIT;
 ]]
 
 local function must(v, err)
@@ -54,7 +77,17 @@ function M.open(path, opts)
   -- one server per store: hold the file's lock for the life of the connection
   -- (faster, too: no shared-memory index for the WAL)
   local ok
-  ok, err, code = db:exec("PRAGMA locking_mode=EXCLUSIVE;" .. SCHEMA .. "BEGIN IMMEDIATE; COMMIT;")
+  ok, err, code = db:exec("PRAGMA locking_mode=EXCLUSIVE; BEGIN IMMEDIATE; COMMIT;")
+  if ok then
+    local q = db:prepare("SELECT sql FROM sqlite_master WHERE type='table' AND name='objects'")
+    local sql = q and q:first()
+    if q then q:finalize() end
+    if type(sql) == "string" and sql:upper():find("WITHOUT%s+ROWID") then
+      ok, err, code = db:exec(MIGRATE)
+      if not ok then db:exec("ROLLBACK") end
+    end
+  end
+  if ok then ok, err, code = db:exec(SCHEMA) end
   if not ok then
     db:close()
     if code == "SQLITE_BUSY" or code == "SQLITE_LOCKED" then
