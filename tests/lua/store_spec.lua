@@ -160,6 +160,12 @@ INSERT INTO meta(k, v) VALUES('rv', 7);
     t.contains(text, "USING INDEX objects_key", sql2)
     t.ok(not text:find("TEMP B%-TREE"), text)
   end
+  -- and the history after a resourceVersion by its rowids
+  local ex = st.db:prepare("EXPLAIN QUERY PLAN SELECT rv, ns, name, type, body FROM history WHERE rv > ?2 AND res=?1 ORDER BY rv")
+  local plan = ex:all()
+  ex:finalize()
+  t.contains(plan[1][4], "INTEGER PRIMARY KEY (rowid>?)")
+  t.ok(not plan[2], "no sort")
   local w = st:get(RES, "default", "w2")
   w.spec.n = 20
   t.eq(st:write(RES, "default", "w2", "MODIFIED", w, st:get(RES, "default", "w2")), 8)
