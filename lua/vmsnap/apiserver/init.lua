@@ -628,7 +628,8 @@ function Server:update_object(r, ns, new, old, o)
     new.status = copy(old.status)
   end
   md.generation = omd.generation
-  if md.generation and spec_changed(r, new, old) then md.generation = omd.generation + 1 end
+  -- (through /status the rest is the stored object's copy: no spec change)
+  if md.generation and o.sub ~= "status" and spec_changed(r, new, old) then md.generation = omd.generation + 1 end
   if omd.deletionTimestamp and type(md.finalizers) == "table" then
     local had = {}
     for _, f in ipairs(omd.finalizers or {}) do had[f] = true end
