@@ -172,6 +172,9 @@ t.test("decoded numbers: integers exactly while they fit in 64 bits, integral va
   t.eq({ dec("2.5e-3") }, { 0.0025, "float" })
   t.eq({ dec("-1.5E+2") }, { -150, "integer" })
   t.eq(select(3, json.decode("1e400")), "JSON_DECODE")
+  -- a number's text longer than the decoder's own buffer
+  t.eq(json.decode("1" .. ("0"):rep(300)), 1e300)
+  t.eq(json.decode("0." .. ("0"):rep(99) .. "1"), 1e-100)
   -- strtod under a decimal comma would read 1.5 as 1
   t.eq(json.decode('{"x":1.5}').x, 1.5)
 end)

@@ -255,9 +255,10 @@ static int dec_number(Dec *d)
 	/* strtod reads the locale's decimal point: the text is copied with it */
 	char tmp[64], *num = tmp;
 	size_t n = (size_t)(p - start);
+	int held = 0;
 	if (n >= sizeof tmp) {
-		num = (char *)lua_newuserdatauv(d->L, n + 1, 0);
-		lua_pop(d->L, 1); /* (not collected before this function returns) */
+		num = (char *)lua_newuserdatauv(d->L, n + 1, 0); /* on the stack until the end */
+		held = 1;
 	}
 	memcpy(num, start, n);
 	num[n] = 0;
@@ -268,6 +269,8 @@ static int dec_number(Dec *d)
 			*dot = dp[0];
 	}
 	double x = strtod(num, NULL);
+	if (held)
+		lua_pop(d->L, 1);
 	if (!isfinite(x)) {
 		snprintf(d->err, sizeof d->err, "a number is out of range");
 		d->at = (size_t)(start - d->s);
