@@ -174,7 +174,14 @@ end)
 
 t.test("Decision 14: kubectl describe tells each restore's story in Events", function()
   local function events(name) return h.described_events(srv, "vmrestore", name) end
+  -- (the event of a phase is posted once the phase is written: a reader
+  -- that saw Ready may ask before it is in)
   local ok = events("r56")
+  local deadline = require("vmsnap.task").now() + 5
+  while not ok:find("VirtualMachineRestoringCompleted", 1, true) and require("vmsnap.task").now() < deadline do
+    require("vmsnap.task").sleep(0.1)
+    ok = events("r56")
+  end
   t.contains(ok, "VirtualMachineRestoringStarted")
   t.contains(ok, 'The restore from the virtual machine snapshot "ms-never" has started: every object is created.')
   t.contains(ok, "VirtualMachineRestoringCompleted")
