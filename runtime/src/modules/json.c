@@ -75,6 +75,17 @@ static void skip_ws(Dec *d)
 	d->p = p;
 }
 
+/* after white space, c? (taken when it is) */
+static int eat(Dec *d, char c)
+{
+	skip_ws(d);
+	if (d->p < d->end && *d->p == c) {
+		d->p++;
+		return 1;
+	}
+	return 0;
+}
+
 static int hex4(const char *p, const char *end, unsigned *out)
 {
 	unsigned v = 0;
@@ -304,27 +315,16 @@ static int dec_array(Dec *d, int depth)
 		return -1;
 	d->p++;
 	lua_newtable(L);
-	skip_ws(d);
-	if (d->p < d->end && *d->p == ']') {
-		d->p++;
+	if (eat(d, ']')) {
 		luaL_setmetatable(L, ARRAY_MT); /* [] stays an array, not {} */
 		return 0;
 	}
-	for (;;) {
+	do {
 		if (dec_value(d, depth))
 			return -1;
 		lua_rawseti(L, -2, ++i);
-		skip_ws(d);
-		if (d->p < d->end && *d->p == ',') {
-			d->p++;
-			continue;
-		}
-		if (d->p < d->end && *d->p == ']') {
-			d->p++;
-			return 0;
-		}
-		return dec_fail(d, d->p, "',' or ']'");
-	}
+	} while (eat(d, ','));
+	return eat(d, ']') ? 0 : dec_fail(d, d->p, "',' or ']'");
 }
 
 static int dec_object(Dec *d, int depth)
@@ -334,35 +334,21 @@ static int dec_object(Dec *d, int depth)
 		return -1;
 	d->p++;
 	lua_createtable(L, 0, 4); /* (most objects have a few keys: fewer rehashes) */
-	skip_ws(d);
-	if (d->p < d->end && *d->p == '}') {
-		d->p++;
+	if (eat(d, '}'))
 		return 0;
-	}
-	for (;;) {
+	do {
 		skip_ws(d);
 		if (d->p >= d->end || *d->p != '"')
 			return dec_fail(d, d->p, "a key (a string)");
 		if (dec_string(d))
 			return -1;
-		skip_ws(d);
-		if (d->p >= d->end || *d->p != ':')
+		if (!eat(d, ':'))
 			return dec_fail(d, d->p, "':'");
-		d->p++;
 		if (dec_value(d, depth))
 			return -1;
 		lua_rawset(L, -3); /* the last of two equal keys wins, as in Go */
-		skip_ws(d);
-		if (d->p < d->end && *d->p == ',') {
-			d->p++;
-			continue;
-		}
-		if (d->p < d->end && *d->p == '}') {
-			d->p++;
-			return 0;
-		}
-		return dec_fail(d, d->p, "',' or '}'");
-	}
+	} while (eat(d, ','));
+	return eat(d, '}') ? 0 : dec_fail(d, d->p, "',' or '}'");
 }
 
 static int literal(Dec *d, const char *word, size_t n)
@@ -567,6 +553,27 @@ static void newline(Enc *e, int depth)
 
 static int enc_value(Enc *e, int idx, int depth);
 
+/* The j-th member of the object at idx, key k: its value read by the key's
+** text, or, with keys (the stack index of Vmsnap_sorted_keys' table), by
+** the original key of that text. */
+static int enc_member(Enc *e, int idx, int depth, size_t j, Vmsnap_key k, int keys)
+{
+	lua_State *L = e->L;
+	if (j > 0)
+		Vmsnap_buf_addc(e->b, ',');
+	newline(e, depth + 1);
+	enc_string(e, k.s, k.n);
+	Vmsnap_buf_adds(e->b, e->indent ? ": " : ":");
+	lua_pushlstring(L, k.s, k.n);
+	if (keys)
+		lua_rawget(L, keys);
+	lua_rawget(L, idx);
+	if (enc_value(e, lua_gettop(L), depth + 1))
+		return -1;
+	lua_pop(L, 1);
+	return 0;
+}
+
 /* An object whose keys are all strings (nearly every one): their texts
 ** sorted on e->keys above the levels outside this one, each value read by
 ** its key. 1 (nothing written) when a key is not a string: such a table
@@ -604,17 +611,8 @@ static int enc_string_keyed(Enc *e, int idx, int depth)
 	Vmsnap_buf_addc(e->b, '{');
 	for (j = 0; j < nk; j++) {
 		/* (read again each time: a level below may have moved the stack) */
-		Vmsnap_key k = ((Vmsnap_key *)(void *)e->keys->p)[base + j];
-		if (j > 0)
-			Vmsnap_buf_addc(e->b, ',');
-		newline(e, depth + 1);
-		enc_string(e, k.s, k.n);
-		Vmsnap_buf_adds(e->b, e->indent ? ": " : ":");
-		lua_pushlstring(L, k.s, k.n);
-		lua_rawget(L, idx);
-		if (enc_value(e, lua_gettop(L), depth + 1))
+		if (enc_member(e, idx, depth, j, ((Vmsnap_key *)(void *)e->keys->p)[base + j], 0))
 			return -1;
-		lua_pop(L, 1);
 	}
 	newline(e, depth);
 	Vmsnap_buf_addc(e->b, '}');
@@ -673,17 +671,8 @@ static int enc_table(Enc *e, int idx, int depth)
 	}
 	Vmsnap_buf_addc(e->b, '{');
 	for (j = 0; j < nk; j++) {
-		if (j > 0)
-			Vmsnap_buf_addc(e->b, ',');
-		newline(e, depth + 1);
-		enc_string(e, ks[j].s, ks[j].n);
-		Vmsnap_buf_adds(e->b, e->indent ? ": " : ":");
-		lua_pushlstring(L, ks[j].s, ks[j].n);
-		lua_rawget(L, keys); /* original key */
-		lua_rawget(L, idx);
-		if (enc_value(e, lua_gettop(L), depth + 1))
+		if (enc_member(e, idx, depth, j, ks[j], keys))
 			return -1;
-		lua_pop(L, 1);
 	}
 	newline(e, depth);
 	Vmsnap_buf_addc(e->b, '}');
